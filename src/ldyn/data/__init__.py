@@ -1,0 +1,1 @@
+"""Training pairs, probe sets and their tokenisation."""

@@ -1,0 +1,110 @@
+"""Probe sets: prompts, each with many named responses whose log-probabilities we track during training.
+
+The format is the paper authors' (`prompt` plus one field per response type, as in their formal_prob_train.jsonl);
+it loads as it is. Our embedded set is written in the same format; its rule-based types are derived here, seeded:
+- irr_train: another training prompt's chosen response (y_{j≠u}⁺), by a random derangement;
+- irr_test: a held-out (test-split) prompt's chosen response (y_test⁺);
+- random_permute: the words of chosen, shuffled (y_urnd⁺);
+- random_nonhum: the words of irr_test, shuffled (y_rnd).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from ldyn.data.jsonl import read_jsonl, text_field
+from ldyn.data.preference import embedded_path
+from ldyn.errors import EmptyFieldError, LdynError
+
+# The paper's probed response types, in its order, with the symbols its figures use.
+SYMBOLS = {
+    "chosen": "y_u⁺", "rejected": "y_u⁻",
+    "chosen_gptsemantic": "y_gpts⁺", "reject_gptsemantic": "y_gpts⁻",
+    "chosen_gptformat": "y_gptf⁺", "reject_gptformat": "y_gptf⁻",
+    "irr_train": "y_{j≠u}⁺", "irr_test": "y_test⁺", "irr_hum": "y_hum",
+    "random_permute": "y_urnd⁺", "random_nonhum": "y_rnd", "chosen_initial": "y_init",
+    "argmax": "y*", "except_argmax": "y^c",
+}
+PAPER_TYPES = tuple(t for t in SYMBOLS if t not in ("argmax", "except_argmax"))
+# Figure groups, as in the paper's Figures 3-4. "argmax" and "except_argmax" are computed along chosen, not read.
+GROUPS = {
+    "chosen": ("chosen", "chosen_gptsemantic", "chosen_gptformat", "chosen_initial"),
+    "rejected": ("rejected", "reject_gptsemantic", "reject_gptformat"),
+    "irrelevant": ("irr_train", "irr_test", "irr_hum"),
+    "random": ("random_permute", "random_nonhum"),
+    "argmax": ("argmax",),
+}
+
+
+@dataclass(frozen=True)
+class ProbeExample:
+    id: str
+    prompt: str  # x_u
+    responses: dict[str, str]  # response type -> text, e.g. {"chosen": ..., "irr_test": ...}
+
+
+def shuffle_words(text: str, rng: random.Random) -> str:
+    words = text.split()
+    rng.shuffle(words)
+    return " " + " ".join(words)
+
+
+def embedded_rows(seed: int = 0) -> list[tuple[int, dict]]:
+    """The embedded set's training rows with the four rule-based types derived (seeded, reproducible)."""
+    rows = list(read_jsonl(embedded_path()))
+    train = [(ln, dict(r)) for ln, r in rows if r["split"] == "train"]
+    test = [r for _, r in rows if r["split"] == "test"]
+    rng = random.Random(seed)
+    order = list(range(len(train)))
+    rng.shuffle(order)
+    other = {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}  # a derangement: never itself
+    test_order = list(range(len(test)))
+    rng.shuffle(test_order)
+    for i, (_, row) in enumerate(train):
+        row["irr_train"] = train[other[i]][1]["chosen"]
+        row["irr_test"] = test[test_order[i % len(test)]]["chosen"]
+        row["random_permute"] = shuffle_words(row["chosen"], rng)
+        row["random_nonhum"] = shuffle_words(row["irr_test"], rng)
+    return train
+
+
+def load_probe_set(path: str, types: list[str] = ("auto",), n: int = 0,
+                   seed: int = 0) -> tuple[list[ProbeExample], list[str]]:
+    """The first `n` probe prompts (0 = all) with the requested response types.
+
+    `types == ["auto"]` selects every paper type the file has. Named types must exist in every row; `chosen` is
+    always required because the argmax response is measured along it. An empty response of another type is left
+    out of that prompt's responses (the authors' HH file has 21 empty chosen_initial), so the file loads as it is.
+    """
+    file = str(embedded_path()) if path == "embedded" else path
+    rows = embedded_rows(seed) if path == "embedded" else list(read_jsonl(path))
+    if n:
+        rows = rows[:n]
+    if not rows:
+        raise LdynError("no probe prompts found", file=file)
+    first = rows[0][1]
+    if list(types) == ["auto"]:
+        types = [t for t in PAPER_TYPES if isinstance(first.get(t), str)]
+    types = list(dict.fromkeys(["chosen", *types]))
+    examples = []
+    for line, row in rows:
+        prompt = text_field(row, "prompt", file, line)
+        responses = {}
+        for t in types:
+            if t not in row:
+                have = sorted(k for k, v in row.items() if isinstance(v, str) and k not in ("prompt", "id", "split"))
+                raise LdynError(f"probe type '{t}' is not in this file (it has: {', '.join(have)})",
+                                file=file, line=line, field=t)
+            try:
+                responses[t] = text_field(row, t, file, line)
+            except EmptyFieldError:
+                if t == "chosen":
+                    raise
+        examples.append(ProbeExample(str(row.get("id", len(examples))), prompt, responses))
+    return examples, types
+
+
+def probe_set_name(path: str) -> str:
+    return "embedded" if path == "embedded" else Path(path).name

@@ -1,0 +1,163 @@
+"""`run(cfg)`: train through the config's stages while probing, into a run directory. The CLI's `ldyn run`.
+
+Order matters for users: everything that can fail on bad input (config, data files, probe types, model name) is
+checked before the run directory is touched, so a mistake never costs what an earlier run wrote.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+
+from ldyn import __version__
+from ldyn.callbacks import Checkpointer, MetricsLogger, ProbeCallback, read_resume_state
+from ldyn.config import ModelConfig, RunConfig, check, dump_config, from_dict
+from ldyn.data.preference import load_pairs
+from ldyn.data.probesets import load_probe_set
+from ldyn.data.tokenize import TokenizedRow, tokenize_rows
+from ldyn.errors import LdynError
+from ldyn.losses import LossSpec, get_loss
+from ldyn.models import frozen_copy, load_model
+from ldyn.probing import ProbeItem, probe_items
+from ldyn.runs import CONFIG, DATA, METRICS, PROBES, RunDir
+from ldyn.trainer import TrainExample, Trainer, batches, check_optimizer
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Everything about the config that can be checked without loading data or models."""
+    check(cfg)
+    for stage in cfg.stages:
+        spec = get_loss(stage.loss.name)
+        check_optimizer(stage.optim.name)
+        if stage.extend and spec.needs_rejected:
+            raise LdynError(f"extend (SFT on chosen ∪ rejected) needs an SFT-style loss, not '{spec.name}'",
+                            field=f"stages.{stage.name}.extend")
+
+
+@dataclass
+class Inputs:
+    train: list[TokenizedRow]  # responses: {"chosen", "rejected"}
+    probes: list[ProbeItem]
+    report: dict  # what was loaded, for data.json and the console
+
+
+def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
+    data, pcfg = cfg.data, cfg.probe
+    pairs, skipped = load_pairs(data.train, data.split, data.n_train, data.skip_empty)
+    train = tokenize_rows(tokenizer, [(p.id, p.prompt, {"chosen": p.chosen, "rejected": p.rejected}) for p in pairs],
+                          data.max_length, data.max_prompt_length, data.truncation_mode)
+    probe_rows, types = [], []
+    if pcfg.every:
+        examples, types = load_probe_set(pcfg.path, pcfg.types, pcfg.n, cfg.seed)
+        probe_rows = tokenize_rows(tokenizer, [(e.id, e.prompt, e.responses) for e in examples],
+                                   data.max_length, data.max_prompt_length, data.truncation_mode)
+    report = {"train_pairs": len(train), "train_skipped_empty": skipped,
+              "train_truncated": sum(r.truncated for r in train), "probe_prompts": len(probe_rows),
+              "probe_types": types, "probe_empty_skipped": sum(len(types) - len(r.responses) for r in probe_rows),
+              "probe_truncated": sum(r.truncated for r in probe_rows)}
+    return Inputs(train, probe_items(probe_rows), report)
+
+
+def stage_examples(rows: list[TokenizedRow], spec: LossSpec, extend: bool) -> list[TrainExample]:
+    """Pairs for preference losses; chosen targets for SFT, plus rejected ones when `extend`."""
+    if spec.needs_rejected:
+        return [TrainExample(r.id, r.prompt, r.responses["chosen"], r.responses["rejected"]) for r in rows]
+    examples = [TrainExample(r.id, r.prompt, r.responses["chosen"], None) for r in rows]
+    if extend:
+        examples += [TrainExample(f"{r.id}/rejected", r.prompt, r.responses["rejected"], None) for r in rows]
+    return examples
+
+
+def run(cfg: RunConfig, *, overwrite: bool = False) -> RunDir:
+    """Start a new run of `cfg`; returns its run directory."""
+    check_run(cfg)
+    out = RunDir(cfg.run_dir)
+    if out.exists() and not overwrite:
+        raise LdynError("already holds a run: pass --resume to continue it, --overwrite to replace it, "
+                        "or choose another output_dir", file=str(out.path))
+    model, tokenizer = load_model(cfg.model, cfg.seed)
+    inputs = load_inputs(cfg, tokenizer)
+    if overwrite and out.path.exists():
+        shutil.rmtree(out.path)
+    out.write_text(CONFIG, f"# ldyn {__version__}\n" + dump_config(cfg))
+    out.write_json(DATA, inputs.report)
+    return _train(cfg, out, model, tokenizer, inputs, resume=None)
+
+
+def resume(run_dir: str) -> RunDir:
+    """Continue a run from its last checkpoint (or from the start, keeping what it wrote before)."""
+    out = RunDir(run_dir)
+    if not out.exists():
+        raise LdynError("nothing to resume: not a run directory", file=run_dir)
+    import yaml
+
+    cfg = from_dict(RunConfig, yaml.safe_load((out.path / CONFIG).read_text()), file=str(out.path / CONFIG))
+    check_run(cfg)
+    state = read_resume_state(out)
+    if state is not None:
+        model, tokenizer = load_model(ModelConfig(str(state["model_dir"]), cfg.model.dtype,
+                                                  cfg.model.attn_implementation), cfg.seed)
+    else:
+        model, tokenizer = load_model(cfg.model, cfg.seed)
+    inputs = load_inputs(cfg, tokenizer)
+    step = state["step"] if state else 0
+    for name in (METRICS, PROBES):
+        out.keep_until(name, step)
+    return _train(cfg, out, model, tokenizer, inputs, resume=state)
+
+
+def _reference_for(cfg: RunConfig, out: RunDir, stage_index: int, model, resumed: bool):
+    """The frozen reference of a stage: the model at the stage's start (re-loaded when resuming mid-stage)."""
+    if not resumed:
+        return frozen_copy(model)
+    if stage_index == 0:
+        source = cfg.model
+    else:
+        source = ModelConfig(str(out.checkpoints / cfg.stages[stage_index - 1].name), cfg.model.dtype,
+                             cfg.model.attn_implementation)
+    reference, _ = load_model(source, cfg.seed)
+    return frozen_copy(reference.to(next(model.parameters()).device))
+
+
+def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume: dict | None) -> RunDir:
+    r = inputs.report
+    print(f"ldyn: {r['train_pairs']} training pairs ({r['train_truncated']} truncated, {r['train_skipped_empty']} "
+          f"empty skipped), {r['probe_prompts']} probe prompts x {len(r['probe_types'])} types ({r['probe_truncated']} "
+          f"truncated, {r['probe_empty_skipped']} empty responses left out) -> {out.path}", file=sys.stderr)
+    torch.manual_seed(cfg.seed)
+    accelerator = Accelerator()
+    model = accelerator.prepare_model(model)
+    done = {row["step"] for row in out.read(PROBES)}
+    callbacks = [MetricsLogger(out),
+                 ProbeCallback(out, inputs.probes, tokenizer.pad_token_id, cfg.probe.every, cfg.probe.batch_tokens,
+                               done),
+                 Checkpointer(out, tokenizer, cfg.checkpoint_every)]
+    step = resume["step"] if resume else 0
+    first_stage = resume["stage_index"] if resume else 0
+    for index in range(first_stage, len(cfg.stages)):
+        stage = cfg.stages[index]
+        spec = get_loss(stage.loss.name)
+        start = resume["stage_step"] if resume and index == first_stage else 0
+        mid_stage = start > 0
+        reference = (_reference_for(cfg, out, index, accelerator.unwrap_model(model), mid_stage)
+                     if spec.needs_reference else None)
+        trainer = Trainer(model, spec, stage.loss, stage.optim, accelerator=accelerator,
+                          pad_id=tokenizer.pad_token_id, ref_model=reference, callbacks=callbacks,
+                          grad_accum=stage.grad_accum, mixed_precision=cfg.mixed_precision)
+        if mid_stage and resume.get("optimizer"):
+            trainer.optimizer.load_state_dict(torch.load(resume["model_dir"] / resume["optimizer"]))
+        data = batches(stage_examples(inputs.train, spec, stage.extend), stage.batch_size,
+                       seed=cfg.seed * 1000 + index, skip=start * stage.grad_accum,
+                       rank=accelerator.process_index, world=accelerator.num_processes)
+        step = trainer.fit(data, stage.steps, stage=stage.name, stage_index=index, step=step, start=start).step
+        del trainer, reference
+    if accelerator.is_main_process:
+        from ldyn.plotting import plot_run
+
+        for path in plot_run(out.path):
+            print(f"ldyn: wrote {path}", file=sys.stderr)
+    return out

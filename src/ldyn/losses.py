@@ -1,0 +1,182 @@
+"""Losses: pure functions of per-sequence log-probs, in one registry.
+
+Every loss has the signature `(policy, reference, cfg) -> LossOutput`, where `policy` and `reference` are
+`PairLogps` of shape (B,) each and `cfg` is a `LossConfig`. Because a loss only sees log-probs, its gradient with
+respect to the logits -- the G term of the paper's Δ log π = -η A K G -- follows from the same function by autograd;
+there is no second, hand-derived copy anywhere.
+
+Notation: π = policy, π_ref = frozen reference, y⁺/y⁻ = chosen/rejected, log π(y) summed over response tokens,
+r^± = log π(y^±) - log π_ref(y^±) (the implicit reward without β), h = r⁺ - r⁻, σ = logistic function.
+Add a loss with `@register_loss("name", needs_reference=..., needs_rejected=...)`; `ldyn ls losses` lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ldyn.config import LossConfig
+from ldyn.errors import LdynError, did_you_mean
+
+
+@dataclass
+class PairLogps:
+    chosen: torch.Tensor  # (B,) log π(y⁺ | x)
+    rejected: torch.Tensor | None  # (B,) log π(y⁻ | x); None for SFT batches
+    chosen_tokens: torch.Tensor  # (B,) |y⁺|
+    rejected_tokens: torch.Tensor | None  # (B,) |y⁻|
+
+
+@dataclass
+class LossOutput:
+    losses: torch.Tensor  # (B,) per-example loss; the training loss is its mean
+    metrics: dict[str, torch.Tensor]  # name -> (B,) values, logged as means (e.g. "rewards/margin")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str
+    fn: Callable[[PairLogps, PairLogps | None, LossConfig], LossOutput]
+    needs_reference: bool
+    needs_rejected: bool
+
+    @property
+    def summary(self) -> str:
+        return (self.fn.__doc__ or "").strip().splitlines()[0]
+
+
+LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(name: str, *, needs_reference: bool, needs_rejected: bool):
+    def decorator(fn):
+        if name in LOSSES:
+            raise ValueError(f"loss '{name}' is already registered")
+        LOSSES[name] = LossSpec(name, fn, needs_reference, needs_rejected)
+        return fn
+
+    return decorator
+
+
+def get_loss(name: str) -> LossSpec:
+    if name not in LOSSES:
+        raise LdynError(f"unknown loss '{name}'{did_you_mean(name, LOSSES)}")
+    return LOSSES[name]
+
+
+def _rewards(policy: PairLogps, reference: PairLogps, beta: float) -> dict[str, torch.Tensor]:
+    """DPO's implicit rewards β r^± (detached) and their margin and accuracy, for logging."""
+    chosen = beta * (policy.chosen - reference.chosen).detach()
+    rejected = beta * (policy.rejected - reference.rejected).detach()
+    return {"rewards/chosen": chosen, "rewards/rejected": rejected, "rewards/margin": chosen - rejected,
+            "rewards/accuracy": (chosen > rejected).float()}
+
+
+def _log_ratio_margin(policy: PairLogps, reference: PairLogps) -> torch.Tensor:
+    """h = [log π(y⁺) - log π_ref(y⁺)] - [log π(y⁻) - log π_ref(y⁻)], shape (B,)."""
+    return (policy.chosen - reference.chosen) - (policy.rejected - reference.rejected)
+
+
+@register_loss("sft", needs_reference=False, needs_rejected=False)
+def sft(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
+    """Supervised finetuning: L = -log π(y⁺ | x) = -Σ_l log π(y⁺_l | x, y⁺_<l).
+
+    Ren & Sutherland 2025, Eq. 4 (summed over tokens, as the paper's code does).
+    """
+    return LossOutput(-policy.chosen, {})
+
+
+@register_loss("dpo", needs_reference=True, needs_rejected=True)
+def dpo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
+    """Direct preference optimisation: L = -log σ(β h).
+
+    Rafailov et al. 2023, "Direct Preference Optimization", Eq. 7; Ren & Sutherland 2025, Eq. 12.
+    """
+    h = _log_ratio_margin(policy, reference)
+    return LossOutput(-F.logsigmoid(cfg.beta * h), _rewards(policy, reference, cfg.beta))
+
+
+@register_loss("ipo", needs_reference=True, needs_rejected=True)
+def ipo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
+    """Identity preference optimisation: L = (h - 1/(2β))², on summed log-probs.
+
+    Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human Preferences", Eq. 17;
+    Ren & Sutherland 2025, Eq. 16. (TRL divides the log-probs by length; the paper's equation does not.)
+    """
+    h = _log_ratio_margin(policy, reference)
+    return LossOutput((h - 1 / (2 * cfg.beta)) ** 2, _rewards(policy, reference, cfg.beta))
+
+
+@register_loss("cdpo", needs_reference=True, needs_rejected=True)
+def cdpo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
+    """Conservative DPO (label smoothing ε): L = -(1 - ε) log σ(β h) - ε log σ(-β h).
+
+    Mitchell 2023, "A note on DPO with noisy preferences & relationship to IPO".
+    """
+    h = _log_ratio_margin(policy, reference)
+    eps = cfg.label_smoothing
+    losses = -(1 - eps) * F.logsigmoid(cfg.beta * h) - eps * F.logsigmoid(-cfg.beta * h)
+    return LossOutput(losses, _rewards(policy, reference, cfg.beta))
+
+
+@register_loss("slic", needs_reference=False, needs_rejected=True)
+def slic(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
+    """SLiC-HF: L = max(0, δ - log π(y⁺) + log π(y⁻)) - λ log π(y⁺).
+
+    Zhao et al. 2023, "SLiC-HF: Sequence Likelihood Calibration with Human Feedback", Eq. 1 (rank calibration with
+    the SFT regulariser on y⁺); Ren & Sutherland 2025, Eq. 18-19.
+    """
+    hinge = (cfg.slic_delta - policy.chosen + policy.rejected).clamp(min=0)
+    return LossOutput(hinge - cfg.slic_lambda * policy.chosen, {"slic/hinge_active": (hinge > 0).float()})
+
+
+@register_loss("sppo", needs_reference=True, needs_rejected=True)
+def sppo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
+    """SPPO with hard labels: L = (r⁺ - 1/(2β))² + (r⁻ + 1/(2β))².
+
+    Wu et al. 2024, "Self-Play Preference Optimization for Language Model Alignment", Eq. 4.8 with the winner's
+    probability set to 1 (TRL's "sppo_hard"); Ren & Sutherland 2025, Eq. 21 with η = 1/β.
+    """
+    r_chosen, r_rejected = policy.chosen - reference.chosen, policy.rejected - reference.rejected
+    half = 1 / (2 * cfg.beta)
+    return LossOutput((r_chosen - half) ** 2 + (r_rejected + half) ** 2, _rewards(policy, reference, cfg.beta))
+
+
+@register_loss("rpo", needs_reference=True, needs_rejected=True)
+def rpo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
+    """DPO plus per-token NLL on the chosen response: L = -log σ(β h) - α log π(y⁺) / |y⁺|.
+
+    Pang et al. 2024, "Iterative Reasoning Preference Optimization", Eq. 1.
+    """
+    h = _log_ratio_margin(policy, reference)
+    nll = -policy.chosen / policy.chosen_tokens.clamp(min=1)
+    metrics = _rewards(policy, reference, cfg.beta) | {"rpo/nll": nll.detach()}
+    return LossOutput(-F.logsigmoid(cfg.beta * h) + cfg.rpo_alpha * nll, metrics)
+
+
+@register_loss("dpop", needs_reference=True, needs_rejected=True)
+def dpop(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
+    """DPO-Positive: L = -log σ(β [h - λ max(0, log π_ref(y⁺) - log π(y⁺))]).
+
+    Pal et al. 2024, "Smaug: Fixing Failure Modes of Preference Optimisation with DPO-Positive", Eq. 3.
+    """
+    penalty = (reference.chosen - policy.chosen).clamp(min=0)
+    h = _log_ratio_margin(policy, reference)
+    metrics = _rewards(policy, reference, cfg.beta) | {"dpop/penalty": penalty.detach()}
+    return LossOutput(-F.logsigmoid(cfg.beta * (h - cfg.dpop_lambda * penalty)), metrics)
+
+
+@register_loss("simpo", needs_reference=False, needs_rejected=True)
+def simpo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
+    """SimPO (reference-free, length-normalised): L = -log σ(β log π(y⁺)/|y⁺| - β log π(y⁻)/|y⁻| - γ).
+
+    Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward", Eq. 6.
+    """
+    chosen = cfg.beta * policy.chosen / policy.chosen_tokens.clamp(min=1)
+    rejected = cfg.beta * policy.rejected / policy.rejected_tokens.clamp(min=1)
+    metrics = {"rewards/chosen": chosen.detach(), "rewards/rejected": rejected.detach(),
+               "rewards/margin": (chosen - rejected).detach(), "rewards/accuracy": (chosen > rejected).float()}
+    return LossOutput(-F.logsigmoid(chosen - rejected - cfg.simpo_gamma), metrics)

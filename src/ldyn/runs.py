@@ -1,0 +1,98 @@
+"""The run directory: every file a run writes, and the only code that reads them back.
+
+    runs/<name>/
+      config.yaml       the fully resolved config (plus ldyn version), written before training starts
+      data.json         what was loaded: counts of pairs, probe prompts and types, truncated rows
+      metrics.jsonl     one row per update: step, stage, loss, log-probs, rewards, margin, grad norm, lr, examples/s
+      probes.jsonl      long format, one row per (step, example, response type): logp_sum, logp_mean, n_tokens, ...
+      figures/          PNGs and the CSV data behind each (`ldyn plot RUN_DIR` redraws them from the files alone)
+      checkpoints/      `last/` (resumable) and `<stage>/` (the model at each stage's end, a HF checkpoint dir)
+
+JSONL rows are appended and flushed one update or probe round at a time, so a killed run keeps everything it had
+written; a line cut off by the kill is skipped when reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ldyn.errors import LdynError
+
+CONFIG, DATA, METRICS, PROBES = "config.yaml", "data.json", "metrics.jsonl", "probes.jsonl"
+FIGURES, CHECKPOINTS = "figures", "checkpoints"
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def figures(self) -> Path:
+        return self.path / FIGURES
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def exists(self) -> bool:
+        return (self.path / CONFIG).is_file()
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write a whole file atomically (a temporary file, then rename)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.path / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, self.path / name)
+
+    def write_json(self, name: str, obj) -> None:
+        self.write_text(name, json.dumps(obj, indent=2) + "\n")
+
+    def append(self, name: str, rows: list[dict]) -> None:
+        with open(self.path / name, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self, name: str) -> list[dict]:
+        path = self.path / name
+        if not path.is_file():
+            return []
+        rows = []
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for i, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i == len(lines):  # the last line of a killed run may be cut short
+                    break
+                raise LdynError("malformed JSON", file=str(path), line=i) from None
+        return rows
+
+    def keep_until(self, name: str, step: int) -> None:
+        """Drop rows written after `step` (resuming from a checkpoint taken at `step`)."""
+        rows = [r for r in self.read(name) if r["step"] <= step]
+        self.write_text(name, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    metrics: list[dict]
+    probes: list[dict]
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run directory (for plots and reports); fails with a clear error if it is not one."""
+    run = RunDir(path)
+    if not run.exists():
+        raise LdynError(f"not a run directory (no {CONFIG})", file=str(path))
+    config = yaml.safe_load((run.path / CONFIG).read_text(encoding="utf-8")) or {}
+    return Run(run.path, config, run.read(METRICS), run.read(PROBES))

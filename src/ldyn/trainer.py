@@ -1,0 +1,194 @@
+"""The training loop: optimizer, warmup, clipping, gradient accumulation, and four callback events.
+
+The trainer knows nothing about probing, decomposition, logging or checkpoints: those are callbacks, objects with
+any of `on_train_start`, `on_step_start` (before the update: the model is still θ_t and the batch is known),
+`on_step_end` (after the update: the model is θ_{t+1}) and `on_train_end`, each given the `StepState`.
+
+Devices and processes come from accelerate's `Accelerator` (placement, DDP, backward, clipping). Mixed precision
+is applied here with an explicit autocast around the training forward only -- accelerate's own would also wrap the
+forward used by probes, which must stay in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ldyn.config import LossConfig, OptimConfig
+from ldyn.data.tokenize import collate
+from ldyn.errors import LdynError, did_you_mean
+from ldyn.logprobs import sequence_logps
+from ldyn.losses import LossSpec, PairLogps
+
+OPTIMIZERS = {
+    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
+    "rmsprop": lambda params, c: torch.optim.RMSprop(params, lr=c.lr, weight_decay=c.weight_decay,
+                                                     momentum=c.momentum),
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum),
+}
+
+
+def check_optimizer(name: str) -> None:
+    if name not in OPTIMIZERS:
+        raise LdynError(f"unknown optimizer '{name}'{did_you_mean(name, OPTIMIZERS)}")
+
+
+@dataclass
+class TrainExample:
+    id: str
+    prompt: list[int]  # x token ids
+    chosen: list[int]  # y⁺ (or the SFT target) token ids, EOS included
+    rejected: list[int] | None  # y⁻ token ids, or None for SFT examples
+
+
+@dataclass
+class StepState:
+    """What callbacks see. `step` counts updates over all stages; `stage_step` within the current stage."""
+
+    step: int
+    stage: str
+    stage_index: int
+    stage_step: int
+    stage_steps: int
+    model: torch.nn.Module
+    ref_model: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    accelerator: object
+    batch: list[list[TrainExample]] = field(default_factory=list)  # micro-batches of the current update
+    metrics: dict[str, float] = field(default_factory=dict)  # of the last update
+
+
+def batches(examples: list[TrainExample], batch_size: int, seed: int, skip: int = 0,
+            rank: int = 0, world: int = 1) -> Iterator[list[TrainExample]]:
+    """Endless batches over passes of the data, each pass reshuffled (seeded by seed and pass number).
+
+    Training length is a number of updates, not epochs, as in the paper's code. `skip` batches are dropped first
+    (resuming), and each process keeps its share `[rank::world]` of every global batch.
+    """
+
+    def stream():
+        epoch = 0
+        while True:
+            order = list(range(len(examples)))
+            random.Random(f"{seed}/{epoch}").shuffle(order)
+            yield from order
+            epoch += 1
+
+    items = stream()
+    for _ in range(skip * batch_size):
+        next(items)
+    while True:
+        batch = [examples[next(items)] for _ in range(batch_size)]
+        yield batch[rank::world]
+
+
+class Trainer:
+    def __init__(self, model, loss: LossSpec, loss_cfg: LossConfig, optim_cfg: OptimConfig, *, accelerator,
+                 pad_id: int, ref_model=None, callbacks=(), grad_accum: int = 1, mixed_precision: str = "no"):
+        if loss.needs_reference and ref_model is None:
+            raise ValueError(f"loss '{loss.name}' needs a reference model")
+        self.model, self.loss, self.loss_cfg, self.optim_cfg = model, loss, loss_cfg, optim_cfg
+        self.accelerator, self.pad_id, self.ref_model = accelerator, pad_id, ref_model
+        self.callbacks, self.grad_accum = list(callbacks), grad_accum
+        self.autocast_dtype = torch.bfloat16 if mixed_precision == "bf16" else None
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = accelerator.prepare_optimizer(OPTIMIZERS[optim_cfg.name](params, optim_cfg))
+        self.reference_cache: dict[str, tuple[float, float]] = {}  # example id -> (log π_ref(y⁺), log π_ref(y⁻))
+
+    def fit(self, data: Iterator[list[TrainExample]], steps: int, *, stage: str = "train", stage_index: int = 0,
+            step: int = 0, start: int = 0) -> StepState:
+        """Run updates `start..steps-1` of this stage; `step` is the global update count before the first."""
+        state = StepState(step, stage, stage_index, start, steps, self.model, self.ref_model, self.optimizer,
+                          self.accelerator)
+        self._emit("on_train_start", state)
+        bar = tqdm(range(start, steps), desc=stage, initial=start, total=steps, unit="update",
+                   disable=not self.accelerator.is_main_process, dynamic_ncols=True)
+        for _ in bar:
+            state.batch = [next(data) for _ in range(self.grad_accum)]
+            self._emit("on_step_start", state)
+            started = time.perf_counter()
+            state.metrics = self.update(state.batch, state.stage_step)
+            seconds = time.perf_counter() - started
+            n_examples = sum(len(b) for b in state.batch) * self.accelerator.num_processes
+            state.metrics |= {"time/update_s": seconds, "examples_per_s": n_examples / seconds}
+            state.step += 1
+            state.stage_step += 1
+            bar.set_postfix(loss=f"{state.metrics['loss']:.4g}")
+            self._emit("on_step_end", state)
+            self.accelerator.wait_for_everyone()
+        self._emit("on_train_end", state)
+        return state
+
+    def lr_at(self, t: int) -> float:
+        """Linear warmup min(1, (t+1)/(warmup+1)) as in the paper's code, then constant."""
+        return self.optim_cfg.lr * min(1.0, (t + 1) / (self.optim_cfg.warmup_steps + 1))
+
+    def update(self, micro_batches: list[list[TrainExample]], t: int) -> dict[str, float]:
+        """Update number `t` of the stage over the micro-batches; returns the averaged metrics."""
+        totals: dict[str, float] = {"lr": self.lr_at(t)}
+        for group in self.optimizer.param_groups:
+            group["lr"] = totals["lr"]
+        for i, examples in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
+                loss, metrics = self.loss_on(examples)
+                self.accelerator.backward(loss / len(micro_batches))
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v / len(micro_batches)
+        max_norm = self.optim_cfg.max_grad_norm if self.optim_cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return totals | {"grad_norm": float(grad_norm)}
+
+    def loss_on(self, examples: list[TrainExample]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean loss of a micro-batch (chosen and rejected in one forward pass) and its metrics."""
+        pairs = self.loss.needs_rejected
+        sequences = [(e.prompt, e.chosen) for e in examples] + ([(e.prompt, e.rejected) for e in examples]
+                                                                 if pairs else [])
+        batch = collate(sequences, self.pad_id).to(self.accelerator.device)
+        device_type = self.accelerator.device.type
+        with torch.autocast(device_type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            logps = sequence_logps(self.model, batch)
+        n = len(examples)
+        policy = PairLogps(logps.sum[:n], logps.sum[n:] if pairs else None, logps.n_tokens[:n],
+                           logps.n_tokens[n:] if pairs else None)
+        reference = self.reference_logps(examples, logps.sum.dtype) if self.loss.needs_reference else None
+        out = self.loss.fn(policy, reference, self.loss_cfg)
+        loss = out.losses.mean()
+        metrics = {"loss": loss.item(), "logps/chosen": policy.chosen.mean().item()}
+        if pairs:
+            metrics["logps/rejected"] = policy.rejected.mean().item()
+            metrics["logps/margin"] = (policy.chosen - policy.rejected).mean().item()
+        metrics |= {k: v.float().mean().item() for k, v in out.metrics.items()}
+        return loss, metrics
+
+    @torch.no_grad()
+    def reference_logps(self, examples: list[TrainExample], dtype: torch.dtype) -> PairLogps:
+        """Reference log-probs, computed once per example and cached: the reference never changes."""
+        todo = [e for e in examples if e.id not in self.reference_cache]
+        if todo:
+            sequences = [(e.prompt, e.chosen) for e in todo] + [(e.prompt, e.rejected) for e in todo]
+            batch = collate(sequences, self.pad_id).to(self.accelerator.device)
+            logps = sequence_logps(self.ref_model, batch).sum.tolist()
+            for i, e in enumerate(todo):
+                self.reference_cache[e.id] = (logps[i], logps[len(todo) + i])
+        device = self.accelerator.device
+        chosen, rejected = zip(*(self.reference_cache[e.id] for e in examples))
+        n = [len(e.chosen) for e in examples], [len(e.rejected) for e in examples]
+        return PairLogps(torch.tensor(chosen, dtype=dtype, device=device),
+                         torch.tensor(rejected, dtype=dtype, device=device),
+                         torch.tensor(n[0], device=device), torch.tensor(n[1], device=device))
+
+    def _emit(self, event: str, state: StepState) -> None:
+        for callback in self.callbacks:
+            method = getattr(callback, event, None)
+            if method is not None:
+                method(state)

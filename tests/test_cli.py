@@ -1,0 +1,163 @@
+"""The `ldyn` command end to end on tiny models: runs, plots, resumes, and fails cleanly on bad input."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ldyn import cli
+from ldyn.runs import RunDir
+
+from conftest import write_jsonl
+
+
+def tiny_run_args(out, *extra):
+    return ["run", "smollm2_sft_dpo", "model.name=tiny", f"output_dir={out}", "stages.sft.steps=2",
+            "stages.dpo.steps=3", "stages.sft.batch_size=2", "stages.dpo.batch_size=2", "probe.n=3",
+            "probe.every=2", "data.n_train=6", *extra]
+
+
+def ldyn(capsys, *args):
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_writes_a_complete_run_directory(tmp_path, capsys):
+    code, out, err = ldyn(capsys, *tiny_run_args(tmp_path / "run"))
+    assert code == 0, err
+    run = RunDir(tmp_path / "run")
+    metrics = run.read("metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert [m["stage"] for m in metrics] == ["sft", "sft", "dpo", "dpo", "dpo"]
+    assert {"loss", "logps/chosen", "logps/rejected", "rewards/margin", "grad_norm", "lr",
+            "examples_per_s"} <= set(metrics[-1])
+    probes = run.read("probes.jsonl")
+    assert sorted({p["step"] for p in probes}) == [0, 2, 4, 5]  # step 0, every 2, and each stage's end
+    types = {p["type"] for p in probes}
+    assert {"chosen", "rejected", "irr_train", "irr_test", "random_nonhum", "argmax", "except_argmax"} <= types
+    assert len({(p["step"], p["example_id"], p["type"]) for p in probes}) == len(probes)
+    assert (run.path / "config.yaml").read_text().startswith("# ldyn ")
+    assert json.loads((run.path / "data.json").read_text())["train_pairs"] == 6
+    for name in ("probe_groups.png", "probe_spread.png", "peakiness.png", "training.png", "probe_summary.csv"):
+        assert (run.figures / name).stat().st_size > 0
+    assert (run.checkpoints / "sft" / "config.json").is_file()  # each stage's model, loadable by HF
+
+
+def test_plot_redraws_from_the_files_alone(tmp_path, capsys):
+    assert ldyn(capsys, *tiny_run_args(tmp_path / "run"))[0] == 0
+    for png in (tmp_path / "run" / "figures").glob("*.png"):
+        png.unlink()
+    code, out, err = ldyn(capsys, "plot", str(tmp_path / "run"))
+    assert code == 0 and "probe_groups.png" in out
+    assert (tmp_path / "run" / "figures" / "probe_groups.png").is_file()
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatch):
+    args = ["checkpoint_every=1", "mixed_precision=no"]
+    assert ldyn(capsys, *tiny_run_args(tmp_path / "full", *args))[0] == 0
+    from ldyn import experiment
+
+    class Killed(experiment.MetricsLogger):
+        def on_step_end(self, state):
+            super().on_step_end(state)
+            if state.step == 4:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "MetricsLogger", Killed)
+    code, _, err = ldyn(capsys, *tiny_run_args(tmp_path / "cut", *args))
+    assert code == 130 and "ldyn resume" in err
+    assert [m["step"] for m in RunDir(tmp_path / "cut").read("metrics.jsonl")] == [1, 2, 3, 4]
+    monkeypatch.undo()
+    code, _, err = ldyn(capsys, "resume", str(tmp_path / "cut"))
+    assert code == 0, err
+    full, cut = RunDir(tmp_path / "full"), RunDir(tmp_path / "cut")
+    losses = lambda run: [(m["step"], round(m["loss"], 5)) for m in run.read("metrics.jsonl")]  # noqa: E731
+    assert losses(cut) == losses(full)
+    key = lambda run: sorted((p["step"], p["example_id"], p["type"], round(p["logp_sum"], 4))  # noqa: E731
+                             for p in run.read("probes.jsonl"))
+    assert key(cut) == key(full)
+
+
+def digest(path):
+    return {p.relative_to(path): hashlib.sha256(p.read_bytes()).hexdigest() for p in path.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert cli.main(tiny_run_args(out)) == 0
+    return out
+
+
+GOOD = b'{"prompt": "Q?", "chosen": " yes", "rejected": " no"}\n'
+NO_REJECTED = b'{"prompt": "Q", "chosen": " a"}\n'
+EMPTY_CHOSEN = b'{"prompt": "Q", "chosen": "  ", "rejected": " n"}\n'
+NOT_UTF8 = b'{"prompt": "Q\xff", "chosen": " a", "rejected": " b"}\n'
+
+
+def pairs_override(tmp_path, content: bytes) -> list[str]:
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(content)
+    return [f"data.train={path}"]
+
+
+def probe_override(tmp_path) -> list[str]:
+    path = write_jsonl(tmp_path / "probe.jsonl", [{"prompt": "Q", "chosen": " a"}])
+    return [f"probe.path={path}", "probe.types=chosen,irr_test"]
+
+
+BAD_INPUTS = {
+    "malformed JSON": (lambda t: pairs_override(t, GOOD + b"{oops\n" + GOOD), "p.jsonl:2: malformed JSON"),
+    "missing field": (lambda t: pairs_override(t, GOOD + NO_REJECTED), "p.jsonl:2: field 'rejected': missing"),
+    "empty field": (lambda t: pairs_override(t, GOOD * 2 + EMPTY_CHOSEN), "p.jsonl:3: field 'chosen': is empty"),
+    "non-UTF-8": (lambda t: pairs_override(t, GOOD + NOT_UTF8), "p.jsonl:2: not valid UTF-8"),
+    "probe type the file lacks": (probe_override,
+                                  "probe.jsonl:1: field 'irr_test': probe type 'irr_test' is not in this file"),
+    "unknown model": (lambda t: ["model.name=no-such-org/no-such-model"],
+                      "cannot load model 'no-such-org/no-such-model'"),
+    "unknown loss": (lambda t: ["stages.dpo.loss.name=dpoo"], "unknown loss 'dpoo' (did you mean 'dpo'?)"),
+    "unknown optimizer": (lambda t: ["stages.sft.optim.name=adam"],
+                          "unknown optimizer 'adam' (did you mean 'adamw'?)"),
+    "unknown config key": (lambda t: ["stages.dpo.optim.lrr=1"],
+                           "unknown key 'stages.dpo.optim.lrr' (did you mean 'lr'?)"),
+    "missing data file": (lambda t: [f"data.train={t / 'nope.jsonl'}"], "nope.jsonl: cannot read"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_clear_line_exit_2_and_loses_nothing(case, tmp_path, capsys, finished_run):
+    before = digest(finished_run)
+    make_overrides, expected = BAD_INPUTS[case]
+    code, out, err = ldyn(capsys, *tiny_run_args(finished_run, *make_overrides(tmp_path)), "--overwrite")
+    assert code == 2
+    assert err.startswith("ldyn: error: ") and err.count("\n") == 1, err
+    assert expected in err
+    assert "Traceback" not in err
+    assert digest(finished_run) == before  # the earlier run's files are untouched
+
+
+def test_missing_required_value_fails_before_loading(capsys):
+    code, _, err = ldyn(capsys, "run", "hh_probe_sft")
+    assert code == 2 and "missing required values: data.train, probe.path" in err
+
+
+def test_existing_run_is_not_replaced_without_overwrite(capsys, finished_run):
+    code, _, err = ldyn(capsys, *tiny_run_args(finished_run))
+    assert code == 2 and "already holds a run" in err
+
+
+def test_installed_console_script_reports_errors_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ldyn.cli", "run", "no_such_recipe"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("ldyn: error: unknown recipe 'no_such_recipe'")
+    assert "Traceback" not in proc.stderr
+
+
+def test_ls_lists_every_loss(capsys):
+    code, out, _ = ldyn(capsys, "ls", "losses")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == ["sft", "dpo", "ipo", "cdpo", "slic", "sppo", "rpo",
+                                                              "dpop", "simpo"]
