@@ -92,3 +92,18 @@ def test_batches_reshuffle_each_pass_and_resume_exactly():
     assert first[:2] != first[2:4]  # the next pass is reshuffled
     assert ids(batches(EXAMPLES, 4, seed=0, skip=3), 3) == first[3:]
     assert ids(batches(EXAMPLES, 4, seed=0, rank=1, world=2), 1) == [first[0][1::2]]
+
+
+def test_bf16_mixed_precision_trains_while_probes_stay_fp32(tokenizer):
+    from ldyn.data.tokenize import TokenizedRow
+    from ldyn.probing import probe, probe_items
+
+    model, _ = prepare(tiny_model(tokenizer), tokenizer)
+    trainer = Trainer(model, get_loss("dpo"), LossConfig(), OptimConfig(lr=1e-3), accelerator=Accelerator(cpu=True),
+                      pad_id=0, ref_model=frozen_copy(model), mixed_precision="bf16")
+    assert torch.isfinite(torch.tensor(trainer.fit(batches(EXAMPLES, 4, seed=0), steps=2).metrics["loss"]))
+    items = probe_items([TokenizedRow("a", [1, 2, 3], {"chosen": [4, 5, 6], "rejected": [7]}, False)])
+    plain = probe(model, items, 0, progress=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as if called from inside a bf16 training step
+        inside = probe(model, items, 0, progress=False)
+    assert plain == inside

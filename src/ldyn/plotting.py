@@ -79,8 +79,8 @@ def mark_stages(ax, spans) -> None:
         if i < len(spans) - 1:
             ax.axvline(end, color="0.5", linestyle="--", linewidth=1)
         if len(spans) > 1:
-            ax.annotate(name, ((start + end) / 2, 0.98), xycoords=("data", "axes fraction"), ha="center",
-                        va="top", fontsize=8, color="0.35")
+            ax.text((start + end) / 2, 0.98, name, transform=ax.get_xaxis_transform(), ha="center", va="top",
+                    fontsize=8, color="0.35", clip_on=True)
 
 
 def write_summary(tables, path: Path) -> None:
@@ -166,9 +166,10 @@ def plot_peakiness(run: Run) -> plt.Figure:
     for t, style in (("argmax", "-"), ("except_argmax", ":"), ("chosen", "--")):
         if t in logp:
             steps, _, values = logp[t]
-            ax2.plot(steps, np.nanmean(values, axis=1), style, color="green" if t != "chosen" else color(t),
-                     label=label(t))
-    ax2.set_title("along chosen: argmax y*, except-argmax y^c, and chosen (mean, nats)")
+            ax2.plot(steps, np.nanmean(values - values[0], axis=1), style,
+                     color="green" if t != "chosen" else color(t), label=label(t))
+    ax2.axhline(0, color="0.8", linewidth=0.8)
+    ax2.set_title("along chosen: mean Δ log π of y* (argmax), y^c (except argmax), y_u⁺")
     for ax in (ax1, ax2):
         mark_stages(ax, spans)
         ax.set_xlabel("update")
@@ -178,19 +179,24 @@ def plot_peakiness(run: Run) -> plt.Figure:
 
 
 def plot_training(run: Run) -> plt.Figure:
-    panels = [("loss", ["loss"]), ("log-probs of the batch (nats)", ["logps/chosen", "logps/rejected"]),
+    panels = [("loss (log scale)", ["loss"]), ("log-probs of the batch (nats)", ["logps/chosen", "logps/rejected"]),
               ("reward margin β·h", ["rewards/margin"]), ("gradient norm (before clipping)", ["grad_norm"])]
     fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
     spans = stage_spans(run)
     for ax, (title, keys) in zip(axes, panels):
-        for key in keys:
-            rows = [r for r in run.metrics if key in r]
-            if rows:
-                ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker=".", label=key)
-        mark_stages(ax, spans)
         ax.set_title(title)
+        logged = [k for k in keys if any(k in r for r in run.metrics)]
+        if not logged:
+            ax.text(0.5, 0.5, "not logged in this run", ha="center", va="center", transform=ax.transAxes)
+            continue
+        for key in logged:
+            rows = [r for r in run.metrics if key in r]
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker=".", label=key)
+        mark_stages(ax, spans)
+        if keys == ["loss"] and all(r["loss"] > 0 for r in run.metrics if "loss" in r):
+            ax.set_yscale("log")  # SFT losses (summed nats) and DPO losses (< 1) on one axis
         ax.set_xlabel("update")
-        if len(keys) > 1:
+        if len(logged) > 1:
             ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

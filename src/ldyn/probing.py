@@ -102,5 +102,6 @@ def probe(model, items: list[ProbeItem], pad_id: int, batch_tokens: int = 4096, 
             else:
                 batch = collate([(it.prompt, it.response) for it in group], pad_id).to(device)
                 logits, labels = response_logits(model, batch)
-        records += records_for(group, token_statistics(logits, labels), logits.shape[-1])
+            stats = token_statistics(logits, labels)
+        records += records_for(group, stats, logits.shape[-1])
     return records

@@ -1,0 +1,55 @@
+"""The real embedded SmolLM2-135M-Instruct, for a few steps (minutes on CPU). Run with `pytest -m slow`."""
+
+import pytest
+import torch
+
+from ldyn import cli
+from ldyn.config import ModelConfig
+from ldyn.data.probesets import load_probe_set
+from ldyn.data.tokenize import tokenize_rows
+from ldyn.models import load_model
+from ldyn.probing import probe, probe_items
+from ldyn.runs import RunDir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model(ModelConfig(name="smollm2"))
+
+
+def test_embedded_model_is_smollm2_with_its_tokenizer(smollm2):
+    model, tokenizer = smollm2
+    assert model.config.vocab_size == 49152 and model.config.num_hidden_layers == 30
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert tokenizer.eos_token == "<|im_end|>" and model.get_input_embeddings().padding_idx is None
+
+
+def test_shared_prompt_probing_matches_plain_on_smollm2(smollm2):
+    model, tokenizer = smollm2
+    examples, _ = load_probe_set("embedded", ["auto"], n=2)
+    rows = tokenize_rows(tokenizer, [(e.id, e.prompt, e.responses) for e in examples], 256, 128)
+    items = probe_items(rows)
+    fast = {(r["example_id"], r["type"]): r for r in probe(model, items, tokenizer.pad_token_id, progress=False)}
+    plain = {(r["example_id"], r["type"]): r
+             for r in probe(model, items, tokenizer.pad_token_id, share_prompt=False, progress=False)}
+    assert fast.keys() == plain.keys()
+    for key in fast:
+        assert abs(fast[key]["logp_mean"] - plain[key]["logp_mean"]) <= 1e-4, key  # fp32, per token
+        assert abs(fast[key]["logp_sum"] - plain[key]["logp_sum"]) <= 1e-3 * max(1, fast[key]["n_tokens"] / 10), key
+
+
+def test_a_few_real_steps_of_sft_then_dpo(tmp_path):
+    out = tmp_path / "run"
+    code = cli.main(["run", "smollm2_sft_dpo", f"output_dir={out}", "stages.sft.steps=2", "stages.dpo.steps=2",
+                     "probe.n=2", "probe.every=2", "data.n_train=8"])
+    assert code == 0
+    run = RunDir(out)
+    metrics = run.read("metrics.jsonl")
+    assert [m["stage"] for m in metrics] == ["sft", "sft", "dpo", "dpo"]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
+    assert metrics[2]["loss"] == pytest.approx(0.6931, abs=1e-3)  # DPO starts at log 2: policy = reference
+    probes = run.read("probes.jsonl")
+    chosen = {p["step"]: p["logp_sum"] for p in probes if p["type"] == "chosen" and p["example_id"] == "hh-001"}
+    assert sorted(chosen) == [0, 2, 4] and chosen[2] != chosen[0]
