@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import write_jsonl
 
 from ldyn import cli
 from ldyn.runs import RunDir
-
-from conftest import write_jsonl
 
 
 def tiny_run_args(out, *extra):

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from ldyn.config import (RunConfig, apply_override, dump_config, from_dict, load_config, recipe_names, read_yaml)
+from ldyn.config import RunConfig, dump_config, from_dict, load_config, read_yaml, recipe_names
 from ldyn.errors import LdynError
 
 
@@ -15,7 +15,8 @@ def test_shipped_recipes_load_and_round_trip(tmp_path):
 
 
 def test_overrides_address_stages_by_name_and_index():
-    cfg = load_config("smollm2_sft_dpo", ["stages.dpo.optim.lr=3e-6", "--stages.0.steps=7", "probe.types=chosen,rejected"])
+    overrides = ["stages.dpo.optim.lr=3e-6", "--stages.0.steps=7", "probe.types=chosen,rejected"]
+    cfg = load_config("smollm2_sft_dpo", overrides)
     assert cfg.stages[1].optim.lr == 3e-6
     assert cfg.stages[0].steps == 7
     assert cfg.probe.types == ["chosen", "rejected"]

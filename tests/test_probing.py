@@ -57,14 +57,23 @@ def test_argmax_records_are_taken_along_chosen(tiny64, tokenizer):
     assert {t for _, t in records} == {"chosen", "rejected", "irr", "argmax", "except_argmax"}
 
 
-@pytest.mark.parametrize("packer", [length_batches, prompt_batches])
-def test_batches_cover_every_item_once_within_budget(packer):
+def test_length_batches_cover_every_item_once_within_budget():
     items = probe_items(ROWS)
-    batches = packer(items, batch_tokens=16)
+    batches = length_batches(items, batch_tokens=16)
     assert sorted(id(i) for b in batches for i in b) == sorted(id(i) for i in items)
     for b in batches:
-        if len(b) > 1 and packer is length_batches:
-            assert len(b) * max(len(i.prompt) + len(i.response) for i in b) <= 16
-        if len(b) > 1 and packer is prompt_batches:  # distinct prompts once, plus the padded responses
-            prompts = {i.example_id: len(i.prompt) for i in b}
-            assert len(prompts) * max(prompts.values()) + len(b) * max(len(i.response) for i in b) <= 16
+        assert len(b) == 1 or len(b) * max(len(i.prompt) + len(i.response) for i in b) <= 16
+
+
+def test_prompt_batches_encode_each_prompt_once_and_respect_the_budget():
+    items = probe_items(ROWS)
+    groups = prompt_batches(items, batch_tokens=12)
+    flat = [i for g in groups for b in g for i in b]
+    assert sorted(id(i) for i in flat) == sorted(id(i) for i in items)
+    seen = [{i.example_id for b in g for i in b} for g in groups]
+    assert sum(len(s) for s in seen) == len(ROWS)  # every prompt lives in exactly one group
+    for g, prompts in zip(groups, seen):
+        lengths = [len(r.prompt) for r in ROWS if r.id in prompts]
+        assert len(lengths) == 1 or len(lengths) * max(lengths) <= 12
+        for b in g:
+            assert len(b) == 1 or len(b) * max(len(i.response) for i in b) <= 12

@@ -9,7 +9,7 @@ from accelerate import Accelerator
 from ldyn.config import LossConfig, OptimConfig
 from ldyn.losses import get_loss
 from ldyn.models import frozen_copy, prepare, tiny_model
-from ldyn.trainer import TrainExample, Trainer, batches
+from ldyn.trainer import Trainer, TrainExample, batches
 
 EXAMPLES = [TrainExample(str(i), [1 + i, 2, 3], [4, 5 + i, 6], [7, 8 + i]) for i in range(8)]
 

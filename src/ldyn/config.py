@@ -45,7 +45,7 @@ class DataConfig:
 class ProbeConfig:
     path: str = "embedded"  # probe set: "embedded" or a JSONL with `prompt` plus one field per response type
     n: int = 16  # probe the first N prompts (0 = all)
-    types: list[str] = field(default_factory=lambda: ["auto"])  # response fields to probe; auto = the paper's that exist
+    types: list[str] = field(default_factory=lambda: ["auto"])  # fields to probe; auto = every paper type the file has
     every: int = 5  # probe at step 0, every k updates and at the end of each stage (0 = never)
     batch_tokens: int = 4096  # padded tokens per probe forward pass
 

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 
 import torch
+import yaml
 from accelerate import Accelerator
 
 from ldyn import __version__
@@ -24,7 +25,7 @@ from ldyn.losses import LossSpec, get_loss
 from ldyn.models import frozen_copy, load_model
 from ldyn.probing import ProbeItem, probe_items
 from ldyn.runs import CONFIG, DATA, METRICS, PROBES, RunDir
-from ldyn.trainer import TrainExample, Trainer, batches, check_optimizer
+from ldyn.trainer import Trainer, TrainExample, batches, check_optimizer
 
 
 def check_run(cfg: RunConfig) -> None:
@@ -93,8 +94,6 @@ def resume(run_dir: str) -> RunDir:
     out = RunDir(run_dir)
     if not out.exists():
         raise LdynError("nothing to resume: not a run directory", file=run_dir)
-    import yaml
-
     cfg = from_dict(RunConfig, yaml.safe_load((out.path / CONFIG).read_text()), file=str(out.path / CONFIG))
     check_run(cfg)
     state = read_resume_state(out)

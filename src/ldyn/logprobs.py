@@ -8,6 +8,7 @@ the vocabulary projection.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 
@@ -49,36 +50,56 @@ def response_logits(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return logits[:, :-1], batch.labels[:, start + 1:]
 
 
-def shared_prompt_logits(model, prompts: list[list[int]], responses: list[tuple[int, list[int]]],
-                         pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like `response_logits`, but each prompt is run once and all its responses are scored against its KV cache.
+@dataclass
+class PromptCache:
+    """A batch of prompts, all but their last token, run once: the key/value cache responses are scored against."""
 
-    prompts: distinct prompts; responses: (index of its prompt, token ids). Returns (logits, labels) aligned as in
-    `response_logits`: logits (N, L, V) with logits[:, i] predicting labels[:, i], labels IGNORE on padding.
-    Prompts are right-padded, so no attention row is ever fully masked; response positions continue each prompt's
-    own length. Equal to the plain computation up to float rounding (tested); `response_logits` is its slow twin.
+    cache: object | None  # the model's KV cache of the right-padded prompts without their last token
+    mask: torch.Tensor  # (P, longest prompt - 1) attention mask of the cached tokens
+    prompts: list[list[int]]  # the prompts' token ids
+
+
+def encode_prompts(model, prompts: list[list[int]], pad_id: int) -> PromptCache:
+    """Run every prompt but its last token once (right-padded, so no attention row is ever fully masked).
+
+    The last prompt token is fed with the responses instead, so that the logits predicting each response's
+    first token come out of the same forward pass as the rest, already aligned.
     """
     device = next(model.parameters()).device
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    prompt_ids = torch.full((len(prompts), int(lengths.max())), pad_id, device=device)
-    prompt_mask = torch.zeros_like(prompt_ids)
+    width = max(len(p) for p in prompts) - 1
+    ids = torch.full((len(prompts), width), pad_id, device=device)
+    mask = torch.zeros_like(ids)
     for i, p in enumerate(prompts):
-        prompt_ids[i, : len(p)], prompt_mask[i, : len(p)] = torch.tensor(p), 1
-    last = lengths - 1  # the position whose output predicts each response's first token
-    keep = last.unique()  # (K,) sorted; a 1D `logits_to_keep` keeps these columns for every row
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True, logits_to_keep=keep)
-    first = out.logits[torch.arange(len(prompts), device=device), torch.searchsorted(keep, last)]  # (P, V)
+        ids[i, : len(p) - 1], mask[i, : len(p) - 1] = torch.tensor(p[:-1]), 1
+    if width == 0:
+        return PromptCache(None, mask, prompts)
+    out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    return PromptCache(out.past_key_values, mask, prompts)
 
+
+def shared_prompt_logits(model, prompts: PromptCache, responses: list[tuple[int, list[int]]],
+                         pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like `response_logits`, but scoring responses against already encoded prompts.
+
+    responses: (index of its prompt in `prompts`, token ids). Returns (logits, labels) aligned as in
+    `response_logits`: logits (N, L, V) with logits[:, i] predicting labels[:, i], labels IGNORE on padding.
+    Positions continue each prompt's own length. Equal to the plain computation up to float rounding (tested);
+    `response_logits` on full sequences is its slow twin.
+    """
+    device = prompts.mask.device
     rows = torch.tensor([i for i, _ in responses], device=device)
-    cache = out.past_key_values
-    cache.batch_select_indices(rows)  # one copy of its prompt's keys/values per response
-    batch = collate([([], r) for _, r in responses], pad_id).to(device)  # response ids and labels only
-    length = batch.input_ids.shape[1]
-    positions = lengths[rows, None] + torch.arange(length, device=device)  # continue each prompt's positions
-    mask = torch.cat([prompt_mask[rows], batch.attention_mask], dim=1)
+    # each row: the prompt's last token, then the response; labels cover the response only
+    batch = collate([(prompts.prompts[i][-1:], r) for i, r in responses], pad_id).to(device)
+    starts = torch.tensor([len(prompts.prompts[i]) - 1 for i, _ in responses], device=device)
+    positions = starts[:, None] + torch.arange(batch.input_ids.shape[1], device=device)
+    cache = None
+    if prompts.cache is not None:
+        cache = copy.deepcopy(prompts.cache)  # the prompts' cache serves further batches of responses
+        cache.batch_select_indices(rows)  # one copy of its prompt's keys/values per response
+    mask = torch.cat([prompts.mask[rows], batch.attention_mask], dim=1)
     logits = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions,
-                   past_key_values=cache, use_cache=True).logits  # (N, L, V): column j predicts token j + 1
-    return torch.cat([first[rows, None], logits[:, :-1]], dim=1), batch.labels
+                   past_key_values=cache, use_cache=cache is not None).logits
+    return logits[:, :-1], batch.labels[:, 1:]
 
 
 def logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> SeqLogps:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ldyn.data.tokenize import TokenizedRow, collate
-from ldyn.logprobs import response_logits, shared_prompt_logits, token_statistics
+from ldyn.logprobs import STAT_NAMES, encode_prompts, response_logits, shared_prompt_logits, token_statistics
 
 ARGMAX_ALONG = "chosen"
 
@@ -39,32 +39,37 @@ def probe_items(rows: list[TokenizedRow]) -> list[ProbeItem]:
 
 
 def length_batches(items: list[ProbeItem], batch_tokens: int) -> list[list[ProbeItem]]:
-    """Pack items, sorted by length, into batches whose padded size (rows × longest) stays within batch_tokens."""
-    ordered = sorted(items, key=lambda it: len(it.prompt) + len(it.response))
+    """For the plain path: items sorted by prompt + response length, packed as `_pack` does."""
+    total = lambda it: len(it.prompt) + len(it.response)  # noqa: E731
+    return _pack(sorted(items, key=total), batch_tokens, total)
+
+
+def prompt_batches(items: list[ProbeItem], batch_tokens: int) -> list[list[list[ProbeItem]]]:
+    """For the shared-prompt path: prompts sorted by length and packed so that (prompts × longest prompt) stays
+    within batch_tokens; within each such group, its items sorted by response length and packed so that
+    (responses × longest response) stays within batch_tokens. Returns [prompt group][response batch][item]."""
+    by_prompt: dict[str, list[ProbeItem]] = {}
+    for item in items:
+        by_prompt.setdefault(item.example_id, []).append(item)
+    prompt_groups = _pack(sorted(by_prompt.values(), key=lambda g: len(g[0].prompt)), batch_tokens,
+                          lambda g: len(g[0].prompt))  # prompts are encoded once per group
+    return [_pack(sorted((it for g in group for it in g), key=lambda it: len(it.response)), batch_tokens,
+                  lambda it: len(it.response)) for group in prompt_groups]
+
+
+def _pack(ordered: list, budget: int, length) -> list[list]:
+    """Cut a list sorted by length into batches with (batch size × longest) <= budget. A batch also ends where
+    the next length exceeds 1.25 × its first, once it holds budget/8 tokens: less padding, still large matmuls."""
     out, current = [], []
-    for item in ordered:
-        length = len(item.prompt) + len(item.response)  # the longest so far, since items are sorted
-        if current and (len(current) + 1) * length > batch_tokens:
-            out.append(current)
-            current = []
-        current.append(item)
-    return out + ([current] if current else [])
-
-
-def prompt_batches(items: list[ProbeItem], batch_tokens: int) -> list[list[ProbeItem]]:
-    """Items sorted by response length, packed so that a batch's padded size -- each of its distinct prompts once,
-    plus every response -- stays within batch_tokens (for the shared-prompt path)."""
-
-    def size(batch: list[ProbeItem]) -> int:
-        prompts = {it.example_id: len(it.prompt) for it in batch}
-        return len(prompts) * max(prompts.values()) + len(batch) * max(len(it.response) for it in batch)
-
-    out, current = [], []
-    for item in sorted(items, key=lambda it: (len(it.response), it.example_id)):
-        if current and size(current + [item]) > batch_tokens:
-            out.append(current)
-            current = []
-        current.append(item)
+    for x in ordered:
+        if current:
+            longest, first = length(x), length(current[0])
+            full = (len(current) + 1) * longest > budget
+            ragged = longest > 1.25 * first and len(current) * longest >= budget // 8
+            if full or ragged:
+                out.append(current)
+                current = []
+        current.append(x)
     return out + ([current] if current else [])
 
 
@@ -73,15 +78,15 @@ def records_for(items: list[ProbeItem], stats: dict[str, torch.Tensor], vocab: i
     records = []
     for i, item in enumerate(items):
         n = int(stats["n_tokens"][i])
-        mean = (lambda key: float(stats[key][i]) / max(n, 1))  # noqa: E731
+        mean = {k: float(stats[k][i]) / max(n, 1) for k in STAT_NAMES}  # per-token means
         records.append({"example_id": item.example_id, "type": item.type, "logp_sum": float(stats["logp"][i]),
-                        "logp_mean": mean("logp"), "n_tokens": n,
-                        "a_norm": math.sqrt(vocab - 2 + vocab * mean("sq_norm")),
-                        "pe": mean("pe"), "entropy": mean("entropy")})
+                        "logp_mean": mean["logp"], "n_tokens": n,
+                        "a_norm": math.sqrt(vocab - 2 + vocab * mean["sq_norm"]),
+                        "pe": mean["pe"], "entropy": mean["entropy"]})
         if item.type == ARGMAX_ALONG:
             for name, key in (("argmax", "argmax_logp"), ("except_argmax", "except_argmax_logp")):
                 records.append({"example_id": item.example_id, "type": name, "logp_sum": float(stats[key][i]),
-                                "logp_mean": mean(key), "n_tokens": n})
+                                "logp_mean": mean[key], "n_tokens": n})
     return records
 
 
@@ -90,18 +95,22 @@ def probe(model, items: list[ProbeItem], pad_id: int, batch_tokens: int = 4096, 
           progress: bool = True) -> list[dict]:
     """Evaluate every probe item with `model`; one record per item (plus argmax records along chosen)."""
     device = next(model.parameters()).device
+    groups = prompt_batches(items, batch_tokens) if share_prompt else [length_batches(items, batch_tokens)]
+    bar = tqdm(total=sum(len(g) for g in groups), desc="probe", unit="batch", leave=False, disable=not progress)
     records = []
-    batches = prompt_batches(items, batch_tokens) if share_prompt else length_batches(items, batch_tokens)
-    for group in tqdm(batches, desc="probe", unit="batch", leave=False, disable=not progress):
-        with torch.autocast(device.type, enabled=False):
+    with torch.autocast(device.type, enabled=False), bar:
+        for group in groups:
             if share_prompt:
-                index = {e: i for i, e in enumerate(dict.fromkeys(it.example_id for it in group))}
-                prompts = {it.example_id: it.prompt for it in group}
-                logits, labels = shared_prompt_logits(model, [prompts[e] for e in index],
-                                                      [(index[it.example_id], it.response) for it in group], pad_id)
-            else:
-                batch = collate([(it.prompt, it.response) for it in group], pad_id).to(device)
-                logits, labels = response_logits(model, batch)
-            stats = token_statistics(logits, labels)
-        records += records_for(group, stats, logits.shape[-1])
+                index = {e: i for i, e in enumerate(dict.fromkeys(it.example_id for b in group for it in b))}
+                prompts = {it.example_id: it.prompt for b in group for it in b}
+                encoded = encode_prompts(model, [prompts[e] for e in index], pad_id)
+            for batch_items in group:
+                if share_prompt:
+                    responses = [(index[it.example_id], it.response) for it in batch_items]
+                    logits, labels = shared_prompt_logits(model, encoded, responses, pad_id)
+                else:
+                    batch = collate([(it.prompt, it.response) for it in batch_items], pad_id).to(device)
+                    logits, labels = response_logits(model, batch)
+                records += records_for(batch_items, token_statistics(logits, labels), logits.shape[-1])
+                bar.update()
     return records

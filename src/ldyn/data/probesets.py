@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 from ldyn.data.jsonl import read_jsonl, text_field
 from ldyn.data.preference import embedded_path
@@ -104,7 +103,3 @@ def load_probe_set(path: str, types: list[str] = ("auto",), n: int = 0,
                     raise
         examples.append(ProbeExample(str(row.get("id", len(examples))), prompt, responses))
     return examples, types
-
-
-def probe_set_name(path: str) -> str:
-    return "embedded" if path == "embedded" else Path(path).name
