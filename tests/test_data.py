@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from ldyn.data.embedded import embedded_path, embedded_rows
 from ldyn.data.preference import load_pairs, pair_from_row, split_hh
-from ldyn.data.probesets import PAPER_TYPES, embedded_rows, load_probe_set
+from ldyn.data.probesets import PAPER_TYPES, load_probe_set
 from ldyn.data.tokenize import IGNORE, collate, tokenize_rows
 from ldyn.errors import LdynError
 
@@ -40,7 +41,6 @@ def test_derived_types_follow_their_rules_and_are_seeded():
 
 def load_rows_split(split):
     from ldyn.data.jsonl import read_jsonl
-    from ldyn.data.preference import embedded_path
 
     return [r for _, r in read_jsonl(embedded_path()) if r["split"] == split]
 

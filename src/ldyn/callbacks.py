@@ -12,8 +12,10 @@ from pathlib import Path
 
 import torch
 
-from ldyn.probing import ProbeItem, probe
-from ldyn.runs import METRICS, PROBES, RunDir
+from ldyn.akg import decompose, parameters, update_directions
+from ldyn.data.tokenize import collate
+from ldyn.probing import ProbeItem, length_batches, probe
+from ldyn.runs import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBE_TIMES, PROBES, RunDir
 from ldyn.trainer import StepState
 
 STATE = "state.json"  # checkpoints/state.json: where to resume from
@@ -53,8 +55,64 @@ class ProbeCallback:
         records = probe(state.accelerator.unwrap_model(state.model), self.items, self.pad_id, self.batch_tokens)
         seconds = round(time.perf_counter() - started, 3)
         self.run.append(PROBES, [{"step": state.step, "stage": state.stage, **r} for r in records])
-        self.run.append("probe_times.jsonl", [{"step": state.step, "seconds": seconds, "items": len(self.items)}])
+        self.run.append(PROBE_TIMES, [{"step": state.step, "seconds": seconds, "items": len(self.items)}])
         self.done.add(state.step)
+
+
+class DecompositionCallback:
+    """Decompose the update after step 0 and after every `every`-th step: the predicted (first-order A·K·G) and
+    the observed change of log π(y | x_o) for every observed (example, response type), into decomposition.jsonl.
+
+    Predictions use three parameter steps from θ_t: the optimizer's real step ("predicted"), and the paper's SGD
+    kernel −η·g split into its y⁺ part ("sgd_positive") and y⁻ part ("sgd_negative"). Runs in the model's own
+    precision (no autocast) on the main process.
+    """
+
+    def __init__(self, run: RunDir, items: list[ProbeItem], pad_id: int, every: int, batch_tokens: int):
+        self.run, self.items, self.pad_id, self.every, self.batch_tokens = run, items, pad_id, every, batch_tokens
+        self.pending = None
+
+    def on_step_start(self, state: StepState) -> None:
+        if not self.every or state.step % self.every or not state.accelerator.is_main_process:
+            return
+        started = time.perf_counter()
+        trainer, model = state.trainer, state.accelerator.unwrap_model(state.model)
+        examples = [e for micro in state.batch for e in micro]
+        dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
+        reference = trainer.reference_logps(examples, dtype) if trainer.loss.needs_reference else None
+        directions = update_directions(model, trainer.loss, trainer.loss_cfg, examples, self.pad_id, reference)
+        theta = {k: v.clone() for k, v in parameters(model).items()}
+        self.pending = (theta, directions, trainer.lr_at(state.stage_step), time.perf_counter() - started)
+
+    def on_step_end(self, state: StepState) -> None:
+        if self.pending is None:
+            return
+        theta, directions, lr, seconds = self.pending
+        self.pending = None
+        started = time.perf_counter()
+        model = state.accelerator.unwrap_model(state.model)
+        after = parameters(model)
+        tangents = {"step": {k: after[k] - theta[k] for k in theta},
+                    "sgd_positive": {k: -lr * g for k, g in directions.positive.items()}}
+        if directions.negative is not None:
+            tangents["sgd_negative"] = {k: -lr * g for k, g in directions.negative.items()}
+        device = next(model.parameters()).device
+        rows = []
+        for group in length_batches(self.items, self.batch_tokens):
+            batch = collate([(it.prompt, it.response) for it in group], self.pad_id).to(device)
+            out = {k: v.tolist() for k, v in decompose(model, theta, after, tangents, batch).items()}
+            for i, item in enumerate(group):
+                row = {"step": state.step, "stage": state.stage, "example_id": item.example_id, "type": item.type,
+                       "lr": lr, "g_norm_sq": directions.g_norm_sq}
+                row |= {k.replace("predicted/step", "predicted").replace("predicted/sgd_", "sgd_"): v[i]
+                        for k, v in out.items()}
+                row["observed/lbk"] = row["observed/dlogp_sq"] / (row["observed/a_norm_sq"] * directions.g_norm_sq)
+                rows.append(row)
+        self.run.append(DECOMPOSITION, rows)
+        seconds += time.perf_counter() - started
+        self.run.append(DECOMPOSITION_TIMES, [{"step": state.step, "seconds": round(seconds, 3),
+                                               "update_seconds": round(state.metrics["time/update_s"], 3),
+                                               "items": len(self.items)}])
 
 
 class Checkpointer:

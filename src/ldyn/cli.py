@@ -2,7 +2,9 @@
 
     ldyn run RECIPE [key=value | --key=value ...] [--overwrite]   train + probe into runs/<name>
     ldyn resume RUN_DIR                                          continue a run from its last checkpoint
+    ldyn decompose RECIPE [--stage NAME] [key=value ...]         one update, decomposed into A·K·G terms
     ldyn plot RUN_DIR [RUN_DIR ...]                              redraw a run's figures from its files
+    ldyn influence RUN_DIR ... [--out FILE]                      accumulated-influence heatmap across runs
     ldyn config RECIPE [key=value ...]                           print the resolved config
     ldyn ls losses|recipes                                       list what is registered / shipped
 
@@ -24,10 +26,19 @@ def _parser() -> argparse.ArgumentParser:
                          description="Overrides: key=value or --key=value, e.g. stages.dpo.optim.lr=2e-5")
     run.add_argument("recipe", help="a shipped recipe name (`ldyn ls recipes`) or a YAML file")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
+    dec = sub.add_parser("decompose", help="take one update and decompose its effect on the probe responses",
+                         description="Predicted (first-order A·K·G) against observed Δ log π for one update of a "
+                                     "stage, on the first decompose.n probe prompts. Overrides as for `run`.")
+    dec.add_argument("recipe", help="a shipped recipe name (`ldyn ls recipes`) or a YAML file")
+    dec.add_argument("--stage", help="which stage's loss and optimizer to use (default: the first)")
+    dec.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
     resume.add_argument("run_dir")
     plot = sub.add_parser("plot", help="redraw a run's figures from its files alone")
     plot.add_argument("run_dirs", nargs="+")
+    influence = sub.add_parser("influence", help="heatmap of accumulated influence across decomposed runs")
+    influence.add_argument("run_dirs", nargs="+")
+    influence.add_argument("--out", default="influence.png", help="PNG to write (a CSV is written beside it)")
     config = sub.add_parser("config", help="print the resolved config of a recipe with overrides")
     config.add_argument("recipe")
     ls = sub.add_parser("ls", help="list registered losses or shipped recipes")
@@ -45,7 +56,7 @@ def _overrides(parser, extra: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("run", "config"):
+    if extra and args.command not in ("run", "config", "decompose"):
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     try:
         return _dispatch(args, _overrides(parser, extra))
@@ -82,11 +93,20 @@ def _dispatch(args, overrides: list[str]) -> int:
             for path in plot_run(run_dir):
                 print(path)
         return 0
+    if args.command == "influence":
+        from ldyn.plotting import influence_figure
+
+        for path in influence_figure(args.run_dirs, args.out):
+            print(path)
+        return 0
     _quiet_libraries()
     from ldyn import experiment
 
     if args.command == "run":
         out = experiment.run(config.load_config(args.recipe, overrides), overwrite=args.overwrite)
+    elif args.command == "decompose":
+        cfg = config.load_config(args.recipe, overrides)
+        out = experiment.decompose_step(cfg, args.stage, overwrite=args.overwrite)
     else:
         out = experiment.resume(args.run_dir)
     print(out.path)

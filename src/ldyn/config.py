@@ -51,6 +51,13 @@ class ProbeConfig:
 
 
 @dataclass
+class DecomposeConfig:
+    every: int = 0  # decompose the update after step 0 and after every k-th step (0 = never)
+    n: int = 4  # observed prompts: the first N of the probe set, with all their response types
+    batch_tokens: int = 1024  # padded tokens per forward-mode (JVP) batch; it holds about 3 forwards' memory
+
+
+@dataclass
 class LossConfig:
     name: str = "dpo"  # a registered loss: `ldyn ls losses`
     beta: float = 0.1  # β: inverse temperature of DPO-family losses (SimPO wants ~2)
@@ -81,6 +88,8 @@ class StageConfig:
     batch_size: int = 4  # pairs (or SFT examples) per micro-batch
     grad_accum: int = 1  # micro-batches per update
     extend: bool = False  # SFT on chosen ∪ rejected: each pair gives two SFT examples (the paper's "extend")
+    target: str = "chosen"  # the response field SFT trains on (chosen, rejected, irr_hum, ...: the paper's
+    # train_supervise); preference losses always use chosen and rejected
 
 
 @dataclass
@@ -93,6 +102,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    decompose: DecomposeConfig = field(default_factory=DecomposeConfig)
     stages: list[StageConfig] = field(default_factory=list)  # trained in order; each DPO-family stage's reference
     # is a frozen copy of the model at that stage's start
 

@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import yaml
 from accelerate import Accelerator
 
 from ldyn import __version__
-from ldyn.callbacks import Checkpointer, MetricsLogger, ProbeCallback, read_resume_state
-from ldyn.config import ModelConfig, RunConfig, check, dump_config, from_dict
+from ldyn.callbacks import Checkpointer, DecompositionCallback, MetricsLogger, ProbeCallback, read_resume_state
+from ldyn.config import ModelConfig, RunConfig, StageConfig, check, dump_config, from_dict
 from ldyn.data.preference import load_pairs
 from ldyn.data.probesets import load_probe_set
 from ldyn.data.tokenize import TokenizedRow, tokenize_rows
-from ldyn.errors import LdynError
+from ldyn.errors import LdynError, did_you_mean
 from ldyn.losses import LossSpec, get_loss
 from ldyn.models import frozen_copy, load_model
 from ldyn.probing import ProbeItem, probe_items
-from ldyn.runs import CONFIG, DATA, METRICS, PROBES, RunDir
+from ldyn.runs import CONFIG, DATA, DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBE_TIMES, PROBES, RunDir
 from ldyn.trainer import Trainer, TrainExample, batches, check_optimizer
 
 
@@ -37,22 +37,26 @@ def check_run(cfg: RunConfig) -> None:
         if stage.extend and spec.needs_rejected:
             raise LdynError(f"extend (SFT on chosen ∪ rejected) needs an SFT-style loss, not '{spec.name}'",
                             field=f"stages.{stage.name}.extend")
+        if stage.target != "chosen" and spec.needs_rejected:
+            raise LdynError(f"a target field applies to SFT-style losses; '{spec.name}' trains on chosen and "
+                            "rejected", field=f"stages.{stage.name}.target")
 
 
 @dataclass
 class Inputs:
-    train: list[TokenizedRow]  # responses: {"chosen", "rejected"}
+    train: list[TokenizedRow]  # responses: {"chosen", "rejected"} and any SFT target field
     probes: list[ProbeItem]
     report: dict  # what was loaded, for data.json and the console
 
 
 def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
     data, pcfg = cfg.data, cfg.probe
-    pairs, skipped = load_pairs(data.train, data.split, data.n_train, data.skip_empty)
-    train = tokenize_rows(tokenizer, [(p.id, p.prompt, {"chosen": p.chosen, "rejected": p.rejected}) for p in pairs],
-                          data.max_length, data.max_prompt_length, data.truncation_mode)
+    targets = tuple(dict.fromkeys(s.target for s in cfg.stages if s.target not in ("chosen", "rejected")))
+    pairs, skipped = load_pairs(data.train, data.split, data.n_train, data.skip_empty, targets, cfg.seed)
+    train = tokenize_rows(tokenizer, [(p.id, p.prompt, {"chosen": p.chosen, "rejected": p.rejected} | p.extra)
+                                      for p in pairs], data.max_length, data.max_prompt_length, data.truncation_mode)
     probe_rows, types = [], []
-    if pcfg.every:
+    if pcfg.every or cfg.decompose.every:
         examples, types = load_probe_set(pcfg.path, pcfg.types, pcfg.n, cfg.seed)
         probe_rows = tokenize_rows(tokenizer, [(e.id, e.prompt, e.responses) for e in examples],
                                    data.max_length, data.max_prompt_length, data.truncation_mode)
@@ -63,12 +67,12 @@ def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
     return Inputs(train, probe_items(probe_rows), report)
 
 
-def stage_examples(rows: list[TokenizedRow], spec: LossSpec, extend: bool) -> list[TrainExample]:
-    """Pairs for preference losses; chosen targets for SFT, plus rejected ones when `extend`."""
+def stage_examples(rows: list[TokenizedRow], spec: LossSpec, stage: StageConfig) -> list[TrainExample]:
+    """Pairs for preference losses; for SFT the stage's target field, plus the rejected ones when `extend`."""
     if spec.needs_rejected:
         return [TrainExample(r.id, r.prompt, r.responses["chosen"], r.responses["rejected"]) for r in rows]
-    examples = [TrainExample(r.id, r.prompt, r.responses["chosen"], None) for r in rows]
-    if extend:
+    examples = [TrainExample(r.id, r.prompt, r.responses[stage.target], None) for r in rows]
+    if stage.extend:
         examples += [TrainExample(f"{r.id}/rejected", r.prompt, r.responses["rejected"], None) for r in rows]
     return examples
 
@@ -89,6 +93,22 @@ def run(cfg: RunConfig, *, overwrite: bool = False) -> RunDir:
     return _train(cfg, out, model, tokenizer, inputs, resume=None)
 
 
+def decompose_step(cfg: RunConfig, stage: str | None = None, *, overwrite: bool = False) -> RunDir:
+    """One update of one stage (default: the first), decomposed against the probe set: `ldyn decompose`.
+
+    The update batch is the stage's first batch (`data.n_train` = the batch size makes it exactly the first
+    pairs of the file); the observed set is the first `decompose.n` probe prompts with all their response types.
+    """
+    names = [s.name for s in cfg.stages]
+    name = stage or names[0]
+    if name not in names:
+        raise LdynError(f"unknown stage '{name}'{did_you_mean(name, names)}", field="--stage")
+    picked = next(s for s in cfg.stages if s.name == name)
+    cfg = replace(cfg, stages=[replace(picked, steps=1)], probe=replace(cfg.probe, every=0),
+                  decompose=replace(cfg.decompose, every=1), output_dir=cfg.output_dir or f"runs/{cfg.name}-decompose")
+    return run(cfg, overwrite=overwrite)
+
+
 def resume(run_dir: str) -> RunDir:
     """Continue a run from its last checkpoint (or from the start, keeping what it wrote before)."""
     out = RunDir(run_dir)
@@ -104,7 +124,7 @@ def resume(run_dir: str) -> RunDir:
         model, tokenizer = load_model(cfg.model, cfg.seed)
     inputs = load_inputs(cfg, tokenizer)
     step = state["step"] if state else 0
-    for name in (METRICS, PROBES):
+    for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES):
         out.keep_until(name, step)
     return _train(cfg, out, model, tokenizer, inputs, resume=state)
 
@@ -135,6 +155,11 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
                  ProbeCallback(out, inputs.probes, tokenizer.pad_token_id, cfg.probe.every, cfg.probe.batch_tokens,
                                done),
                  Checkpointer(out, tokenizer, cfg.checkpoint_every)]
+    if cfg.decompose.every:
+        observed = list(dict.fromkeys(it.example_id for it in inputs.probes))[: cfg.decompose.n]
+        callbacks.append(DecompositionCallback(out, [it for it in inputs.probes if it.example_id in observed],
+                                               tokenizer.pad_token_id, cfg.decompose.every,
+                                               cfg.decompose.batch_tokens))
     step = resume["step"] if resume else 0
     first_stage = resume["stage_index"] if resume else 0
     for index in range(first_stage, len(cfg.stages)):
@@ -149,7 +174,7 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
                           grad_accum=stage.grad_accum, mixed_precision=cfg.mixed_precision)
         if mid_stage and resume.get("optimizer"):
             trainer.optimizer.load_state_dict(torch.load(resume["model_dir"] / resume["optimizer"]))
-        data = batches(stage_examples(inputs.train, spec, stage.extend), stage.batch_size,
+        data = batches(stage_examples(inputs.train, spec, stage), stage.batch_size,
                        seed=cfg.seed * 1000 + index, skip=start * stage.grad_accum,
                        rank=accelerator.process_index, world=accelerator.num_processes)
         step = trainer.fit(data, stage.steps, stage=stage.name, stage_index=index, step=step, start=start).step

@@ -35,19 +35,33 @@ def _supports_logits_to_keep(model) -> bool:
         return False
 
 
-def response_logits(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def first_scored(batch: Batch) -> int:
+    """The first position (over the batch) whose output predicts a response token."""
+    scored = (batch.labels != IGNORE).any(0).nonzero()
+    return max(int(scored[0]) - 1, 0) if len(scored) else 0
+
+
+def aligned_labels(batch: Batch) -> torch.Tensor:
+    """The labels `response_logits` returns, without running the model."""
+    return batch.labels[:, first_scored(batch) + 1:]
+
+
+def response_logits(model, batch: Batch, params: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the model; return (logits, labels), both cut so that logits[:, i] predicts labels[:, i].
 
     logits: (B, T', V) in the model's output dtype; labels: (B, T') with IGNORE where nothing is scored.
-    T' starts at the first position (over the batch) whose next token is a response token.
+    T' starts at the first position (over the batch) whose next token is a response token. With `params`
+    (name -> tensor), the model runs with those parameters instead of its own (`torch.func.functional_call`),
+    which is how the decomposition differentiates through it in forward mode.
     """
-    scored = (batch.labels != IGNORE).any(0).nonzero()
-    start = max(int(scored[0]) - 1, 0) if len(scored) else 0
+    start = first_scored(batch)
     keep = batch.input_ids.shape[1] - start
-    kwargs = {"logits_to_keep": keep} if _supports_logits_to_keep(model) else {}
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).logits
-    logits = logits[:, -keep:]
-    return logits[:, :-1], batch.labels[:, start + 1:]
+    kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    if _supports_logits_to_keep(model):
+        kwargs["logits_to_keep"] = keep
+    out = model(**kwargs) if params is None else torch.func.functional_call(model, params, args=(), kwargs=kwargs)
+    logits = out.logits[:, -keep:]
+    return logits[:, :-1], aligned_labels(batch)
 
 
 @dataclass

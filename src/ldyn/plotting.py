@@ -6,6 +6,10 @@
 - peakiness.png     ‖A‖_F per type and the teacher-forced argmax / except-argmax log-probs along chosen
 - training.png      loss, chosen/rejected log-probs, reward margin and gradient norm per update
 - probe_summary.csv the numbers behind the probe figures (one row per step and type)
+- decomposition.png predicted (first-order A·K·G) against observed Δ log π per response type, and the SGD-kernel
+                    split into positive- and negative-gradient contributions (runs with decomposition records)
+- decomposition_summary.csv  the numbers behind it, one row per response type
+`plot_influence(RUN_DIRS)` (the CLI's `ldyn influence`) draws the paper's appendix heatmap across runs.
 Dashed vertical lines mark where one training stage (e.g. SFT) ends and the next (e.g. DPO) begins.
 """
 
@@ -23,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ldyn.data.probesets import GROUPS, SYMBOLS  # noqa: E402
+from ldyn.errors import LdynError  # noqa: E402
 from ldyn.runs import FIGURES, Run, load_run  # noqa: E402
 
 PALETTES = {"chosen": "Blues", "rejected": "Oranges", "irrelevant": "Reds", "random": "Greys", "argmax": "Greens"}
@@ -202,22 +207,156 @@ def plot_training(run: Run) -> plt.Figure:
     return fig
 
 
+def decomposition_summary(run: Run) -> list[dict]:
+    """Per observed response type, over every decomposed update and prompt: how well the first-order prediction
+    matches the observed change, and how the SGD-kernel prediction splits into y⁺ and y⁻ contributions."""
+    by_type: dict[str, list[dict]] = defaultdict(list)
+    for row in run.decomposition:
+        by_type[row["type"]].append(row)
+    out = []
+    for t in ordered_types(by_type):
+        rows = by_type[t]
+        obs, pred = np.array([r["observed"] for r in rows]), np.array([r["predicted"] for r in rows])
+        pos = np.array([r.get("sgd_positive", 0.0) for r in rows])
+        neg = np.array([r.get("sgd_negative", 0.0) for r in rows])
+        corr = float(np.corrcoef(obs, pred)[0, 1]) if len(rows) > 1 and obs.std() > 0 and pred.std() > 0 else np.nan
+        out.append({"type": t, "n": len(rows), "corr": corr,
+                    "rel_error_median": float(np.median(np.abs(pred - obs) / np.maximum(np.abs(obs), 1e-12))),
+                    "observed_mean": obs.mean(), "predicted_mean": pred.mean(),
+                    "sgd_positive_mean": pos.mean(), "sgd_negative_mean": neg.mean(),
+                    "negative_share": float(np.abs(neg).sum() / max(np.abs(pos).sum() + np.abs(neg).sum(), 1e-300)),
+                    "observed_mass_argmax": np.mean([r["observed/mass_argmax"] for r in rows]),
+                    "observed_mass_tail": np.mean([r["observed/mass_tail"] for r in rows]),
+                    "lbk_mean": np.mean([r["observed/lbk"] for r in rows]),
+                    "sign_delta_mean": np.mean([r["observed/sign_delta"] for r in rows])})
+    return out
+
+
+def plot_decomposition(run: Run, summary: list[dict]) -> plt.Figure:
+    types = [s["type"] for s in summary]
+    cols = 4
+    rows = math.ceil((len(types) + 1) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
+    for ax, s in zip(axes.flat, summary):
+        data = [r for r in run.decomposition if r["type"] == s["type"]]
+        obs, pred = [r["observed"] for r in data], [r["predicted"] for r in data]
+        ax.scatter(obs, pred, s=12, color=color(s["type"]), alpha=0.8)
+        lo, hi = min(obs + pred), max(obs + pred)
+        ax.plot([lo, hi], [lo, hi], color="0.5", linewidth=0.8, linestyle="--")
+        ax.set_title(f"{label(s['type'])}\nr = {s['corr']:.3f}, median rel. error {s['rel_error_median']:.2g}",
+                     fontsize=9)
+        ax.set_xlabel("observed Δ log π", fontsize=8)
+        ax.set_ylabel("predicted (A·K·G, real step)", fontsize=8)
+    ax = axes.flat[len(types)]
+    x = np.arange(len(types))
+    ax.bar(x - 0.2, [s["sgd_positive_mean"] for s in summary], 0.4, label="from y⁺ (positive gradient)")
+    ax.bar(x + 0.2, [s["sgd_negative_mean"] for s in summary], 0.4, label="from y⁻ (negative gradient)")
+    ax.axhline(0, color="0.5", linewidth=0.8)
+    ax.set_xticks(x, [SYMBOLS.get(t, t) for t in types], rotation=60, fontsize=7)
+    ax.set_title("SGD kernel −η·A·K·G: mean predicted Δ log π by part", fontsize=9)
+    ax.legend(fontsize=7)
+    for ax in axes.flat[len(types) + 1:]:
+        ax.axis("off")
+    steps = sorted({r["step"] for r in run.decomposition})
+    fig.suptitle(f"{run.path.name}: one-step decomposition at updates {steps} (each point: one prompt)")
+    fig.tight_layout()
+    return fig
+
+
+def training_signal(run: Run, stage: str) -> str:
+    """A column label for a stage: "SFT on irr_hum", "DPO (y⁺, y⁻)", "SFT on chosen ∪ rejected", ..."""
+    cfg = next((s for s in run.config.get("stages", []) if s.get("name") == stage), {})
+    loss = cfg.get("loss", {}).get("name", stage)
+    if cfg.get("extend"):
+        return f"{loss.upper()} on chosen ∪ rejected"
+    if loss in ("sft",):
+        return f"SFT on {cfg.get('target', 'chosen')}"
+    return f"{loss.upper()} (y⁺, y⁻)"
+
+
+def influence_table(runs: list[Run]) -> tuple[list[str], list[str], np.ndarray]:
+    """Accumulated influence: for each (run, stage) column and observed type, the sum over decomposed updates of
+    the mean observed Δ log π(y | x_o). Returns (row types, column labels, values (rows, columns))."""
+    columns: dict[str, dict[str, float]] = {}
+    for run in runs:
+        sums: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for row in run.decomposition:
+            sums[(row["stage"], row["type"])][row["step"]].append(row["observed"])
+        for (stage, t), by_step in sums.items():
+            label_ = f"{training_signal(run, stage)}\n[{run.path.name}]"
+            columns.setdefault(label_, {})[t] = float(sum(np.mean(v) for v in by_step.values()))
+    types = ordered_types({t: None for col in columns.values() for t in col})
+    values = np.array([[col.get(t, np.nan) for col in columns.values()] for t in types])
+    return types, list(columns), values
+
+
+def plot_influence(run_dirs: list[str | Path]) -> tuple[plt.Figure, list[dict]]:
+    """The paper's appendix heatmap: rows observed response types, columns training signals (one per run and
+    stage); colour = accumulated influence normalised per column by its (max − min), as the authors' notebook does;
+    the numbers are the raw sums in nats."""
+    runs = [load_run(d) for d in run_dirs]
+    types, columns, values = influence_table(runs)
+    span = np.nanmax(values, axis=0) - np.nanmin(values, axis=0)
+    scaled = values / np.where(span > 0, span, 1)
+    fig, ax = plt.subplots(figsize=(2.2 * len(columns) + 3, 0.55 * len(types) + 2))
+    limit = np.nanmax(np.abs(scaled)) or 1
+    image = ax.imshow(scaled, cmap="RdYlBu", vmin=-limit, vmax=limit, aspect="auto")
+    for i in range(len(types)):
+        for j in range(len(columns)):
+            if not np.isnan(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:+.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(columns)), columns, fontsize=8)
+    ax.set_yticks(range(len(types)), [label(t) for t in types], fontsize=8)
+    ax.set_title("accumulated influence: Σ over decomposed updates of mean Δ log π(y | x_o) (nats)\n"
+                 "colour normalised per column by its max − min", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    rows = [{"type": t} | {c.replace("\n", " "): values[i, j] for j, c in enumerate(columns)}
+            for i, t in enumerate(types)]
+    return fig, rows
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()} for row in rows)
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Draw every figure of a run from its files; returns the written paths."""
     run = load_run(run_dir)
     out = run.path / FIGURES
     out.mkdir(exist_ok=True)
-    figures = {}
+    figures, written = {}, []
     tables = probe_table(run)
     if tables:
         write_summary(tables, out / "probe_summary.csv")
+        written.append(out / "probe_summary.csv")
         figures |= {"probe_groups": plot_groups(run, tables), "probe_spread": plot_spread(run, tables),
                     "peakiness": plot_peakiness(run)}
     if run.metrics:
         figures["training"] = plot_training(run)
-    written = [out / "probe_summary.csv"] if tables else []
+    if run.decomposition:
+        summary = decomposition_summary(run)
+        write_rows(summary, out / "decomposition_summary.csv")
+        written.append(out / "decomposition_summary.csv")
+        figures["decomposition"] = plot_decomposition(run, summary)
     for name, fig in figures.items():
         fig.savefig(out / f"{name}.png", dpi=110)
         plt.close(fig)
         written.append(out / f"{name}.png")
     return written
+
+
+def influence_figure(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
+    """Write the accumulated-influence heatmap of `run_dirs` to `out` (PNG) and its numbers beside it (CSV)."""
+    runs_with = [d for d in run_dirs if load_run(d).decomposition]
+    if not runs_with:
+        raise LdynError("none of these runs has decomposition records (run with decompose.every > 0)")
+    fig, rows = plot_influence(runs_with)
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    write_rows(rows, out.with_suffix(".csv"))
+    return [out, out.with_suffix(".csv")]

@@ -5,6 +5,9 @@
       data.json         what was loaded: counts of pairs, probe prompts and types, truncated rows
       metrics.jsonl     one row per update: step, stage, loss, log-probs, rewards, margin, grad norm, lr, examples/s
       probes.jsonl      long format, one row per (step, example, response type): logp_sum, logp_mean, n_tokens, ...
+      probe_times.jsonl seconds per probe round
+      decomposition.jsonl   per decomposed update and (example, response type): observed and predicted Δ log π
+      decomposition_times.jsonl   seconds per decomposition, against the update it decomposes
       figures/          PNGs and the CSV data behind each (`ldyn plot RUN_DIR` redraws them from the files alone)
       checkpoints/      `last/` (resumable) and `<stage>/` (the model at each stage's end, a HF checkpoint dir)
 
@@ -24,6 +27,8 @@ import yaml
 from ldyn.errors import LdynError
 
 CONFIG, DATA, METRICS, PROBES = "config.yaml", "data.json", "metrics.jsonl", "probes.jsonl"
+PROBE_TIMES = "probe_times.jsonl"
+DECOMPOSITION, DECOMPOSITION_TIMES = "decomposition.jsonl", "decomposition_times.jsonl"
 FIGURES, CHECKPOINTS = "figures", "checkpoints"
 
 
@@ -87,6 +92,7 @@ class Run:
     config: dict
     metrics: list[dict]
     probes: list[dict]
+    decomposition: list[dict]
 
 
 def load_run(path: str | Path) -> Run:
@@ -95,4 +101,4 @@ def load_run(path: str | Path) -> Run:
     if not run.exists():
         raise LdynError(f"not a run directory (no {CONFIG})", file=str(path))
     config = yaml.safe_load((run.path / CONFIG).read_text(encoding="utf-8")) or {}
-    return Run(run.path, config, run.read(METRICS), run.read(PROBES))
+    return Run(run.path, config, run.read(METRICS), run.read(PROBES), run.read(DECOMPOSITION))

@@ -60,6 +60,7 @@ class StepState:
     ref_model: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
     accelerator: object
+    trainer: Trainer | None = None  # for callbacks that need the loss, the learning rate or reference log-probs
     batch: list[list[TrainExample]] = field(default_factory=list)  # micro-batches of the current update
     metrics: dict[str, float] = field(default_factory=dict)  # of the last update
 
@@ -105,7 +106,7 @@ class Trainer:
             step: int = 0, start: int = 0) -> StepState:
         """Run updates `start..steps-1` of this stage; `step` is the global update count before the first."""
         state = StepState(step, stage, stage_index, start, steps, self.model, self.ref_model, self.optimizer,
-                          self.accelerator)
+                          self.accelerator, self)
         self._emit("on_train_start", state)
         bar = tqdm(range(start, steps), desc=stage, initial=start, total=steps, unit="update",
                    disable=not self.accelerator.is_main_process, dynamic_ncols=True)
@@ -153,9 +154,7 @@ class Trainer:
         sequences = [(e.prompt, e.chosen) for e in examples] + ([(e.prompt, e.rejected) for e in examples]
                                                                  if pairs else [])
         batch = collate(sequences, self.pad_id).to(self.accelerator.device)
-        device_type = self.accelerator.device.type
-        with torch.autocast(device_type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        with self.autocast():
             logps = sequence_logps(self.model, batch)
         n = len(examples)
         policy = PairLogps(logps.sum[:n], logps.sum[n:] if pairs else None, logps.n_tokens[:n],
@@ -177,7 +176,8 @@ class Trainer:
         if todo:
             sequences = [(e.prompt, e.chosen) for e in todo] + [(e.prompt, e.rejected) for e in todo]
             batch = collate(sequences, self.pad_id).to(self.accelerator.device)
-            logps = sequence_logps(self.ref_model, batch).sum.tolist()
+            with self.autocast():  # as the policy, so that the margins are exactly 0 at the start
+                logps = sequence_logps(self.ref_model, batch).sum.tolist()
             for i, e in enumerate(todo):
                 self.reference_cache[e.id] = (logps[i], logps[len(todo) + i])
         device = self.accelerator.device
@@ -186,6 +186,11 @@ class Trainer:
         return PairLogps(torch.tensor(chosen, dtype=dtype, device=device),
                          torch.tensor(rejected, dtype=dtype, device=device),
                          torch.tensor(n[0], device=device), torch.tensor(n[1], device=device))
+
+    def autocast(self):
+        """bf16 autocast around training forwards when mixed precision is on; a no-op otherwise."""
+        return torch.autocast(self.accelerator.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
 
     def _emit(self, event: str, state: StepState) -> None:
         for callback in self.callbacks:

@@ -10,10 +10,10 @@ The row format is recognised from the columns, so any copy of these datasets wor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from importlib import resources
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ldyn.data.embedded import embedded_path, embedded_rows
 from ldyn.data.jsonl import read_jsonl, text_field
 from ldyn.errors import EmptyFieldError, LdynError
 
@@ -26,11 +26,7 @@ class Pair:
     prompt: str  # x
     chosen: str  # y⁺
     rejected: str  # y⁻
-
-
-def embedded_path() -> Path:
-    """Our own HH-style set: 48 train + 16 test prompts, each with chosen, rejected, rephrases and irrelevant text."""
-    return Path(str(resources.files("ldyn.data") / "embedded" / "hh_style.jsonl"))
+    extra: dict[str, str] = field(default_factory=dict)  # other requested response fields, e.g. an SFT target
 
 
 def split_hh(text: str, where: dict) -> tuple[str, str]:
@@ -48,8 +44,8 @@ def _last_assistant(messages, where: dict) -> str:
     return replies[-1]
 
 
-def pair_from_row(row: dict, file: str, line: int, default_id: str) -> Pair:
-    """One row in any of the three supported formats -> Pair."""
+def pair_from_row(row: dict, file: str, line: int, default_id: str, fields: tuple[str, ...] = ()) -> Pair:
+    """One row in any of the three supported formats -> Pair; `fields` are further text fields it must have."""
     row_id = str(row.get("id", default_id))
     if isinstance(row.get("chosen"), list):  # UltraFeedback-style messages
         prompt = text_field(row, "prompt", file, line)
@@ -60,7 +56,12 @@ def pair_from_row(row: dict, file: str, line: int, default_id: str) -> Pair:
         return Pair(row_id, f"Human: {prompt}\nAssistant:", chosen, rejected)
     chosen, rejected = text_field(row, "chosen", file, line), text_field(row, "rejected", file, line)
     if "prompt" in row:
-        return Pair(row_id, text_field(row, "prompt", file, line), chosen, rejected)
+        extra = {f: text_field(row, f, file, line) for f in fields if f not in ("chosen", "rejected")}
+        return Pair(row_id, text_field(row, "prompt", file, line), chosen, rejected, extra)
+    if set(fields) - {"chosen", "rejected"}:
+        missing = sorted(set(fields) - {"chosen", "rejected"})[0]
+        raise LdynError("missing (dialogue-format rows have only chosen and rejected)", file=file, line=line,
+                        field=missing)
     prompt, chosen = split_hh(chosen, dict(file=file, line=line, field="chosen"))
     prompt_r, rejected = split_hh(rejected, dict(file=file, line=line, field="rejected"))
     if prompt_r != prompt:
@@ -96,16 +97,19 @@ def _hf_rows(name: str, split: str, n: int):
     return enumerate(ds, start=1)
 
 
-def load_pairs(source: str, split: str = "train", n: int = 0,
-               skip_empty: bool = False) -> tuple[list[Pair], int]:
+def load_pairs(source: str, split: str = "train", n: int = 0, skip_empty: bool = False,
+               fields: tuple[str, ...] = (), seed: int = 0) -> tuple[list[Pair], int]:
     """Preference pairs from "embedded", a JSONL path, a dataset directory or a hub dataset name.
 
     Returns (the first `n` pairs (0 = all), number of rows skipped). A row with an empty prompt or response is an
     error naming its line, unless `skip_empty`, which drops it (the authors' HH probe file has one empty rejected).
+    `fields` names further response fields every row must have (kept in `Pair.extra`); `seed` seeds the embedded
+    set's derived types.
     """
     if source == "embedded":
         path = embedded_path()
-        rows = [(ln, r) for ln, r in read_jsonl(path) if r.get("split") == split]
+        rows = (embedded_rows(seed) if split == "train"
+                else [(ln, r) for ln, r in read_jsonl(path) if r["split"] == split])
         file = str(path)
     elif Path(source).suffix in (".jsonl", ".json") or Path(source).is_file():
         rows, file = read_jsonl(source), source
@@ -114,7 +118,7 @@ def load_pairs(source: str, split: str = "train", n: int = 0,
     pairs, skipped = [], 0
     for index, (line, row) in enumerate(rows):
         try:
-            pairs.append(pair_from_row(row, file, line, default_id=str(index)))
+            pairs.append(pair_from_row(row, file, line, default_id=str(index), fields=fields))
         except EmptyFieldError:
             if not skip_empty:
                 raise

@@ -1,20 +1,15 @@
 """Probe sets: prompts, each with many named responses whose log-probabilities we track during training.
 
 The format is the paper authors' (`prompt` plus one field per response type, as in their formal_prob_train.jsonl);
-it loads as it is. Our embedded set is written in the same format; its rule-based types are derived here, seeded:
-- irr_train: another training prompt's chosen response (y_{j≠u}⁺), by a random derangement;
-- irr_test: a held-out (test-split) prompt's chosen response (y_test⁺);
-- random_permute: the words of chosen, shuffled (y_urnd⁺);
-- random_nonhum: the words of irr_test, shuffled (y_rnd).
+it loads as it is. The embedded set (`data/embedded.py`) is written in the same format.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
+from ldyn.data.embedded import embedded_path, embedded_rows
 from ldyn.data.jsonl import read_jsonl, text_field
-from ldyn.data.preference import embedded_path
 from ldyn.errors import EmptyFieldError, LdynError
 
 # The paper's probed response types, in its order, with the symbols its figures use.
@@ -42,31 +37,6 @@ class ProbeExample:
     id: str
     prompt: str  # x_u
     responses: dict[str, str]  # response type -> text, e.g. {"chosen": ..., "irr_test": ...}
-
-
-def shuffle_words(text: str, rng: random.Random) -> str:
-    words = text.split()
-    rng.shuffle(words)
-    return " " + " ".join(words)
-
-
-def embedded_rows(seed: int = 0) -> list[tuple[int, dict]]:
-    """The embedded set's training rows with the four rule-based types derived (seeded, reproducible)."""
-    rows = list(read_jsonl(embedded_path()))
-    train = [(ln, dict(r)) for ln, r in rows if r["split"] == "train"]
-    test = [r for _, r in rows if r["split"] == "test"]
-    rng = random.Random(seed)
-    order = list(range(len(train)))
-    rng.shuffle(order)
-    other = {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}  # a derangement: never itself
-    test_order = list(range(len(test)))
-    rng.shuffle(test_order)
-    for i, (_, row) in enumerate(train):
-        row["irr_train"] = train[other[i]][1]["chosen"]
-        row["irr_test"] = test[test_order[i % len(test)]]["chosen"]
-        row["random_permute"] = shuffle_words(row["chosen"], rng)
-        row["random_nonhum"] = shuffle_words(row["irr_test"], rng)
-    return train
 
 
 def load_probe_set(path: str, types: list[str] = ("auto",), n: int = 0,

@@ -1,0 +1,178 @@
+"""The A·K·G decomposition: how one update moves the log-probabilities of observed responses (paper §3, Prop. 1).
+
+    Δ log π(y | χ_o) = −η · A(χ_o) · K(χ_o, χ_u) · G(χ_u) + O(η²)
+
+- G = ∇_z L, the gradient of the *registered* loss with respect to the update batch's logits, taken by autograd
+  from the same function that trains (`loss_logit_gradient`). It is kept apart for the y⁺ rows and the y⁻ rows,
+  so the positive- and negative-gradient contributions can be reported separately.
+- K·G is never formed. One backward pass turns each part of G into a parameter direction g^± = J_u^±ᵀ G^±
+  (`update_directions`); one forward-mode JVP per observed batch turns a parameter step Δθ into the first-order
+  logit change Δz_o = J_o Δθ (`logit_jvp`). With Δθ = −η g this is exactly −η K G; `entk.py` forms K explicitly
+  for small models, the slow twin the tests compare against.
+- A = I − 1πᵀ is applied analytically per token: Δ log π_v = Δz_v − Σ_w π_w Δz_w.
+
+Two parameter steps are used: the paper's SGD kernel Δθ = −η g (η = the stage's learning rate), split into its
+y⁺ and y⁻ parts, and the optimizer's real step θ_{t+1} − θ_t (Adam, RMSprop or SGD, after clipping).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ldyn.config import LossConfig
+from ldyn.data.tokenize import IGNORE, Batch, collate
+from ldyn.logprobs import STAT_CHUNK, aligned_labels, logps_from_logits, response_logits
+from ldyn.losses import LossSpec, PairLogps
+
+TOP_K = 10  # "top-k" in the mass split: the pre-update argmax, the next TOP_K - 1 tokens, and the tail
+
+
+def parameters(model) -> dict[str, torch.Tensor]:
+    """The model's trainable parameters by name (tied weights appear once), detached."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def update_batch(examples, pad_id: int, pairs: bool, device) -> Batch:
+    """The update batch as the trainer builds it: chosen rows first, then rejected rows for preference losses."""
+    sequences = [(e.prompt, e.chosen) for e in examples] + ([(e.prompt, e.rejected) for e in examples]
+                                                             if pairs else [])
+    return collate(sequences, pad_id).to(device)
+
+
+def loss_logit_gradient(model, spec: LossSpec, cfg: LossConfig, batch: Batch, n: int,
+                        reference: PairLogps | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """G = ∇_z L for the mean loss of an update batch, by autograd through the registered loss.
+
+    Returns (logits, labels, G): logits (rows, T, V) still attached to the graph, G of the same shape; rows
+    [0, n) are y⁺ (or the SFT target), rows [n, 2n) are y⁻.
+    """
+    logits, labels = response_logits(model, batch)
+    logps = logps_from_logits(logits, labels)
+    pairs = logits.shape[0] > n
+    policy = PairLogps(logps.sum[:n], logps.sum[n:] if pairs else None, logps.n_tokens[:n],
+                       logps.n_tokens[n:] if pairs else None)
+    loss = spec.fn(policy, reference, cfg).losses.mean()
+    (grad,) = torch.autograd.grad(loss, logits, retain_graph=True)
+    return logits, labels, grad
+
+
+@dataclass
+class UpdateDirections:
+    positive: dict[str, torch.Tensor]  # g⁺ = J⁺ᵀ G⁺: the loss gradient flowing through the y⁺ (or SFT) rows
+    negative: dict[str, torch.Tensor] | None  # g⁻ = J⁻ᵀ G⁻: through the y⁻ rows (None for one-sided losses)
+    g_norm_sq: float  # ‖G‖_F² over every update position (the LBK normaliser)
+
+
+def update_directions(model, spec: LossSpec, cfg: LossConfig, examples, pad_id: int,
+                      reference: PairLogps | None) -> UpdateDirections:
+    """∇_θ L = g⁺ + g⁻, each part from one backward pass of its rows' G through the model."""
+    names, params = zip(*((n, p) for n, p in model.named_parameters() if p.requires_grad))
+    device = params[0].device
+    batch = update_batch(examples, pad_id, spec.needs_rejected, device)
+    n = len(examples)
+    with torch.enable_grad():
+        logits, _, grad = loss_logit_gradient(model, spec, cfg, batch, n, reference)
+        parts = []
+        for rows in ((slice(0, n), slice(n, None)) if spec.needs_rejected else (slice(0, n),)):
+            g_rows = torch.zeros_like(grad)
+            g_rows[rows] = grad[rows]
+            vjp = torch.autograd.grad(logits, params, grad_outputs=g_rows, retain_graph=True, allow_unused=True)
+            parts.append({k: (torch.zeros_like(p) if v is None else v) for k, p, v in zip(names, params, vjp)})
+    return UpdateDirections(parts[0], parts[1] if len(parts) > 1 else None, float((grad.double() ** 2).sum()))
+
+
+def logit_jvp(model, theta: dict, tangent: dict, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, labels, Δz): the observed batch's logits at θ and their first-order change J_o·tangent.
+
+    Forward-mode AD through the model; the math SDPA backend is forced because the fused CPU attention kernels
+    have no forward-mode derivative (eager attention works as well).
+    """
+    labels = aligned_labels(batch)
+    with sdpa_kernel(SDPBackend.MATH):
+        logits, dlogits = torch.func.jvp(lambda p: response_logits(model, batch, p)[0], (theta,), (tangent,))
+    return logits, labels, dlogits
+
+
+def delta_log_prob(logits: torch.Tensor, labels: torch.Tensor, dlogits: torch.Tensor) -> torch.Tensor:
+    """A applied per token: Σ_m [Δz_{m,y_m} − π_m·Δz_m], the first-order change of log π(y|x) per sequence."""
+    mask = labels != IGNORE
+    seq = mask.nonzero()[:, 0]
+    z, dz, y = logits[mask], dlogits[mask], labels[mask]
+    dtype = torch.promote_types(z.dtype, torch.float32)
+    out = torch.zeros(labels.shape[0], dtype=dtype, device=labels.device)
+    for lo in range(0, z.shape[0], STAT_CHUNK):
+        p = z[lo:lo + STAT_CHUNK].to(dtype).softmax(-1)
+        d = dz[lo:lo + STAT_CHUNK].to(dtype)
+        per_token = d.gather(-1, y[lo:lo + STAT_CHUNK, None]).squeeze(-1) - (p * d).sum(-1)
+        out.index_add_(0, seq[lo:lo + STAT_CHUNK], per_token)
+    return out
+
+
+def change_statistics(logits: torch.Tensor, labels: torch.Tensor, after: torch.Tensor | None = None,
+                      dlogits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-sequence sums, over response positions, of how the whole next-token distribution moves.
+
+    Give `after` (logits after the real step: the observed change) or `dlogits` (first order: Δπ_v = π_v·Δlogπ_v).
+      mass_argmax   Δπ at each position's pre-update argmax token     (the squeezing signature: it gains)
+      mass_topk     Δπ summed over the next TOP_K − 1 most likely tokens
+      mass_tail     Δπ summed over all other tokens                    (= −argmax − topk: mass is conserved)
+      dlogp_sq      ‖Δ log π‖² over the vocabulary (observed only)      (LBK numerator)
+      dlogp_sum     Σ_v Δ log π_v (observed only)                      (SignDelta numerator)
+      a_norm_sq     ‖A‖_F² = V − 2 + V‖π‖²                             (LBK denominator)
+    """
+    mask = labels != IGNORE
+    seq = mask.nonzero()[:, 0]
+    z = logits[mask]
+    dtype = torch.promote_types(z.dtype, torch.float32)
+    names = ("mass_argmax", "mass_topk", "mass_tail", "a_norm_sq") + (("dlogp_sq", "dlogp_sum") if after is not None
+                                                                       else ())
+    out = {k: torch.zeros(labels.shape[0], dtype=dtype, device=labels.device) for k in names}
+    other = after[mask] if after is not None else dlogits[mask]
+    vocab = z.shape[-1]
+    for lo in range(0, z.shape[0], STAT_CHUNK):
+        logp = z[lo:lo + STAT_CHUNK].to(dtype).log_softmax(-1)
+        p = logp.exp()
+        if after is not None:
+            dlogp = other[lo:lo + STAT_CHUNK].to(dtype).log_softmax(-1) - logp
+            dp = dlogp.exp() * p - p  # π' − π, exact
+        else:
+            d = other[lo:lo + STAT_CHUNK].to(dtype)
+            dp = p * (d - (p * d).sum(-1, keepdim=True))  # first order: π_v (Δz_v − π·Δz)
+        top = p.topk(TOP_K, dim=-1).indices
+        stats = {"mass_argmax": dp.gather(-1, top[:, :1]).squeeze(-1),
+                 "mass_topk": dp.gather(-1, top[:, 1:]).sum(-1),
+                 "a_norm_sq": vocab - 2 + vocab * (p * p).sum(-1)}
+        stats["mass_tail"] = dp.sum(-1) - stats["mass_argmax"] - stats["mass_topk"]
+        if after is not None:
+            stats |= {"dlogp_sq": (dlogp * dlogp).sum(-1), "dlogp_sum": dlogp.sum(-1)}
+        for k, v in stats.items():
+            out[k].index_add_(0, seq[lo:lo + STAT_CHUNK], v)
+    out["n_tokens"] = mask.sum(1)
+    return out
+
+
+@torch.no_grad()
+def decompose(model, theta: dict, theta_after: dict, tangents: dict[str, dict], batch: Batch) -> dict:
+    """Predicted against observed, per sequence of an observed batch, for one update θ → θ_after.
+
+    tangents: name -> parameter step; each gives "predicted/<name>" = first-order Δ log π(y|x_o). The tangent
+    named "step" (the real θ_after − θ) also gives the predicted mass split. "observed" is the exact change
+    log π_{θ_after}(y|x_o) − log π_θ(y|x_o), with "observed/<statistic>" from `change_statistics`.
+    """
+    out = {}
+    for name, tangent in tangents.items():
+        logits, labels, dlogits = logit_jvp(model, theta, tangent, batch)
+        out[f"predicted/{name}"] = delta_log_prob(logits, labels, dlogits)
+        if name == "step":
+            first_order = change_statistics(logits, labels, dlogits=dlogits)
+            out |= {f"predicted/{k}": v for k, v in first_order.items() if k.startswith("mass")}
+    after, labels = response_logits(model, batch, theta_after)
+    out["observed"] = logps_from_logits(after, labels).sum - logps_from_logits(logits, labels).sum
+    stats = change_statistics(logits, labels, after=after)
+    out |= {f"observed/{k}": v for k, v in stats.items()}
+    # SignDelta (paper App. C, Eq. 26): the mean of Δ log π over vocabulary and tokens
+    out["observed/sign_delta"] = stats["dlogp_sum"] / (stats["n_tokens"].clamp(min=1) * logits.shape[-1])
+    return out

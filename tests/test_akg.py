@@ -1,0 +1,202 @@
+"""The A·K·G engine in float64 on tiny models: matrix-free equals explicit, first order, G from autograd."""
+
+import math
+
+import pytest
+import torch
+
+from ldyn.akg import (
+    change_statistics,
+    decompose,
+    delta_log_prob,
+    logit_jvp,
+    loss_logit_gradient,
+    parameters,
+    update_batch,
+    update_directions,
+)
+from ldyn.config import LossConfig
+from ldyn.data.tokenize import IGNORE, collate
+from ldyn.entk import entk, predicted_logit_change
+from ldyn.logprobs import sequence_logps
+from ldyn.losses import PairLogps, get_loss
+from ldyn.models import prepare, tiny_model
+from ldyn.trainer import TrainExample
+
+UPDATE = [TrainExample("u0", [5, 6, 7], [8, 9, 10], [11, 12]), TrainExample("u1", [1, 2], [3, 4], [5, 6, 7])]
+OBSERVED = [([5, 6, 7], [8, 9, 10]), ([5, 6, 7], [11, 12]), ([40, 41], [42, 43, 44])]
+
+
+@pytest.fixture
+def small64(tokenizer):
+    model, _ = prepare(tiny_model(tokenizer, torch.float64, "sdpa", seed=2, hidden_size=16), tokenizer)
+    return model
+
+
+def reference_logps(model, examples):
+    """Log-probs of a slightly different model, so that the DPO sigmoid is not at 1/2."""
+    batch = update_batch(examples, 0, True, "cpu")
+    with torch.no_grad():
+        logps = sequence_logps(model, batch).sum + torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=torch.float64)
+    n = len(examples)
+    return PairLogps(logps[:n], logps[n:], None, None)
+
+
+def test_jvp_path_equals_explicit_kernel_product(small64):
+    spec, cfg, eta = get_loss("dpo"), LossConfig(beta=0.5), 1e-3
+    reference = reference_logps(small64, UPDATE)
+    dirs = update_directions(small64, spec, cfg, UPDATE, 0, reference)
+    tangent = {k: -eta * (dirs.positive[k] + dirs.negative[k]) for k in dirs.positive}
+    observed = collate(OBSERVED, 0)
+    theta = parameters(small64)
+    logits, labels, dz = logit_jvp(small64, theta, tangent, observed)
+    # the slow twin: explicit Jacobians, K = J_o J_uᵀ, Δz = −η K G
+    upd = update_batch(UPDATE, 0, True, "cpu")
+    _, labels_u, grad = loss_logit_gradient(small64, spec, cfg, upd, len(UPDATE), reference)
+    kernel = entk(small64, theta, observed, upd)
+    dz_explicit = predicted_logit_change(kernel, grad[labels_u != IGNORE].detach(), eta)
+    mask = labels != IGNORE
+    assert torch.allclose(dz[mask], dz_explicit, atol=1e-8, rtol=0)
+    # and A applied analytically equals the explicit softmax Jacobian I − 1πᵀ
+    per_token = []
+    for z, d, y in zip(logits[mask], dz[mask], labels[mask]):
+        a = torch.eye(len(z), dtype=z.dtype) - torch.softmax(z, -1)[None, :].expand(len(z), -1)
+        per_token.append((a @ d)[y])
+    seq = mask.nonzero()[:, 0]
+    explicit = torch.zeros(len(OBSERVED), dtype=torch.float64).index_add(0, seq, torch.stack(per_token))
+    assert torch.allclose(delta_log_prob(logits, labels, dz), explicit, atol=1e-12)
+
+
+def test_positive_and_negative_directions_sum_to_the_loss_gradient(small64):
+    spec, cfg = get_loss("dpo"), LossConfig()
+    reference = reference_logps(small64, UPDATE)
+    dirs = update_directions(small64, spec, cfg, UPDATE, 0, reference)
+    small64.zero_grad()
+    logits_batch = update_batch(UPDATE, 0, True, "cpu")
+    logps = sequence_logps(small64, logits_batch)
+    policy = PairLogps(logps.sum[:2], logps.sum[2:], logps.n_tokens[:2], logps.n_tokens[2:])
+    spec.fn(policy, reference, cfg).losses.mean().backward()
+    for name, p in small64.named_parameters():
+        assert torch.allclose(dirs.positive[name] + dirs.negative[name], p.grad, atol=1e-12), name
+
+
+def test_dpo_G_from_autograd_is_beta_one_minus_a_times_pi_minus_y(small64):
+    beta = 0.5
+    reference = reference_logps(small64, UPDATE)
+    batch = update_batch(UPDATE, 0, True, "cpu")
+    logits, labels, grad = loss_logit_gradient(small64, get_loss("dpo"), LossConfig(beta=beta), batch, 2, reference)
+    logps = sequence_logps(small64, batch).sum.detach()
+    h = (logps[:2] - reference.chosen) - (logps[2:] - reference.rejected)
+    a = torch.sigmoid(beta * h)
+    pi = logits.detach().softmax(-1)
+    y = torch.nn.functional.one_hot(labels.clamp(min=0), pi.shape[-1]) * (labels != IGNORE)[..., None]
+    coeff = (beta * (1 - a) / 2)[:, None, None]  # the batch mean divides by n = 2
+    assert torch.allclose(grad[:2], coeff * (pi[:2] - y[:2]) * (labels[:2] != IGNORE)[..., None], atol=1e-12)
+    assert torch.allclose(grad[2:], -coeff * (pi[2:] - y[2:]) * (labels[2:] != IGNORE)[..., None], atol=1e-12)
+
+
+def test_sft_G_is_pi_minus_y(small64):
+    examples = [TrainExample("s", [1, 2, 3], [4, 5], None)]
+    batch = update_batch(examples, 0, False, "cpu")
+    logits, labels, grad = loss_logit_gradient(small64, get_loss("sft"), LossConfig(), batch, 1, None)
+    pi = logits.detach().softmax(-1)
+    y = torch.nn.functional.one_hot(labels.clamp(min=0), pi.shape[-1])
+    mask = (labels != IGNORE)[..., None]
+    assert torch.allclose(grad, (pi - y) * mask, atol=1e-12)
+
+
+def relative_residual(model, eta):
+    """One plain SGD step of size η on an SFT update; |observed − predicted| / |observed| per observed sequence."""
+    spec = get_loss("sft")
+    examples = [TrainExample("s", [5, 6, 7], [8, 9, 10], None)]
+    dirs = update_directions(model, spec, LossConfig(), examples, 0, None)
+    theta = parameters(model)
+    step = {k: -eta * g for k, g in dirs.positive.items()}
+    after = {k: theta[k] + step[k] for k in theta}
+    out = decompose(model, theta, after, {"step": step}, collate(OBSERVED, 0))
+    return ((out["observed"] - out["predicted/step"]).abs() / out["observed"].abs()).max().item()
+
+
+def test_relative_residual_shrinks_linearly_with_eta(small64):
+    residuals = [relative_residual(small64, eta) for eta in (2e-3, 1e-3, 5e-4)]
+    for big, small in zip(residuals, residuals[1:]):
+        assert 1.6 < big / small < 2.4, residuals
+    assert residuals[-1] < 0.05
+
+
+def test_change_statistics_conserve_mass_and_match_first_order(small64):
+    spec = get_loss("sft")
+    examples = [TrainExample("s", [5, 6, 7], [8, 9, 10], None)]
+    dirs = update_directions(small64, spec, LossConfig(), examples, 0, None)
+    theta = parameters(small64)
+    step = {k: -1e-5 * g for k, g in dirs.positive.items()}
+    observed = collate(OBSERVED, 0)
+    logits, labels, dz = logit_jvp(small64, theta, step, observed)
+    from ldyn.logprobs import response_logits
+
+    after, _ = response_logits(small64, observed, {k: theta[k] + step[k] for k in theta})
+    exact = change_statistics(logits, labels, after=after)
+    first = change_statistics(logits, labels, dlogits=dz)
+    total = exact["mass_argmax"] + exact["mass_topk"] + exact["mass_tail"]
+    assert total.abs().max() < 1e-12
+    scale = torch.stack([exact[k].abs() for k in ("mass_argmax", "mass_topk", "mass_tail")]).amax(0)
+    for key in ("mass_argmax", "mass_topk", "mass_tail"):  # first order within 2% of the mass that moved
+        assert ((first[key] - exact[key]).abs() <= 0.02 * scale).all(), key
+    vocab = logits.shape[-1]
+    pi = logits.softmax(-1)[labels != IGNORE]
+    a_norm_sq = (vocab - 2 + vocab * (pi * pi).sum(-1)).sum()
+    assert math.isclose(exact["a_norm_sq"].sum().item(), a_norm_sq.item(), rel_tol=1e-12)
+
+
+def test_decompose_command_records_predicted_against_observed(tmp_path):
+    from ldyn import cli
+    from ldyn.runs import RunDir
+
+    out = tmp_path / "dec"
+    code = cli.main(["decompose", "smollm2_sft_dpo", "--stage", "dpo", "model.name=tiny", f"output_dir={out}",
+                     "data.n_train=2", "stages.dpo.batch_size=2", "decompose.n=2", "stages.dpo.optim.name=sgd",
+                     "stages.dpo.optim.lr=1e-3", "stages.dpo.optim.max_grad_norm=0", "data.max_length=48",
+                     "data.max_prompt_length=24", "model.dtype=float64"])
+    assert code == 0
+    run = RunDir(out)
+    rows = run.read("decomposition.jsonl")
+    assert {r["step"] for r in rows} == {1} and len({r["example_id"] for r in rows}) == 2
+    assert {r["type"] for r in rows} >= {"chosen", "rejected", "irr_hum", "random_nonhum"}
+    scale = max(abs(r["observed"]) for r in rows)
+    for r in rows:
+        # plain SGD without clipping: the real step is the SGD kernel's −η(g⁺ + g⁻)
+        assert r["predicted"] == pytest.approx(r["sgd_positive"] + r["sgd_negative"], rel=1e-6, abs=1e-9)
+        assert abs(r["predicted"] - r["observed"]) < 0.01 * scale  # first order, up to O(η²)
+        assert r["observed/lbk"] >= 0 and abs(r["observed/mass_argmax"] + r["observed/mass_topk"]
+                                              + r["observed/mass_tail"]) < 1e-5
+    assert (run.figures / "decomposition.png").is_file() and (run.figures / "decomposition_summary.csv").is_file()
+    times = run.read("decomposition_times.jsonl")
+    assert times[0]["seconds"] > 0 and times[0]["update_seconds"] > 0
+
+
+def test_influence_heatmap_across_training_signals(tmp_path, probe_file):
+    from ldyn import cli
+
+    common = ["model.name=tiny", f"data.train={probe_file}", f"probe.path={probe_file}", "probe.every=0",
+              "decompose.every=1", "decompose.n=2", "data.n_train=4", "checkpoint_every=0"]
+    sft = [f"output_dir={tmp_path / 'sft'}", "stages.sft.target=irr_hum", "stages.sft.steps=2",
+           "stages.sft.batch_size=2"]
+    assert cli.main(["run", "hh_probe_sft", *common, *sft]) == 0
+    dpo = [f"output_dir={tmp_path / 'dpo'}", "stages.dpo.steps=2", "stages.dpo.batch_size=2"]
+    assert cli.main(["run", "hh_probe_dpo", *common, *dpo]) == 0
+    assert cli.main(["influence", str(tmp_path / "sft"), str(tmp_path / "dpo"), "--out", str(tmp_path / "i.png")]) == 0
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "i.csv")))
+    assert [c.split(" [")[0] for c in rows[0] if c != "type"] == ["SFT on irr_hum", "DPO (y⁺, y⁻)"]
+    assert {r["type"] for r in rows} == {"chosen", "rejected", "irr_hum", "random_permute"}
+    assert (tmp_path / "i.png").stat().st_size > 0
+
+
+def test_sft_target_must_be_a_field_of_the_training_data(tmp_path, pairs_file, capsys):
+    from ldyn import cli
+
+    code = cli.main(["run", "hh_probe_sft", "model.name=tiny", f"data.train={pairs_file}", "probe.path=embedded",
+                     "stages.sft.target=irr_hum", f"output_dir={tmp_path / 'x'}"])
+    assert code == 2
+    assert "pairs.jsonl:1: field 'irr_hum': missing" in capsys.readouterr().err
