@@ -17,7 +17,7 @@ from ldyn.akg import (
 )
 from ldyn.config import LossConfig
 from ldyn.data.tokenize import IGNORE, collate
-from ldyn.entk import entk, predicted_logit_change
+from ldyn.entk import entk, kernel_norm, predicted_logit_change
 from ldyn.logprobs import sequence_logps
 from ldyn.losses import PairLogps, get_loss
 from ldyn.models import prepare, tiny_model
@@ -57,6 +57,11 @@ def test_jvp_path_equals_explicit_kernel_product(small64):
     dz_explicit = predicted_logit_change(kernel, grad[labels_u != IGNORE].detach(), eta)
     mask = labels != IGNORE
     assert torch.allclose(dz[mask], dz_explicit, atol=1e-8, rtol=0)
+    # a vocabulary subset gives the matching sub-block, and ‖K‖_F is its Frobenius norm
+    vocab = torch.tensor([3, 8, 42])
+    sub = entk(small64, theta, observed, upd, vocab)
+    assert torch.allclose(sub, kernel[:, :, vocab][:, :, :, vocab], atol=1e-12)
+    assert torch.allclose(kernel_norm(sub)[0, 0], (sub[0, 0] ** 2).sum().sqrt())
     # and A applied analytically equals the explicit softmax Jacobian I − 1πᵀ
     per_token = []
     for z, d, y in zip(logits[mask], dz[mask], labels[mask]):

@@ -39,3 +39,8 @@ def entk(model, theta: dict, observed: Batch, update: Batch, vocab: torch.Tensor
 def predicted_logit_change(kernel: torch.Tensor, grad: torch.Tensor, eta: float) -> torch.Tensor:
     """Δz_o[m] = −η Σ_l K[m, l] G[l] (first order, SGD): kernel (M, L, V, V), grad (L, V) -> (M, V)."""
     return -eta * torch.einsum("mlvw,lw->mv", kernel, grad)
+
+
+def kernel_norm(kernel: torch.Tensor) -> torch.Tensor:
+    """‖K[m, l]‖_F for every pair of positions: (M, L, V, V) -> (M, L)."""
+    return torch.linalg.matrix_norm(kernel, ord="fro")
