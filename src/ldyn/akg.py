@@ -96,6 +96,11 @@ def logit_jvp(model, theta: dict, tangent: dict, batch: Batch) -> tuple[torch.Te
     return logits, labels, dlogits
 
 
+def log_prob_change(logits: torch.Tensor, dlogits: torch.Tensor) -> torch.Tensor:
+    """A applied to a logit change, over the last dimension: Δ log π_v = Δz_v − Σ_w π_w Δz_w (first order)."""
+    return dlogits - (logits.softmax(-1) * dlogits).sum(-1, keepdim=True)
+
+
 def delta_log_prob(logits: torch.Tensor, labels: torch.Tensor, dlogits: torch.Tensor) -> torch.Tensor:
     """A applied per token: Σ_m [Δz_{m,y_m} − π_m·Δz_m], the first-order change of log π(y|x) per sequence."""
     mask = labels != IGNORE
@@ -104,9 +109,8 @@ def delta_log_prob(logits: torch.Tensor, labels: torch.Tensor, dlogits: torch.Te
     dtype = torch.promote_types(z.dtype, torch.float32)
     out = torch.zeros(labels.shape[0], dtype=dtype, device=labels.device)
     for lo in range(0, z.shape[0], STAT_CHUNK):
-        p = z[lo:lo + STAT_CHUNK].to(dtype).softmax(-1)
-        d = dz[lo:lo + STAT_CHUNK].to(dtype)
-        per_token = d.gather(-1, y[lo:lo + STAT_CHUNK, None]).squeeze(-1) - (p * d).sum(-1)
+        change = log_prob_change(z[lo:lo + STAT_CHUNK].to(dtype), dz[lo:lo + STAT_CHUNK].to(dtype))
+        per_token = change.gather(-1, y[lo:lo + STAT_CHUNK, None]).squeeze(-1)
         out.index_add_(0, seq[lo:lo + STAT_CHUNK], per_token)
     return out
 
@@ -140,7 +144,7 @@ def change_statistics(logits: torch.Tensor, labels: torch.Tensor, after: torch.T
             dp = dlogp.exp() * p - p  # π' − π, exact
         else:
             d = other[lo:lo + STAT_CHUNK].to(dtype)
-            dp = p * (d - (p * d).sum(-1, keepdim=True))  # first order: π_v (Δz_v − π·Δz)
+            dp = p * log_prob_change(logp, d)  # first order: Δπ_v = π_v Δ log π_v
         top = p.topk(TOP_K, dim=-1).indices
         stats = {"mass_argmax": dp.gather(-1, top[:, :1]).squeeze(-1),
                  "mass_topk": dp.gather(-1, top[:, 1:]).sum(-1),

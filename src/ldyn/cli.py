@@ -5,6 +5,8 @@
     ldyn decompose RECIPE [--stage NAME] [key=value ...]         one update, decomposed into A·K·G terms
     ldyn plot RUN_DIR [RUN_DIR ...]                              redraw a run's figures from its files
     ldyn influence RUN_DIR ... [--out FILE]                      accumulated-influence heatmap across runs
+    ldyn toy squeeze [--out DIR] [--check N]                     the squeezing effect on a linear softmax head
+    ldyn toy digits [--model mlp|cnn] [--out DIR] ...            classifier learning dynamics on 8×8 digits
     ldyn config RECIPE [key=value ...]                           print the resolved config
     ldyn ls losses|recipes                                       list what is registered / shipped
 
@@ -39,11 +41,37 @@ def _parser() -> argparse.ArgumentParser:
     influence = sub.add_parser("influence", help="heatmap of accumulated influence across decomposed runs")
     influence.add_argument("run_dirs", nargs="+")
     influence.add_argument("--out", default="influence.png", help="PNG to write (a CSV is written beside it)")
+    toy = sub.add_parser("toy", help="the paper's two small worlds: the squeezing toy and digits").add_subparsers(
+        dest="toy", required=True)
+    squeeze = toy.add_parser("squeeze", help="one update of a linear softmax head: the five notebook cases and a "
+                                             "checker of the squeezing statements on random heads")
+    squeeze.add_argument("--out", default="runs/toy_squeeze", help="folder for squeeze.png and squeeze.json")
+    squeeze.add_argument("--check", type=int, default=1000, metavar="N", help="random heads to check (default 1000)")
+    squeeze.add_argument("--seed", type=int, default=0, help="seed of the random heads")
+    digits = toy.add_parser("digits", help="train a small classifier and record how each update moves the "
+                                           "predictions on held-out images (A·K·G with K explicit)")
+    digits.add_argument("--out", default="runs/toy_digits", help="folder for the figures and data")
+    _add_dataclass_options(digits, "DigitsConfig")
     config = sub.add_parser("config", help="print the resolved config of a recipe with overrides")
     config.add_argument("recipe")
     ls = sub.add_parser("ls", help="list registered losses or shipped recipes")
     ls.add_argument("what", choices=["losses", "recipes"])
     return parser
+
+
+def _add_dataclass_options(parser, name: str) -> None:
+    """One --option per field of a toy's config dataclass, typed by its default."""
+    import dataclasses
+
+    from ldyn.toys import digits
+
+    for f in dataclasses.fields(getattr(digits, name)):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true", help=f"(default {f.default})")
+        else:
+            kind = type(f.default) if f.default is not None else str
+            parser.add_argument(flag, type=kind, default=f.default, help=f"(default {f.default})")
 
 
 def _overrides(parser, extra: list[str]) -> list[str]:
@@ -99,6 +127,8 @@ def _dispatch(args, overrides: list[str]) -> int:
         for path in influence_figure(args.run_dirs, args.out):
             print(path)
         return 0
+    if args.command == "toy":
+        return _toy(args)
     _quiet_libraries()
     from ldyn import experiment
 
@@ -110,6 +140,36 @@ def _dispatch(args, overrides: list[str]) -> int:
     else:
         out = experiment.resume(args.run_dir)
     print(out.path)
+    return 0
+
+
+def _toy(args) -> int:
+    if args.toy == "squeeze":
+        from ldyn.toys import squeeze
+
+        summary = squeeze.run(args.out, n_check=args.check, seed=args.seed)
+        for c in summary["cases"]:
+            moved = ", ".join(f"π({c[k]}) {c[k + '_before']:.3g} → {c[k + '_after']:.3g}" for k in ("minus", "plus")
+                              if k in c)
+            print(f"{c['title']}: {moved}; argmax {c['argmax']} {c['argmax_before']:.3g} → {c['argmax_after']:.3g}; "
+                  f"{c['rising']}/{c['labels']} labels rise")
+        for r in summary["check"]:
+            print(f"{r['statement']}: {'holds' if r['holds'] else 'FAILS'} on {r['checked']} random heads "
+                  f"({r['violations']} violations)")
+        print(f"{args.out}/squeeze.png")
+        return 0
+    import dataclasses
+
+    from ldyn.toys import digits
+
+    cfg = digits.DigitsConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(digits.DigitsConfig)})
+    result = digits.run(cfg, args.out)
+    print(f"{cfg.model} on {cfg.data}: held-out accuracy {result.accuracy:.1%}, {result.seconds:.0f} s; "
+          f"predicted vs observed per update: median relative error {result.median_relative_error:.1%}")
+    for what in ("coupling", "confusion", "influence"):
+        pairs = ", ".join(f"{a}↔{b} ({v:.2f})" for (a, b), v in result.top_pairs(what))
+        print(f"most coupled pairs by {what}: {pairs}")
+    print(f"{args.out}/digits.png")
     return 0
 
 

@@ -26,19 +26,40 @@ def logit_jacobian(model, theta: dict, batch: Batch, vocab: torch.Tensor | None 
 
     with sdpa_kernel(SDPBackend.MATH):
         jac = torch.func.jacrev(scored_logits)(theta)
-    return torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], dim=-1)
+    return flatten_jacobian(jac, 2)
+
+
+def classifier_jacobian(model, theta: dict, inputs: torch.Tensor) -> torch.Tensor:
+    """∂z/∂θ for each input of a classifier, one example at a time under vmap: (N, V, parameters)."""
+    def logits(params, x):
+        return torch.func.functional_call(model, params, (x[None],))[0]
+
+    return flatten_jacobian(torch.func.vmap(torch.func.jacrev(logits), in_dims=(None, 0))(theta, inputs), 2)
+
+
+def flatten_jacobian(jac: dict[str, torch.Tensor], lead: int) -> torch.Tensor:
+    """Concatenate per-parameter Jacobians, keeping the first `lead` dimensions: (..., parameters)."""
+    return torch.cat([j.reshape(*j.shape[:lead], -1) for j in jac.values()], dim=-1)
+
+
+def kernel_from_jacobians(j_o: torch.Tensor, j_u: torch.Tensor) -> torch.Tensor:
+    """K[m, l] = J_o[m] J_u[l]ᵀ from Jacobians (M, V, P) and (L, V, P): (M, L, V, V)."""
+    return torch.einsum("mvp,lwp->mlvw", j_o, j_u)
 
 
 def entk(model, theta: dict, observed: Batch, update: Batch, vocab: torch.Tensor | None = None) -> torch.Tensor:
     """K[m, l] = J_o[m] J_u[l]ᵀ, the V×V block for observed position m and update position l: (M, L, V, V)."""
-    j_o = logit_jacobian(model, theta, observed, vocab)
-    j_u = logit_jacobian(model, theta, update, vocab)
-    return torch.einsum("mvp,lwp->mlvw", j_o, j_u)
+    return kernel_from_jacobians(logit_jacobian(model, theta, observed, vocab),
+                                 logit_jacobian(model, theta, update, vocab))
 
 
-def predicted_logit_change(kernel: torch.Tensor, grad: torch.Tensor, eta: float) -> torch.Tensor:
-    """Δz_o[m] = −η Σ_l K[m, l] G[l] (first order, SGD): kernel (M, L, V, V), grad (L, V) -> (M, V)."""
-    return -eta * torch.einsum("mlvw,lw->mv", kernel, grad)
+def predicted_logit_change(kernel: torch.Tensor, grad: torch.Tensor, eta: float,
+                           per_update: bool = False) -> torch.Tensor:
+    """Δz_o[m] = −η Σ_l K[m, l] G[l] (first order, SGD): kernel (M, L, V, V), grad (L, V) -> (M, V).
+
+    per_update=True keeps each update position's contribution apart: (M, L, V).
+    """
+    return -eta * torch.einsum("mlvw,lw->mlv" if per_update else "mlvw,lw->mv", kernel, grad)
 
 
 def kernel_norm(kernel: torch.Tensor) -> torch.Tensor:

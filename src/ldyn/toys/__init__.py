@@ -1,0 +1,1 @@
+"""Two small worlds the paper builds its intuition on: the squeezing toy and classifier dynamics on digits."""
