@@ -103,6 +103,9 @@ def test_digits_predicted_matches_observed_within_one_percent_in_float64(tmp_pat
     assert result.agreement[:, 2].min() > 0.999
     # the accumulated influence sums the per-example shares: over learnt classes it is the total predicted change
     assert np.isfinite(result.influence).all() and np.abs(result.influence).sum() > 0
+    pull = result.influence_pull
+    assert pull[3, 8] == result.influence_prob[3, 8, 3] and pull[8, 3] == result.influence_prob[8, 3, 8]
+    assert (np.diag(pull) > 0).all()  # learning a class raises that label on its own held-out images
     assert result.class_norms.shape == (3, 10, 10) and list(result.kernel_steps) == [0, 3, 6]
     np.testing.assert_allclose(np.einsum("raa->ra", result.coupling), 1.0)
     for name in ("digits.png", "agreement.png", "dynamics.npz", "summary.json"):

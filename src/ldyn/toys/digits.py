@@ -194,7 +194,9 @@ class DynamicsRecorder:
 
     def __init__(self, x_o: torch.Tensor, y_o: torch.Tensor, lr: float, every: int, kernel_every: int):
         self.x_o, self.y_o, self.lr, self.every, self.kernel_every = x_o, y_o, lr, every, kernel_every
-        self.influence = torch.zeros(CLASSES, CLASSES, CLASSES, dtype=torch.float64)  # [learnt, observed, label]
+        # [learnt class, observed class, label]: accumulated first-order Δ log π, and Δπ = π·Δ log π
+        self.influence = torch.zeros(CLASSES, CLASSES, CLASSES, dtype=torch.float64)
+        self.influence_prob = torch.zeros_like(self.influence)
         self.steps, self.kernel_steps, self.class_norms, self.agreement = [], [], [], []
         self.pending: StepDecomposition | None = None
         self.predicted, self.observed = [], []
@@ -218,11 +220,14 @@ class DynamicsRecorder:
         if decompose:
             d = decompose_update(model, theta, j_o, x_u, y_u, self.x_o, self.lr)
             share = d.per_example.double()  # each example's share of the real step
+            share_prob = share * d.logits.double().softmax(-1)[:, None, :]
             for c_u in range(CLASSES):
                 chosen = y_u == c_u
                 if chosen.any():
                     for c_o in range(CLASSES):
-                        self.influence[c_u, c_o] += share[self.y_o == c_o][:, chosen].sum(1).mean(0)
+                        rows = self.y_o == c_o
+                        self.influence[c_u, c_o] += share[rows][:, chosen].sum(1).mean(0)
+                        self.influence_prob[c_u, c_o] += share_prob[rows][:, chosen].sum(1).mean(0)
             self.steps.append(step)
             self.pending = d
 
@@ -274,6 +279,7 @@ class DigitsResult:
     accuracy: float
     average_prediction: np.ndarray  # (10, 10) mean softmax on held-out images, rows = true class
     influence: np.ndarray  # (10, 10, 10) accumulated Δ log π: [learnt class, observed class, label]
+    influence_prob: np.ndarray  # (10, 10, 10) the same for Δπ (first order: π·Δ log π)
     steps: np.ndarray  # (R,) decomposed updates
     kernel_steps: np.ndarray  # (S,) updates where ‖K‖ was measured
     class_norms: np.ndarray  # (S, 10, 10) mean ‖K‖_F between observed images of two classes
@@ -294,9 +300,10 @@ class DigitsResult:
 
     @property
     def influence_pull(self) -> np.ndarray:
-        """[learnt, observed]: accumulated Δ log π(y = learnt class | x_o) over the decomposed updates — how much
-        learning examples of class a drew (held-out) images of class b towards label a."""
-        return np.einsum("abb->ab", self.influence.transpose(0, 2, 1)).copy()
+        """[learnt, observed]: accumulated Δπ(y = learnt class | x_o) over the decomposed updates — how much
+        probability learning examples of class a moved to label a on held-out images of class b. (In log space,
+        `influence`, every unlikely label moves by many nats, which hides the pairing.)"""
+        return np.einsum("aba->ab", self.influence_prob).copy()
 
     def top_pairs(self, what: str, k: int = 5) -> list[tuple[tuple[int, int], float]]:
         """The k most coupled unordered class pairs by one measure, symmetrised."""
@@ -327,7 +334,8 @@ def run(cfg: DigitsConfig, out: str | Path | None = None) -> DigitsResult:
     average = torch.stack([probs[data.held_y == c].mean(0) for c in range(CLASSES)])
     result = DigitsResult(
         cfg.model, cfg.data, cfg.n_train, float((probs.argmax(-1) == data.held_y).double().mean()),
-        average.numpy(), recorder.influence.numpy(), np.array(recorder.steps), np.array(recorder.kernel_steps),
+        average.numpy(), recorder.influence.numpy(), recorder.influence_prob.numpy(), np.array(recorder.steps),
+        np.array(recorder.kernel_steps),
         torch.stack(recorder.class_norms).numpy(), np.array(recorder.agreement),
         time.perf_counter() - start, torch.stack(recorder.predicted).numpy(), torch.stack(recorder.observed).numpy())
     if out is not None:
@@ -342,6 +350,7 @@ def write(result: DigitsResult, cfg: DigitsConfig, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "dynamics.npz", average_prediction=result.average_prediction, influence=result.influence,
+             influence_prob=result.influence_prob,
              steps=result.steps, kernel_steps=result.kernel_steps, class_norms=result.class_norms,
              coupling=result.coupling,
              agreement=result.agreement, predicted=result.predicted, observed=result.observed)

@@ -63,7 +63,8 @@ def _heatmap(ax, matrix: np.ndarray, title: str, xlabel: str, ylabel: str, cmap:
     ax.tick_params(labelsize=7)
     if fmt:
         for (i, j), v in np.ndenumerate(matrix):
-            dark = not centred and not (skip_diagonal and i == j) and v > low + 0.6 * (limit - low)
+            strong = abs(v) > 0.6 * limit if centred else v > low + 0.6 * (limit - low)
+            dark = strong and not (skip_diagonal and i == j)
             ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=5.5, color="white" if dark else "black")
     plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
 
@@ -75,9 +76,9 @@ def digits_figure(result) -> plt.Figure:
     _heatmap(axes[0, 0], result.average_prediction, "average prediction on held-out images",
              "predicting class", "observing class", "Blues", False, ".2f")
     pull = result.influence_pull
-    _heatmap(axes[0, 1], pull, "accumulated influence: Σ_t Δlog π(y = learnt class | x_o), first order\n"
+    _heatmap(axes[0, 1], pull, "accumulated influence: Σ_t Δπ(y = learnt class | x_o), first order\n"
              "(row: class of the learnt examples, column: class of the held-out image; diagonal in grey)",
-             "observed class", "learnt class", "RdBu_r", True, ".2f", skip_diagonal=True)
+             "observed class", "learnt class", "RdBu_r", True, ".3f", skip_diagonal=True)
     _heatmap(axes[1, 0], result.coupling.mean(0), "eNTK coupling ‖K_ab‖_F / √(‖K_aa‖_F ‖K_bb‖_F), "
              "mean over training", "class b", "class a", "viridis", False, ".2f", skip_diagonal=True)
     ax = axes[1, 1]
