@@ -68,8 +68,11 @@ def main() -> None:
 
     reference = {(r["example_id"], r["type"]): r["logp_sum"] for r in results["original (batch 1, full forward)"][0]}
     base = results["original (batch 1, full forward)"][1]
-    print(f"model {args.model}, {args.n} prompts × {len(items) // args.n} response types = {len(items)} sequences, "
-          f"{tokens} tokens; torch threads {torch.get_num_threads()}")
+    prompts = {it.example_id: len(it.prompt) for it in items}
+    computed = sum(prompts.values()) + sum(len(it.response) for it in items)
+    print(f"model {args.model}: {len(prompts)} prompts, {len(items)} (prompt, response) sequences, {tokens} tokens "
+          f"in full, {computed} once each prompt is shared (ratio {tokens / computed:.2f}); "
+          f"torch threads {torch.get_num_threads()}")
     print(f"{'method':<34}{'seconds':>9}{'seq/s':>8}{'speed-up':>10}{'max |Δ logp|':>14}")
     for name, (records, seconds) in results.items():
         diff = max(abs(r["logp_sum"] - reference[(r["example_id"], r["type"])]) for r in records)
