@@ -68,10 +68,11 @@ def _add_dataclass_options(parser, name: str) -> None:
     for f in dataclasses.fields(getattr(digits, name)):
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
-            parser.add_argument(flag, action="store_true", help=f"(default {f.default})")
+            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
         else:
             kind = type(f.default) if f.default is not None else str
-            parser.add_argument(flag, type=kind, default=f.default, help=f"(default {f.default})")
+            parser.add_argument(flag, type=kind, default=f.default,
+                                help=f"{f.metadata['help']} (default {f.default})")
 
 
 def _overrides(parser, extra: list[str]) -> list[str]:

@@ -38,20 +38,24 @@ CLASSES = 10
 MAX_HELD_OUT = 10_000
 
 
+def _option(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class DigitsConfig:
-    data: str = "digits"  # "digits": scikit-learn's 1,797 8×8 images (offline); "mnist": 28×28
-    mnist_path: str | None = None  # a folder with the MNIST idx files; without it, torchvision downloads them
-    model: str = "mlp"  # "mlp" (four layers, ReLU) or "cnn" (LeNet-style, tanh)
-    n_train: int = 1000  # training images; the rest are held out
-    observed_per_class: int = 10  # held-out images per class whose predictions are tracked
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 0.1
-    record_every: int = 8  # decompose every k-th update
-    kernel_every: int = 0  # ‖K‖ between classes every k updates (0: once per epoch)
-    seed: int = 0
-    float64: bool = False
+    data: str = _option("digits", "digits: scikit-learn's 1,797 8×8 images (offline); mnist: 28×28")
+    mnist_path: str | None = _option(None, "folder with the MNIST idx files (else torchvision downloads them)")
+    model: str = _option("mlp", "mlp: two 128-wide ReLU layers; cnn: the notebook's LeNet, tanh")
+    n_train: int = _option(1000, "training images; the rest are held out")
+    observed_per_class: int = _option(10, "held-out images per class whose predictions are tracked")
+    epochs: int = _option(20, "passes over the training images")
+    batch_size: int = _option(32, "images per SGD update")
+    lr: float = _option(0.1, "SGD learning rate η")
+    record_every: int = _option(8, "decompose every k-th update")
+    kernel_every: int = _option(0, "measure ‖K‖ between classes every k updates (0: once per epoch)")
+    seed: int = _option(0, "split, initialisation and data order")
+    float64: bool = _option(False, "train and decompose in float64")
 
 
 # --- data --------------------------------------------------------------------------------------------------------
