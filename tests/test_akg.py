@@ -12,11 +12,10 @@ from ldyn.akg import (
     logit_jvp,
     loss_logit_gradient,
     parameters,
-    update_batch,
     update_directions,
 )
 from ldyn.config import LossConfig
-from ldyn.data.tokenize import IGNORE, collate
+from ldyn.data.tokenize import IGNORE, collate, collate_pairs
 from ldyn.entk import entk, kernel_norm, predicted_logit_change
 from ldyn.logprobs import sequence_logps
 from ldyn.losses import PairLogps, get_loss
@@ -35,7 +34,7 @@ def small64(tokenizer):
 
 def reference_logps(model, examples):
     """Log-probs of a slightly different model, so that the DPO sigmoid is not at 1/2."""
-    batch = update_batch(examples, 0, True, "cpu")
+    batch = collate_pairs(examples, 0, True)
     with torch.no_grad():
         logps = sequence_logps(model, batch).sum + torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=torch.float64)
     n = len(examples)
@@ -51,7 +50,7 @@ def test_jvp_path_equals_explicit_kernel_product(small64):
     theta = parameters(small64)
     logits, labels, dz = logit_jvp(small64, theta, tangent, observed)
     # the slow twin: explicit Jacobians, K = J_o J_uᵀ, Δz = −η K G
-    upd = update_batch(UPDATE, 0, True, "cpu")
+    upd = collate_pairs(UPDATE, 0, True)
     _, labels_u, grad = loss_logit_gradient(small64, spec, cfg, upd, len(UPDATE), reference)
     kernel = entk(small64, theta, observed, upd)
     dz_explicit = predicted_logit_change(kernel, grad[labels_u != IGNORE].detach(), eta)
@@ -77,7 +76,7 @@ def test_positive_and_negative_directions_sum_to_the_loss_gradient(small64):
     reference = reference_logps(small64, UPDATE)
     dirs = update_directions(small64, spec, cfg, UPDATE, 0, reference)
     small64.zero_grad()
-    logits_batch = update_batch(UPDATE, 0, True, "cpu")
+    logits_batch = collate_pairs(UPDATE, 0, True)
     logps = sequence_logps(small64, logits_batch)
     policy = PairLogps(logps.sum[:2], logps.sum[2:], logps.n_tokens[:2], logps.n_tokens[2:])
     spec.fn(policy, reference, cfg).losses.mean().backward()
@@ -88,7 +87,7 @@ def test_positive_and_negative_directions_sum_to_the_loss_gradient(small64):
 def test_dpo_G_from_autograd_is_beta_one_minus_a_times_pi_minus_y(small64):
     beta = 0.5
     reference = reference_logps(small64, UPDATE)
-    batch = update_batch(UPDATE, 0, True, "cpu")
+    batch = collate_pairs(UPDATE, 0, True)
     logits, labels, grad = loss_logit_gradient(small64, get_loss("dpo"), LossConfig(beta=beta), batch, 2, reference)
     logps = sequence_logps(small64, batch).sum.detach()
     h = (logps[:2] - reference.chosen) - (logps[2:] - reference.rejected)
@@ -102,7 +101,7 @@ def test_dpo_G_from_autograd_is_beta_one_minus_a_times_pi_minus_y(small64):
 
 def test_sft_G_is_pi_minus_y(small64):
     examples = [TrainExample("s", [1, 2, 3], [4, 5], None)]
-    batch = update_batch(examples, 0, False, "cpu")
+    batch = collate_pairs(examples, 0, False)
     logits, labels, grad = loss_logit_gradient(small64, get_loss("sft"), LossConfig(), batch, 1, None)
     pi = logits.detach().softmax(-1)
     y = torch.nn.functional.one_hot(labels.clamp(min=0), pi.shape[-1])

@@ -23,7 +23,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ldyn.config import LossConfig
-from ldyn.data.tokenize import IGNORE, Batch, collate
+from ldyn.data.tokenize import IGNORE, Batch, collate_pairs
 from ldyn.logprobs import STAT_CHUNK, aligned_labels, logps_from_logits, response_logits
 from ldyn.losses import LossSpec, PairLogps
 
@@ -35,13 +35,6 @@ def parameters(model) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def update_batch(examples, pad_id: int, pairs: bool, device) -> Batch:
-    """The update batch as the trainer builds it: chosen rows first, then rejected rows for preference losses."""
-    sequences = [(e.prompt, e.chosen) for e in examples] + ([(e.prompt, e.rejected) for e in examples]
-                                                             if pairs else [])
-    return collate(sequences, pad_id).to(device)
-
-
 def loss_logit_gradient(model, spec: LossSpec, cfg: LossConfig, batch: Batch, n: int,
                         reference: PairLogps | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """G = ∇_z L for the mean loss of an update batch, by autograd through the registered loss.
@@ -51,9 +44,7 @@ def loss_logit_gradient(model, spec: LossSpec, cfg: LossConfig, batch: Batch, n:
     """
     logits, labels = response_logits(model, batch)
     logps = logps_from_logits(logits, labels)
-    pairs = logits.shape[0] > n
-    policy = PairLogps(logps.sum[:n], logps.sum[n:] if pairs else None, logps.n_tokens[:n],
-                       logps.n_tokens[n:] if pairs else None)
+    policy = PairLogps.from_rows(logps.sum, logps.n_tokens, n)
     loss = spec.fn(policy, reference, cfg).losses.mean()
     (grad,) = torch.autograd.grad(loss, logits, retain_graph=True)
     return logits, labels, grad
@@ -71,7 +62,7 @@ def update_directions(model, spec: LossSpec, cfg: LossConfig, examples, pad_id: 
     """∇_θ L = g⁺ + g⁻, each part from one backward pass of its rows' G through the model."""
     names, params = zip(*((n, p) for n, p in model.named_parameters() if p.requires_grad))
     device = params[0].device
-    batch = update_batch(examples, pad_id, spec.needs_rejected, device)
+    batch = collate_pairs(examples, pad_id, spec.needs_rejected).to(device)  # as the trainer builds it
     n = len(examples)
     with torch.enable_grad():
         logits, _, grad = loss_logit_gradient(model, spec, cfg, batch, n, reference)

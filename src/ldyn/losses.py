@@ -29,6 +29,12 @@ class PairLogps:
     chosen_tokens: torch.Tensor  # (B,) |y⁺|
     rejected_tokens: torch.Tensor | None  # (B,) |y⁻|
 
+    @classmethod
+    def from_rows(cls, sums: torch.Tensor, tokens: torch.Tensor, n: int) -> PairLogps:
+        """Per-sequence log-probs of a `collate_pairs` batch: rows [0, n) chosen, rows [n, 2n) rejected if any."""
+        pairs = sums.shape[0] > n
+        return cls(sums[:n], sums[n:] if pairs else None, tokens[:n], tokens[n:] if pairs else None)
+
 
 @dataclass
 class LossOutput:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ldyn.config import LossConfig, OptimConfig
-from ldyn.data.tokenize import collate
+from ldyn.data.tokenize import collate_pairs
 from ldyn.errors import LdynError, did_you_mean
 from ldyn.logprobs import sequence_logps
 from ldyn.losses import LossSpec, PairLogps
@@ -151,14 +151,10 @@ class Trainer:
     def loss_on(self, examples: list[TrainExample]) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean loss of a micro-batch (chosen and rejected in one forward pass) and its metrics."""
         pairs = self.loss.needs_rejected
-        sequences = [(e.prompt, e.chosen) for e in examples] + ([(e.prompt, e.rejected) for e in examples]
-                                                                 if pairs else [])
-        batch = collate(sequences, self.pad_id).to(self.accelerator.device)
+        batch = collate_pairs(examples, self.pad_id, pairs).to(self.accelerator.device)
         with self.autocast():
             logps = sequence_logps(self.model, batch)
-        n = len(examples)
-        policy = PairLogps(logps.sum[:n], logps.sum[n:] if pairs else None, logps.n_tokens[:n],
-                           logps.n_tokens[n:] if pairs else None)
+        policy = PairLogps.from_rows(logps.sum, logps.n_tokens, len(examples))
         reference = self.reference_logps(examples, logps.sum.dtype) if self.loss.needs_reference else None
         out = self.loss.fn(policy, reference, self.loss_cfg)
         loss = out.losses.mean()
@@ -174,8 +170,7 @@ class Trainer:
         """Reference log-probs, computed once per example and cached: the reference never changes."""
         todo = [e for e in examples if e.id not in self.reference_cache]
         if todo:
-            sequences = [(e.prompt, e.chosen) for e in todo] + [(e.prompt, e.rejected) for e in todo]
-            batch = collate(sequences, self.pad_id).to(self.accelerator.device)
+            batch = collate_pairs(todo, self.pad_id, with_rejected=True).to(self.accelerator.device)
             with self.autocast():  # as the policy, so that the margins are exactly 0 at the start
                 logps = sequence_logps(self.ref_model, batch).sum.tolist()
             for i, e in enumerate(todo):

@@ -72,3 +72,12 @@ def collate(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
         attention_mask[i, :n] = 1
         labels[i, len(p):n] = torch.tensor(r)
     return Batch(input_ids, attention_mask, labels)
+
+
+def collate_pairs(examples, pad_id: int, with_rejected: bool) -> Batch:
+    """Training examples (prompt, chosen, rejected) -> one Batch: the chosen (or SFT target) rows first, then, with
+    `with_rejected`, the rejected rows in the same order, so chosen and rejected share one forward pass."""
+    sequences = [(e.prompt, e.chosen) for e in examples]
+    if with_rejected:
+        sequences += [(e.prompt, e.rejected) for e in examples]
+    return collate(sequences, pad_id)
