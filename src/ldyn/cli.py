@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     digits = toy.add_parser("digits", help="train a small classifier and record how each update moves the "
                                            "predictions on held-out images (A·K·G with K explicit)")
     digits.add_argument("--out", default="runs/toy_digits", help="folder for the figures and data")
-    _add_dataclass_options(digits, "DigitsConfig")
+    _add_digits_options(digits)
     config = sub.add_parser("config", help="print the resolved config of a recipe with overrides")
     config.add_argument("recipe")
     ls = sub.add_parser("ls", help="list registered losses or shipped recipes")
@@ -59,13 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_dataclass_options(parser, name: str) -> None:
-    """One --option per field of a toy's config dataclass, typed by its default."""
+def _add_digits_options(parser) -> None:
+    """One --option per field of the digits toy's config dataclass, typed by its default."""
     import dataclasses
 
-    from ldyn.toys import digits
+    from ldyn.toys.digits import DigitsConfig
 
-    for f in dataclasses.fields(getattr(digits, name)):
+    for f in dataclasses.fields(DigitsConfig):
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
             parser.add_argument(flag, action="store_true", help=f.metadata["help"])

@@ -9,7 +9,7 @@
 - decomposition.png predicted (first-order A·K·G) against observed Δ log π per response type, and the SGD-kernel
                     split into positive- and negative-gradient contributions (runs with decomposition records)
 - decomposition_summary.csv  the numbers behind it, one row per response type
-`plot_influence(RUN_DIRS)` (the CLI's `ldyn influence`) draws the paper's appendix heatmap across runs.
+`influence_figure(RUN_DIRS, OUT)` (the CLI's `ldyn influence`) draws the paper's appendix heatmap across runs.
 Dashed vertical lines mark where one training stage (e.g. SFT) ends and the next (e.g. DPO) begins.
 """
 
@@ -290,11 +290,10 @@ def influence_table(runs: list[Run]) -> tuple[list[str], list[str], np.ndarray]:
     return types, list(columns), values
 
 
-def plot_influence(run_dirs: list[str | Path]) -> tuple[plt.Figure, list[dict]]:
+def plot_influence(runs: list[Run]) -> tuple[plt.Figure, list[dict]]:
     """The paper's appendix heatmap: rows observed response types, columns training signals (one per run and
     stage); colour = accumulated influence normalised per column by its (max − min), as the authors' notebook does;
     the numbers are the raw sums in nats."""
-    runs = [load_run(d) for d in run_dirs]
     types, columns, values = influence_table(runs)
     span = np.nanmax(values, axis=0) - np.nanmin(values, axis=0)
     scaled = values / np.where(span > 0, span, 1)
@@ -351,7 +350,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 def influence_figure(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
     """Write the accumulated-influence heatmap of `run_dirs` to `out` (PNG) and its numbers beside it (CSV)."""
-    runs_with = [d for d in run_dirs if load_run(d).decomposition]
+    runs_with = [run for run in map(load_run, run_dirs) if run.decomposition]
     if not runs_with:
         raise LdynError("none of these runs has decomposition records (run with decompose.every > 0)")
     fig, rows = plot_influence(runs_with)
