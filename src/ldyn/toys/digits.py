@@ -29,10 +29,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ldyn.akg import log_prob_change
-from ldyn.config import LossConfig
 from ldyn.entk import classifier_jacobian, kernel_from_jacobians, kernel_norm, predicted_logit_change
 from ldyn.errors import LdynError, did_you_mean
-from ldyn.losses import PairLogps, get_loss
+from ldyn.toys import classification_loss
 
 CLASSES = 10
 MAX_HELD_OUT = 10_000
@@ -164,13 +163,6 @@ def make_model(name: str, side: int) -> nn.Module:
     raise LdynError(f"unknown model '{name}'{did_you_mean(name, ['mlp', 'cnn'])}")
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The registered SFT loss −log π(y|x) on a one-token response, averaged over the batch."""
-    logp = logits.log_softmax(-1).gather(-1, labels[:, None]).squeeze(-1)
-    ones = torch.ones_like(logp)
-    return get_loss("sft").fn(PairLogps(logp, None, ones, None), None, LossConfig()).losses.mean()
-
-
 # --- the decomposition, as a training callback --------------------------------------------------------------------
 
 @dataclass
@@ -204,11 +196,11 @@ class DynamicsRecorder:
         self.steps, self.kernel_steps, self.class_norms, self.agreement = [], [], [], []
         self.pending: StepDecomposition | None = None
         self.predicted, self.observed = [], []
-        same = y_o[:, None] == y_o[None, :]
+        others = ~torch.eye(len(y_o), dtype=torch.bool)  # an image is not paired with itself
         self.pair_weights = torch.zeros(CLASSES, CLASSES, len(y_o), len(y_o), dtype=torch.float64)
         for a in range(CLASSES):
             for b in range(CLASSES):
-                mask = ((y_o[:, None] == a) & (y_o[None, :] == b) & ~(same & torch.eye(len(y_o), dtype=bool)))
+                mask = (y_o[:, None] == a) & (y_o[None, :] == b) & others
                 self.pair_weights[a, b] = mask / mask.sum()
 
     def before_update(self, step: int, model: nn.Module, x_u: torch.Tensor, y_u: torch.Tensor) -> None:

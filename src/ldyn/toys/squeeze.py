@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.special import log_softmax, logsumexp, softmax
 
-from ldyn.config import LossConfig
-from ldyn.losses import PairLogps, get_loss
+from ldyn.toys import classification_loss
 
 NOTEBOOK_SEED = 10086
 
@@ -48,10 +48,7 @@ class Update:
 def nll_gradient(w: torch.Tensor, x: torch.Tensor, label: int) -> torch.Tensor:
     """∇_W of the registered SFT loss −log π(label | x) for the head z = Wᵀx, by autograd."""
     w = w.detach().requires_grad_(True)
-    logp = (x @ w).log_softmax(-1)[label].reshape(1)
-    one = torch.ones(1, dtype=w.dtype)
-    loss = get_loss("sft").fn(PairLogps(logp, None, one, None), None, LossConfig()).losses.sum()
-    (grad,) = torch.autograd.grad(loss, w)
+    (grad,) = torch.autograd.grad(classification_loss((x @ w)[None], torch.tensor([label])), w)
     return grad
 
 
@@ -80,7 +77,7 @@ def notebook_cases(seed: int = NOTEBOOK_SEED) -> list[Update]:
     target = np.zeros(labels)
     target[5:13] = 1
     z = (x.T @ w_peaky).ravel()
-    w_peaky = w_peaky - np.outer(x, np.exp(z - z.max()) / np.exp(z - z.max()).sum() - target)
+    w_peaky = w_peaky - np.outer(x, softmax(z) - target)
     cases = [
         step("A", "A: positive gradient on y=21", w_uniform, x, plus=21, plus_lr=0.5),
         step("B", "B: negative gradient, flat π, ȳ=42", w_flat, x, minus=42, minus_lr=0.3),
@@ -98,9 +95,6 @@ def notebook_cases(seed: int = NOTEBOOK_SEED) -> list[Update]:
 
 def log_change(u: Update) -> np.ndarray:
     """log π'_i − log π_i from the logits (exact, and resolvable far below float64's resolution of π itself)."""
-    def log_softmax(z):
-        return z - (z.max() + np.log(np.exp(z - z.max()).sum()))
-
     return log_softmax(u.logits_after) - log_softmax(u.logits_before)
 
 
@@ -126,7 +120,7 @@ def rises_above_threshold(u: Update, margin: float = 1e-9) -> bool | None:
     """For i ≠ ȳ: π'_i > π_i ⇔ π_i > log Z / η', with Z = Σ_j π_j e^{Δz_j}. Labels within `margin` (in logit
     units) of the threshold are too close to call in floating point and are skipped."""
     dz = u.logits_after - u.logits_before
-    log_z = np.log((u.before * np.exp(dz - dz.max())).sum()) + dz.max()
+    log_z = logsumexp(dz, b=u.before)
     gap = u.eta_prime * u.before - log_z
     keep = np.abs(gap) > margin
     keep[u.minus] = False
