@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ldyn.data.tokenize import IGNORE, Batch, collate
 
-STAT_CHUNK = 1024  # response tokens per chunk when computing full-vocabulary statistics (bounds memory)
+STAT_CHUNK = 32  # response tokens per chunk of the full-vocabulary statistics: a chunk's rows stay in cache
 
 
 @dataclass
@@ -151,12 +151,13 @@ def token_statistics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, to
     Returns a dict of (B,) sums plus "n_tokens"; divide by n_tokens for per-token means.
     """
     mask = labels != IGNORE
-    seq = mask.nonzero()[:, 0]
-    rows, targets = logits[mask], labels[mask]  # (N, V), (N,)
-    dtype = torch.promote_types(rows.dtype, torch.float32)
+    seq, pos = mask.nonzero(as_tuple=True)
+    targets = labels[mask]  # (N,)
+    dtype = torch.promote_types(logits.dtype, torch.float32)
     out = {k: torch.zeros(labels.shape[0], dtype=dtype, device=labels.device) for k in STAT_NAMES}
-    for lo in range(0, rows.shape[0], STAT_CHUNK):
-        z, y, s = rows[lo:lo + STAT_CHUNK].to(dtype), targets[lo:lo + STAT_CHUNK], seq[lo:lo + STAT_CHUNK]
+    for lo in range(0, targets.shape[0], STAT_CHUNK):  # rows gathered chunk by chunk: (N, V) is never copied whole
+        s, y = seq[lo:lo + STAT_CHUNK], targets[lo:lo + STAT_CHUNK]
+        z = logits[s, pos[lo:lo + STAT_CHUNK]].to(dtype)
         top, top_idx = z.max(-1, keepdim=True)
         shifted = (z - top).clamp_(min=torch.finfo(dtype).min)  # z - max z <= 0, finite
         e = shifted.exp()
