@@ -68,7 +68,29 @@ def test_reference_log_probs_are_computed_once_per_example(tokenizer):
     calls = []
     trainer.ref_model.register_forward_hook(lambda m, i, o: calls.append(i))
     trainer.fit(batches(EXAMPLES, 4, seed=0), steps=6)  # three passes over 8 examples
-    assert len(calls) == 2 and len(trainer.reference_cache) == 8
+    # two batches of unseen examples, each one pass over its prompts and one over their responses
+    assert len(calls) == 4 and len(trainer.reference_cache) == 8
+
+
+@pytest.mark.parametrize("loss", ["dpo", "ipo"])
+def test_pairs_sharing_their_prompt_train_exactly_as_the_plain_path(tokenizer, loss, monkeypatch):
+    """The fast path (prompt run once for chosen and rejected) against its slow twin, in float64: the same loss
+    and the same gradient for every parameter (sdpa: eager attention takes its softmax in float32)."""
+    model, _ = prepare(tiny_model(tokenizer, dtype=torch.float64, attn_implementation="sdpa", seed=5), tokenizer)
+    trainer = make_trainer(model, loss)
+    examples = EXAMPLES[:4]
+    grads = []
+    for shared in (True, False):
+        model.zero_grad()
+        if not shared:  # the plain path is what runs under several processes
+            monkeypatch.setattr(trainer.accelerator.state, "num_processes", 2)
+        loss_value, _ = trainer.loss_on(examples)
+        loss_value.backward()
+        grads.append((loss_value.detach(), [p.grad.clone() for p in model.parameters()]))
+    (fast_loss, fast), (slow_loss, slow) = grads
+    assert torch.allclose(fast_loss, slow_loss, rtol=0, atol=1e-12)
+    for a, b in zip(fast, slow):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("optim", ["rmsprop", "sgd"])

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ldyn.config import LossConfig, OptimConfig
 from ldyn.data.tokenize import collate_pairs
 from ldyn.errors import LdynError, did_you_mean
-from ldyn.logprobs import sequence_logps
+from ldyn.logprobs import SeqLogps, sequence_logps, shared_prompt_logps
 from ldyn.losses import LossSpec, PairLogps
 
 OPTIMIZERS = {
@@ -151,9 +151,7 @@ class Trainer:
     def loss_on(self, examples: list[TrainExample]) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean loss of a micro-batch (chosen and rejected in one forward pass) and its metrics."""
         pairs = self.loss.needs_rejected
-        batch = collate_pairs(examples, self.pad_id, pairs).to(self.accelerator.device)
-        with self.autocast():
-            logps = sequence_logps(self.model, batch)
+        logps = self.row_logps(self.model, examples, pairs)
         policy = PairLogps.from_rows(logps.sum, logps.n_tokens, len(examples))
         reference = self.reference_logps(examples, logps.sum.dtype) if self.loss.needs_reference else None
         out = self.loss.fn(policy, reference, self.loss_cfg)
@@ -169,10 +167,8 @@ class Trainer:
     def reference_logps(self, examples: list[TrainExample], dtype: torch.dtype) -> PairLogps:
         """Reference log-probs, computed once per example and cached: the reference never changes."""
         todo = [e for e in examples if e.id not in self.reference_cache]
-        if todo:
-            batch = collate_pairs(todo, self.pad_id, with_rejected=True).to(self.accelerator.device)
-            with self.autocast():  # as the policy, so that the margins are exactly 0 at the start
-                logps = sequence_logps(self.ref_model, batch).sum.tolist()
+        if todo:  # in the policy's precision, so that the margins are exactly 0 at the start
+            logps = self.row_logps(self.ref_model, todo, with_rejected=True).sum.tolist()
             for i, e in enumerate(todo):
                 self.reference_cache[e.id] = (logps[i], logps[len(todo) + i])
         device = self.accelerator.device
@@ -181,6 +177,21 @@ class Trainer:
         return PairLogps(torch.tensor(chosen, dtype=dtype, device=device),
                          torch.tensor(rejected, dtype=dtype, device=device),
                          torch.tensor(n[0], device=device), torch.tensor(n[1], device=device))
+
+    def row_logps(self, model, examples: list[TrainExample], with_rejected: bool) -> SeqLogps:
+        """Summed log-probs of the update's rows, chosen (or the SFT target) first, then rejected.
+
+        Pairs share their prompt's forward pass (`shared_prompt_logps`): the prompt is run once, not once per
+        response. SFT rows, and every row under several processes (DDP expects one forward per backward), take
+        the plain path: `collate_pairs` then `sequence_logps`, which the shared path is tested against.
+        """
+        device = self.accelerator.device
+        with self.autocast():
+            if with_rejected and self.accelerator.num_processes == 1:
+                responses = [(i, e.chosen) for i, e in enumerate(examples)]
+                responses += [(i, e.rejected) for i, e in enumerate(examples)]
+                return shared_prompt_logps(model, [e.prompt for e in examples], responses, self.pad_id)
+            return sequence_logps(model, collate_pairs(examples, self.pad_id, with_rejected).to(device))
 
     def autocast(self):
         """bf16 autocast around training forwards when mixed precision is on; a no-op otherwise."""

@@ -1,0 +1,76 @@
+"""What every benchmark script shares: loading the model (or a random-weight copy of its architecture), the HH
+data as ldyn tokenizes it, and timing with medians.
+
+Random weights (`--random-init DIR`, a directory with a model's config.json and tokenizer files) time exactly as
+the trained model does -- the cost depends only on shapes -- and let the benchmarks run where the weights cannot
+be copied (e.g. a GPU machine without the embedded model's package).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from ldyn.config import RunConfig, load_config
+from ldyn.experiment import Inputs, load_inputs
+from ldyn.models import load_model, prepare
+
+
+def add_common_arguments(parser) -> None:
+    parser.add_argument("--data", default="../shared/data/hh/probe_train.jsonl",
+                        help="the HH probe set (JSONL): training pairs and probe responses")
+    parser.add_argument("--model", default="smollm2", help="model name or path (default: the embedded SmolLM2)")
+    parser.add_argument("--random-init", metavar="DIR", help="use a random-weight model with the config and "
+                        "tokenizer found in DIR instead of --model (same shapes, same timings)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def setup(args, recipe: str, overrides: list[str]) -> tuple[RunConfig, torch.nn.Module, object, Inputs]:
+    """(config, model on args.device, tokenizer, tokenized inputs) for `recipe` pointed at args.data."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(recipe, [f"data.train={args.data}", f"probe.path={args.data}", f"model.name={args.model}",
+                               *overrides])
+    model, tokenizer = load(args, cfg)
+    return cfg, model.to(args.device), tokenizer, load_inputs(cfg, tokenizer)
+
+
+def load(args, cfg: RunConfig):
+    if not args.random_init:
+        return load_model(cfg.model)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(args.random_init)
+    config._attn_implementation = cfg.model.attn_implementation
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, cfg.model.dtype))
+    return prepare(model, AutoTokenizer.from_pretrained(args.random_init))
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device="cpu"):
+    """(result, seconds) of one call, the device synchronised before and after."""
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def median_range(seconds: list[float]) -> str:
+    return f"{statistics.median(seconds):.3f} [{min(seconds):.3f}-{max(seconds):.3f}]"
+
+
+def machine() -> str:
+    import platform
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
