@@ -17,7 +17,7 @@ from ldyn.akg import (
 from ldyn.config import LossConfig
 from ldyn.data.tokenize import IGNORE, collate, collate_pairs
 from ldyn.entk import entk, kernel_norm, predicted_logit_change
-from ldyn.logprobs import sequence_logps
+from ldyn.logprobs import SharedRows, sequence_logps
 from ldyn.losses import PairLogps, get_loss
 from ldyn.models import prepare, tiny_model
 from ldyn.trainer import TrainExample
@@ -51,7 +51,7 @@ def test_jvp_path_equals_explicit_kernel_product(small64):
     logits, labels, dz = logit_jvp(small64, theta, tangent, observed)
     # the slow twin: explicit Jacobians, K = J_o J_uᵀ, Δz = −η K G
     upd = collate_pairs(UPDATE, 0, True)
-    _, labels_u, grad = loss_logit_gradient(small64, spec, cfg, upd, len(UPDATE), reference)
+    [(_, labels_u, grad)] = loss_logit_gradient(small64, spec, cfg, [upd], len(UPDATE), reference)
     kernel = entk(small64, theta, observed, upd)
     dz_explicit = predicted_logit_change(kernel, grad[labels_u != IGNORE].detach(), eta)
     mask = labels != IGNORE
@@ -82,13 +82,22 @@ def test_positive_and_negative_directions_sum_to_the_loss_gradient(small64):
     spec.fn(policy, reference, cfg).losses.mean().backward()
     for name, p in small64.named_parameters():
         assert torch.allclose(dirs.positive[name] + dirs.negative[name], p.grad, atol=1e-12), name
+    # the slow twin of each part: G of the joint batch, masked to the part's rows, back through the joint batch
+    [(logits, _, grad)] = loss_logit_gradient(small64, spec, cfg, [logits_batch], 2, reference)
+    names, params = zip(*small64.named_parameters())
+    for rows, part in ((slice(0, 2), dirs.positive), (slice(2, 4), dirs.negative)):
+        masked = torch.zeros_like(grad)
+        masked[rows] = grad[rows]
+        for name, g in zip(names, torch.autograd.grad(logits, params, masked, retain_graph=True)):
+            assert torch.allclose(part[name], g, atol=1e-12), name
 
 
 def test_dpo_G_from_autograd_is_beta_one_minus_a_times_pi_minus_y(small64):
     beta = 0.5
     reference = reference_logps(small64, UPDATE)
     batch = collate_pairs(UPDATE, 0, True)
-    logits, labels, grad = loss_logit_gradient(small64, get_loss("dpo"), LossConfig(beta=beta), batch, 2, reference)
+    [(logits, labels, grad)] = loss_logit_gradient(small64, get_loss("dpo"), LossConfig(beta=beta), [batch], 2,
+                                                   reference)
     logps = sequence_logps(small64, batch).sum.detach()
     h = (logps[:2] - reference.chosen) - (logps[2:] - reference.rejected)
     a = torch.sigmoid(beta * h)
@@ -102,7 +111,7 @@ def test_dpo_G_from_autograd_is_beta_one_minus_a_times_pi_minus_y(small64):
 def test_sft_G_is_pi_minus_y(small64):
     examples = [TrainExample("s", [1, 2, 3], [4, 5], None)]
     batch = collate_pairs(examples, 0, False)
-    logits, labels, grad = loss_logit_gradient(small64, get_loss("sft"), LossConfig(), batch, 1, None)
+    [(logits, labels, grad)] = loss_logit_gradient(small64, get_loss("sft"), LossConfig(), [batch], 1, None)
     pi = logits.detach().softmax(-1)
     y = torch.nn.functional.one_hot(labels.clamp(min=0), pi.shape[-1])
     mask = (labels != IGNORE)[..., None]
@@ -150,6 +159,25 @@ def test_change_statistics_conserve_mass_and_match_first_order(small64):
     pi = logits.softmax(-1)[labels != IGNORE]
     a_norm_sq = (vocab - 2 + vocab * (pi * pi).sum(-1)).sum()
     assert math.isclose(exact["a_norm_sq"].sum().item(), a_norm_sq.item(), rel_tol=1e-12)
+
+
+def test_observed_rows_sharing_their_prompt_decompose_as_the_plain_batch(small64):
+    """The fast path (each observed prompt run once, its first-order change carried through its key/value cache)
+    against its slow twin, one full sequence per row, in float64: every predicted and observed quantity."""
+    spec = get_loss("dpo")
+    reference = reference_logps(small64, UPDATE)
+    dirs = update_directions(small64, spec, LossConfig(beta=0.5), UPDATE, 0, reference)
+    theta = parameters(small64)
+    tangents = {"step": {k: -1e-3 * g for k, g in dirs.positive.items()},
+                "sgd_negative": {k: -1e-3 * g for k, g in dirs.negative.items()}}
+    after = {k: theta[k] + tangents["step"][k] for k in theta}
+    shared = SharedRows.of([(str(prompt), prompt, response) for prompt, response in OBSERVED])
+    assert len(shared.prompts) == 2
+    fast = decompose(small64, theta, after, tangents, shared, pad_id=0)
+    slow = decompose(small64, theta, after, tangents, collate(OBSERVED, 0))
+    assert fast.keys() == slow.keys()
+    for key in slow:
+        assert torch.allclose(fast[key], slow[key], rtol=1e-9, atol=1e-12), key
 
 
 def test_decompose_command_records_predicted_against_observed(tmp_path):

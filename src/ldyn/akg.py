@@ -23,8 +23,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ldyn.config import LossConfig
-from ldyn.data.tokenize import IGNORE, Batch, collate_pairs
-from ldyn.logprobs import STAT_CHUNK, aligned_labels, logps_from_logits, response_logits
+from ldyn.data.tokenize import IGNORE, Batch, collate
+from ldyn.logprobs import STAT_CHUNK, SharedRows, logps_from_logits, response_logits, rows_logits
 from ldyn.losses import LossSpec, PairLogps
 
 TOP_K = 10  # "top-k" in the mass split: the pre-update argmax, the next TOP_K - 1 tokens, and the tail
@@ -35,19 +35,20 @@ def parameters(model) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def loss_logit_gradient(model, spec: LossSpec, cfg: LossConfig, batch: Batch, n: int,
-                        reference: PairLogps | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """G = ∇_z L for the mean loss of an update batch, by autograd through the registered loss.
+def loss_logit_gradient(model, spec: LossSpec, cfg: LossConfig, batches: list[Batch], n: int,
+                        reference: PairLogps | None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """G = ∇_z L for the mean loss of an update, by autograd through the registered loss.
 
-    Returns (logits, labels, G): logits (rows, T, V) still attached to the graph, G of the same shape; rows
-    [0, n) are y⁺ (or the SFT target), rows [n, 2n) are y⁻.
+    `batches` hold the update's rows in `collate_pairs` order, in one batch or split into several (their rows
+    concatenated: [0, n) are y⁺ or the SFT target, [n, 2n) are y⁻). Returns (logits, labels, G) per batch: the
+    logits still attached to the graph, G of the same shape.
     """
-    logits, labels = response_logits(model, batch)
-    logps = logps_from_logits(logits, labels)
-    policy = PairLogps.from_rows(logps.sum, logps.n_tokens, n)
+    outs = [response_logits(model, batch) for batch in batches]
+    logps = [logps_from_logits(logits, labels) for logits, labels in outs]
+    policy = PairLogps.from_rows(torch.cat([lp.sum for lp in logps]), torch.cat([lp.n_tokens for lp in logps]), n)
     loss = spec.fn(policy, reference, cfg).losses.mean()
-    (grad,) = torch.autograd.grad(loss, logits, retain_graph=True)
-    return logits, labels, grad
+    grads = torch.autograd.grad(loss, [logits for logits, _ in outs], retain_graph=True)
+    return [(logits, labels, grad) for (logits, labels), grad in zip(outs, grads)]
 
 
 @dataclass
@@ -59,31 +60,38 @@ class UpdateDirections:
 
 def update_directions(model, spec: LossSpec, cfg: LossConfig, examples, pad_id: int,
                       reference: PairLogps | None) -> UpdateDirections:
-    """∇_θ L = g⁺ + g⁻, each part from one backward pass of its rows' G through the model."""
+    """∇_θ L = g⁺ + g⁻, each part from one backward pass of its rows' G through the model.
+
+    The y⁺ rows and the y⁻ rows run as two forward passes, so each backward traverses its own rows only: half
+    the work of backpropagating a masked G through the joint batch (the slow twin in the tests).
+    """
     names, params = zip(*((n, p) for n, p in model.named_parameters() if p.requires_grad))
     device = params[0].device
-    batch = collate_pairs(examples, pad_id, spec.needs_rejected).to(device)  # as the trainer builds it
-    n = len(examples)
+    sides = [[(e.prompt, e.chosen) for e in examples]]
+    if spec.needs_rejected:
+        sides.append([(e.prompt, e.rejected) for e in examples])
     with torch.enable_grad():
-        logits, _, grad = loss_logit_gradient(model, spec, cfg, batch, n, reference)
+        outs = loss_logit_gradient(model, spec, cfg, [collate(s, pad_id).to(device) for s in sides],
+                                   len(examples), reference)
         parts = []
-        for rows in ((slice(0, n), slice(n, None)) if spec.needs_rejected else (slice(0, n),)):
-            g_rows = torch.zeros_like(grad)
-            g_rows[rows] = grad[rows]
-            vjp = torch.autograd.grad(logits, params, grad_outputs=g_rows, retain_graph=True, allow_unused=True)
+        for logits, _, grad in outs:
+            vjp = torch.autograd.grad(logits, params, grad_outputs=grad, retain_graph=True, allow_unused=True)
             parts.append({k: (torch.zeros_like(p) if v is None else v) for k, p, v in zip(names, params, vjp)})
-    return UpdateDirections(parts[0], parts[1] if len(parts) > 1 else None, float((grad.double() ** 2).sum()))
+    g_norm_sq = sum(float((grad.double() ** 2).sum()) for _, _, grad in outs)
+    return UpdateDirections(parts[0], parts[1] if len(parts) > 1 else None, g_norm_sq)
 
 
-def logit_jvp(model, theta: dict, tangent: dict, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits, labels, Δz): the observed batch's logits at θ and their first-order change J_o·tangent.
+def logit_jvp(model, theta: dict, tangent: dict, rows: Batch | SharedRows,
+              pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, labels, Δz): the observed rows' logits at θ and their first-order change J_o·tangent.
 
-    Forward-mode AD through the model; the math SDPA backend is forced because the fused CPU attention kernels
-    have no forward-mode derivative (eager attention works as well).
+    Forward-mode AD through the model, for a plain batch or for shared-prompt rows (each prompt run once, its
+    change carried through its key/value cache). The math SDPA backend is forced because the fused CPU attention
+    kernels have no forward-mode derivative (eager attention works as well).
     """
-    labels = aligned_labels(batch)
     with sdpa_kernel(SDPBackend.MATH):
-        logits, dlogits = torch.func.jvp(lambda p: response_logits(model, batch, p)[0], (theta,), (tangent,))
+        logits, dlogits, labels = torch.func.jvp(lambda p: rows_logits(model, rows, pad_id, p), (theta,),
+                                                 (tangent,), has_aux=True)
     return logits, labels, dlogits
 
 
@@ -150,7 +158,8 @@ def change_statistics(logits: torch.Tensor, labels: torch.Tensor, after: torch.T
 
 
 @torch.no_grad()
-def decompose(model, theta: dict, theta_after: dict, tangents: dict[str, dict], batch: Batch) -> dict:
+def decompose(model, theta: dict, theta_after: dict, tangents: dict[str, dict], rows: Batch | SharedRows,
+              pad_id: int = 0) -> dict:
     """Predicted against observed, per sequence of an observed batch, for one update θ → θ_after.
 
     tangents: name -> parameter step; each gives "predicted/<name>" = first-order Δ log π(y|x_o). The tangent
@@ -159,12 +168,12 @@ def decompose(model, theta: dict, theta_after: dict, tangents: dict[str, dict], 
     """
     out = {}
     for name, tangent in tangents.items():
-        logits, labels, dlogits = logit_jvp(model, theta, tangent, batch)
+        logits, labels, dlogits = logit_jvp(model, theta, tangent, rows, pad_id)
         out[f"predicted/{name}"] = delta_log_prob(logits, labels, dlogits)
         if name == "step":
             first_order = change_statistics(logits, labels, dlogits=dlogits)
             out |= {f"predicted/{k}": v for k, v in first_order.items() if k.startswith("mass")}
-    after, labels = response_logits(model, batch, theta_after)
+    after, labels = rows_logits(model, rows, pad_id, theta_after)
     out["observed"] = logps_from_logits(after, labels).sum - logps_from_logits(logits, labels).sum
     stats = change_statistics(logits, labels, after=after)
     out |= {f"observed/{k}": v for k, v in stats.items()}

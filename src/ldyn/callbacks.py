@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from ldyn.akg import decompose, parameters, update_directions
-from ldyn.data.tokenize import collate
-from ldyn.probing import ProbeItem, length_batches, probe
+from ldyn.logprobs import SharedRows
+from ldyn.probing import ProbeItem, probe, whole_prompt_batches
 from ldyn.runs import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBE_TIMES, PROBES, RunDir
 from ldyn.trainer import StepState
 
@@ -96,11 +96,10 @@ class DecompositionCallback:
                     "sgd_positive": {k: -lr * g for k, g in directions.positive.items()}}
         if directions.negative is not None:
             tangents["sgd_negative"] = {k: -lr * g for k, g in directions.negative.items()}
-        device = next(model.parameters()).device
         rows = []
-        for group in length_batches(self.items, self.batch_tokens):
-            batch = collate([(it.prompt, it.response) for it in group], self.pad_id).to(device)
-            out = {k: v.tolist() for k, v in decompose(model, theta, after, tangents, batch).items()}
+        for group in whole_prompt_batches(self.items, self.batch_tokens):
+            observed = SharedRows.of([(it.example_id, it.prompt, it.response) for it in group])
+            out = {k: v.tolist() for k, v in decompose(model, theta, after, tangents, observed, self.pad_id).items()}
             for i, item in enumerate(group):
                 row = {"step": state.step, "stage": state.stage, "example_id": item.example_id, "type": item.type,
                        "lr": lr, "g_norm_sq": directions.g_norm_sq}

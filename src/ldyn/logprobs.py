@@ -59,9 +59,13 @@ def response_logits(model, batch: Batch, params: dict | None = None) -> tuple[to
     kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     if _supports_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep
-    out = model(**kwargs) if params is None else torch.func.functional_call(model, params, args=(), kwargs=kwargs)
-    logits = out.logits[:, -keep:]
+    logits = _forward(model, params, **kwargs).logits[:, -keep:]
     return logits[:, :-1], aligned_labels(batch)
+
+
+def _forward(model, params: dict | None, **kwargs):
+    """The model's forward pass, with its own parameters or with `params` (name -> tensor)."""
+    return model(**kwargs) if params is None else torch.func.functional_call(model, params, args=(), kwargs=kwargs)
 
 
 @dataclass
@@ -73,7 +77,7 @@ class PromptCache:
     prompts: list[list[int]]  # the prompts' token ids
 
 
-def encode_prompts(model, prompts: list[list[int]], pad_id: int) -> PromptCache:
+def encode_prompts(model, prompts: list[list[int]], pad_id: int, params: dict | None = None) -> PromptCache:
     """Run every prompt but its last token once (right-padded, so no attention row is ever fully masked).
 
     The last prompt token is fed with the responses instead, so that the logits predicting each response's
@@ -87,12 +91,12 @@ def encode_prompts(model, prompts: list[list[int]], pad_id: int) -> PromptCache:
         ids[i, : len(p) - 1], mask[i, : len(p) - 1] = torch.tensor(p[:-1]), 1
     if width == 0:
         return PromptCache(None, mask, prompts)
-    out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    out = _forward(model, params, input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
     return PromptCache(out.past_key_values, mask, prompts)
 
 
 def shared_prompt_logits(model, prompts: PromptCache, responses: list[tuple[int, list[int]]],
-                         pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+                         pad_id: int, params: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Like `response_logits`, but scoring responses against already encoded prompts.
 
     responses: (index of its prompt in `prompts`, token ids). Returns (logits, labels) aligned as in
@@ -108,9 +112,36 @@ def shared_prompt_logits(model, prompts: PromptCache, responses: list[tuple[int,
     positions = starts[:, None] + torch.arange(batch.input_ids.shape[1], device=device)
     cache = None if prompts.cache is None else _cache_rows(prompts.cache, rows)
     mask = torch.cat([prompts.mask[rows], batch.attention_mask], dim=1)
-    logits = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions,
-                   past_key_values=cache, use_cache=cache is not None).logits
+    logits = _forward(model, params, input_ids=batch.input_ids, attention_mask=mask, position_ids=positions,
+                      past_key_values=cache, use_cache=cache is not None).logits
     return logits[:, :-1], batch.labels[:, 1:]
+
+
+@dataclass
+class SharedRows:
+    """Responses to a few prompts, to be scored with each prompt run once (`shared_prompt_logits`)."""
+
+    prompts: list[list[int]]  # token ids
+    responses: list[tuple[int, list[int]]]  # (index into prompts, response token ids)
+
+    @classmethod
+    def of(cls, pairs: list[tuple[str, list[int], list[int]]]) -> SharedRows:
+        """From (prompt key, prompt ids, response ids) triples, in order; equal keys share one prompt."""
+        index: dict[str, int] = {}
+        prompts = []
+        for key, prompt, _ in pairs:
+            if key not in index:
+                index[key] = len(prompts)
+                prompts.append(prompt)
+        return cls(prompts, [(index[key], response) for key, _, response in pairs])
+
+
+def rows_logits(model, rows: Batch | SharedRows, pad_id: int, params: dict | None = None):
+    """(logits, labels) aligned as in `response_logits`, for a plain batch or for shared-prompt rows."""
+    if isinstance(rows, Batch):
+        return response_logits(model, rows, params)
+    encoded = encode_prompts(model, rows.prompts, pad_id, params)
+    return shared_prompt_logits(model, encoded, rows.responses, pad_id, params)
 
 
 def _cache_rows(cache, rows: torch.Tensor):
@@ -129,7 +160,7 @@ def shared_prompt_logps(model, prompts: list[list[int]], responses: list[tuple[i
     The training path for preference pairs: chosen and rejected share their prompt's forward pass, which the
     plain `sequence_logps` of `collate_pairs` would run twice. Equal to it up to float rounding (tested).
     """
-    return logps_from_logits(*shared_prompt_logits(model, encode_prompts(model, prompts, pad_id), responses, pad_id))
+    return logps_from_logits(*rows_logits(model, SharedRows(prompts, responses), pad_id))
 
 
 def logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> SeqLogps:

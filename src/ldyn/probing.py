@@ -57,6 +57,23 @@ def prompt_batches(items: list[ProbeItem], batch_tokens: int) -> list[list[list[
                   lambda it: len(it.response)) for group in prompt_groups]
 
 
+def whole_prompt_batches(items: list[ProbeItem], batch_tokens: int) -> list[list[ProbeItem]]:
+    """Batches of whole prompts, each with all its responses, while (responses × longest response) stays within
+    batch_tokens (a prompt with more than that is a batch of its own): for passes that run every prompt of a
+    batch once and cannot keep it for the next batch, such as the decomposition's forward-mode JVP."""
+    by_prompt: dict[str, list[ProbeItem]] = {}
+    for item in items:
+        by_prompt.setdefault(item.example_id, []).append(item)
+    out, current = [], []
+    for group in by_prompt.values():
+        joined = current + group
+        if current and len(joined) * max(len(it.response) for it in joined) > batch_tokens:
+            out.append(current)
+            joined = group
+        current = joined
+    return out + ([current] if current else [])
+
+
 def _pack(ordered: list, budget: int, length) -> list[list]:
     """Cut a list sorted by length into batches with (batch size × longest) <= budget. A batch also ends where
     the next length exceeds 1.25 × its first, once it holds budget/8 tokens: less padding, still large matmuls."""
