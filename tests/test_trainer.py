@@ -6,6 +6,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from ldyn import logprobs
 from ldyn.config import LossConfig, OptimConfig
 from ldyn.losses import get_loss
 from ldyn.models import frozen_copy, prepare, tiny_model
@@ -78,7 +79,10 @@ def test_pairs_sharing_their_prompt_train_exactly_as_the_plain_path(tokenizer, l
     and the same gradient for every parameter (sdpa: eager attention takes its softmax in float32)."""
     model, _ = prepare(tiny_model(tokenizer, dtype=torch.float64, attn_implementation="sdpa", seed=5), tokenizer)
     trainer = make_trainer(model, loss)
-    examples = EXAMPLES[:4]
+    monkeypatch.setattr(logprobs, "GROUP_OVERHEAD", 0)  # responses of different lengths run in separate groups
+    examples = [TrainExample(str(i), [1 + i] * (2 + i), [4, 5 + i, 6] * (1 + 2 * i), [7, 8 + i] * (3 - i))
+                for i in range(3)]
+    assert len(logprobs.length_groups([len(e.chosen) for e in examples] + [len(e.rejected) for e in examples])) > 2
     grads = []
     for shared in (True, False):
         model.zero_grad()

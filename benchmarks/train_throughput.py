@@ -1,0 +1,93 @@
+"""Training throughput as a fraction of this machine's matrix-multiply peak, both measured in the same run.
+
+The peak is the best median over square matrix products (1024² to 4096²) in the training precision. Training
+runs ldyn's trainer on HH pairs (DPO with cached reference log-probs, or SFT on chosen) and counts the useful
+matmul work of each update as 6 · (N_body · tokens + N_head · scored tokens): forward and backward through every
+non-embedding weight for each distinct token (a prompt shared by chosen and rejected counts once; padding not at
+all), and through the output projection only where a response token is scored -- the work the update needs,
+whatever the implementation. Attention scores and the optimizer are not counted. With --bf16 the forward and
+backward run under bf16 autocast and the peak is the bf16 peak (probes would stay fp32).
+
+    python benchmarks/train_throughput.py --data ../shared/data/hh/probe_train.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+from common import add_common_arguments, machine, median_range, setup, timed
+
+from ldyn.experiment import stage_examples
+from ldyn.losses import get_loss
+from ldyn.models import frozen_copy
+from ldyn.trainer import Trainer
+
+
+def matmul_peak(dtype: torch.dtype, device: str, repeats: int = 5) -> tuple[float, int]:
+    """(best median FLOP/s over sizes, that size) of square matrix products."""
+    best = (0.0, 0)
+    calls = 1 if device == "cpu" else 50  # products per timing: a GPU needs many to outlast the timer
+    for n in (1024, 2048, 4096):
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+
+        def products(a=a, b=b):
+            for _ in range(calls):
+                a @ b
+
+        timed(products, device)
+        seconds = statistics.median(timed(products, device)[1] for _ in range(repeats)) / calls
+        best = max(best, (2 * n ** 3 / seconds, n))
+    return best
+
+
+def update_flops(model, examples, pairs: bool) -> float:
+    head = model.get_output_embeddings().weight.numel()
+    tied = model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    embed = 0 if tied else model.get_input_embeddings().weight.numel()
+    body = sum(p.numel() for p in model.parameters()) - head - embed
+    responses = sum(len(e.chosen) + (len(e.rejected) if pairs else 0) for e in examples)
+    tokens = sum(len(e.prompt) for e in examples) + responses
+    return 6 * (body * tokens + head * responses)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser)
+    parser.add_argument("--loss", default="dpo", choices=["dpo", "sft"])
+    parser.add_argument("--batch", type=int, default=4, help="examples (pairs for DPO) per update")
+    parser.add_argument("--updates", type=int, default=6, help="timed updates (after one warm-up)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast, measured against the bf16 peak")
+    args = parser.parse_args()
+    from accelerate import Accelerator
+
+    n = args.batch * (args.updates + 1)
+    cfg, model, tokenizer, inputs = setup(args, "hh_probe_dpo", [f"data.n_train={n}", "probe.every=0"])
+    stage, spec = cfg.stages[0], get_loss(args.loss)
+    examples = stage_examples(inputs.train, spec, stage)[:n]
+    trainer = Trainer(model, spec, stage.loss, stage.optim, accelerator=Accelerator(cpu=args.device == "cpu"),
+                      pad_id=tokenizer.pad_token_id, ref_model=frozen_copy(model) if spec.needs_reference else None,
+                      mixed_precision="bf16" if args.bf16 else "no")
+    if spec.needs_reference:  # a run's steady state: reference log-probs cached
+        trainer.reference_logps(examples, torch.float32)
+    groups = [examples[i:i + args.batch] for i in range(0, n, args.batch)]
+    seconds, rates = [], []
+    for t, group in enumerate(groups):
+        _, s = timed(lambda g=group, t=t: trainer.update([g], t), args.device)
+        if t:
+            seconds.append(s)
+            rates.append(update_flops(model, group, spec.needs_rejected) / s)
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    peak, size = matmul_peak(dtype, args.device)
+    achieved = statistics.median(rates)
+    print(f"{machine()}; model {args.random_init or args.model} on {args.device}; {args.loss.upper()} updates of "
+          f"{args.batch} HH {'pairs' if spec.needs_rejected else 'examples'}, "
+          f"{'bf16 autocast' if args.bf16 else 'fp32'}; medians over {len(seconds)} updates")
+    print(f"{'matmul peak, ' + str(dtype).removeprefix('torch.') + f' {size}²':<40}{peak / 1e9:>12.1f} GFLOP/s")
+    print(f"{'training update (s) median [range]':<40}{median_range(seconds):>28}")
+    print(f"{'training, useful matmul work':<40}{achieved / 1e9:>12.1f} GFLOP/s = {achieved / peak:.0%} of peak")
+
+
+if __name__ == "__main__":
+    main()
