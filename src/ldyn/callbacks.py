@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from ldyn.akg import decompose, parameters, update_directions
-from ldyn.logprobs import SharedRows
-from ldyn.probing import ProbeItem, probe, whole_prompt_batches
+from ldyn.data.tokenize import collate
+from ldyn.logprobs import SharedRows, shares_prompts
+from ldyn.probing import ProbeItem, length_batches, probe, whole_prompt_batches
 from ldyn.runs import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBE_TIMES, PROBES, RunDir
 from ldyn.trainer import StepState
 
@@ -96,9 +97,11 @@ class DecompositionCallback:
                     "sgd_positive": {k: -lr * g for k, g in directions.positive.items()}}
         if directions.negative is not None:
             tangents["sgd_negative"] = {k: -lr * g for k, g in directions.negative.items()}
-        rows = []
-        for group in whole_prompt_batches(self.items, self.batch_tokens):
-            observed = SharedRows.of([(it.example_id, it.prompt, it.response) for it in group])
+        rows, device = [], next(model.parameters()).device
+        shared = shares_prompts(device)
+        for group in (whole_prompt_batches if shared else length_batches)(self.items, self.batch_tokens):
+            pairs = [(it.example_id, it.prompt, it.response) for it in group]
+            observed = SharedRows.of(pairs) if shared else collate([p[1:] for p in pairs], self.pad_id).to(device)
             out = {k: v.tolist() for k, v in decompose(model, theta, after, tangents, observed, self.pad_id).items()}
             for i, item in enumerate(group):
                 row = {"step": state.step, "stage": state.stage, "example_id": item.example_id, "type": item.type,

@@ -68,6 +68,18 @@ def _forward(model, params: dict | None, **kwargs):
     return model(**kwargs) if params is None else torch.func.functional_call(model, params, args=(), kwargs=kwargs)
 
 
+def shares_prompts(device: torch.device) -> bool:
+    """Whether to run each prompt once for all its responses (the shared-prompt paths) on this device by default.
+
+    Sharing saves tokens but costs passes: the prompts, then the responses (in length groups when training). On
+    a CPU the work is compute-bound and fewer tokens win (SmolLM2, 2 cores: a DPO update of 4 HH pairs 14.4 ->
+    7.7 s, probing 2.8x faster). On a GPU a model of this size is bound by kernel launches, and every extra pass
+    costs more than the tokens it saves (H100: the same DPO update 0.40 s shared; probing 3.1 s shared against
+    1.9 s plain), so the plain single pass is the default there.
+    """
+    return torch.device(device).type == "cpu"
+
+
 @dataclass
 class PromptCache:
     """A batch of prompts, all but their last token, run once: the key/value cache responses are scored against."""

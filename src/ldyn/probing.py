@@ -6,9 +6,10 @@ statistics of the model's distribution along that response: the peakiness ‖A�
 Along the chosen response we also record the teacher-forced argmax response y* (Σ_t log max π_t) and its complement
 y^c (Σ_t log(1 - max π_t)) -- measured along *chosen*, not along whichever type came last (the original code's bug).
 
-By default each prompt is run once and all of its responses are scored against its key/value cache
+On a CPU each prompt is run once and all of its responses are scored against its key/value cache
 (`shared_prompt_logits`); `share_prompt=False` runs one full forward per (prompt, response), the slow and obviously
-correct twin. Either way items are packed by length into batches of at most `batch_tokens` padded tokens, and
+correct twin, and the default on a GPU, where extra passes cost more than the tokens they save (`shares_prompts`).
+Either way items are packed by length into batches of at most `batch_tokens` padded tokens, and
 probes always run in fp32 (no autocast), in no_grad mode.
 """
 
@@ -21,7 +22,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ldyn.data.tokenize import TokenizedRow, collate
-from ldyn.logprobs import STAT_NAMES, encode_prompts, response_logits, shared_prompt_logits, token_statistics
+from ldyn.logprobs import (
+    STAT_NAMES,
+    encode_prompts,
+    response_logits,
+    shared_prompt_logits,
+    shares_prompts,
+    token_statistics,
+)
 
 ARGMAX_ALONG = "chosen"
 
@@ -108,10 +116,12 @@ def records_for(items: list[ProbeItem], stats: dict[str, torch.Tensor], vocab: i
 
 
 @torch.no_grad()
-def probe(model, items: list[ProbeItem], pad_id: int, batch_tokens: int = 4096, share_prompt: bool = True,
+def probe(model, items: list[ProbeItem], pad_id: int, batch_tokens: int = 4096, share_prompt: bool | None = None,
           progress: bool = True) -> list[dict]:
-    """Evaluate every probe item with `model`; one record per item (plus argmax records along chosen)."""
+    """Evaluate every probe item with `model`; one record per item (plus argmax records along chosen).
+    `share_prompt=None` shares prompts where that is faster (`shares_prompts`: on a CPU)."""
     device = next(model.parameters()).device
+    share_prompt = shares_prompts(device) if share_prompt is None else share_prompt
     groups = prompt_batches(items, batch_tokens) if share_prompt else [length_batches(items, batch_tokens)]
     bar = tqdm(total=sum(len(g) for g in groups), desc="probe", unit="batch", leave=False, disable=not progress)
     records = []

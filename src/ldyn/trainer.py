@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ldyn.config import LossConfig, OptimConfig
 from ldyn.data.tokenize import collate_pairs
 from ldyn.errors import LdynError, did_you_mean
-from ldyn.logprobs import SeqLogps, sequence_logps, shared_prompt_logps
+from ldyn.logprobs import SeqLogps, sequence_logps, shared_prompt_logps, shares_prompts
 from ldyn.losses import LossSpec, PairLogps
 
 OPTIMIZERS = {
@@ -181,13 +181,14 @@ class Trainer:
     def row_logps(self, model, examples: list[TrainExample], with_rejected: bool) -> SeqLogps:
         """Summed log-probs of the update's rows, chosen (or the SFT target) first, then rejected.
 
-        Pairs share their prompt's forward pass (`shared_prompt_logps`): the prompt is run once, not once per
-        response. SFT rows, and every row under several processes (DDP expects one forward per backward), take
-        the plain path: `collate_pairs` then `sequence_logps`, which the shared path is tested against.
+        On a CPU pairs share their prompt's forward pass (`shared_prompt_logps`): the prompt is run once, not once
+        per response. SFT rows, rows on a GPU (`shares_prompts`), and every row under several processes (DDP
+        expects one forward per backward) take the plain path: `collate_pairs` then `sequence_logps`, which the
+        shared path is tested against.
         """
         device = self.accelerator.device
         with self.autocast():
-            if with_rejected and self.accelerator.num_processes == 1:
+            if with_rejected and self.accelerator.num_processes == 1 and shares_prompts(device):
                 responses = [(i, e.chosen) for i, e in enumerate(examples)]
                 responses += [(i, e.rejected) for i, e in enumerate(examples)]
                 return shared_prompt_logps(model, [e.prompt for e in examples], responses, self.pad_id)
