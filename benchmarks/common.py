@@ -9,11 +9,13 @@ be copied (e.g. a GPU machine without the embedded model's package).
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 
 import torch
 
 from ldyn.config import RunConfig, load_config
+from ldyn.errors import LdynError
 from ldyn.experiment import Inputs, load_inputs
 from ldyn.models import load_model, prepare
 
@@ -32,10 +34,14 @@ def setup(args, recipe: str, overrides: list[str]) -> tuple[RunConfig, torch.nn.
     """(config, model on args.device, tokenizer, tokenized inputs) for `recipe` pointed at args.data."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(recipe, [f"data.train={args.data}", f"probe.path={args.data}", f"model.name={args.model}",
-                               *overrides])
-    model, tokenizer = load(args, cfg)
-    return cfg, model.to(args.device), tokenizer, load_inputs(cfg, tokenizer)
+    try:
+        cfg = load_config(recipe, [f"data.train={args.data}", f"probe.path={args.data}",
+                                   f"model.name={args.model}", *overrides])
+        model, tokenizer = load(args, cfg)
+        inputs = load_inputs(cfg, tokenizer)
+    except LdynError as e:  # bad input: one line naming the file, as the CLI prints it
+        sys.exit(f"benchmark: error: {e}")
+    return cfg, model.to(args.device), tokenizer, inputs
 
 
 def load(args, cfg: RunConfig):

@@ -56,10 +56,7 @@ def prompt_batches(items: list[ProbeItem], batch_tokens: int) -> list[list[list[
     """For the shared-prompt path: prompts sorted by length and packed so that (prompts × longest prompt) stays
     within batch_tokens; within each such group, its items sorted by response length and packed so that
     (responses × longest response) stays within batch_tokens. Returns [prompt group][response batch][item]."""
-    by_prompt: dict[str, list[ProbeItem]] = {}
-    for item in items:
-        by_prompt.setdefault(item.example_id, []).append(item)
-    prompt_groups = _pack(sorted(by_prompt.values(), key=lambda g: len(g[0].prompt)), batch_tokens,
+    prompt_groups = _pack(sorted(_by_prompt(items), key=lambda g: len(g[0].prompt)), batch_tokens,
                           lambda g: len(g[0].prompt))  # prompts are encoded once per group
     return [_pack(sorted((it for g in group for it in g), key=lambda it: len(it.response)), batch_tokens,
                   lambda it: len(it.response)) for group in prompt_groups]
@@ -69,17 +66,22 @@ def whole_prompt_batches(items: list[ProbeItem], batch_tokens: int) -> list[list
     """Batches of whole prompts, each with all its responses, while (responses × longest response) stays within
     batch_tokens (a prompt with more than that is a batch of its own): for passes that run every prompt of a
     batch once and cannot keep it for the next batch, such as the decomposition's forward-mode JVP."""
-    by_prompt: dict[str, list[ProbeItem]] = {}
-    for item in items:
-        by_prompt.setdefault(item.example_id, []).append(item)
     out, current = [], []
-    for group in by_prompt.values():
+    for group in _by_prompt(items):
         joined = current + group
         if current and len(joined) * max(len(it.response) for it in joined) > batch_tokens:
             out.append(current)
             joined = group
         current = joined
     return out + ([current] if current else [])
+
+
+def _by_prompt(items: list[ProbeItem]) -> list[list[ProbeItem]]:
+    """Items grouped by their prompt (example id), in order of first appearance."""
+    groups: dict[str, list[ProbeItem]] = {}
+    for item in items:
+        groups.setdefault(item.example_id, []).append(item)
+    return list(groups.values())
 
 
 def _pack(ordered: list, budget: int, length) -> list[list]:

@@ -149,7 +149,7 @@ class Trainer:
         return totals | {"grad_norm": float(grad_norm)}
 
     def loss_on(self, examples: list[TrainExample]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean loss of a micro-batch (chosen and rejected in one forward pass) and its metrics."""
+        """Mean loss of a micro-batch (chosen and rejected together, `row_logps`) and its metrics."""
         pairs = self.loss.needs_rejected
         logps = self.row_logps(self.model, examples, pairs)
         policy = PairLogps.from_rows(logps.sum, logps.n_tokens, len(examples))
