@@ -23,14 +23,15 @@ STATE = "state.json"  # checkpoints/state.json: where to resume from
 
 
 class MetricsLogger:
-    """One row per update in metrics.jsonl."""
+    """One row per update in metrics.jsonl, with the ids of the examples it trained on (`examples`)."""
 
     def __init__(self, run: RunDir):
         self.run = run
 
     def on_step_end(self, state: StepState) -> None:
         if state.accelerator.is_main_process:
-            self.run.append(METRICS, [{"step": state.step, "stage": state.stage, **state.metrics}])
+            ids = [e.id for micro in state.batch for e in micro]
+            self.run.append(METRICS, [{"step": state.step, "stage": state.stage, **state.metrics, "examples": ids}])
 
 
 class ProbeCallback:

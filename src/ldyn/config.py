@@ -3,7 +3,8 @@
 A recipe is a YAML file that maps one-to-one onto `RunConfig`. `load_config("smollm2_sft_dpo", ["stages.dpo.steps=8"])`
 reads the shipped recipe (or a YAML path), applies the overrides and checks the result: an unknown key fails naming the
 nearest valid one, a value of the wrong type fails naming the key, and a required value left at "???" fails -- all
-before any model is loaded. Stages are addressed by name (`stages.dpo.optim.lr=1e-5`) or index (`stages.1.steps=4`).
+before any model is loaded. Stages are addressed by name (`stages.dpo.optim.lr=1e-5`),
+index (`stages.1.steps=4`) or all at once (`stages.*.batch_size=2`).
 
 Each field is documented once, in its trailing comment.
 """
@@ -32,7 +33,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "embedded"  # preference pairs: "embedded", a JSONL (prompt/chosen/rejected), a HF dataset or its dir
+    train: str = "embedded"  # preference pairs: "embedded", a JSONL (prompt/chosen/rejected), a HF dataset or its
+    # dir, or "probe": the probe set's file (the paper's train_using_prob)
     split: str = "train"  # split to read from a HF dataset
     n_train: int = 0  # use the first N training pairs (0 = all)
     skip_empty: bool = False  # drop pairs with an empty prompt or response instead of failing on them
@@ -80,6 +82,19 @@ class OptimConfig:
 
 
 @dataclass
+class SampleConfig:
+    responses: str = "none"  # none: y⁺ and y⁻ from the data (off-policy) | rejected: y⁻ sampled, y⁺ from the data |
+    # both: two samples per prompt, the one `rank` prefers becomes y⁺
+    source: str = "policy"  # policy: the model being trained, at each update (on-policy) | reference: the stage's
+    # frozen starting model (SPIN)
+    rank: str = "overlap"  # orders the two samples of `both`: overlap (token-unigram F1 with the data's y⁺ minus
+    # with its y⁻) | judge (the run's `judge`)
+    max_new_tokens: int = 64  # longest sample; a sample that hits it has no EOS
+    temperature: float = 1.0  # sampling temperature
+    top_k: int = 0  # sample from the k most likely tokens only (0 = the whole vocabulary)
+
+
+@dataclass
 class StageConfig:
     name: str = MISSING  # label used in files and figures, and to address the stage in overrides (sft, dpo, ...)
     steps: int = MISSING  # number of optimizer updates in this stage
@@ -90,6 +105,16 @@ class StageConfig:
     extend: bool = False  # SFT on chosen ∪ rejected: each pair gives two SFT examples (the paper's "extend")
     target: str = "chosen"  # the response field SFT trains on (chosen, rejected, irr_hum, ...: the paper's
     # train_supervise); preference losses always use chosen and rejected
+    sample: SampleConfig = field(default_factory=SampleConfig)  # on-policy responses (preference losses only)
+
+
+@dataclass
+class JudgeConfig:
+    kind: str = "local"  # local: a causal LM scores the letters A and B | endpoint: an OpenAI-compatible chat API
+    # at $LDYN_JUDGE_URL with key $LDYN_JUDGE_KEY
+    model: str = "smollm2"  # local: the judge model (as model.name); endpoint: the model name sent to the API
+    timeout: float = 60.0  # endpoint: seconds per request
+    retries: int = 3  # endpoint: attempts per judgement (timeouts, errors, unparseable answers)
 
 
 @dataclass
@@ -103,6 +128,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     decompose: DecomposeConfig = field(default_factory=DecomposeConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # ranks samples for stages with sample.rank=judge
     stages: list[StageConfig] = field(default_factory=list)  # trained in order; each DPO-family stage's reference
     # is a frozen copy of the model at that stage's start
 
@@ -116,6 +142,9 @@ CHOICES = {  # fields restricted to a fixed set of values (losses are checked ag
     "attn_implementation": ("sdpa", "eager"),
     "truncation_mode": ("keep_end", "keep_start"),
     "mixed_precision": ("no", "bf16"),
+    "responses": ("none", "rejected", "both"),
+    "source": ("policy", "reference"),
+    "kind": ("local", "endpoint"),
 }
 
 
@@ -257,10 +286,14 @@ def _child(obj, segment: str, path: str):
 
 
 def apply_override(cfg: RunConfig, item: str) -> None:
-    """Apply one `a.b.c=value` override (a leading `--` is allowed) in place."""
+    """Apply one `a.b.c=value` override (a leading `--` is allowed) in place; `stages.*.x` sets x in every stage."""
     key, sep, value = item.removeprefix("--").partition("=")
     if not sep or not key:
         raise LdynError(f"an override must look like key=value or --key=value, got '{item}'")
+    if key.startswith("stages.*."):
+        for stage in cfg.stages:
+            apply_override(cfg, f"stages.{cfg.stages.index(stage)}.{key[len('stages.*.'):]}={value}")
+        return
     *parents, last = key.split(".")
     obj = cfg
     for depth, segment in enumerate(parents):
@@ -313,8 +346,24 @@ def check(cfg: RunConfig) -> None:
 # ---------------------------------------------------------------- recipes
 
 
+def _shipped(suites: bool) -> list[str]:
+    names = []
+    for p in resources.files("ldyn.recipes").iterdir():
+        if p.name.endswith(".yaml"):
+            text = "\n" + p.read_text(encoding="utf-8")
+            if ("\nsuite:" in text) == suites:
+                names.append(p.name[:-5])
+    return sorted(names)
+
+
 def recipe_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("ldyn.recipes").iterdir() if p.name.endswith(".yaml"))
+    """Shipped single-run recipes."""
+    return _shipped(suites=False)
+
+
+def suite_names() -> list[str]:
+    """Shipped suites (YAML files with a top-level `suite:` key, see `suite.py`)."""
+    return _shipped(suites=True)
 
 
 def recipe_path(name_or_path: str) -> Path:
@@ -326,7 +375,8 @@ def recipe_path(name_or_path: str) -> Path:
         return path
     shipped = resources.files("ldyn.recipes") / f"{name_or_path}.yaml"
     if not shipped.is_file():
-        raise LdynError(f"unknown recipe '{name_or_path}'{did_you_mean(name_or_path, recipe_names())}; "
+        raise LdynError(f"unknown recipe '{name_or_path}'"
+                        f"{did_you_mean(name_or_path, recipe_names() + suite_names())}; "
                         "give a shipped recipe name (`ldyn ls recipes`) or a YAML path")
     return Path(str(shipped))
 

@@ -24,7 +24,8 @@ from ldyn.errors import LdynError, did_you_mean
 from ldyn.losses import LossSpec, get_loss
 from ldyn.models import frozen_copy, load_model
 from ldyn.probing import ProbeItem, probe_items
-from ldyn.runs import CONFIG, DATA, DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBE_TIMES, PROBES, RunDir
+from ldyn.runs import CONFIG, DATA, DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBE_TIMES, PROBES, SAMPLES, RunDir
+from ldyn.sampling import REWARDS, ResponseSampler
 from ldyn.trainer import Trainer, TrainExample, batches, check_optimizer
 
 
@@ -40,6 +41,19 @@ def check_run(cfg: RunConfig) -> None:
         if stage.target != "chosen" and spec.needs_rejected:
             raise LdynError(f"a target field applies to SFT-style losses; '{spec.name}' trains on chosen and "
                             "rejected", field=f"stages.{stage.name}.target")
+        sample = stage.sample
+        if sample.responses != "none":
+            if not spec.needs_rejected:
+                raise LdynError(f"sampled responses feed a preference loss, not '{spec.name}'",
+                                field=f"stages.{stage.name}.sample.responses")
+            if sample.source == "reference" and not spec.needs_reference:
+                raise LdynError(f"'{spec.name}' has no reference model to sample from",
+                                field=f"stages.{stage.name}.sample.source")
+            if sample.responses == "both" and sample.rank not in (*REWARDS, "judge"):
+                raise LdynError(f"unknown reward '{sample.rank}'{did_you_mean(sample.rank, [*REWARDS, 'judge'])}",
+                                field=f"stages.{stage.name}.sample.rank")
+            if sample.max_new_tokens < 1 or sample.temperature <= 0:
+                raise LdynError("max_new_tokens must be >= 1 and temperature > 0", field=f"stages.{stage.name}.sample")
 
 
 @dataclass
@@ -52,7 +66,8 @@ class Inputs:
 def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
     data, pcfg = cfg.data, cfg.probe
     targets = tuple(dict.fromkeys(s.target for s in cfg.stages if s.target not in ("chosen", "rejected")))
-    pairs, skipped = load_pairs(data.train, data.split, data.n_train, data.skip_empty, targets, cfg.seed)
+    source = pcfg.path if data.train == "probe" else data.train  # train on the probe set (train_using_prob)
+    pairs, skipped = load_pairs(source, data.split, data.n_train, data.skip_empty, targets, cfg.seed)
     train = tokenize_rows(tokenizer, [(p.id, p.prompt, {"chosen": p.chosen, "rejected": p.rejected} | p.extra)
                                       for p in pairs], data.max_length, data.max_prompt_length, data.truncation_mode)
     probe_rows, types = [], []
@@ -124,7 +139,7 @@ def resume(run_dir: str) -> RunDir:
         model, tokenizer = load_model(cfg.model, cfg.seed)
     inputs = load_inputs(cfg, tokenizer)
     step = state["step"] if state else 0
-    for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES):
+    for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES, SAMPLES):
         out.keep_until(name, step)
     return _train(cfg, out, model, tokenizer, inputs, resume=state)
 
@@ -177,6 +192,8 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
         data = batches(stage_examples(inputs.train, spec, stage), stage.batch_size,
                        seed=cfg.seed * 1000 + index, skip=start * stage.grad_accum,
                        rank=accelerator.process_index, world=accelerator.num_processes)
+        if stage.sample.responses != "none":
+            data = _sampled(cfg, stage, data, out, accelerator, model, reference, tokenizer, step + 1)
         step = trainer.fit(data, stage.steps, stage=stage.name, stage_index=index, step=step, start=start).step
         del trainer, reference
     if accelerator.is_main_process:
@@ -185,3 +202,16 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
         for path in plot_run(out.path):
             print(f"ldyn: wrote {path}", file=sys.stderr)
     return out
+
+
+def _sampled(cfg: RunConfig, stage: StageConfig, data, out: RunDir, accelerator, model, reference, tokenizer,
+             first_step: int):
+    """The stage's batches with on-policy samples in place of the data's responses (`sampling.py`)."""
+    judge = None
+    if stage.sample.responses == "both" and stage.sample.rank == "judge":
+        from ldyn.winrate import make_judge
+
+        judge = make_judge(cfg.judge, cfg.seed)
+    sampler = ResponseSampler(stage.sample, accelerator.unwrap_model(model), reference, tokenizer.pad_token_id,
+                              tokenizer.eos_token_id, out if accelerator.is_main_process else None, tokenizer, judge)
+    return sampler.wrap(data, first_step)

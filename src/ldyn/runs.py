@@ -3,11 +3,13 @@
     runs/<name>/
       config.yaml       the fully resolved config (plus ldyn version), written before training starts
       data.json         what was loaded: counts of pairs, probe prompts and types, truncated rows
-      metrics.jsonl     one row per update: step, stage, loss, log-probs, rewards, margin, grad norm, lr, examples/s
+      metrics.jsonl     one row per update: step, stage, loss, log-probs, rewards, margin, grad norm, lr, examples/s,
+                        and the ids of the examples trained on (a sampled pair's id is `<id>@<step>`)
       probes.jsonl      long format, one row per (step, example, response type): logp_sum, logp_mean, n_tokens, ...
       probe_times.jsonl seconds per probe round
       decomposition.jsonl   per decomposed update and (example, response type): observed and predicted Δ log π
       decomposition_times.jsonl   seconds per decomposition, against the update it decomposes
+      samples.jsonl     stages with on-policy sampling: every sampled response (step, example, role, text, reward)
       figures/          PNGs and the CSV data behind each (`ldyn plot RUN_DIR` redraws them from the files alone)
       checkpoints/      `last/` (resumable) and `<stage>/` (the model at each stage's end, a HF checkpoint dir)
 
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from ldyn.errors import LdynError
@@ -29,6 +33,7 @@ from ldyn.errors import LdynError
 CONFIG, DATA, METRICS, PROBES = "config.yaml", "data.json", "metrics.jsonl", "probes.jsonl"
 PROBE_TIMES = "probe_times.jsonl"
 DECOMPOSITION, DECOMPOSITION_TIMES = "decomposition.jsonl", "decomposition_times.jsonl"
+SAMPLES = "samples.jsonl"
 FIGURES, CHECKPOINTS = "figures", "checkpoints"
 
 
@@ -102,3 +107,30 @@ def load_run(path: str | Path) -> Run:
         raise LdynError(f"not a run directory (no {CONFIG})", file=str(path))
     config = yaml.safe_load((run.path / CONFIG).read_text(encoding="utf-8")) or {}
     return Run(run.path, config, run.read(METRICS), run.read(PROBES), run.read(DECOMPOSITION))
+
+
+def probe_table(run: Run, key: str = "logp_sum") -> dict[str, tuple[np.ndarray, list[str], np.ndarray]]:
+    """type -> (steps (S,), example ids (E,), values (S, E)); NaN where a value is missing."""
+    cells: dict[str, dict] = defaultdict(lambda: defaultdict(dict))
+    for row in run.probes:
+        if key in row:
+            cells[row["type"]][row["step"]][row["example_id"]] = row[key]
+    tables = {}
+    for t, by_step in cells.items():
+        steps = sorted(by_step)
+        ids = sorted({e for values in by_step.values() for e in values})
+        values = np.array([[by_step[s].get(e, np.nan) for e in ids] for s in steps], dtype=float)
+        tables[t] = (np.array(steps), ids, values)
+    return tables
+
+
+def stage_spans(run: Run) -> list[tuple[int, int, str]]:
+    """(first step, last step, name) of each stage, in order, from the metrics (or probe) rows."""
+    last: dict[str, int] = {}
+    for row in run.metrics or run.probes:
+        last[row["stage"]] = max(last.get(row["stage"], 0), row["step"])
+    spans, start = [], 0
+    for name, end in sorted(last.items(), key=lambda kv: kv[1]):
+        spans.append((start, end, name))
+        start = end
+    return spans
