@@ -1,14 +1,17 @@
 """The `ldyn` command: each subcommand is one library call.
 
     ldyn run RECIPE [key=value | --key=value ...] [--overwrite]   train + probe into runs/<name>
+    ldyn run SUITE [key=value ...]                               every run of a suite, then its report
     ldyn resume RUN_DIR                                          continue a run from its last checkpoint
     ldyn decompose RECIPE [--stage NAME] [key=value ...]         one update, decomposed into A·K·G terms
     ldyn plot RUN_DIR [RUN_DIR ...]                              redraw a run's figures from its files
     ldyn influence RUN_DIR ... [--out FILE]                      accumulated-influence heatmap across runs
+    ldyn report RUN_DIR ... [--out FILE]                         HTML page: figures and the paper's claims checked
+    ldyn winrate CKPT_A CKPT_B --prompts FILE [...]              sample from two checkpoints, judge, count
     ldyn toy squeeze [--out DIR] [--check N]                     the squeezing effect on a linear softmax head
     ldyn toy digits [--model mlp|cnn] [--out DIR] ...            classifier learning dynamics on 8×8 digits
     ldyn config RECIPE [key=value ...]                           print the resolved config
-    ldyn ls losses|recipes                                       list what is registered / shipped
+    ldyn ls losses|recipes|suites                                list what is registered / shipped
 
 User errors print one line, `ldyn: error: ...`, and exit with status 2.
 """
@@ -26,8 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train through a recipe's stages while probing response log-probs",
                          description="Overrides: key=value or --key=value, e.g. stages.dpo.optim.lr=2e-5")
-    run.add_argument("recipe", help="a shipped recipe name (`ldyn ls recipes`) or a YAML file")
+    run.add_argument("recipe", help="a shipped recipe or suite (`ldyn ls recipes`, `ldyn ls suites`) or a YAML file")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
+    run.add_argument("--out", help="a suite's folder (default runs/<suite>)")
     dec = sub.add_parser("decompose", help="take one update and decompose its effect on the probe responses",
                          description="Predicted (first-order A·K·G) against observed Δ log π for one update of a "
                                      "stage, on the first decompose.n probe prompts. Overrides as for `run`.")
@@ -41,6 +45,24 @@ def _parser() -> argparse.ArgumentParser:
     influence = sub.add_parser("influence", help="heatmap of accumulated influence across decomposed runs")
     influence.add_argument("run_dirs", nargs="+")
     influence.add_argument("--out", default="influence.png", help="PNG to write (a CSV is written beside it)")
+    report = sub.add_parser("report", help="an HTML page with the runs' figures and the paper's claims checked")
+    report.add_argument("run_dirs", nargs="+", help="run directories, or suite folders (all their runs)")
+    report.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
+    win = sub.add_parser("winrate", help="sample from two checkpoints on held-out prompts and judge them",
+                         description="A's win rate = wins_A / (wins_A + wins_B); the order shown to the judge is "
+                                     "randomised per prompt; judgements are cached, so a rerun resumes.")
+    win.add_argument("a", help="checkpoint A: a run's checkpoints/<stage> directory or any model name/path")
+    win.add_argument("b", help="checkpoint B")
+    win.add_argument("--prompts", required=True, help="JSONL with a `prompt` field (e.g. the HH probe file)")
+    win.add_argument("--start", type=int, default=0, help="first row to use (default 0)")
+    win.add_argument("--n", type=int, default=32, help="number of prompts (default 32)")
+    win.add_argument("--judge", choices=["local", "endpoint"], default="local",
+                     help="local: a causal LM (--judge-model); endpoint: OpenAI-compatible API at $LDYN_JUDGE_URL "
+                          "with $LDYN_JUDGE_KEY")
+    win.add_argument("--judge-model", default="smollm2", help="local model, or the model name sent to the endpoint")
+    win.add_argument("--max-new-tokens", type=int, default=64, help="length of each sampled response")
+    win.add_argument("--seed", type=int, default=0, help="sampling and A/B order seed")
+    win.add_argument("--out", default="runs/winrate", help="folder for responses, judgements and winrate.json")
     toy = sub.add_parser("toy", help="the paper's two small worlds: the squeezing toy and digits").add_subparsers(
         dest="toy", required=True)
     squeeze = toy.add_parser("squeeze", help="one update of a linear softmax head: the five notebook cases and a "
@@ -55,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print the resolved config of a recipe with overrides")
     config.add_argument("recipe")
     ls = sub.add_parser("ls", help="list registered losses or shipped recipes")
-    ls.add_argument("what", choices=["losses", "recipes"])
+    ls.add_argument("what", choices=["losses", "recipes", "suites"])
     return parser
 
 
@@ -102,8 +124,8 @@ def _dispatch(args, overrides: list[str]) -> int:
     from ldyn import config
 
     if args.command == "ls":
-        if args.what == "recipes":
-            print("\n".join(config.recipe_names()))
+        if args.what in ("recipes", "suites"):
+            print("\n".join(config.recipe_names() if args.what == "recipes" else config.suite_names()))
         else:
             from ldyn.losses import LOSSES
 
@@ -128,12 +150,24 @@ def _dispatch(args, overrides: list[str]) -> int:
         for path in influence_figure(args.run_dirs, args.out):
             print(path)
         return 0
+    if args.command == "report":
+        from ldyn.report import write_report
+
+        print(write_report(args.run_dirs, args.out))
+        return 0
     if args.command == "toy":
         return _toy(args)
     _quiet_libraries()
     from ldyn import experiment
 
+    if args.command == "winrate":
+        return _winrate(args)
     if args.command == "run":
+        from ldyn.suite import is_suite, run_suite
+
+        if is_suite(args.recipe):
+            print(run_suite(args.recipe, overrides, args.out))
+            return 0
         out = experiment.run(config.load_config(args.recipe, overrides), overwrite=args.overwrite)
     elif args.command == "decompose":
         cfg = config.load_config(args.recipe, overrides)
@@ -142,6 +176,24 @@ def _dispatch(args, overrides: list[str]) -> int:
         out = experiment.resume(args.run_dir)
     print(out.path)
     return 0
+
+
+def _winrate(args) -> int:
+    from pathlib import Path
+
+    from ldyn.config import JudgeConfig
+    from ldyn.data.jsonl import read_jsonl, text_field
+    from ldyn.winrate import evaluate, make_judge
+
+    rows = list(read_jsonl(args.prompts))[args.start: args.start + args.n]
+    prompts = [text_field(row, "prompt", args.prompts, line) for line, row in rows]
+    if not prompts:
+        raise LdynError(f"no prompts from row {args.start + 1}", file=args.prompts)
+    judge = make_judge(JudgeConfig(kind=args.judge, model=args.judge_model), args.seed)
+    results = evaluate([(args.a, args.b)], prompts, judge, Path(args.out), max_new_tokens=args.max_new_tokens,
+                       seed=args.seed)
+    print(Path(args.out) / "winrate.json")
+    return 0 if results else 1
 
 
 def _toy(args) -> int:

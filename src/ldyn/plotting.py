@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from ldyn.data.probesets import GROUPS, SYMBOLS  # noqa: E402
 from ldyn.errors import LdynError  # noqa: E402
-from ldyn.runs import FIGURES, Run, load_run  # noqa: E402
+from ldyn.runs import FIGURES, Run, load_run, probe_table, stage_spans  # noqa: E402, F401
 
 PALETTES = {"chosen": "Blues", "rejected": "Oranges", "irrelevant": "Reds", "random": "Greys", "argmax": "Greens"}
 GROUP_OF = {t: g for g, types in GROUPS.items() for t in types}
@@ -46,36 +46,9 @@ def color(t: str) -> str:
     return plt.get_cmap(PALETTES[group])(0.9 - 0.45 * members.index(t) / max(len(members) - 1, 1))
 
 
-def probe_table(run: Run, key: str = "logp_sum") -> dict[str, tuple[np.ndarray, list[str], np.ndarray]]:
-    """type -> (steps (S,), example ids (E,), values (S, E)); NaN where a value is missing."""
-    cells: dict[str, dict] = defaultdict(lambda: defaultdict(dict))
-    for row in run.probes:
-        if key in row:
-            cells[row["type"]][row["step"]][row["example_id"]] = row[key]
-    tables = {}
-    for t, by_step in cells.items():
-        steps = sorted(by_step)
-        ids = sorted({e for values in by_step.values() for e in values})
-        values = np.array([[by_step[s].get(e, np.nan) for e in ids] for s in steps], dtype=float)
-        tables[t] = (np.array(steps), ids, values)
-    return tables
-
-
 def ordered_types(tables) -> list[str]:
     known = [t for group in GROUPS.values() for t in group if t in tables]
     return known + sorted(t for t in tables if t not in known and t != "except_argmax")
-
-
-def stage_spans(run: Run) -> list[tuple[int, int, str]]:
-    """(first step, last step, name) of each stage, in order, from the metrics (or probe) rows."""
-    last: dict[str, int] = {}
-    for row in run.metrics or run.probes:
-        last[row["stage"]] = max(last.get(row["stage"], 0), row["step"])
-    spans, start = [], 0
-    for name, end in sorted(last.items(), key=lambda kv: kv[1]):
-        spans.append((start, end, name))
-        start = end
-    return spans
 
 
 def mark_stages(ax, spans) -> None:
@@ -359,3 +332,68 @@ def influence_figure(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
     plt.close(fig)
     write_rows(rows, out.with_suffix(".csv"))
     return [out, out.with_suffix(".csv")]
+
+
+# ---------------------------------------------------------------- figures across runs (the report's)
+
+
+def _mean_series(run: Run, types: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps, mean over `types` of the mean log-prob over prompts); None if the run probed none of them."""
+    tables = probe_table(run)
+    present = [t for t in types if t in tables]
+    if not present:
+        return None
+    steps = tables[present[0]][0]
+    rows = [np.nanmean(tables[t][2], axis=1) for t in present if np.array_equal(tables[t][0], steps)]
+    return steps, np.mean(rows, axis=0)
+
+
+def other_types(run: Run) -> list[str]:
+    return [t for t in probe_table(run) if t not in ("chosen", "rejected", "argmax", "except_argmax")]
+
+
+def plot_extend_vs_baseline(baseline: Run, extend: Run) -> plt.Figure:
+    """The paper's Figure 5: chosen, rejected, all other responses and the argmax against updates, for the baseline
+    (SFT on chosen, then DPO) and extend (SFT on chosen ∪ rejected, then DPO), with the SFT/DPO boundary."""
+    panels = [("chosen y_u⁺", lambda r: ["chosen"]), ("rejected y_u⁻", lambda r: ["rejected"]),
+              ("all other responses (mean over types)", other_types), ("argmax y* (along y_u⁺)", lambda r: ["argmax"])]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    for ax, (title, types) in zip(axes, panels):
+        for run, name, c in ((baseline, "baseline", "tab:blue"), (extend, "extend", "tab:orange")):
+            series = _mean_series(run, types(run))
+            if series is not None:
+                ax.plot(*series, marker="o", color=c, label=f"{name} ({run.path.name})")
+        spans = stage_spans(baseline)
+        for _, end, _ in spans[:-1]:
+            ax.axvline(end, color="0.4", linestyle="--", linewidth=1)
+        for start, end, stage in spans:
+            ax.text((start + end) / 2, 0.98, stage.upper(), transform=ax.get_xaxis_transform(), ha="center",
+                    va="top", fontsize=9, color="0.35")
+        ax.set_title(title)
+        ax.set_xlabel("update")
+        ax.set_ylabel("mean log π (nats)")
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.suptitle("baseline vs extend: SFT, then DPO from the SFT model (mean over probed prompts)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_run_comparison(runs: list[tuple[str, Run]], title: str) -> plt.Figure:
+    """Change since step 0 of chosen, all other responses and the argmax, one line per labelled run."""
+    panels = [("Δ chosen y_u⁺", lambda r: ["chosen"]), ("Δ all other responses", other_types),
+              ("Δ argmax y*", lambda r: ["argmax"])]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (name, types) in zip(axes, panels):
+        for label_, run in runs:
+            series = _mean_series(run, types(run))
+            if series is not None:
+                steps, values = series
+                ax.plot(steps, values - values[0], marker="o", label=label_)
+        ax.axhline(0, color="0.6", linewidth=0.8)
+        ax.set_title(name)
+        ax.set_xlabel("update")
+        ax.set_ylabel("nats")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

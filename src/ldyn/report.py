@@ -1,0 +1,229 @@
+"""`ldyn report RUN_DIR...`: one self-contained HTML page (figures inlined) with the paper's claims checked.
+
+Arguments are run directories or folders of runs (a suite's), whose toy results (`toy_squeeze/squeeze.json`),
+win rates (`winrate/winrate.json`) and wall times (`suite.jsonl`) are read too. The page has: a summary of the
+verdicts, the claims table (`claims.py`: the paper's statement, our numbers, the verdict), the win rates, the
+cross-run figures (Figure 5's baseline vs extend, on- vs off-policy, the learning-rate sweep, the Appendix C
+heatmap, the squeezing toy), every run's probe figure, and what was run with how long it took.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ldyn import __version__
+from ldyn.claims import (
+    FAILS,
+    HOLDS,
+    NA,
+    Verdict,
+    _first,
+    check_claims,
+    dpo_after,
+    dpo_from_base,
+    extend_sft,
+    on_policy_dpo,
+    ranked_dpo,
+    read_toys,
+    sft_on_chosen,
+    spin,
+    stages_where,
+)
+from ldyn.errors import LdynError
+from ldyn.runs import CONFIG, Run, load_run
+
+SUITE_LOG = "suite.jsonl"
+
+
+@dataclass
+class Collected:
+    runs: list[Run] = field(default_factory=list)
+    toy_dirs: list[Path] = field(default_factory=list)
+    winrates: list[dict] = field(default_factory=list)
+    timings: list[dict] = field(default_factory=list)
+
+
+def collect(paths: list[str | Path]) -> Collected:
+    """Runs, toys, win rates and timings under the given paths (a run directory or a folder of them)."""
+    c = Collected()
+    for path in map(Path, paths):
+        if (path / CONFIG).is_file():
+            c.runs.append(load_run(path))
+            continue
+        if not path.is_dir():
+            raise LdynError("not a run directory or a folder of runs", file=str(path))
+        found = False
+        for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+            if (sub / CONFIG).is_file():
+                c.runs.append(load_run(sub))
+                found = True
+            elif (sub / "squeeze.json").is_file():
+                c.toy_dirs.append(sub)
+                found = True
+        if (path / "winrate" / "winrate.json").is_file():
+            c.winrates += _read_json(path / "winrate" / "winrate.json")
+        if (path / SUITE_LOG).is_file():
+            c.timings += [json.loads(line) for line in (path / SUITE_LOG).read_text().splitlines() if line.strip()]
+        if not found:
+            raise LdynError("holds no run directories (nothing with a config.yaml)", file=str(path))
+    return c
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise LdynError(f"cannot read: {e}", file=str(path)) from None
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _file_png(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def figures(c: Collected) -> list[tuple[str, str, str]]:
+    """(title, caption, base64 PNG) of every cross-run figure these runs allow, then each run's probe figure."""
+    from ldyn import plotting
+
+    out = []
+    base = _first(stages_where(c.runs, dpo_after(sft_on_chosen)))
+    ext = _first(stages_where(c.runs, dpo_after(extend_sft)))
+    if base and ext:
+        out.append(("Figure 5: baseline vs extend", "Mean log-probability over the probed prompts; the dashed line "
+                    "is the SFT/DPO boundary. Extend trains SFT on chosen ∪ rejected for the same number of updates.",
+                    _png(plotting.plot_extend_vs_baseline(base.run, ext.run))))
+    off = _first(stages_where(c.runs, dpo_from_base))
+    policy = [(label, _first(stages_where(c.runs, test))) for label, test in
+              (("on-policy (y⁻ sampled)", on_policy_dpo), ("on-policy (both sampled, ranked)", ranked_dpo),
+               ("SPIN", spin))]
+    policy = [(label, s.run) for label, s in policy if s is not None]
+    if off and policy:
+        out.append(("On-policy vs off-policy DPO", "Change since step 0, mean over probed prompts ('all other': the "
+                    "mean over every probed type except chosen and rejected).",
+                    _png(plotting.plot_run_comparison([("off-policy DPO", off.run), *policy],
+                                                      "off-policy vs on-policy DPO from the base model"))))
+    by_lr = {}
+    for s in stages_where(c.runs, dpo_from_base):
+        by_lr.setdefault(float(s.config.get("optim", {}).get("lr", 0)), s.run)
+    if len(by_lr) > 1:
+        sweep = [(f"lr {lr:g}", run) for lr, run in sorted(by_lr.items())]
+        out.append(("DPO learning-rate sweep", "Change since step 0 (the side runs of the sweep probe chosen and "
+                    "rejected only).", _png(plotting.plot_run_comparison(sweep, "off-policy DPO, by learning rate"))))
+    decomposed = [r for r in c.runs if r.decomposition]
+    if decomposed:
+        fig, _ = plotting.plot_influence(decomposed)
+        out.append(("Appendix C: accumulated influence", "Rows: observed response types; columns: training signals. "
+                    "Numbers: Σ over decomposed updates of the mean observed Δ log π (nats).", _png(fig)))
+    for toy in c.toy_dirs:
+        if (toy / "squeeze.png").is_file():
+            out.append(("The squeezing toy", "One update of a linear softmax head (the authors' notebook cases).",
+                        _file_png(toy / "squeeze.png")))
+    for run in c.runs:
+        png = run.path / "figures" / "probe_groups.png"
+        if png.is_file() and run.probes:
+            out.append((f"Run {run.path.name}", _describe(run), _file_png(png)))
+    return out
+
+
+def _describe(run: Run) -> str:
+    parts = []
+    for s in run.config.get("stages", []):
+        loss, optim = s.get("loss", {}).get("name", "?"), s.get("optim", {})
+        extra = " on chosen ∪ rejected" if s.get("extend") else (
+            f" on {s.get('target')}" if loss == "sft" and s.get("target", "chosen") != "chosen" else "")
+        sample = s.get("sample", {})
+        if sample.get("responses", "none") != "none":
+            extra += f", sampled {sample['responses']} from the {sample.get('source')}"
+        parts.append(f"{s.get('name')}: {loss}{extra}, {s.get('steps')} updates × {s.get('batch_size')}, "
+                     f"{optim.get('name')} lr {optim.get('lr')}")
+    model = run.config.get("model", {}).get("name", "?")
+    return f"{model}; " + "; ".join(parts)
+
+
+# ---------------------------------------------------------------- the page
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; line-height: 1.4; }
+table { border-collapse: collapse; width: 100%; margin: 1em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 6px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+.holds { background: #d9f2d9; font-weight: 600; }
+.fails { background: #f8d7d7; font-weight: 600; }
+.na { background: #eee; color: #555; }
+figure { margin: 2em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.9em; color: #444; }
+code { background: #f5f5f5; padding: 1px 4px; }
+"""
+CLASS = {HOLDS: "holds", FAILS: "fails", NA: "na"}
+
+
+def render(c: Collected, verdicts: list[Verdict], figs: list[tuple[str, str, str]]) -> str:
+    e = html.escape
+    counts = {v: sum(x.verdict == v for x in verdicts) for v in (HOLDS, FAILS, NA)}
+    rows = "".join(
+        f"<tr><td>{e(v.id)}</td><td><b>{e(v.title)}</b><br>{e(v.paper)}</td><td>{e(v.measured)}"
+        f"{'<br><small>' + e(', '.join(v.runs)) + '</small>' if v.runs else ''}</td>"
+        f"<td class='{CLASS[v.verdict]}'>{e(v.verdict)}</td></tr>" for v in verdicts)
+    wins = "".join(
+        f"<tr><td>{e(r['a'])}</td><td>{e(r['b'])}</td><td>{e(r['judge'])}</td><td>{r['wins_a']}</td><td>{r['wins_b']}"
+        f"</td><td>{r['ties']}</td><td>{r['invalid']}</td><td>{r['skipped']}</td><td>"
+        + ("n/a" if r["win_rate"] is None else f"{r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]")
+        + "</td></tr>" for r in c.winrates)
+    runs = "".join(f"<tr><td>{e(r.path.name)}</td><td>{e(_describe(r))}</td></tr>" for r in c.runs)
+    total = sum(t.get("seconds", 0) for t in c.timings)
+    timing = "".join(f"<tr><td>{e(t['run'])}</td><td>{t['seconds'] / 60:.1f} min</td></tr>" for t in c.timings)
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>ldyn claims report</title>"
+        f"<style>{CSS}</style></head><body>",
+        "<h1>Which findings of <i>Learning Dynamics of LLM Finetuning</i> hold on these runs?</h1>",
+        f"<p id='summary'><b>{counts[HOLDS]}</b> claims hold, <b>{counts[FAILS]}</b> do not hold, "
+        f"<b>{counts[NA]}</b> are not measurable from these {len(c.runs)} runs. ldyn {e(__version__)}.</p>",
+        "<h2>Claims (paper.md §7)</h2><table id='claims'><tr><th>#</th><th>the paper</th><th>measured here</th>"
+        f"<th>verdict</th></tr>{rows}</table>",
+        "<p>Changes are means over the probed prompts of the teacher-forced summed log-probability, from a stage's "
+        "first probe to its last; each rule is in <code>ldyn/claims.py</code> and written in the row.</p>",
+    ]
+    if wins:
+        parts.append("<h2>Win rates</h2><table id='winrate'><tr><th>A</th><th>B</th><th>judge</th><th>wins A</th>"
+                     "<th>wins B</th><th>ties</th><th>invalid</th><th>skipped</th><th>win rate of A [95%]</th></tr>"
+                     f"{wins}</table>")
+    parts.append("<h2>Figures</h2>")
+    parts += [f"<figure><h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{png}'>"
+              f"<figcaption>{e(caption)}</figcaption></figure>" for title, caption, png in figs]
+    parts.append(f"<h2>Runs</h2><table id='runs'><tr><th>run</th><th>what it trains</th></tr>{runs}</table>")
+    if timing:
+        parts.append(f"<h2>Wall time</h2><table id='timing'><tr><th>step</th><th>time</th></tr>{timing}"
+                     f"<tr><th>total</th><th>{total / 60:.1f} min</th></tr></table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(paths: list[str | Path], out: str | Path) -> Path:
+    """Check the claims on the runs under `paths` and write the HTML page to `out`; returns its path."""
+    c = collect(paths)
+    if not c.runs:
+        raise LdynError("no runs to report on")
+    verdicts = check_claims(c.runs, read_toys(c.toy_dirs), c.winrates)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(render(c, verdicts, figures(c)), encoding="utf-8")
+    tmp.replace(out)
+    (out.with_suffix(".json")).write_text(json.dumps([vars(v) for v in verdicts], indent=1, ensure_ascii=False))
+    return out

@@ -1,0 +1,162 @@
+"""Suites: several recipes run one after another into one directory, then compared. `ldyn run SUITE` runs one.
+
+A suite is a YAML file among the recipes with a top-level `suite:` key:
+
+    suite: paper_extend_vs_baseline     # its directory: runs/<suite>/, one sub-directory per run
+    overrides: [probe.n=8]              # applied to every run (before the command line's overrides)
+    runs:
+      - paper_sft_dpo                   # a recipe, run under its own name
+      - {recipe: paper_dpo, name: dpo_lr3e-5, overrides: [stages.dpo.optim.lr=3e-5]}
+      - {suite: paper_appendix_study}   # every run of another suite
+    toys: [squeeze]                     # toy experiments whose results the report reads
+    winrate:                            # judged comparisons of stage checkpoints (`winrate.py`)
+      prompts: {start: 450, n: 32}      # held-out prompts: rows [start, start+n) of the runs' training file
+      pairs: [[paper_extend/dpo, paper_sft_dpo/dpo]]
+
+Every run's config is built and checked before the first one starts, so a typo fails at once. The command line's
+overrides apply to every run; a run's own overrides come last (a sweep keeps its values). Running a suite again
+skips the runs that finished and resumes the one that was interrupted; `suite.jsonl` records each run's wall time.
+At the end the suite writes `report.html` (`report.py`) over all its runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ldyn.config import RunConfig, load_config, read_yaml, recipe_path
+from ldyn.errors import LdynError
+from ldyn.runs import RunDir
+
+SUITE_LOG = "suite.jsonl"
+
+
+@dataclass
+class SuiteRun:
+    name: str
+    recipe: str
+    common: list[str]  # the suites' overrides: before the command line's
+    own: list[str]  # the run's own overrides: after the command line's
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    runs: list[SuiteRun]
+    toys: list[str] = field(default_factory=list)
+    winrate: dict | None = None
+
+
+def is_suite(name_or_path: str) -> bool:
+    try:
+        return "suite" in read_yaml(recipe_path(name_or_path))
+    except LdynError:
+        return False
+
+
+def load_suite(name_or_path: str, _seen: tuple = ()) -> Suite:
+    path = recipe_path(name_or_path)
+    data = read_yaml(path)
+    where = dict(file=str(path))
+    unknown = set(data) - {"suite", "overrides", "runs", "toys", "winrate"}
+    if unknown:
+        raise LdynError(f"unknown suite key '{sorted(unknown)[0]}' (suite, overrides, runs, toys, winrate)", **where)
+    name, common = str(data.get("suite") or path.stem), [str(o) for o in data.get("overrides") or []]
+    if name in _seen:
+        raise LdynError(f"suite '{name}' includes itself", **where)
+    runs: list[SuiteRun] = []
+    for i, item in enumerate(data.get("runs") or []):
+        if isinstance(item, str):
+            item = {"recipe": item}
+        if not isinstance(item, dict) or not ({"recipe", "suite"} & set(item)):
+            raise LdynError("a run is a recipe name or a mapping with `recipe` (or `suite`)", field=f"runs.{i}",
+                            **where)
+        extra = [str(o) for o in item.get("overrides") or []]
+        if "suite" in item:
+            inner = load_suite(str(item["suite"]), (*_seen, name))
+            runs += [SuiteRun(r.name, r.recipe, [*common, *r.common], [*r.own, *extra]) for r in inner.runs]
+        else:
+            recipe = str(item["recipe"])
+            runs.append(SuiteRun(str(item.get("name") or Path(recipe).stem), recipe, common, extra))
+    if not runs:
+        raise LdynError("a suite needs at least one entry under `runs`", **where)
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise LdynError(f"run names in a suite must be unique, got {names}", **where)
+    return Suite(name, path, runs, [str(t) for t in data.get("toys") or []], data.get("winrate"))
+
+
+def configs(suite: Suite, overrides: list[str], root: Path) -> dict[str, RunConfig]:
+    """Each run's checked config: its recipe, the suite's overrides, the command line's, then the run's own."""
+    from ldyn.experiment import check_run
+
+    out = {}
+    for r in suite.runs:
+        cfg = load_config(r.recipe, [*r.common, *overrides, *r.own, f"name={r.name}", f"output_dir={root / r.name}"])
+        check_run(cfg)
+        out[r.name] = cfg
+    return out
+
+
+def finished(run: RunDir, cfg: RunConfig) -> bool:
+    from ldyn.callbacks import read_resume_state
+
+    state = read_resume_state(run) if run.exists() else None
+    return state is not None and state["stage_index"] >= len(cfg.stages)
+
+
+def run_suite(name_or_path: str, overrides: list[str] = (), output_dir: str | None = None) -> Path:
+    """Run (or continue) every run of a suite, its toys and win rates, then write its report; returns its folder."""
+    from ldyn import experiment
+
+    suite = load_suite(name_or_path)
+    root = Path(output_dir or f"runs/{suite.name}")
+    cfgs = configs(suite, list(overrides), root)
+    if suite.winrate:
+        from ldyn.winrate import check_suite_winrate
+
+        check_suite_winrate(suite.winrate, cfgs)
+    log = RunDir(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for i, (name, cfg) in enumerate(cfgs.items(), start=1):
+        out = RunDir(cfg.run_dir)
+        if finished(out, cfg):
+            print(f"ldyn: suite {suite.name} [{i}/{len(cfgs)}] {name}: finished earlier, kept", file=sys.stderr)
+            continue
+        print(f"ldyn: suite {suite.name} [{i}/{len(cfgs)}] {name}", file=sys.stderr)
+        started = time.perf_counter()
+        if out.exists():
+            experiment.resume(str(out.path))
+        else:
+            experiment.run(cfg)
+        log.append(SUITE_LOG, [{"run": name, "kind": "run", "seconds": round(time.perf_counter() - started, 1)}])
+    for toy in suite.toys:
+        _toy(toy, root, log)
+    if suite.winrate:
+        from ldyn.winrate import suite_winrate
+
+        started = time.perf_counter()
+        suite_winrate(suite.winrate, cfgs, root)
+        seconds = round(time.perf_counter() - started, 1)
+        log.append(SUITE_LOG, [{"run": "winrate", "kind": "winrate", "seconds": seconds}])
+    from ldyn.report import write_report
+
+    path = write_report([root], root / "report.html")
+    print(f"ldyn: wrote {path}", file=sys.stderr)
+    return root
+
+
+def _toy(name: str, root: Path, log: RunDir) -> None:
+    out = root / f"toy_{name}"
+    if name != "squeeze":
+        raise LdynError(f"unknown toy '{name}' in a suite (squeeze)")
+    if (out / "squeeze.json").is_file():
+        return
+    from ldyn.toys import squeeze
+
+    started = time.perf_counter()
+    squeeze.run(out, n_check=1000, seed=0)
+    log.append(SUITE_LOG, [{"run": out.name, "kind": "toy", "seconds": round(time.perf_counter() - started, 1)}])

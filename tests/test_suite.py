@@ -1,0 +1,79 @@
+"""Suites: nested suites and the order of overrides, checks before anything runs, and a second run that keeps the
+finished runs and resumes the interrupted one."""
+
+import json
+
+import pytest
+
+from ldyn import cli
+from ldyn.config import load_config, recipe_names, suite_names
+from ldyn.errors import LdynError
+from ldyn.runs import RunDir
+from ldyn.suite import configs, load_suite
+
+
+def test_shipped_suites_expand_to_recipes(probe_file, tmp_path):
+    assert {"paper_cpu", "paper_extend_vs_baseline", "paper_dpo_lr", "paper_appendix_study"} <= set(suite_names())
+    assert not set(suite_names()) & set(recipe_names())
+    suite = load_suite("paper_cpu")
+    names = [r.name for r in suite.runs]
+    assert names[:2] == ["paper_sft_dpo", "paper_extend"] and "appendix_dpo" in names and len(names) == 15
+    cfgs = configs(suite, [f"data.train={probe_file}", f"probe.path={probe_file}", "stages.*.optim.lr=1e-6"], tmp_path)
+    lrs = {n: [s.optim.lr for s in c.stages] for n, c in cfgs.items()}
+    assert lrs["paper_sft_dpo"] == [1e-6, 1e-6]
+    assert lrs["dpo_lr3e-5"] == [3e-5]  # a run's own override comes after the command line's
+    assert cfgs["appendix_dpo"].stages[0].loss.name == "dpo"
+    assert cfgs["paper_spin"].run_dir == tmp_path / "paper_spin"
+
+
+def test_star_sets_every_stage(probe_file):
+    cfg = load_config("paper_sft_dpo", [f"data.train={probe_file}", f"probe.path={probe_file}",
+                                        "stages.*.batch_size=3"])
+    assert [s.batch_size for s in cfg.stages] == [3, 3]
+
+
+SUITE = """suite: mini
+overrides: [model.name=tiny, data.n_train=4, probe.n=2, probe.every=1]
+runs:
+  - {recipe: paper_dpo, name: a, overrides: [stages.dpo.steps=2]}
+  - {recipe: paper_sft_dpo, name: b, overrides: [stages.sft.steps=1, stages.dpo.steps=1]}
+"""
+
+
+def test_a_typo_in_any_run_fails_before_the_first_starts(tmp_path, probe_file, capsys):
+    path = tmp_path / "mini.yaml"
+    path.write_text(SUITE.replace("stages.sft.steps=1", "stages.sft.stesp=1"))
+    out = tmp_path / "out"
+    assert cli.main(["run", str(path), f"data.train={probe_file}", f"probe.path={probe_file}", "--out",
+                     str(out)]) == 2
+    assert "stages.sft.stesp" in capsys.readouterr().err and not out.exists()
+    path.write_text(SUITE.replace("runs:", "runz:"))
+    with pytest.raises(LdynError, match="unknown suite key 'runz'"):
+        load_suite(str(path))
+
+
+def test_rerunning_a_suite_keeps_finished_runs_and_resumes_the_rest(tmp_path, probe_file):
+    path = tmp_path / "mini.yaml"
+    path.write_text(SUITE)
+    out = tmp_path / "out"
+    args = ["run", str(path), f"data.train={probe_file}", f"probe.path={probe_file}", "--out", str(out)]
+    assert cli.main(args) == 0
+    assert [r["run"] for r in RunDir(out).read("suite.jsonl")] == ["a", "b"]
+    assert (out / "report.html").is_file() and "claims" in (out / "report.html").read_text()
+    (out / "b" / "checkpoints" / "state.json").unlink()  # as if b had been killed before its first checkpoint
+    before = (out / "a" / "metrics.jsonl").read_text()
+    assert cli.main(args) == 0
+    assert (out / "a" / "metrics.jsonl").read_text() == before  # a was kept, not retrained
+    assert [r["run"] for r in RunDir(out).read("suite.jsonl")] == ["a", "b", "b"]
+    assert len(RunDir(out / "b").read("metrics.jsonl")) == 2
+
+
+def test_train_on_the_probe_set(tmp_path, probe_file):
+    out = tmp_path / "app"
+    args = ["run", "paper_appendix", "data.train=probe", f"probe.path={probe_file}", "model.name=tiny",
+            "stages.train.target=irr_hum", "decompose.n=2", f"output_dir={out}"]
+    assert cli.main(args) == 0
+    run = RunDir(out)
+    assert json.loads((out / "data.json").read_text())["train_pairs"] == 4  # the probe file's 4 rows
+    rows = run.read("decomposition.jsonl")
+    assert {r["step"] for r in rows} == {1, 2} and {r["example_id"] for r in rows} == {"0", "1"}
