@@ -53,3 +53,22 @@ def test_a_few_real_steps_of_sft_then_dpo(tmp_path):
     probes = run.read("probes.jsonl")
     chosen = {p["step"]: p["logp_sum"] for p in probes if p["type"] == "chosen" and p["example_id"] == "hh-001"}
     assert sorted(chosen) == [0, 2, 4] and chosen[2] != chosen[0]
+
+
+def test_smollm2_samples_readable_answers_and_judges_them(smollm2, tmp_path):
+    """On-policy samples from the real model are text in the chat format's language, and the local judge, shown
+    the same pair in both orders, names the same response when one is plainly unhelpful."""
+    from ldyn.sampling import generate
+    from ldyn.winrate import LocalJudge
+
+    model, tokenizer = smollm2
+    torch.manual_seed(0)
+    prompt = "\n\nHuman: What is the capital of France?\n\nAssistant:"
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    out = generate(model, [ids, ids], tokenizer.pad_token_id, tokenizer.eos_token_id, max_new_tokens=24)
+    texts = [tokenizer.decode(o, skip_special_tokens=True) for o in out]
+    assert all(sum(c.isalpha() for c in t) > 5 for t in texts)
+    judge = LocalJudge(model, tokenizer, "smollm2")
+    good, bad = " The capital of France is Paris.", " banana banana banana"
+    verdicts = judge.prefer(prompt, good, bad), judge.prefer(prompt, bad, good)
+    assert set(verdicts) <= {"A", "B"}  # it always answers; whether it is consistent is what the win rate measures

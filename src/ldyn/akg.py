@@ -162,11 +162,14 @@ def decompose(model, theta: dict, theta_after: dict, tangents: dict[str, dict], 
               pad_id: int = 0) -> dict:
     """Predicted against observed, per sequence of an observed batch, for one update θ → θ_after.
 
-    tangents: name -> parameter step; each gives "predicted/<name>" = first-order Δ log π(y|x_o). The tangent
+    tangents: name -> parameter step; each gives "predicted/<name>" = first-order Δ log π(y|x_o) (none: only the
+    observed quantities, without any forward-mode pass). The tangent
     named "step" (the real θ_after − θ) also gives the predicted mass split. "observed" is the exact change
     log π_{θ_after}(y|x_o) − log π_θ(y|x_o), with "observed/<statistic>" from `change_statistics`.
     """
     out = {}
+    if not tangents:  # observed only: the logits before the step, without forward-mode
+        logits, labels = rows_logits(model, rows, pad_id, theta)
     for name, tangent in tangents.items():
         logits, labels, dlogits = logit_jvp(model, theta, tangent, rows, pad_id)
         out[f"predicted/{name}"] = delta_log_prob(logits, labels, dlogits)

@@ -65,14 +65,16 @@ class DecompositionCallback:
     """Decompose the update after step 0 and after every `every`-th step: the predicted (first-order A·K·G) and
     the observed change of log π(y | x_o) for every observed (example, response type), into decomposition.jsonl.
 
-    Predictions use three parameter steps from θ_t: the optimizer's real step ("predicted"), and the paper's SGD
-    kernel −η·g split into its y⁺ part ("sgd_positive") and y⁻ part ("sgd_negative"). Runs in the model's own
+    Predictions (unless `predict` is off: then only the observed quantities) use three parameter steps from θ_t:
+    the optimizer's real step ("predicted"), and the paper's SGD kernel −η·g split into its y⁺ part
+    ("sgd_positive") and y⁻ part ("sgd_negative"). Runs in the model's own
     precision (no autocast) on the main process.
     """
 
-    def __init__(self, run: RunDir, items: list[ProbeItem], pad_id: int, every: int, batch_tokens: int):
+    def __init__(self, run: RunDir, items: list[ProbeItem], pad_id: int, every: int, batch_tokens: int,
+                 predict: bool = True):
         self.run, self.items, self.pad_id, self.every, self.batch_tokens = run, items, pad_id, every, batch_tokens
-        self.pending = None
+        self.predict, self.pending = predict, None
 
     def on_step_start(self, state: StepState) -> None:
         if not self.every or state.step % self.every or not state.accelerator.is_main_process:
@@ -94,10 +96,12 @@ class DecompositionCallback:
         started = time.perf_counter()
         model = state.accelerator.unwrap_model(state.model)
         after = parameters(model)
-        tangents = {"step": {k: after[k] - theta[k] for k in theta},
-                    "sgd_positive": {k: -lr * g for k, g in directions.positive.items()}}
-        if directions.negative is not None:
-            tangents["sgd_negative"] = {k: -lr * g for k, g in directions.negative.items()}
+        tangents = {}
+        if self.predict:
+            tangents = {"step": {k: after[k] - theta[k] for k in theta},
+                        "sgd_positive": {k: -lr * g for k, g in directions.positive.items()}}
+            if directions.negative is not None:
+                tangents["sgd_negative"] = {k: -lr * g for k, g in directions.negative.items()}
         rows, device = [], next(model.parameters()).device
         shared = shares_prompts(device)
         for group in (whole_prompt_batches if shared else length_batches)(self.items, self.batch_tokens):

@@ -27,6 +27,7 @@ from ldyn.runs import Run, probe_table, stage_spans
 HOLDS, FAILS, NA = "holds", "does not hold", "not measurable"
 RANDOM_TYPES = ("random_permute", "random_nonhum")
 NOT_RESPONSES = ("argmax", "except_argmax")  # measured along chosen, not response types of their own
+NO_TOY = "no toy_squeeze results among these runs"
 
 
 @dataclass
@@ -182,11 +183,9 @@ def _a_norm(runs, toys, winrates):
        "runner-up π(y*), and raises π_i exactly when π_i > log Z/η'. Notebook: case C argmax 0.763 → 0.987; case E "
        "0.512 → 1.000 with 999/1000 classes decreasing.")
 def _lemmas(runs, toys, winrates):
-    toy = toys.get("squeeze")
-    if toy is None:
-        return None, "no toy_squeeze results among these runs", NA
-    cases = {c["case"]: c for c in toy["cases"]}
-    checks = toy["check"]
+    if "squeeze" not in toys:
+        return None, NO_TOY, NA
+    cases, checks = {c["case"]: c for c in toys["squeeze"]["cases"]}, toys["squeeze"]["check"]
     c, e = cases["C"], cases["E"]
     ok = all(r["violations"] == 0 for r in checks) and c["argmax_after"] > c["argmax_before"] \
         and e["argmax_after"] > e["argmax_before"] and e["rising"] == 1
@@ -199,11 +198,9 @@ def _lemmas(runs, toys, winrates):
 @claim("4", "Positive vs negative gradient (toy)", "A positive gradient concentrates mass on y⁺ (case A: "
        "0.072 → 0.947); a negative gradient on a flat π spreads it (case B: 49/50 classes rise).")
 def _toy_ab(runs, toys, winrates):
-    toy = toys.get("squeeze")
-    if toy is None:
-        return None, "no toy_squeeze results among these runs", NA
-    cases = {c["case"]: c for c in toy["cases"]}
-    a, b = cases["A"], cases["B"]
+    if "squeeze" not in toys:
+        return None, NO_TOY, NA
+    a, b = ({c["case"]: c for c in toys["squeeze"]["cases"]}[k] for k in "AB")
     ok = a["plus_after"] > a["plus_before"] and a["plus_after"] > 0.5 and b["rising"] >= b["labels"] - 1
     return None, (f"case A π(y⁺) {a['plus_before']:.3f} → {a['plus_after']:.3f}; case B {b['rising']}/{b['labels']} "
                   "classes rise"), _v(ok)
@@ -223,11 +220,16 @@ def _sft_chosen(runs, toys, winrates):
 @claim("6", "SFT: hallucination signature", "Δ log π(y_{j≠u}⁺ | x_u) > 0 and exceeds Δ log π(y_test⁺ | x_u) "
        "(Qwen-1.8B: +20.8 vs +3.7).")
 def _sft_irr(runs, toys, winrates):
-    s = _first(stages_where(runs, sft_on_chosen))
+    return _trained_vs_unseen(_first(stages_where(runs, sft_on_chosen)), "SFT-on-chosen", rises=True)
+
+
+def _trained_vs_unseen(s: Stage | None, kind: str, rises: bool):
+    """Δ of another training prompt's answer y_{j≠u}⁺ against an unseen one's y_test⁺ (and, for SFT, y_{j≠u}⁺ up)."""
     if s is None or not (s.has("irr_train") and s.has("irr_test")):
-        return s, "no SFT-on-chosen stage probing irr_train and irr_test", NA
+        return s, f"no {kind} stage probing irr_train and irr_test", NA
     a, b = s.delta("irr_train"), s.delta("irr_test")
-    return s, f"Δ y_{{j≠u}}⁺ {_f(a)}, Δ y_test⁺ {_f(b)} nats (rule: first > 0 and > second)", _v(a > 0 and a > b)
+    rule = "first > 0 and > second" if rises else "first > second"
+    return s, f"Δ y_{{j≠u}}⁺ {_f(a)}, Δ y_test⁺ {_f(b)} nats (rule: {rule})", _v(a > b and (a > 0 or not rises))
 
 
 @claim("7", "SFT: rejected rises first", "log π(y_u⁻) rises during the first evaluations (Qwen-1.8B: −97.1 → −87.0), "
@@ -328,11 +330,8 @@ def _dpo_squeeze(runs, toys, winrates):
 @claim("14", "DPO: trained vs unseen irrelevant", "Under DPO, y_{j≠u}⁺ drops less than y_test⁺ (Pythia-410M: −29.6 "
        "vs −49.0).")
 def _dpo_irr(runs, toys, winrates):
-    s = _first(stages_where(runs, dpo_from_base))
-    if s is None or not (s.has("irr_train") and s.has("irr_test")):
-        return s, "no off-policy DPO stage from the base model probing irr_train and irr_test", NA
-    a, b = s.delta("irr_train"), s.delta("irr_test")
-    return s, f"Δ y_{{j≠u}}⁺ {_f(a)}, Δ y_test⁺ {_f(b)} (rule: first > second)", _v(a > b)
+    return _trained_vs_unseen(_first(stages_where(runs, dpo_from_base)), "off-policy DPO (from the base model)",
+                              rises=False)
 
 
 @claim("15", "DPO from SFT", "Starting from an SFT model, y_u⁺ decreases from the start of DPO (Qwen-1.8B: −78 → "
@@ -435,7 +434,10 @@ def _on_policy(kind: Callable, label: str):
         if on is None or off is None or not (on.has("argmax") and off.has("argmax")):
             return None, f"needs a {label} stage and off-policy DPO from the base model, with argmax probes", NA
         first_on = Stage(on.run, None)  # the whole run from step 0: SPIN has a stage per iteration
-        common = int(max(set(first_on.steps("chosen")) & set(off.steps("chosen"))))
+        shared = set(first_on.steps("chosen")) & set(off.steps("chosen")) - {0}
+        if not shared:
+            return None, f"the {label} and off-policy runs share no probed step after 0", NA
+        common = int(max(shared))
         c = off.delta("chosen", until=common), first_on.delta("chosen", until=common)
         o = off.others_delta(until=common), first_on.others_delta(until=common)
         a = off.delta("argmax", until=common), first_on.delta("argmax", until=common)

@@ -174,7 +174,7 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
         observed = list(dict.fromkeys(it.example_id for it in inputs.probes))[: cfg.decompose.n]
         callbacks.append(DecompositionCallback(out, [it for it in inputs.probes if it.example_id in observed],
                                                tokenizer.pad_token_id, cfg.decompose.every,
-                                               cfg.decompose.batch_tokens))
+                                               cfg.decompose.batch_tokens, cfg.decompose.predict))
     step = resume["step"] if resume else 0
     first_stage = resume["stage_index"] if resume else 0
     for index in range(first_stage, len(cfg.stages)):

@@ -309,7 +309,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
                     "peakiness": plot_peakiness(run)}
     if run.metrics:
         figures["training"] = plot_training(run)
-    if run.decomposition:
+    if any("predicted" in row for row in run.decomposition):  # not with decompose.predict=false
         summary = decomposition_summary(run)
         write_rows(summary, out / "decomposition_summary.csv")
         written.append(out / "decomposition_summary.csv")
