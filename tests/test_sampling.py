@@ -88,3 +88,22 @@ def test_sampling_config_errors_fail_before_loading(override, message, tmp_path,
     assert cli.main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_both_sampled_can_be_ranked_by_a_judge(tiny, tokenizer):
+    class PrefersLonger:
+        id = "fake:longer"
+        seen = []
+
+        def prefer(self, prompt, a, b):
+            self.seen.append(prompt)
+            return "A" if len(a) >= len(b) else "B"
+
+    judge = PrefersLonger()
+    sampler = ResponseSampler(SampleConfig(responses="both", rank="judge", max_new_tokens=8), tiny, None,
+                              tokenizer.pad_token_id, tokenizer.eos_token_id, None, tokenizer, judge)
+    out = sampler(_examples(), step=1)
+    decode = tokenizer.decode
+    assert all(len(decode(e.chosen, skip_special_tokens=True)) >= len(decode(e.rejected, skip_special_tokens=True))
+               for e in out)
+    assert len(judge.seen) == 3

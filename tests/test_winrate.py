@@ -45,14 +45,38 @@ def test_order_is_randomised_and_mapped_back_ties_apart_and_cached(tmp_path):
     a = [f"good {i}" for i in range(40)]
     b = [f"bad {i}" if i < 30 else f"good too {i}" for i in range(40)]
     judge = PrefersGood()
-    result = compare(prompts, a, b, judge, tmp_path / "judgements.jsonl", seed=1)
+    result = compare(prompts, a, b, judge, tmp_path / "judgements.jsonl", seed=1, both_orders=False)
     assert (result.wins_a, result.wins_b, result.ties, result.invalid) == (30, 0, 10, 0)
     assert result.win_rate == 1.0 and result.low > 0.85
     shown_first = [x for x, _ in judge.calls]
     assert 5 < sum(s.startswith("bad") for s in shown_first) < 25  # A is not always shown first
     again = PrefersGood()
-    assert compare(prompts, a, b, again, tmp_path / "judgements.jsonl", seed=1) == result
+    assert compare(prompts, a, b, again, tmp_path / "judgements.jsonl", seed=1, both_orders=False) == result
     assert again.calls == []  # every judgement came from the cache
+
+
+class AlwaysFirst:
+    """A judge with complete position bias, like the 135M local judge: always "A"."""
+
+    id = "fake:first"
+
+    def prefer(self, prompt, a, b):
+        return "A"
+
+
+def test_both_orders_turn_position_bias_into_ties_and_keep_real_preferences(tmp_path):
+    prompts = [f"q{i}" for i in range(20)]
+    a, b = [f"good {i}" for i in range(20)], [f"bad {i}" for i in range(20)]
+    biased = compare(prompts, a, b, AlwaysFirst(), tmp_path / "j.jsonl")
+    assert (biased.wins_a, biased.wins_b, biased.ties, biased.inconsistent) == (0, 0, 20, 20)
+    assert biased.win_rate is None and biased.first_shown == 1.0
+    one_order = compare(prompts, a, b, AlwaysFirst(), tmp_path / "j.jsonl", both_orders=False)
+    assert one_order.wins_a + one_order.wins_b == 20  # a coin-flip "result" that both orders refuse to give
+    judge = PrefersGood()
+    fair = compare(prompts, a, b, judge, tmp_path / "j.jsonl")
+    assert (fair.wins_a, fair.wins_b, fair.ties, fair.inconsistent) == (20, 0, 0, 0)
+    assert fair.first_shown == 0.5 and len(judge.calls) == 40
+    assert {(x.startswith("good"), y.startswith("good")) for x, y in judge.calls} == {(True, False), (False, True)}
 
 
 def test_long_responses_are_skipped_as_the_authors_do(tmp_path):
@@ -122,7 +146,8 @@ def test_endpoint_judge_gives_up_after_its_retries_and_counts_invalid(endpoint, 
     judge = EndpointJudge(endpoint, "", "m", timeout=1.0, retries=2)
     FakeEndpoint.behaviour = ["nonsense", "garbage"] + ["More helpful: A"] * 10
     result = compare(["q1", "q2", "q3"], ["x1", "x2", "x3"], ["y1", "y2", "y3"], judge, tmp_path / "j.jsonl")
-    assert result.invalid == 1 and result.wins_a + result.wins_b == 2
+    assert result.invalid == 1  # its first order got no answer; the other two prompts: "A" both times, a split
+    assert (result.wins_a, result.wins_b, result.ties, result.inconsistent) == (0, 0, 2, 2)
 
 
 def test_winrate_command_with_endpoint_judge_resumes_without_asking_again(endpoint, tmp_path, monkeypatch,
@@ -133,7 +158,7 @@ def test_winrate_command_with_endpoint_judge_resumes_without_asking_again(endpoi
             "--max-new-tokens", "4", "--out", str(tmp_path / "w")]
     assert cli.main(args) == 0
     first = len(FakeEndpoint.requests)
-    assert first == 3
+    assert first == 3  # the same checkpoint twice: identical responses, so both orders are one question
     result = json.loads((tmp_path / "w" / "winrate.json").read_text())[0]
     assert result["wins_a"] + result["wins_b"] + result["ties"] == 3
     assert cli.main(args) == 0
@@ -144,3 +169,17 @@ def test_winrate_command_without_an_endpoint_url_fails_clearly(tmp_path, monkeyp
     monkeypatch.delenv("LDYN_JUDGE_URL", raising=False)
     assert cli.main(["winrate", "tiny", "tiny", "--prompts", str(probe_file), "--judge", "endpoint"]) == 2
     assert "LDYN_JUDGE_URL" in capsys.readouterr().err
+
+
+def test_local_judge_answers_a_letter_and_is_deterministic(tokenizer):
+    import torch
+
+    from ldyn.models import prepare, tiny_model
+    from ldyn.winrate import LocalJudge
+
+    model, _ = prepare(tiny_model(tokenizer, torch.float32, "sdpa", seed=0), tokenizer)
+    judge = LocalJudge(model, tokenizer, "tiny")
+    first = judge.prefer("\n\nHuman: hi\n\nAssistant:", " hello there", " go away")
+    assert first in ("A", "B", "tie") and judge.prefer("\n\nHuman: hi\n\nAssistant:", " hello there",
+                                                       " go away") == first
+    assert judge.id == "local:tiny"

@@ -421,10 +421,13 @@ def _winrate(runs, toys, winrates):
 
 
 def _rate(r: dict) -> str:
+    ties = f"{r['ties']} ties ({r.get('inconsistent', 0)} inconsistent across orders), {r['invalid']} invalid"
+    bias = "" if r.get("first_shown") is None else f"; the judge preferred the first-shown response in " \
+        f"{r['first_shown']:.0%} of its decisive answers"
     if r["win_rate"] is None:
-        return f"{r['a']} vs {r['b']}: no decided pairs"
-    return (f"{r['a']} vs {r['b']} ({r['judge']}): {r['wins_a']}-{r['wins_b']}, {r['ties']} ties, {r['invalid']} "
-            f"invalid, win rate {r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]")
+        return f"{r['a']} vs {r['b']} ({r['judge']}): no decided pairs, {ties}{bias}"
+    return (f"{r['a']} vs {r['b']} ({r['judge']}): {r['wins_a']}-{r['wins_b']}, {ties}, win rate "
+            f"{r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]{bias}")
 
 
 def _on_policy(kind: Callable, label: str):

@@ -49,8 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", help="run directories, or suite folders (all their runs)")
     report.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
     win = sub.add_parser("winrate", help="sample from two checkpoints on held-out prompts and judge them",
-                         description="A's win rate = wins_A / (wins_A + wins_B); the order shown to the judge is "
-                                     "randomised per prompt; judgements are cached, so a rerun resumes.")
+                         description="A's win rate = wins_A / (wins_A + wins_B). Each pair is judged in both "
+                                     "orders and wins only if preferred both times (a split is a tie); judgements "
+                                     "are cached, so a rerun resumes.")
     win.add_argument("a", help="checkpoint A: a run's checkpoints/<stage> directory or any model name/path")
     win.add_argument("b", help="checkpoint B")
     win.add_argument("--prompts", required=True, help="JSONL with a `prompt` field (e.g. the HH probe file)")
@@ -62,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     win.add_argument("--judge-model", default="smollm2", help="local model, or the model name sent to the endpoint")
     win.add_argument("--max-new-tokens", type=int, default=64, help="length of each sampled response")
     win.add_argument("--seed", type=int, default=0, help="sampling and A/B order seed")
+    win.add_argument("--one-order", action="store_true",
+                     help="judge each pair once, in a random order per prompt (half the judge calls)")
     win.add_argument("--out", default="runs/winrate", help="folder for responses, judgements and winrate.json")
     toy = sub.add_parser("toy", help="the paper's two small worlds: the squeezing toy and digits").add_subparsers(
         dest="toy", required=True)
@@ -191,7 +194,7 @@ def _winrate(args) -> int:
         raise LdynError(f"no prompts from row {args.start + 1}", file=args.prompts)
     judge = make_judge(JudgeConfig(kind=args.judge, model=args.judge_model), args.seed)
     results = evaluate([(args.a, args.b)], prompts, judge, Path(args.out), max_new_tokens=args.max_new_tokens,
-                       seed=args.seed)
+                       seed=args.seed, both_orders=not args.one_order)
     print(Path(args.out) / "winrate.json")
     return 0 if results else 1
 

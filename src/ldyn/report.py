@@ -182,8 +182,9 @@ def render(c: Collected, verdicts: list[Verdict], figs: list[tuple[str, str, str
         f"<td class='{CLASS[v.verdict]}'>{e(v.verdict)}</td></tr>" for v in verdicts)
     wins = "".join(
         f"<tr><td>{e(r['a'])}</td><td>{e(r['b'])}</td><td>{e(r['judge'])}</td><td>{r['wins_a']}</td><td>{r['wins_b']}"
-        f"</td><td>{r['ties']}</td><td>{r['invalid']}</td><td>{r['skipped']}</td><td>"
+        f"</td><td>{r['ties']} ({r.get('inconsistent', 0)})</td><td>{r['invalid']}</td><td>{r['skipped']}</td><td>"
         + ("n/a" if r["win_rate"] is None else f"{r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]")
+        + "</td><td>" + ("n/a" if r.get("first_shown") is None else f"{r['first_shown']:.0%}")
         + "</td></tr>" for r in c.winrates)
     runs = "".join(f"<tr><td>{e(r.path.name)}</td><td>{e(_describe(r))}</td></tr>" for r in c.runs)
     total = sum(t.get("seconds", 0) for t in c.timings)
@@ -201,7 +202,8 @@ def render(c: Collected, verdicts: list[Verdict], figs: list[tuple[str, str, str
     ]
     if wins:
         parts.append("<h2>Win rates</h2><table id='winrate'><tr><th>A</th><th>B</th><th>judge</th><th>wins A</th>"
-                     "<th>wins B</th><th>ties</th><th>invalid</th><th>skipped</th><th>win rate of A [95%]</th></tr>"
+                     "<th>wins B</th><th>ties (inconsistent)</th><th>invalid</th><th>skipped</th>"
+                     "<th>win rate of A [95%]</th><th>first-shown preferred</th></tr>"
                      f"{wins}</table>")
     parts.append("<h2>Figures</h2>")
     parts += [f"<figure><h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{png}'>"

@@ -12,6 +12,7 @@ A suite is a YAML file among the recipes with a top-level `suite:` key:
     winrate:                            # judged comparisons of stage checkpoints (`winrate.py`)
       prompts: {start: 450, n: 32}      # held-out prompts: rows [start, start+n) of the runs' training file
       pairs: [[paper_extend/dpo, paper_sft_dpo/dpo]]
+      both_orders: true                 # each pair judged A/B and B/A, a split verdict is a tie (the default)
 
 Every run's config is built and checked before the first one starts, so a typo fails at once. The command line's
 overrides apply to every run; a run's own overrides come last (a sweep keeps its values). Running a suite again

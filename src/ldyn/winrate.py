@@ -4,9 +4,13 @@ more helpful, count.
 - Responses are sampled (`do_sample`, top-k 50: the defaults of the paper's transformers) and cached per
   checkpoint in `responses_<label>.jsonl`, so a second evaluation of the same checkpoint reuses them.
 - The judge sees the conversation and "Response A"/"Response B" in the authors' prompt and answers with a line
-  `More helpful: <"A" or "B">`. Which model is shown as A is a seeded coin flip per prompt (the authors always
-  showed the same model first), mapped back before counting. Pairs where a response exceeds 2,000 characters are
-  skipped, as in the authors' script.
+  `More helpful: <"A" or "B">`. By default each pair is judged in both orders and a response wins only if it is
+  preferred both times; a split verdict counts as a tie, reported as `inconsistent` (the conservative rule of
+  MT-bench, Zheng et al. 2023): a judge that always answers "A" then decides nothing instead of flipping coins.
+  `first_shown` is the share of single decisive judgements that preferred the response shown first (0.5 for an
+  unbiased judge). With `both_orders=False` each pair is judged once, in a seeded random order per prompt (the
+  authors always showed the same model first), mapped back before counting. Pairs where a response exceeds 2,000
+  characters are skipped, as in the authors' script.
 - Two judges: `LocalJudge` (any causal LM: compares the log-probabilities of " A" and " B" after "More helpful:",
   so it always answers) and `EndpointJudge` (an OpenAI-compatible `/chat/completions` API at $LDYN_JUDGE_URL with
   key $LDYN_JUDGE_KEY; timeouts, HTTP errors and unparseable answers are retried, then counted as invalid).
@@ -212,6 +216,8 @@ class WinRate:
     win_rate: float | None  # wins_a / (wins_a + wins_b)
     low: float | None  # 95% Wilson interval of the win rate
     high: float | None
+    inconsistent: int = 0  # both orders judged and the verdicts disagree (counted among the ties)
+    first_shown: float | None = None  # share of single decisive judgements preferring the response shown first
 
 
 def wilson(wins: int, n: int, z: float = 1.96) -> tuple[float, float] | tuple[None, None]:
@@ -227,18 +233,17 @@ def _key(judge_id: str, prompt: str, first: str, second: str) -> str:
 
 
 def compare(prompts: list[str], a: list[str], b: list[str], judge, cache: Path, *, seed: int = 0,
-            labels: tuple[str, str] = ("A", "B")) -> WinRate:
-    """Judge a[i] against b[i] for every prompt, in a seeded random order per prompt; judgements cached."""
+            labels: tuple[str, str] = ("A", "B"), both_orders: bool = True) -> WinRate:
+    """Judge a[i] against b[i] for every prompt, in both orders (or once, in a seeded random order); cached."""
     from tqdm.auto import tqdm
 
     known = {row["key"]: row["verdict"] for row in _read_jsonl(cache)}
-    counts = {"a": 0, "b": 0, "tie": 0, "invalid": 0, "skipped": 0}
+    counts = {"a": 0, "b": 0, "tie": 0, "invalid": 0, "skipped": 0, "inconsistent": 0}
+    first_shown = []  # per single decisive judgement: did it prefer the response shown first?
     cache.parent.mkdir(parents=True, exist_ok=True)
-    for i in tqdm(range(len(prompts)), desc=f"judge {labels[0]} vs {labels[1]}", unit="prompt"):
-        if len(a[i]) > MAX_CHARS or len(b[i]) > MAX_CHARS:
-            counts["skipped"] += 1
-            continue
-        swapped = random.Random(f"{seed}/{i}").random() < 0.5
+
+    def ask(i: int, swapped: bool) -> str | None:
+        """The winner of one judgement ("a", "b", "tie" or None), with the response shown first per `swapped`."""
         first, second = (b[i], a[i]) if swapped else (a[i], b[i])
         key = _key(judge.id, prompts[i], first, second)
         if key not in known:
@@ -247,29 +252,47 @@ def compare(prompts: list[str], a: list[str], b: list[str], judge, cache: Path, 
                             "verdict": known[key]})
         verdict = known[key]
         if verdict in ("A", "B"):
-            counts["a" if (verdict == "A") != swapped else "b"] += 1
+            first_shown.append(verdict == "A")
+            return "a" if (verdict == "A") != swapped else "b"
+        return "tie" if verdict == "tie" else None
+
+    for i in tqdm(range(len(prompts)), desc=f"judge {labels[0]} vs {labels[1]}", unit="prompt"):
+        if len(a[i]) > MAX_CHARS or len(b[i]) > MAX_CHARS:
+            counts["skipped"] += 1
+            continue
+        if both_orders:
+            winners = {ask(i, False), ask(i, True)}
         else:
-            counts["tie" if verdict == "tie" else "invalid"] += 1
+            winners = {ask(i, random.Random(f"{seed}/{i}").random() < 0.5)}
+        if None in winners:
+            counts["invalid"] += 1
+        elif len(winners) == 1:
+            counts[winners.pop()] += 1
+        else:
+            counts["tie"] += 1
+            counts["inconsistent"] += winners == {"a", "b"}
     decided = counts["a"] + counts["b"]
     low, high = wilson(counts["a"], decided)
     return WinRate(labels[0], labels[1], judge.id, len(prompts), counts["a"], counts["b"], counts["tie"],
-                   counts["invalid"], counts["skipped"], counts["a"] / decided if decided else None, low, high)
+                   counts["invalid"], counts["skipped"], counts["a"] / decided if decided else None, low, high,
+                   counts["inconsistent"], sum(first_shown) / len(first_shown) if first_shown else None)
 
 
 def evaluate(checkpoints: list[tuple[str, str]], prompts: list[str], judge, out: Path, *, max_new_tokens: int = 64,
-             seed: int = 0) -> list[WinRate]:
+             seed: int = 0, both_orders: bool = True) -> list[WinRate]:
     """Each (A, B) pair of checkpoint directories: sample, judge, and write winrate.json into `out`."""
     results = []
     for a, b in checkpoints:
         responses = [sample_responses(c, prompts, out / f"responses_{_label(c)}.jsonl",
                                       max_new_tokens=max_new_tokens, seed=seed) for c in (a, b)]
         results.append(compare(prompts, *responses, judge, out / "judgements.jsonl", seed=seed,
-                               labels=(_label(a), _label(b))))
+                               labels=(_label(a), _label(b)), both_orders=both_orders))
     (out / "winrate.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
     for r in results:
         rate = "n/a" if r.win_rate is None else f"{r.win_rate:.3f} [{r.low:.3f}, {r.high:.3f}]"
-        print(f"ldyn: {r.a} vs {r.b}: {r.wins_a}-{r.wins_b}, {r.ties} ties, {r.invalid} invalid, "
-              f"{r.skipped} skipped; win rate of A {rate} ({r.judge})", file=sys.stderr)
+        bias = "" if r.first_shown is None else f"; the first-shown response preferred {r.first_shown:.0%} of the time"
+        print(f"ldyn: {r.a} vs {r.b}: {r.wins_a}-{r.wins_b}, {r.ties} ties ({r.inconsistent} inconsistent), "
+              f"{r.invalid} invalid, {r.skipped} skipped; win rate of A {rate} ({r.judge}{bias})", file=sys.stderr)
     return results
 
 
@@ -312,4 +335,4 @@ def suite_winrate(spec: dict, cfgs: dict, root: Path) -> list[WinRate]:
     checkpoints = [tuple(str(root / r.partition("/")[0] / "checkpoints" / r.partition("/")[2]) for r in pair)
                    for pair in spec["pairs"]]
     return evaluate(checkpoints, prompts, judge, root / "winrate", max_new_tokens=int(spec.get("max_new_tokens", 64)),
-                    seed=first.seed)
+                    seed=first.seed, both_orders=bool(spec.get("both_orders", True)))
