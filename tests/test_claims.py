@@ -127,6 +127,10 @@ def test_win_rate_verdict_needs_the_interval_above_one_half(tmp_path):
     assert verdicts([base, ext], winrates=rate(10, 30, 0.14, 0.4))["19"].verdict == FAILS
     assert verdicts([base, ext], winrates=rate(12, 10, 0.34, 0.73))["19"].verdict == NA
     assert verdicts([base, ext])["19"].verdict == NA
+    biased = [{"a": "ext/dpo", "b": "base/dpo", "judge": "j", "wins_a": 0, "wins_b": 0, "ties": 32, "inconsistent": 32,
+               "invalid": 0, "win_rate": None, "low": None, "high": None, "first_shown": 1.0}]
+    v = verdicts([base, ext], winrates=biased)["19"]
+    assert v.verdict == NA and "32 inconsistent" in v.measured and "first-shown response in 100%" in v.measured
 
 
 @pytest.mark.parametrize("signs, verdict", [({"chosen": 1, "irr_train": 1, "random_permute": -1,
