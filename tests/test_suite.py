@@ -26,6 +26,19 @@ def test_shipped_suites_expand_to_recipes(probe_file, tmp_path):
     assert cfgs["paper_spin"].run_dir == tmp_path / "paper_spin"
 
 
+def test_gpu_suite_builds_with_the_paper_settings_offline(probe_file, tmp_path):
+    from ldyn.winrate import check_suite_winrate
+
+    suite = load_suite("paper_gpu")
+    cfgs = configs(suite, [f"probe.path={probe_file}"], tmp_path)
+    check_suite_winrate(suite.winrate, cfgs)
+    base = cfgs["paper_sft_dpo"]
+    assert base.model.name == "EleutherAI/pythia-410m-deduped" and base.data.n_train == 5000
+    assert [(s.optim.name, s.optim.lr, s.batch_size) for s in base.stages] == [("rmsprop", 5e-7, 4)] * 2
+    assert base.stages[1].loss.beta == 0.1 and base.probe.n == 500 and base.judge.kind == "endpoint"
+    assert len(cfgs) == len(load_suite("paper_cpu").runs)  # the same experiments as the CPU suite
+
+
 def test_star_sets_every_stage(probe_file):
     cfg = load_config("paper_sft_dpo", [f"data.train={probe_file}", f"probe.path={probe_file}",
                                         "stages.*.batch_size=3"])
