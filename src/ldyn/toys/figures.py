@@ -52,8 +52,7 @@ def _heatmap(ax, matrix: np.ndarray, title: str, xlabel: str, ylabel: str, cmap:
         np.fill_diagonal(shown, np.nan)
     limit = np.nanmax(np.abs(shown)) or 1.0
     low = -limit if centred else np.nanmin(shown)
-    colours = matplotlib.colormaps[cmap].copy()
-    colours.set_bad("0.85")
+    colours = matplotlib.colormaps[cmap].with_extremes(bad="0.85")
     image = ax.imshow(shown, cmap=colours, vmin=low, vmax=limit)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel, fontsize=8)
