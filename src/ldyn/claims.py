@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ldyn.runs import Run, probe_table, stage_spans
+from ldyn.winrate import summary
 
 HOLDS, FAILS, NA = "holds", "does not hold", "not measurable"
 RANDOM_TYPES = ("random_permute", "random_nonhum")
@@ -409,8 +410,8 @@ def _winrate(runs, toys, winrates):
     if not found:
         return None, "no win-rate result of extend-DPO against baseline-DPO", NA
     r = found[0]
-    others = "; ".join(_rate(x) for x in winrates if x is not r)
-    text = _rate(r) + (f"; also {others}" if others else "")
+    others = "; ".join(summary(x) for x in winrates if x is not r)
+    text = summary(r) + (f"; also {others}" if others else "")
     if r["win_rate"] is None:
         return None, text, NA
     if r["low"] > 0.5:
@@ -418,16 +419,6 @@ def _winrate(runs, toys, winrates):
     if r["win_rate"] <= 0.5:
         return None, text + " (rule: win rate > 0.5)", FAILS
     return None, text + " (inconclusive: the 95% interval includes 0.5)", NA
-
-
-def _rate(r: dict) -> str:
-    ties = f"{r['ties']} ties ({r.get('inconsistent', 0)} inconsistent across orders), {r['invalid']} invalid"
-    bias = "" if r.get("first_shown") is None else f"; the judge preferred the first-shown response in " \
-        f"{r['first_shown']:.0%} of its decisive answers"
-    if r["win_rate"] is None:
-        return f"{r['a']} vs {r['b']} ({r['judge']}): no decided pairs, {ties}{bias}"
-    return (f"{r['a']} vs {r['b']} ({r['judge']}): {r['wins_a']}-{r['wins_b']}, {ties}, win rate "
-            f"{r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]{bias}")
 
 
 def _on_policy(kind: Callable, label: str):

@@ -283,17 +283,28 @@ def evaluate(checkpoints: list[tuple[str, str]], prompts: list[str], judge, out:
     """Each (A, B) pair of checkpoint directories: sample, judge, and write winrate.json into `out`."""
     results = []
     for a, b in checkpoints:
-        responses = [sample_responses(c, prompts, out / f"responses_{_label(c)}.jsonl",
+        responses = [sample_responses(c, prompts, out / f"responses_{_label(c).replace('/', '_')}.jsonl",
                                       max_new_tokens=max_new_tokens, seed=seed) for c in (a, b)]
         results.append(compare(prompts, *responses, judge, out / "judgements.jsonl", seed=seed,
                                labels=(_label(a), _label(b)), both_orders=both_orders))
-    (out / "winrate.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-    for r in results:
-        rate = "n/a" if r.win_rate is None else f"{r.win_rate:.3f} [{r.low:.3f}, {r.high:.3f}]"
-        bias = "" if r.first_shown is None else f"; the first-shown response preferred {r.first_shown:.0%} of the time"
-        print(f"ldyn: {r.a} vs {r.b}: {r.wins_a}-{r.wins_b}, {r.ties} ties ({r.inconsistent} inconsistent), "
-              f"{r.invalid} invalid, {r.skipped} skipped; win rate of A {rate} ({r.judge}{bias})", file=sys.stderr)
+    rows = [asdict(r) for r in results]
+    (out / "winrate.json").write_text(json.dumps(rows, indent=2) + "\n")
+    for row in rows:
+        print(f"ldyn: {summary(row)}", file=sys.stderr)
     return results
+
+
+def summary(r: dict) -> str:
+    """One line for a result as written to winrate.json (the CLI prints it; the claims report quotes it)."""
+    ties = f"{r['ties']} ties ({r.get('inconsistent', 0)} inconsistent across orders), {r['invalid']} invalid"
+    if r.get("skipped"):
+        ties += f", {r['skipped']} skipped"
+    bias = "" if r.get("first_shown") is None else f"; the judge preferred the first-shown response in " \
+        f"{r['first_shown']:.0%} of its decisive answers"
+    if r["win_rate"] is None:
+        return f"{r['a']} vs {r['b']} ({r['judge']}): no decided pairs, {ties}{bias}"
+    return (f"{r['a']} vs {r['b']} ({r['judge']}): {r['wins_a']}-{r['wins_b']}, {ties}, win rate of A "
+            f"{r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]{bias}")
 
 
 def _label(checkpoint: str) -> str:
@@ -321,7 +332,8 @@ def check_suite_winrate(spec: dict, cfgs: dict) -> None:
 
 
 def suite_winrate(spec: dict, cfgs: dict, root: Path) -> list[WinRate]:
-    """Held-out prompts: rows [start, start + n) of the first compared run's training data (or of its `split`)."""
+    """Held-out prompts: pairs [start, start + n) of the first compared run's training data as its runs load it
+    (empty rows skipped when data.skip_empty), or of its `split`."""
     from ldyn.data.preference import load_pairs
 
     first = cfgs[str(spec["pairs"][0][0]).partition("/")[0]]
@@ -330,7 +342,7 @@ def suite_winrate(spec: dict, cfgs: dict, root: Path) -> list[WinRate]:
     pairs, _ = load_pairs(first.data.train, split, start + n, True, (), first.seed)
     prompts = [p.prompt for p in pairs[start:]]
     if not prompts:
-        raise LdynError(f"winrate: no held-out prompts after row {start}", file=first.data.train)
+        raise LdynError(f"winrate: no held-out prompts after pair {start}", file=first.data.train)
     judge = make_judge(first.judge, first.seed)
     checkpoints = [tuple(str(root / r.partition("/")[0] / "checkpoints" / r.partition("/")[2]) for r in pair)
                    for pair in spec["pairs"]]
