@@ -10,7 +10,7 @@ A suite is a YAML file among the recipes with a top-level `suite:` key:
       - {suite: paper_appendix_study}   # every run of another suite
     toys: [squeeze]                     # toy experiments whose results the report reads
     winrate:                            # judged comparisons of stage checkpoints (`winrate.py`)
-      prompts: {start: 450, n: 32}      # held-out prompts: rows [start, start+n) of the runs' training file
+      prompts: {start: 450, n: 32}      # held-out prompts: pairs [start, start+n) as the runs load them
       pairs: [[paper_extend/dpo, paper_sft_dpo/dpo]]
       both_orders: true                 # each pair judged A/B and B/A, a split verdict is a tie (the default)
 
