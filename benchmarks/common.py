@@ -21,11 +21,18 @@ from ldyn.models import load_model, prepare
 
 
 def add_common_arguments(parser) -> None:
-    parser.add_argument("--data", default="../shared/data/hh/probe_train.jsonl",
-                        help="the HH probe set (JSONL): training pairs and probe responses")
+    parser.add_argument(
+        "--data",
+        default="../shared/data/hh/probe_train.jsonl",
+        help="the HH probe set (JSONL): training pairs and probe responses",
+    )
     parser.add_argument("--model", default="smollm2", help="model name or path (default: the embedded SmolLM2)")
-    parser.add_argument("--random-init", metavar="DIR", help="use a random-weight model with the config and "
-                        "tokenizer found in DIR instead of --model (same shapes, same timings)")
+    parser.add_argument(
+        "--random-init",
+        metavar="DIR",
+        help="use a random-weight model with the config and "
+        "tokenizer found in DIR instead of --model (same shapes, same timings)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
@@ -35,8 +42,9 @@ def setup(args, recipe: str, overrides: list[str]) -> tuple[RunConfig, torch.nn.
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        cfg = load_config(recipe, [f"data.train={args.data}", f"probe.path={args.data}",
-                                   f"model.name={args.model}", *overrides])
+        cfg = load_config(
+            recipe, [f"data.train={args.data}", f"probe.path={args.data}", f"model.name={args.model}", *overrides]
+        )
         model, tokenizer = load(args, cfg)
         inputs = load_inputs(cfg, tokenizer)
     except LdynError as e:  # bad input: one line naming the file, as the CLI prints it

@@ -35,13 +35,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
     parser.add_argument("--prompts", type=int, default=4, help="probe prompts in the observed batch")
-    parser.add_argument("--types", default="chosen,rejected", help="their response types (comma-separated; "
-                        "'auto' for all of the paper's)")
+    parser.add_argument(
+        "--types",
+        default="chosen,rejected",
+        help="their response types (comma-separated; 'auto' for all of the paper's)",
+    )
     parser.add_argument("--updates", type=int, default=4, help="decomposed updates (the first is warm-up)")
     args = parser.parse_args()
-    cfg, model, tokenizer, inputs = setup(args, "hh_probe_dpo", [
-        "data.n_train=16", f"probe.n={args.prompts}", f"probe.types={args.types}", "probe.every=0",
-        "decompose.every=1"])
+    cfg, model, tokenizer, inputs = setup(
+        args,
+        "hh_probe_dpo",
+        [
+            "data.n_train=16",
+            f"probe.n={args.prompts}",
+            f"probe.types={args.types}",
+            "probe.every=0",
+            "decompose.every=1",
+        ],
+    )
     from accelerate import Accelerator
 
     stage, spec, pad = cfg.stages[0], get_loss("dpo"), tokenizer.pad_token_id
@@ -51,8 +62,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir(tmp)
         callback = DecompositionCallback(run, items, pad, every=1, batch_tokens=cfg.decompose.batch_tokens)
-        trainer = Trainer(model, spec, stage.loss, stage.optim, accelerator=Accelerator(cpu=args.device == "cpu"),
-                          pad_id=pad, ref_model=frozen_copy(model), callbacks=[callback])
+        trainer = Trainer(
+            model,
+            spec,
+            stage.loss,
+            stage.optim,
+            accelerator=Accelerator(cpu=args.device == "cpu"),
+            pad_id=pad,
+            ref_model=frozen_copy(model),
+            callbacks=[callback],
+        )
         for e in examples:  # the reference log-probs are cached in a run's steady state
             trainer.reference_logps([e], torch.float32)
         data = batches(examples, stage.batch_size, seed=0)
@@ -60,21 +79,24 @@ def main() -> None:
         rows = run.read(DECOMPOSITION_TIMES)[1:]
     update = [r["update_seconds"] for r in rows]
     decomposition = [r["seconds"] for r in rows]
-    print(f"{machine()}; model {args.random_init or args.model} on {args.device}, fp32; update: DPO, "
-          f"{stage.batch_size} HH pairs; probe batch: {len(items)} sequences ({args.prompts} prompts × "
-          f"{args.types}), {observed_tokens} tokens; medians over {len(rows)} updates after warm-up")
+    print(
+        f"{machine()}; model {args.random_init or args.model} on {args.device}, fp32; update: DPO, "
+        f"{stage.batch_size} HH pairs; probe batch: {len(items)} sequences ({args.prompts} prompts × "
+        f"{args.types}), {observed_tokens} tokens; medians over {len(rows)} updates after warm-up"
+    )
     print(f"{'what':<52}{'seconds median [range]':>26}{'× update':>10}")
     u = statistics.median(update)
     print(f"{'training update (forward, backward, AdamW)':<52}{median_range(update):>26}{1.0:>10.2f}")
-    print(f"{'decomposition of the update (DecompositionCallback)':<52}{median_range(decomposition):>26}"
-          f"{statistics.median(decomposition) / u:>10.2f}")
+    print(
+        f"{'decomposition of the update (DecompositionCallback)':<52}{median_range(decomposition):>26}"
+        f"{statistics.median(decomposition) / u:>10.2f}"
+    )
 
     # the parts, once each, on the state the run ended in
     device = args.device
     examples_now = next(data)
     reference = trainer.reference_logps(examples_now, torch.float32)
-    directions, t_dir = timed(lambda: update_directions(model, spec, stage.loss, examples_now, pad, reference),
-                              device)
+    directions, t_dir = timed(lambda: update_directions(model, spec, stage.loss, examples_now, pad, reference), device)
     theta = {k: v.clone() for k, v in parameters(model).items()}
     tangent = {k: -stage.optim.lr * g for k, g in directions.positive.items()}
     after = {k: theta[k] + tangent[k] for k in theta}
@@ -85,15 +107,26 @@ def main() -> None:
         t_jvp += timed(lambda b=batch: logit_jvp(model, theta, tangent, b, pad), device)[1]
         with torch.no_grad():
             t_fwd += timed(lambda b=batch: rows_logits(model, b, pad, after), device)[1]
-        t_all += timed(lambda b=batch: decompose(model, theta, after, {"step": tangent, "sgd_positive": tangent,
-                                                                       "sgd_negative": tangent}, b, pad), device)[1]
+        t_all += timed(
+            lambda b=batch: decompose(
+                model, theta, after, {"step": tangent, "sgd_positive": tangent, "sgd_negative": tangent}, b, pad
+            ),
+            device,
+        )[1]
     parts["one JVP over the probe batch (per parameter step)"] = t_jvp
     parts["forward at θ_{t+1} over the probe batch (observed)"] = t_fwd
     parts["decompose(): 3 JVPs + observed + statistics"] = t_all
     for name, seconds in parts.items():
         print(f"  {name:<50}{seconds:>26.3f}{seconds / u:>10.2f}")
-    print(json.dumps({"update_s": u, "decomposition_s": statistics.median(decomposition),
-                      "ratio": statistics.median(decomposition) / u}))
+    print(
+        json.dumps(
+            {
+                "update_s": u,
+                "decomposition_s": statistics.median(decomposition),
+                "ratio": statistics.median(decomposition) / u,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

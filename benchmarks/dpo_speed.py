@@ -32,9 +32,17 @@ def ldyn_times(model, examples, batch: int, stage, pad_id: int, device: str, bf1
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")
-    trainer = Trainer(model, get_loss("dpo"), stage.loss, stage.optim, accelerator=accelerator, pad_id=pad_id,
-                      ref_model=frozen_copy(model), mixed_precision="bf16" if bf16 else "no")
-    groups = [examples[i:i + batch] for i in range(0, len(examples), batch)]
+    trainer = Trainer(
+        model,
+        get_loss("dpo"),
+        stage.loss,
+        stage.optim,
+        accelerator=accelerator,
+        pad_id=pad_id,
+        ref_model=frozen_copy(model),
+        mixed_precision="bf16" if bf16 else "no",
+    )
+    groups = [examples[i : i + batch] for i in range(0, len(examples), batch)]
     out, losses = [], []
     for p in range(passes):
         out.append([])
@@ -42,7 +50,7 @@ def ldyn_times(model, examples, batch: int, stage, pad_id: int, device: str, bf1
             metrics, seconds = timed(lambda g=g, t=t: trainer.update([g], t), device)
             out[-1].append(seconds)
             losses.append(metrics["loss"])
-    return out, losses[:len(groups)]
+    return out, losses[: len(groups)]
 
 
 def trl_times(model, tokenizer, examples, batch: int, stage, device: str, bf16: bool, precompute: bool):
@@ -51,8 +59,13 @@ def trl_times(model, tokenizer, examples, batch: int, stage, device: str, bf16: 
     from transformers import PrinterCallback, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    data = Dataset.from_dict({"prompt_ids": [e.prompt for e in examples], "chosen_ids": [e.chosen for e in examples],
-                              "rejected_ids": [e.rejected for e in examples]})
+    data = Dataset.from_dict(
+        {
+            "prompt_ids": [e.prompt for e in examples],
+            "chosen_ids": [e.chosen for e in examples],
+            "rejected_ids": [e.rejected for e in examples],
+        }
+    )
     times, started, losses = [], [], []
 
     class Clock(TrainerCallback):
@@ -69,18 +82,40 @@ def trl_times(model, tokenizer, examples, batch: int, stage, device: str, bf16: 
                 losses.append(float(logs["loss"]))
 
     with tempfile.TemporaryDirectory() as tmp:
-        args = DPOConfig(output_dir=tmp, per_device_train_batch_size=batch, max_steps=len(examples) // batch,
-                         learning_rate=stage.optim.lr, lr_scheduler_type="constant", warmup_steps=0,
-                         weight_decay=stage.optim.weight_decay, max_grad_norm=stage.optim.max_grad_norm,
-                         beta=stage.loss.beta, loss_type=["sigmoid"], max_length=None, bf16=bf16,
-                         gradient_checkpointing=False, precompute_ref_log_probs=precompute, use_cpu=device == "cpu",
-                         report_to=[], logging_steps=1, save_strategy="no", disable_tqdm=True,
-                         dataloader_num_workers=0, seed=0)
+        args = DPOConfig(
+            output_dir=tmp,
+            per_device_train_batch_size=batch,
+            max_steps=len(examples) // batch,
+            learning_rate=stage.optim.lr,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=stage.optim.weight_decay,
+            max_grad_norm=stage.optim.max_grad_norm,
+            beta=stage.loss.beta,
+            loss_type=["sigmoid"],
+            max_length=None,
+            bf16=bf16,
+            gradient_checkpointing=False,
+            precompute_ref_log_probs=precompute,
+            use_cpu=device == "cpu",
+            report_to=[],
+            logging_steps=1,
+            save_strategy="no",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            seed=0,
+        )
         # the dataset already holds ldyn's token ids: TRL's own tokenization is skipped, and the sampler keeps the
         # order, so every batch equals ldyn's
         DPOTrainer._prepare_dataset = lambda self, dataset, *a, **k: dataset
-        trainer = DPOTrainer(model=model, ref_model=None if precompute else frozen_copy(model), args=args,
-                             train_dataset=data, processing_class=tokenizer, callbacks=[Clock()])
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=None if precompute else frozen_copy(model),
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            callbacks=[Clock()],
+        )
         trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
         trainer.remove_callback(PrinterCallback)
         trainer.train()
@@ -99,11 +134,15 @@ def main() -> None:
     stage = cfg.stages[0]
     examples = stage_examples(inputs.train, get_loss("dpo"), stage)[:n]
     pad = tokenizer.pad_token_id
-    shapes = [2 * args.batch * max(len(e.prompt) + max(len(e.chosen), len(e.rejected)) for e in
-                                   examples[i:i + args.batch]) for i in range(0, n, args.batch)]
-    print(f"{machine()}; model {args.random_init or args.model} on {args.device}, "
-          f"{'bf16 autocast' if args.bf16 else 'fp32'}; {args.updates} updates of {args.batch} HH pairs "
-          f"(padded tokens per update: {min(shapes)}-{max(shapes)}); medians over updates 2..{args.updates}")
+    shapes = [
+        2 * args.batch * max(len(e.prompt) + max(len(e.chosen), len(e.rejected)) for e in examples[i : i + args.batch])
+        for i in range(0, n, args.batch)
+    ]
+    print(
+        f"{machine()}; model {args.random_init or args.model} on {args.device}, "
+        f"{'bf16 autocast' if args.bf16 else 'fp32'}; {args.updates} updates of {args.batch} HH pairs "
+        f"(padded tokens per update: {min(shapes)}-{max(shapes)}); medians over updates 2..{args.updates}"
+    )
     start = copy.deepcopy(model.state_dict())
     (first, cached), losses = ldyn_times(model, examples, args.batch, stage, pad, args.device, args.bf16, passes=2)
     rows, trl_losses = {}, {}
@@ -111,18 +150,24 @@ def main() -> None:
     rows["ldyn, reference cached (later passes)"] = cached[1:]
     for name, precompute in (("reference forward each step", False), ("precompute_ref_log_probs", True)):
         model.load_state_dict(start)
-        seconds, trl_losses[name] = trl_times(model, tokenizer, examples, args.batch, stage, args.device, args.bf16,
-                                              precompute)
+        seconds, trl_losses[name] = trl_times(
+            model, tokenizer, examples, args.batch, stage, args.device, args.bf16, precompute
+        )
         rows[f"TRL DPOTrainer, {name}"] = seconds[1:]
     med = {k: sorted(v)[len(v) // 2] for k, v in rows.items()}
     print(f"{'method':<46}{'s/update median [range]':>28}{'pairs/s':>9}")
     for name, seconds in rows.items():
         print(f"{name:<46}{median_range(seconds):>28}{args.batch / med[name]:>9.2f}")
     keys = list(rows)
-    print("loss per update, the same work on both sides: ldyn " + " ".join(f"{x:.4f}" for x in losses) +
-          "".join(f"; TRL ({k}) " + " ".join(f"{x:.4f}" for x in v) for k, v in trl_losses.items()))
-    print(f"speed-up, reference in the step: {med[keys[2]] / med[keys[0]]:.2f}x; "
-          f"reference precomputed/cached: {med[keys[3]] / med[keys[1]]:.2f}x")
+    print(
+        "loss per update, the same work on both sides: ldyn "
+        + " ".join(f"{x:.4f}" for x in losses)
+        + "".join(f"; TRL ({k}) " + " ".join(f"{x:.4f}" for x in v) for k, v in trl_losses.items())
+    )
+    print(
+        f"speed-up, reference in the step: {med[keys[2]] / med[keys[0]]:.2f}x; "
+        f"reference precomputed/cached: {med[keys[3]] / med[keys[1]]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

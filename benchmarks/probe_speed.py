@@ -28,7 +28,7 @@ def original_method(model, items, pad_id: int) -> list[dict]:
         ids = torch.tensor([item.prompt + item.response], device=next(model.parameters()).device)
         logp = model(ids).logits[0].log_softmax(-1)  # (T, V): every position, as the original code does
         start = len(item.prompt) - 1
-        labels = ids[:, start + 1:]
+        labels = ids[:, start + 1 :]
         # the statistics along the response (for the argmax, ‖A‖, entropy records), from the same logits
         records += records_for([item], token_statistics(logp[None, start:-1], labels), logp.shape[-1])
     return records
@@ -49,16 +49,19 @@ def main() -> None:
     results["original (batch 1, full forward)"] = timed(lambda: original_method(model, items, pad), device)
     for name, share in (("ldyn, one pass per sequence", False), ("ldyn, each prompt run once", True)):
         default = " *" if share == shares_prompts(device) else ""  # ldyn's default on this device
-        results[name + default] = timed(lambda s=share: probe(model, items, pad, cfg.probe.batch_tokens,
-                                                              share_prompt=s, progress=False), device)
+        results[name + default] = timed(
+            lambda s=share: probe(model, items, pad, cfg.probe.batch_tokens, share_prompt=s, progress=False), device
+        )
 
     reference = {(r["example_id"], r["type"]): r["logp_sum"] for r in results["original (batch 1, full forward)"][0]}
     base = results["original (batch 1, full forward)"][1]
     prompts = {it.example_id: len(it.prompt) for it in items}
     computed = sum(prompts.values()) + sum(len(it.response) for it in items)
-    print(f"{machine()}; model {args.random_init or args.model} on {device}: {len(prompts)} prompts, "
-          f"{len(items)} (prompt, response) sequences, {tokens} tokens "
-          f"in full, {computed} once each prompt is shared (ratio {tokens / computed:.2f})")
+    print(
+        f"{machine()}; model {args.random_init or args.model} on {device}: {len(prompts)} prompts, "
+        f"{len(items)} (prompt, response) sequences, {tokens} tokens "
+        f"in full, {computed} once each prompt is shared (ratio {tokens / computed:.2f})"
+    )
     print(f"{'method (* ldyn default here)':<34}{'seconds':>9}{'seq/s':>8}{'speed-up':>10}{'max |Δ logp|':>14}")
     for name, (records, seconds) in results.items():
         diff = max(abs(r["logp_sum"] - reference[(r["example_id"], r["type"])]) for r in records)

@@ -38,7 +38,7 @@ def matmul_peak(dtype: torch.dtype, device: str, repeats: int = 5) -> tuple[floa
 
         timed(products, device)
         seconds = statistics.median(timed(products, device)[1] for _ in range(repeats)) / calls
-        best = max(best, (2 * n ** 3 / seconds, n))
+        best = max(best, (2 * n**3 / seconds, n))
     return best
 
 
@@ -66,12 +66,19 @@ def main() -> None:
     cfg, model, tokenizer, inputs = setup(args, "hh_probe_dpo", [f"data.n_train={n}", "probe.every=0"])
     stage, spec = cfg.stages[0], get_loss(args.loss)
     examples = stage_examples(inputs.train, spec, stage)[:n]
-    trainer = Trainer(model, spec, stage.loss, stage.optim, accelerator=Accelerator(cpu=args.device == "cpu"),
-                      pad_id=tokenizer.pad_token_id, ref_model=frozen_copy(model) if spec.needs_reference else None,
-                      mixed_precision="bf16" if args.bf16 else "no")
+    trainer = Trainer(
+        model,
+        spec,
+        stage.loss,
+        stage.optim,
+        accelerator=Accelerator(cpu=args.device == "cpu"),
+        pad_id=tokenizer.pad_token_id,
+        ref_model=frozen_copy(model) if spec.needs_reference else None,
+        mixed_precision="bf16" if args.bf16 else "no",
+    )
     if spec.needs_reference:  # a run's steady state: reference log-probs cached
         trainer.reference_logps(examples, torch.float32)
-    groups = [examples[i:i + args.batch] for i in range(0, n, args.batch)]
+    groups = [examples[i : i + args.batch] for i in range(0, n, args.batch)]
     seconds, rates = [], []
     for t, group in enumerate(groups):
         _, s = timed(lambda g=group, t=t: trainer.update([g], t), args.device)
@@ -81,9 +88,11 @@ def main() -> None:
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     peak, size = matmul_peak(dtype, args.device)
     achieved = statistics.median(rates)
-    print(f"{machine()}; model {args.random_init or args.model} on {args.device}; {args.loss.upper()} updates of "
-          f"{args.batch} HH {'pairs' if spec.needs_rejected else 'examples'}, "
-          f"{'bf16 autocast' if args.bf16 else 'fp32'}; medians over {len(seconds)} updates")
+    print(
+        f"{machine()}; model {args.random_init or args.model} on {args.device}; {args.loss.upper()} updates of "
+        f"{args.batch} HH {'pairs' if spec.needs_rejected else 'examples'}, "
+        f"{'bf16 autocast' if args.bf16 else 'fp32'}; medians over {len(seconds)} updates"
+    )
     print(f"{'matmul peak, ' + str(dtype).removeprefix('torch.') + f' {size}²':<40}{peak / 1e9:>12.1f} GFLOP/s")
     print(f"{'training update (s) median [range]':<40}{median_range(seconds):>28}")
     print(f"{'training, useful matmul work':<40}{achieved / 1e9:>12.1f} GFLOP/s = {achieved / peak:.0%} of peak")

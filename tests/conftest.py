@@ -34,13 +34,23 @@ def write_jsonl(path, rows):
 
 @pytest.fixture
 def pairs_file(tmp_path):
-    rows = [{"prompt": f"\n\nHuman: question {i}?\n\nAssistant:", "chosen": f" good answer {i}",
-             "rejected": f" bad {i}"} for i in range(6)]
+    rows = [
+        {"prompt": f"\n\nHuman: question {i}?\n\nAssistant:", "chosen": f" good answer {i}", "rejected": f" bad {i}"}
+        for i in range(6)
+    ]
     return write_jsonl(tmp_path / "pairs.jsonl", rows)
 
 
 @pytest.fixture
 def probe_file(tmp_path):
-    rows = [{"prompt": f"\n\nHuman: q{i}\n\nAssistant:", "chosen": f" yes {i}", "rejected": f" no {i}",
-             "irr_hum": " the bus was late", "random_permute": f" {i} yes"} for i in range(4)]
+    rows = [
+        {
+            "prompt": f"\n\nHuman: q{i}\n\nAssistant:",
+            "chosen": f" yes {i}",
+            "rejected": f" no {i}",
+            "irr_hum": " the bus was late",
+            "random_permute": f" {i} yes",
+        }
+        for i in range(4)
+    ]
     return write_jsonl(tmp_path / "probe.jsonl", rows)

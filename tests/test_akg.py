@@ -96,8 +96,9 @@ def test_dpo_G_from_autograd_is_beta_one_minus_a_times_pi_minus_y(small64):
     beta = 0.5
     reference = reference_logps(small64, UPDATE)
     batch = collate_pairs(UPDATE, 0, True)
-    [(logits, labels, grad)] = loss_logit_gradient(small64, get_loss("dpo"), LossConfig(beta=beta), [batch], 2,
-                                                   reference)
+    [(logits, labels, grad)] = loss_logit_gradient(
+        small64, get_loss("dpo"), LossConfig(beta=beta), [batch], 2, reference
+    )
     logps = sequence_logps(small64, batch).sum.detach()
     h = (logps[:2] - reference.chosen) - (logps[2:] - reference.rejected)
     a = torch.sigmoid(beta * h)
@@ -168,8 +169,10 @@ def test_observed_rows_sharing_their_prompt_decompose_as_the_plain_batch(small64
     reference = reference_logps(small64, UPDATE)
     dirs = update_directions(small64, spec, LossConfig(beta=0.5), UPDATE, 0, reference)
     theta = parameters(small64)
-    tangents = {"step": {k: -1e-3 * g for k, g in dirs.positive.items()},
-                "sgd_negative": {k: -1e-3 * g for k, g in dirs.negative.items()}}
+    tangents = {
+        "step": {k: -1e-3 * g for k, g in dirs.positive.items()},
+        "sgd_negative": {k: -1e-3 * g for k, g in dirs.negative.items()},
+    }
     after = {k: theta[k] + tangents["step"][k] for k in theta}
     shared = SharedRows.of([(str(prompt), prompt, response) for prompt, response in OBSERVED])
     assert len(shared.prompts) == 2
@@ -185,10 +188,25 @@ def test_decompose_command_records_predicted_against_observed(tmp_path):
     from ldyn.runs import RunDir
 
     out = tmp_path / "dec"
-    code = cli.main(["decompose", "smollm2_sft_dpo", "--stage", "dpo", "model.name=tiny", f"output_dir={out}",
-                     "data.n_train=2", "stages.dpo.batch_size=2", "decompose.n=2", "stages.dpo.optim.name=sgd",
-                     "stages.dpo.optim.lr=1e-3", "stages.dpo.optim.max_grad_norm=0", "data.max_length=48",
-                     "data.max_prompt_length=24", "model.dtype=float64"])
+    code = cli.main(
+        [
+            "decompose",
+            "smollm2_sft_dpo",
+            "--stage",
+            "dpo",
+            "model.name=tiny",
+            f"output_dir={out}",
+            "data.n_train=2",
+            "stages.dpo.batch_size=2",
+            "decompose.n=2",
+            "stages.dpo.optim.name=sgd",
+            "stages.dpo.optim.lr=1e-3",
+            "stages.dpo.optim.max_grad_norm=0",
+            "data.max_length=48",
+            "data.max_prompt_length=24",
+            "model.dtype=float64",
+        ]
+    )
     assert code == 0
     run = RunDir(out)
     rows = run.read("decomposition.jsonl")
@@ -199,8 +217,10 @@ def test_decompose_command_records_predicted_against_observed(tmp_path):
         # plain SGD without clipping: the real step is the SGD kernel's −η(g⁺ + g⁻)
         assert r["predicted"] == pytest.approx(r["sgd_positive"] + r["sgd_negative"], rel=1e-6, abs=1e-9)
         assert abs(r["predicted"] - r["observed"]) < 0.01 * scale  # first order, up to O(η²)
-        assert r["observed/lbk"] >= 0 and abs(r["observed/mass_argmax"] + r["observed/mass_topk"]
-                                              + r["observed/mass_tail"]) < 1e-5
+        assert (
+            r["observed/lbk"] >= 0
+            and abs(r["observed/mass_argmax"] + r["observed/mass_topk"] + r["observed/mass_tail"]) < 1e-5
+        )
     assert (run.figures / "decomposition.png").is_file() and (run.figures / "decomposition_summary.csv").is_file()
     times = run.read("decomposition_times.jsonl")
     assert times[0]["seconds"] > 0 and times[0]["update_seconds"] > 0
@@ -209,10 +229,22 @@ def test_decompose_command_records_predicted_against_observed(tmp_path):
 def test_influence_heatmap_across_training_signals(tmp_path, probe_file):
     from ldyn import cli
 
-    common = ["model.name=tiny", f"data.train={probe_file}", f"probe.path={probe_file}", "probe.every=0",
-              "decompose.every=1", "decompose.n=2", "data.n_train=4", "checkpoint_every=0"]
-    sft = [f"output_dir={tmp_path / 'sft'}", "stages.sft.target=irr_hum", "stages.sft.steps=2",
-           "stages.sft.batch_size=2"]
+    common = [
+        "model.name=tiny",
+        f"data.train={probe_file}",
+        f"probe.path={probe_file}",
+        "probe.every=0",
+        "decompose.every=1",
+        "decompose.n=2",
+        "data.n_train=4",
+        "checkpoint_every=0",
+    ]
+    sft = [
+        f"output_dir={tmp_path / 'sft'}",
+        "stages.sft.target=irr_hum",
+        "stages.sft.steps=2",
+        "stages.sft.batch_size=2",
+    ]
     assert cli.main(["run", "hh_probe_sft", *common, *sft]) == 0
     dpo = [f"output_dir={tmp_path / 'dpo'}", "stages.dpo.steps=2", "stages.dpo.batch_size=2"]
     assert cli.main(["run", "hh_probe_dpo", *common, *dpo]) == 0
@@ -228,7 +260,16 @@ def test_influence_heatmap_across_training_signals(tmp_path, probe_file):
 def test_sft_target_must_be_a_field_of_the_training_data(tmp_path, pairs_file, capsys):
     from ldyn import cli
 
-    code = cli.main(["run", "hh_probe_sft", "model.name=tiny", f"data.train={pairs_file}", "probe.path=embedded",
-                     "stages.sft.target=irr_hum", f"output_dir={tmp_path / 'x'}"])
+    code = cli.main(
+        [
+            "run",
+            "hh_probe_sft",
+            "model.name=tiny",
+            f"data.train={pairs_file}",
+            "probe.path=embedded",
+            "stages.sft.target=irr_hum",
+            f"output_dir={tmp_path / 'x'}",
+        ]
+    )
     assert code == 2
     assert "pairs.jsonl:1: field 'irr_hum': missing" in capsys.readouterr().err

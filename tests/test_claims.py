@@ -14,8 +14,11 @@ OTHERS = ["chosen_gptsemantic", "irr_train", "irr_test", "irr_hum", "random_perm
 def make_run(path, stages, curves, steps_per_stage=4, every=2, a_norm=None, decomposition=()):
     """A run directory with `stages` (name, config) and probe curves: type -> f(step, prompt) -> logp."""
     path.mkdir(parents=True)
-    config = {"name": path.name, "model": {"name": "tiny"},
-              "stages": [{"name": n, "steps": steps_per_stage, "batch_size": 2, **c} for n, c in stages]}
+    config = {
+        "name": path.name,
+        "model": {"name": "tiny"},
+        "stages": [{"name": n, "steps": steps_per_stage, "batch_size": 2, **c} for n, c in stages],
+    }
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     total = steps_per_stage * len(stages)
     metrics = [{"step": s, "stage": stages[(s - 1) // steps_per_stage][0], "loss": 1.0} for s in range(1, total + 1)]
@@ -24,8 +27,16 @@ def make_run(path, stages, curves, steps_per_stage=4, every=2, a_norm=None, deco
         stage = stages[max(step - 1, 0) // steps_per_stage][0]
         for e in range(4):
             for t, f in curves.items():
-                probes.append({"step": step, "stage": stage, "example_id": str(e), "type": t, "logp_sum": f(step, e),
-                               "a_norm": (a_norm or (lambda s, e: 100 + s))(step, e)})
+                probes.append(
+                    {
+                        "step": step,
+                        "stage": stage,
+                        "example_id": str(e),
+                        "type": t,
+                        "logp_sum": f(step, e),
+                        "a_norm": (a_norm or (lambda s, e: 100 + s))(step, e),
+                    }
+                )
     (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     (path / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
     if decomposition:
@@ -43,11 +54,17 @@ DPO = ("dpo", {"loss": {"name": "dpo"}, "optim": {"lr": 1e-5}})
 
 def paper_sft():
     """SFT as the paper describes it: chosen and irr_train up, rejected up then flat, the rest down."""
-    return {"chosen": lambda s, e: -100 + 3 * s, "rejected": lambda s, e: -90 + 2 * min(s, 2),
-            "irr_train": lambda s, e: -120 + s, "irr_test": lambda s, e: -120 + 0.2 * s,
-            "irr_hum": lambda s, e: -110 - s, "random_permute": lambda s, e: -300 - s,
-            "random_nonhum": lambda s, e: -280 - s, "chosen_gptsemantic": lambda s, e: -105,
-            "argmax": lambda s, e: -50 + s}
+    return {
+        "chosen": lambda s, e: -100 + 3 * s,
+        "rejected": lambda s, e: -90 + 2 * min(s, 2),
+        "irr_train": lambda s, e: -120 + s,
+        "irr_test": lambda s, e: -120 + 0.2 * s,
+        "irr_hum": lambda s, e: -110 - s,
+        "random_permute": lambda s, e: -300 - s,
+        "random_nonhum": lambda s, e: -280 - s,
+        "chosen_gptsemantic": lambda s, e: -105,
+        "argmax": lambda s, e: -50 + s,
+    }
 
 
 def test_sft_claims_hold_on_paper_like_curves(tmp_path):
@@ -58,18 +75,23 @@ def test_sft_claims_hold_on_paper_like_curves(tmp_path):
 
 
 def test_sft_claims_fail_when_the_curves_say_otherwise(tmp_path):
-    curves = paper_sft() | {"chosen": lambda s, e: -100 + (s if e < 2 else -s),  # up for half the prompts
-                            "irr_train": lambda s, e: -120 - s, "irr_hum": lambda s, e: -110 + s}
+    curves = paper_sft() | {
+        "chosen": lambda s, e: -100 + (s if e < 2 else -s),  # up for half the prompts
+        "irr_train": lambda s, e: -120 - s,
+        "irr_hum": lambda s, e: -110 + s,
+    }
     v = verdicts([make_run(tmp_path / "sft", [SFT], curves, a_norm=lambda s, e: 100 - s)])
     assert [v[i].verdict for i in ("5", "6", "8", "9")] == [FAILS] * 4
 
 
 def squeeze_dpo():
     """DPO with the squeeze: chosen up then below its start, everything else down, argmax up, margin up."""
-    return {"chosen": lambda s, e: -100 + (2 * s if s <= 2 else 4 - 3 * (s - 2)),
-            "rejected": lambda s, e: -90 - 10 * s, **{t: (lambda s, e, k=k, t=t: -150 - k - s - (t == "irr_test") * s)
-                                                      for k, t in enumerate(OTHERS)},
-            "argmax": lambda s, e: -50 + s}
+    return {
+        "chosen": lambda s, e: -100 + (2 * s if s <= 2 else 4 - 3 * (s - 2)),
+        "rejected": lambda s, e: -90 - 10 * s,
+        **{t: (lambda s, e, k=k, t=t: -150 - k - s - (t == "irr_test") * s) for k, t in enumerate(OTHERS)},
+        "argmax": lambda s, e: -50 + s,
+    }
 
 
 def test_dpo_squeeze_claims_hold_and_fail(tmp_path):
@@ -81,36 +103,56 @@ def test_dpo_squeeze_claims_hold_and_fail(tmp_path):
 
 
 def test_learning_rate_sweep_needs_two_rates_and_a_faster_collapse(tmp_path):
-    runs = [make_run(tmp_path / f"lr{i}", [("dpo", {"loss": {"name": "dpo"}, "optim": {"lr": lr}})],
-                     {"chosen": lambda s, e, k=k: -100 - k * s}) for i, (lr, k) in enumerate([(1e-6, 0.5), (1e-5, 2)])]
+    runs = [
+        make_run(
+            tmp_path / f"lr{i}",
+            [("dpo", {"loss": {"name": "dpo"}, "optim": {"lr": lr}})],
+            {"chosen": lambda s, e, k=k: -100 - k * s},
+        )
+        for i, (lr, k) in enumerate([(1e-6, 0.5), (1e-5, 2)])
+    ]
     assert verdicts(runs[:1])["16"].verdict == NA
     assert verdicts(runs)["16"].verdict == HOLDS
-    runs.append(make_run(tmp_path / "lr2", [("dpo", {"loss": {"name": "dpo"}, "optim": {"lr": 1e-4}})],
-                         {"chosen": lambda s, e: -100 - s}))  # the largest rate collapses slower: not monotone
+    runs.append(
+        make_run(
+            tmp_path / "lr2",
+            [("dpo", {"loss": {"name": "dpo"}, "optim": {"lr": 1e-4}})],
+            {"chosen": lambda s, e: -100 - s},
+        )
+    )  # the largest rate collapses slower: not monotone
     assert verdicts(runs)["16"].verdict == FAILS
 
 
 def test_extend_claims_compare_the_two_pipelines(tmp_path):
     def pipeline(rej_sft, dpo_drop, argmax_rise):
-        return {"chosen": lambda s, e: -100 + (2 * s if s <= 4 else 8 - dpo_drop * (s - 4)),
-                "rejected": lambda s, e: -90 + (rej_sft * s if s <= 4 else 4 * rej_sft - 5 * (s - 4)),
-                "irr_hum": lambda s, e: -110 - (0 if s <= 4 else dpo_drop * (s - 4)),
-                "argmax": lambda s, e: -50 + argmax_rise * s}
+        return {
+            "chosen": lambda s, e: -100 + (2 * s if s <= 4 else 8 - dpo_drop * (s - 4)),
+            "rejected": lambda s, e: -90 + (rej_sft * s if s <= 4 else 4 * rej_sft - 5 * (s - 4)),
+            "irr_hum": lambda s, e: -110 - (0 if s <= 4 else dpo_drop * (s - 4)),
+            "argmax": lambda s, e: -50 + argmax_rise * s,
+        }
+
     base = make_run(tmp_path / "base", [SFT, DPO], pipeline(0.5, 3, 2))
     ext = make_run(tmp_path / "ext", [("sft", {"loss": {"name": "sft"}, "extend": True}), DPO], pipeline(2, 1, 1))
     v = verdicts([base, ext])
     assert v["17"].verdict == HOLDS and v["18"].verdict == HOLDS and v["15"].verdict == HOLDS
-    v = verdicts([make_run(tmp_path / "base2", [SFT, DPO], pipeline(0.5, 1, 1)),
-                  make_run(tmp_path / "ext2", [("sft", {"loss": {"name": "sft"}, "extend": True}), DPO],
-                           pipeline(0.5, 3, 2))])
+    v = verdicts(
+        [
+            make_run(tmp_path / "base2", [SFT, DPO], pipeline(0.5, 1, 1)),
+            make_run(tmp_path / "ext2", [("sft", {"loss": {"name": "sft"}, "extend": True}), DPO], pipeline(0.5, 3, 2)),
+        ]
+    )
     assert v["17"].verdict == FAILS and v["18"].verdict == FAILS
 
 
 def test_on_policy_is_compared_with_off_policy_at_a_common_step(tmp_path):
     off = make_run(tmp_path / "off", [DPO], squeeze_dpo(), steps_per_stage=8)
     gentle = {t: (lambda s, e, f=f: f(0, e) + 0.2 * (f(s, e) - f(0, e))) for t, f in squeeze_dpo().items()}
-    on = make_run(tmp_path / "on", [("dpo", {"loss": {"name": "dpo"}, "sample": {"responses": "rejected",
-                                                                               "source": "policy"}})], gentle)
+    on = make_run(
+        tmp_path / "on",
+        [("dpo", {"loss": {"name": "dpo"}, "sample": {"responses": "rejected", "source": "policy"}})],
+        gentle,
+    )
     v = verdicts([off, on])
     assert v["20"].verdict == HOLDS and "at step 4" in v["20"].measured
     assert v["20b"].verdict == NA and v["20c"].verdict == NA
@@ -121,25 +163,65 @@ def test_win_rate_verdict_needs_the_interval_above_one_half(tmp_path):
     ext = make_run(tmp_path / "ext", [("sft", {"loss": {"name": "sft"}, "extend": True}), DPO], paper_sft())
 
     def rate(wins_a, wins_b, low, high):
-        return [{"a": "ext/dpo", "b": "base/dpo", "judge": "j", "wins_a": wins_a, "wins_b": wins_b, "ties": 0,
-                 "invalid": 0, "win_rate": wins_a / (wins_a + wins_b), "low": low, "high": high}]
+        return [
+            {
+                "a": "ext/dpo",
+                "b": "base/dpo",
+                "judge": "j",
+                "wins_a": wins_a,
+                "wins_b": wins_b,
+                "ties": 0,
+                "invalid": 0,
+                "win_rate": wins_a / (wins_a + wins_b),
+                "low": low,
+                "high": high,
+            }
+        ]
+
     assert verdicts([base, ext], winrates=rate(30, 10, 0.6, 0.86))["19"].verdict == HOLDS
     assert verdicts([base, ext], winrates=rate(10, 30, 0.14, 0.4))["19"].verdict == FAILS
     assert verdicts([base, ext], winrates=rate(12, 10, 0.34, 0.73))["19"].verdict == NA
     assert verdicts([base, ext])["19"].verdict == NA
-    biased = [{"a": "ext/dpo", "b": "base/dpo", "judge": "j", "wins_a": 0, "wins_b": 0, "ties": 32, "inconsistent": 32,
-               "invalid": 0, "win_rate": None, "low": None, "high": None, "first_shown": 1.0}]
+    biased = [
+        {
+            "a": "ext/dpo",
+            "b": "base/dpo",
+            "judge": "j",
+            "wins_a": 0,
+            "wins_b": 0,
+            "ties": 32,
+            "inconsistent": 32,
+            "invalid": 0,
+            "win_rate": None,
+            "low": None,
+            "high": None,
+            "first_shown": 1.0,
+        }
+    ]
     v = verdicts([base, ext], winrates=biased)["19"]
     assert v.verdict == NA and "32 inconsistent" in v.measured and "first-shown response in 100%" in v.measured
 
 
-@pytest.mark.parametrize("signs, verdict", [({"chosen": 1, "irr_train": 1, "random_permute": -1,
-                                              "random_nonhum": -1}, HOLDS),
-                                             ({"chosen": 1, "irr_train": -1, "random_permute": -1,
-                                               "random_nonhum": -1}, FAILS)])
+@pytest.mark.parametrize(
+    "signs, verdict",
+    [
+        ({"chosen": 1, "irr_train": 1, "random_permute": -1, "random_nonhum": -1}, HOLDS),
+        ({"chosen": 1, "irr_train": -1, "random_permute": -1, "random_nonhum": -1}, FAILS),
+    ],
+)
 def test_sign_delta_under_sft(tmp_path, signs, verdict):
-    rows = [{"step": step, "stage": "sft", "example_id": "0", "type": t, "observed/sign_delta": s * 1e-6,
-             "observed/lbk": 1.0 + k} for step in (0, 1) for k, (t, s) in enumerate(signs.items())]
+    rows = [
+        {
+            "step": step,
+            "stage": "sft",
+            "example_id": "0",
+            "type": t,
+            "observed/sign_delta": s * 1e-6,
+            "observed/lbk": 1.0 + k,
+        }
+        for step in (0, 1)
+        for k, (t, s) in enumerate(signs.items())
+    ]
     run = make_run(tmp_path / "app", [SFT], {"chosen": lambda s, e: -1.0}, decomposition=rows)
     v = verdicts([run])
     assert v["21b"].verdict == verdict

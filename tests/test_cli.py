@@ -13,9 +13,20 @@ from ldyn.runs import RunDir
 
 
 def tiny_run_args(out, *extra):
-    return ["run", "smollm2_sft_dpo", "model.name=tiny", f"output_dir={out}", "stages.sft.steps=2",
-            "stages.dpo.steps=3", "stages.sft.batch_size=2", "stages.dpo.batch_size=2", "probe.n=3",
-            "probe.every=2", "data.n_train=6", *extra]
+    return [
+        "run",
+        "smollm2_sft_dpo",
+        "model.name=tiny",
+        f"output_dir={out}",
+        "stages.sft.steps=2",
+        "stages.dpo.steps=3",
+        "stages.sft.batch_size=2",
+        "stages.dpo.batch_size=2",
+        "probe.n=3",
+        "probe.every=2",
+        "data.n_train=6",
+        *extra,
+    ]
 
 
 def ldyn(capsys, *args):
@@ -31,8 +42,9 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     metrics = run.read("metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
     assert [m["stage"] for m in metrics] == ["sft", "sft", "dpo", "dpo", "dpo"]
-    assert {"loss", "logps/chosen", "logps/rejected", "rewards/margin", "grad_norm", "lr",
-            "examples_per_s"} <= set(metrics[-1])
+    assert {"loss", "logps/chosen", "logps/rejected", "rewards/margin", "grad_norm", "lr", "examples_per_s"} <= set(
+        metrics[-1]
+    )
     probes = run.read("probes.jsonl")
     assert sorted({p["step"] for p in probes}) == [0, 2, 4, 5]  # step 0, every 2, and each stage's end
     types = {p["type"] for p in probes}
@@ -75,8 +87,10 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatc
     full, cut = RunDir(tmp_path / "full"), RunDir(tmp_path / "cut")
     losses = lambda run: [(m["step"], round(m["loss"], 5)) for m in run.read("metrics.jsonl")]  # noqa: E731
     assert losses(cut) == losses(full)
-    key = lambda run: sorted((p["step"], p["example_id"], p["type"], round(p["logp_sum"], 4))  # noqa: E731
-                             for p in run.read("probes.jsonl"))
+    key = lambda run: sorted(
+        (p["step"], p["example_id"], p["type"], round(p["logp_sum"], 4))  # noqa: E731
+        for p in run.read("probes.jsonl")
+    )
     assert key(cut) == key(full)
 
 
@@ -113,15 +127,20 @@ BAD_INPUTS = {
     "missing field": (lambda t: pairs_override(t, GOOD + NO_REJECTED), "p.jsonl:2: field 'rejected': missing"),
     "empty field": (lambda t: pairs_override(t, GOOD * 2 + EMPTY_CHOSEN), "p.jsonl:3: field 'chosen': is empty"),
     "non-UTF-8": (lambda t: pairs_override(t, GOOD + NOT_UTF8), "p.jsonl:2: not valid UTF-8"),
-    "probe type the file lacks": (probe_override,
-                                  "probe.jsonl:1: field 'irr_test': probe type 'irr_test' is not in this file"),
-    "unknown model": (lambda t: ["model.name=no-such-org/no-such-model"],
-                      "cannot load model 'no-such-org/no-such-model'"),
+    "probe type the file lacks": (
+        probe_override,
+        "probe.jsonl:1: field 'irr_test': probe type 'irr_test' is not in this file",
+    ),
+    "unknown model": (
+        lambda t: ["model.name=no-such-org/no-such-model"],
+        "cannot load model 'no-such-org/no-such-model'",
+    ),
     "unknown loss": (lambda t: ["stages.dpo.loss.name=dpoo"], "unknown loss 'dpoo' (did you mean 'dpo'?)"),
-    "unknown optimizer": (lambda t: ["stages.sft.optim.name=adam"],
-                          "unknown optimizer 'adam' (did you mean 'adamw'?)"),
-    "unknown config key": (lambda t: ["stages.dpo.optim.lrr=1"],
-                           "unknown key 'stages.dpo.optim.lrr' (did you mean 'lr'?)"),
+    "unknown optimizer": (lambda t: ["stages.sft.optim.name=adam"], "unknown optimizer 'adam' (did you mean 'adamw'?)"),
+    "unknown config key": (
+        lambda t: ["stages.dpo.optim.lrr=1"],
+        "unknown key 'stages.dpo.optim.lrr' (did you mean 'lr'?)",
+    ),
     "missing data file": (lambda t: [f"data.train={t / 'nope.jsonl'}"], "nope.jsonl: cannot read"),
 }
 
@@ -158,5 +177,14 @@ def test_installed_console_script_reports_errors_without_traceback(tmp_path):
 def test_ls_lists_every_loss(capsys):
     code, out, _ = ldyn(capsys, "ls", "losses")
     assert code == 0
-    assert [line.split()[0] for line in out.splitlines()] == ["sft", "dpo", "ipo", "cdpo", "slic", "sppo", "rpo",
-                                                              "dpop", "simpo"]
+    assert [line.split()[0] for line in out.splitlines()] == [
+        "sft",
+        "dpo",
+        "ipo",
+        "cdpo",
+        "slic",
+        "sppo",
+        "rpo",
+        "dpop",
+        "simpo",
+    ]

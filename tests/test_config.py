@@ -22,14 +22,17 @@ def test_overrides_address_stages_by_name_and_index():
     assert cfg.probe.types == ["chosen", "rejected"]
 
 
-@pytest.mark.parametrize("override,message", [
-    ("stages.dpo.optim.lrr=1", "unknown key 'stages.dpo.optim.lrr' (did you mean 'lr'?)"),
-    ("probe.evry=3", "unknown key 'probe.evry' (did you mean 'every'?)"),
-    ("stages.dop.steps=3", "unknown stage 'dop' in 'stages.dop' (did you mean 'dpo'?)"),
-    ("stages.sft.steps=many", "field 'stages.sft.steps': expected an integer, got 'many'"),
-    ("model.dtype=float16", "unknown value 'float16'"),
-    ("seed", "an override must look like key=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("stages.dpo.optim.lrr=1", "unknown key 'stages.dpo.optim.lrr' (did you mean 'lr'?)"),
+        ("probe.evry=3", "unknown key 'probe.evry' (did you mean 'every'?)"),
+        ("stages.dop.steps=3", "unknown stage 'dop' in 'stages.dop' (did you mean 'dpo'?)"),
+        ("stages.sft.steps=many", "field 'stages.sft.steps': expected an integer, got 'many'"),
+        ("model.dtype=float16", "unknown value 'float16'"),
+        ("seed", "an override must look like key=value"),
+    ],
+)
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(LdynError) as e:
         load_config("smollm2_sft_dpo", [override])

@@ -75,9 +75,11 @@ def test_hh_dialogues_split_at_the_last_assistant_turn():
 
 
 def test_ultrafeedback_rows_use_the_last_assistant_message():
-    row = {"prompt": "Name a colour.", "chosen": [{"role": "user", "content": "Name a colour."},
-                                                 {"role": "assistant", "content": "Blue."}],
-           "rejected": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "No."}]}
+    row = {
+        "prompt": "Name a colour.",
+        "chosen": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
+        "rejected": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "No."}],
+    }
     pair = pair_from_row(row, "f", 1, "0")
     assert (pair.prompt, pair.chosen, pair.rejected) == ("Human: Name a colour.\nAssistant:", "Blue.", "No.")
 
@@ -98,8 +100,10 @@ def test_unreachable_hub_dataset_is_a_clear_error():
 
 
 def test_eos_is_appended_and_long_rows_are_truncated_like_the_papers_code(tokenizer):
-    rows = [("short", "abc", {"chosen": "de", "rejected": "f"}),
-            ("long", "0123456789", {"chosen": "abcdefgh", "rejected": "xy"})]
+    rows = [
+        ("short", "abc", {"chosen": "de", "rejected": "f"}),
+        ("long", "0123456789", {"chosen": "abcdefgh", "rejected": "xy"}),
+    ]
     short, long = tokenize_rows(tokenizer, rows, max_length=12, max_prompt_length=4)
     eos = tokenizer.eos_token_id
     assert not short.truncated and short.responses["chosen"][-1] == eos and len(short.prompt) == 3

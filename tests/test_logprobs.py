@@ -101,7 +101,10 @@ def test_length_groups_minimise_padding_plus_overhead():
         groups = length_groups(lengths, overhead=32)
         assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        best = min(cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))], lengths, 32)
-                   for r in range(len(order)) for cuts in itertools.combinations(range(1, len(order)), r))
+        best = min(
+            cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))], lengths, 32)
+            for r in range(len(order))
+            for cuts in itertools.combinations(range(1, len(order)), r)
+        )
         assert cost(groups, lengths, 32) == best
     assert length_groups([5, 5, 5]) == [[0, 1, 2]]

@@ -17,15 +17,26 @@ def synthetic_run(tmp_path):
     """Three prompts, probed at steps 0, 2, 4; 'sft' for steps 1-2 and 'dpo' for 3-4.
     chosen rises by 1 nat per step on every prompt; rejected falls on two prompts out of three."""
     (tmp_path / "config.yaml").write_text("name: synthetic\n")
-    metrics = [{"step": s, "stage": "sft" if s <= 2 else "dpo", "loss": 1.0 / s, "grad_norm": 1.0,
-                "logps/chosen": -10.0 + s} for s in range(1, 5)]
+    metrics = [
+        {"step": s, "stage": "sft" if s <= 2 else "dpo", "loss": 1.0 / s, "grad_norm": 1.0, "logps/chosen": -10.0 + s}
+        for s in range(1, 5)
+    ]
     probes = []
     for step in (0, 2, 4):
         for e in range(3):
             for t in TYPES:
                 value = {"chosen": -50 + step, "rejected": -40 - step * (e < 2) + step * (e == 2)}.get(t, -60 - step)
-                probes.append({"step": step, "stage": "sft" if step <= 2 else "dpo", "example_id": str(e), "type": t,
-                               "logp_sum": value, "a_norm": 100 + step, "n_tokens": 5})
+                probes.append(
+                    {
+                        "step": step,
+                        "stage": "sft" if step <= 2 else "dpo",
+                        "example_id": str(e),
+                        "type": t,
+                        "logp_sum": value,
+                        "a_norm": 100 + step,
+                        "n_tokens": 5,
+                    }
+                )
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     (tmp_path / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes) + '{"step": 6, "cut')
     return tmp_path

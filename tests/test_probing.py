@@ -31,10 +31,14 @@ def assert_same(a, b, tol):
 @pytest.mark.parametrize("share_prompt", [False, True])
 def test_batched_probing_equals_one_at_a_time(tiny64, tokenizer, share_prompt):
     items = probe_items(ROWS)
-    batched = probe(tiny64, items, tokenizer.pad_token_id, batch_tokens=10_000, share_prompt=share_prompt,
-                    progress=False)
-    single = [r for it in items for r in probe(tiny64, [it], tokenizer.pad_token_id, batch_tokens=1,
-                                               share_prompt=False, progress=False)]
+    batched = probe(
+        tiny64, items, tokenizer.pad_token_id, batch_tokens=10_000, share_prompt=share_prompt, progress=False
+    )
+    single = [
+        r
+        for it in items
+        for r in probe(tiny64, [it], tokenizer.pad_token_id, batch_tokens=1, share_prompt=False, progress=False)
+    ]
     assert_same(batched, single, 1e-10)
 
 

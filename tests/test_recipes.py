@@ -11,8 +11,15 @@ from ldyn.runs import RunDir
 def test_recipe_runs_on_a_tiny_model(name, tmp_path, probe_file):
     paths = [f"data.train={probe_file}", f"probe.path={probe_file}"]
     stages = [s.name for s in load_config(name, paths).stages]
-    overrides = [*paths, "model.name=tiny", f"output_dir={tmp_path / 'run'}", "data.n_train=4", "probe.n=2",
-                 "probe.every=1", "checkpoint_every=0"]
+    overrides = [
+        *paths,
+        "model.name=tiny",
+        f"output_dir={tmp_path / 'run'}",
+        "data.n_train=4",
+        "probe.n=2",
+        "probe.every=1",
+        "checkpoint_every=0",
+    ]
     for stage in stages:
         overrides += [f"stages.{stage}.steps=1", f"stages.{stage}.batch_size=2"]
     assert cli.main(["run", name, *overrides]) == 0

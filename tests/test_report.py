@@ -48,8 +48,9 @@ def test_report_renders_in_headless_chromium(suite_folder, tmp_path):
     browser = next(shutil.which(b) for b in BROWSERS if shutil.which(b))
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files"]
     dom = subprocess.run([*flags, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    assert "<table id=\"claims\">" in dom and dom.count("class=\"holds\"") >= 5  # parsed and laid out as a table
+    assert '<table id="claims">' in dom and dom.count('class="holds"') >= 5  # parsed and laid out as a table
     shot = tmp_path / "shot.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,2000", out.as_uri()], capture_output=True,
-                   timeout=120)
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1280,2000", out.as_uri()], capture_output=True, timeout=120
+    )
     assert shot.stat().st_size > 50_000  # a rendered page with figures, not a blank one

@@ -44,8 +44,15 @@ def test_rejected_are_replaced_by_samples_of_the_given_model(tiny, tokenizer, tm
     other = frozen_copy(tiny)
     calls = []
     for source in ("policy", "reference"):
-        sampler = ResponseSampler(SampleConfig(responses="rejected", source=source, max_new_tokens=5), tiny, other,
-                                  tokenizer.pad_token_id, tokenizer.eos_token_id, RunDir(tmp_path), tokenizer)
+        sampler = ResponseSampler(
+            SampleConfig(responses="rejected", source=source, max_new_tokens=5),
+            tiny,
+            other,
+            tokenizer.pad_token_id,
+            tokenizer.eos_token_id,
+            RunDir(tmp_path),
+            tokenizer,
+        )
         calls.append(sampler.model)
         out = sampler(_examples(), step=7)
         assert [e.chosen for e in out] == [[40, 41, 2]] * 3  # y⁺ stays the data's
@@ -56,8 +63,14 @@ def test_rejected_are_replaced_by_samples_of_the_given_model(tiny, tokenizer, tm
 
 
 def test_both_sampled_are_ordered_by_the_reward(tiny, tokenizer):
-    sampler = ResponseSampler(SampleConfig(responses="both", max_new_tokens=5), tiny, None, tokenizer.pad_token_id,
-                              tokenizer.eos_token_id, None)
+    sampler = ResponseSampler(
+        SampleConfig(responses="both", max_new_tokens=5),
+        tiny,
+        None,
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        None,
+    )
     for e in sampler(_examples(), step=1):
         source = next(x for x in _examples() if x.id == e.id.split("@")[0])
         assert overlap_reward(e.chosen, source) >= overlap_reward(e.rejected, source)
@@ -65,9 +78,18 @@ def test_both_sampled_are_ordered_by_the_reward(tiny, tokenizer):
 
 def test_on_policy_run_trains_on_samples_and_logs_them(tmp_path, probe_file):
     out = tmp_path / "run"
-    args = ["run", "paper_dpo_onpolicy", f"data.train={probe_file}", f"probe.path={probe_file}", "model.name=tiny",
-            "data.n_train=0", "probe.n=2", "stages.dpo.steps=2", "stages.dpo.sample.max_new_tokens=6",
-            f"output_dir={out}"]
+    args = [
+        "run",
+        "paper_dpo_onpolicy",
+        f"data.train={probe_file}",
+        f"probe.path={probe_file}",
+        "model.name=tiny",
+        "data.n_train=0",
+        "probe.n=2",
+        "stages.dpo.steps=2",
+        "stages.dpo.sample.max_new_tokens=6",
+        f"output_dir={out}",
+    ]
     assert cli.main(args) == 0
     run = RunDir(out)
     samples, metrics = run.read("samples.jsonl"), run.read("metrics.jsonl")
@@ -75,16 +97,27 @@ def test_on_policy_run_trains_on_samples_and_logs_them(tmp_path, probe_file):
     assert all(e.endswith(f"@{m['step']}") for m in metrics for e in m["examples"])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("stages.dpo.loss.name=sft", "sampled responses feed a preference loss"),
-    ("stages.dpo.loss.name=slic", "'slic' has no reference model to sample from"),
-    ("stages.dpo.sample.rank=bleu", "unknown reward 'bleu'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stages.dpo.loss.name=sft", "sampled responses feed a preference loss"),
+        ("stages.dpo.loss.name=slic", "'slic' has no reference model to sample from"),
+        ("stages.dpo.sample.rank=bleu", "unknown reward 'bleu'"),
+    ],
+)
 def test_sampling_config_errors_fail_before_loading(override, message, tmp_path, probe_file, capsys):
     extra = ["stages.dpo.sample.source=reference"] if "slic" in override else []
     extra += ["stages.dpo.sample.responses=both"] if "rank" in override else []
-    args = ["run", "paper_dpo_onpolicy", f"data.train={probe_file}", f"probe.path={probe_file}", "model.name=tiny",
-            override, *extra, f"output_dir={tmp_path / 'x'}"]
+    args = [
+        "run",
+        "paper_dpo_onpolicy",
+        f"data.train={probe_file}",
+        f"probe.path={probe_file}",
+        "model.name=tiny",
+        override,
+        *extra,
+        f"output_dir={tmp_path / 'x'}",
+    ]
     assert cli.main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
@@ -100,10 +133,20 @@ def test_both_sampled_can_be_ranked_by_a_judge(tiny, tokenizer):
             return "A" if len(a) >= len(b) else "B"
 
     judge = PrefersLonger()
-    sampler = ResponseSampler(SampleConfig(responses="both", rank="judge", max_new_tokens=8), tiny, None,
-                              tokenizer.pad_token_id, tokenizer.eos_token_id, None, tokenizer, judge)
+    sampler = ResponseSampler(
+        SampleConfig(responses="both", rank="judge", max_new_tokens=8),
+        tiny,
+        None,
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        None,
+        tokenizer,
+        judge,
+    )
     out = sampler(_examples(), step=1)
     decode = tokenizer.decode
-    assert all(len(decode(e.chosen, skip_special_tokens=True)) >= len(decode(e.rejected, skip_special_tokens=True))
-               for e in out)
+    assert all(
+        len(decode(e.chosen, skip_special_tokens=True)) >= len(decode(e.rejected, skip_special_tokens=True))
+        for e in out
+    )
     assert len(judge.seen) == 3

@@ -32,8 +32,10 @@ def test_shared_prompt_probing_matches_plain_on_smollm2(smollm2):
     rows = tokenize_rows(tokenizer, [(e.id, e.prompt, e.responses) for e in examples], 256, 128)
     items = probe_items(rows)
     fast = {(r["example_id"], r["type"]): r for r in probe(model, items, tokenizer.pad_token_id, progress=False)}
-    plain = {(r["example_id"], r["type"]): r
-             for r in probe(model, items, tokenizer.pad_token_id, share_prompt=False, progress=False)}
+    plain = {
+        (r["example_id"], r["type"]): r
+        for r in probe(model, items, tokenizer.pad_token_id, share_prompt=False, progress=False)
+    }
     assert fast.keys() == plain.keys()
     for key in fast:
         assert abs(fast[key]["logp_mean"] - plain[key]["logp_mean"]) <= 1e-4, key  # fp32, per token
@@ -42,8 +44,18 @@ def test_shared_prompt_probing_matches_plain_on_smollm2(smollm2):
 
 def test_a_few_real_steps_of_sft_then_dpo(tmp_path):
     out = tmp_path / "run"
-    code = cli.main(["run", "smollm2_sft_dpo", f"output_dir={out}", "stages.sft.steps=2", "stages.dpo.steps=2",
-                     "probe.n=2", "probe.every=2", "data.n_train=8"])
+    code = cli.main(
+        [
+            "run",
+            "smollm2_sft_dpo",
+            f"output_dir={out}",
+            "stages.sft.steps=2",
+            "stages.dpo.steps=2",
+            "probe.n=2",
+            "probe.every=2",
+            "data.n_train=8",
+        ]
+    )
     assert code == 0
     run = RunDir(out)
     metrics = run.read("metrics.jsonl")

@@ -40,8 +40,9 @@ def test_gpu_suite_builds_with_the_paper_settings_offline(probe_file, tmp_path):
 
 
 def test_star_sets_every_stage(probe_file):
-    cfg = load_config("paper_sft_dpo", [f"data.train={probe_file}", f"probe.path={probe_file}",
-                                        "stages.*.batch_size=3"])
+    cfg = load_config(
+        "paper_sft_dpo", [f"data.train={probe_file}", f"probe.path={probe_file}", "stages.*.batch_size=3"]
+    )
     assert [s.batch_size for s in cfg.stages] == [3, 3]
 
 
@@ -57,8 +58,7 @@ def test_a_typo_in_any_run_fails_before_the_first_starts(tmp_path, probe_file, c
     path = tmp_path / "mini.yaml"
     path.write_text(SUITE.replace("stages.sft.steps=1", "stages.sft.stesp=1"))
     out = tmp_path / "out"
-    assert cli.main(["run", str(path), f"data.train={probe_file}", f"probe.path={probe_file}", "--out",
-                     str(out)]) == 2
+    assert cli.main(["run", str(path), f"data.train={probe_file}", f"probe.path={probe_file}", "--out", str(out)]) == 2
     assert "stages.sft.stesp" in capsys.readouterr().err and not out.exists()
     path.write_text(SUITE.replace("runs:", "runz:"))
     with pytest.raises(LdynError, match="unknown suite key 'runz'"):
@@ -83,8 +83,16 @@ def test_rerunning_a_suite_keeps_finished_runs_and_resumes_the_rest(tmp_path, pr
 
 def test_train_on_the_probe_set(tmp_path, probe_file):
     out = tmp_path / "app"
-    args = ["run", "paper_appendix", "data.train=probe", f"probe.path={probe_file}", "model.name=tiny",
-            "stages.train.target=irr_hum", "decompose.n=2", f"output_dir={out}"]
+    args = [
+        "run",
+        "paper_appendix",
+        "data.train=probe",
+        f"probe.path={probe_file}",
+        "model.name=tiny",
+        "stages.train.target=irr_hum",
+        "decompose.n=2",
+        f"output_dir={out}",
+    ]
     assert cli.main(args) == 0
     run = RunDir(out)
     assert json.loads((out / "data.json").read_text())["train_pairs"] == 4  # the probe file's 4 rows

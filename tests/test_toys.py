@@ -58,8 +58,12 @@ def test_checker_catches_wrong_statements():
         keep = np.arange(len(u.before)) != u.minus
         return bool(np.array_equal(squeeze.log_change(u)[keep] > 0, u.before[keep] > 1 / len(u.before)))
 
-    results = {r.statement: r for r in squeeze.check({"all_rise": everyone_else_rises,
-                                                      "uniform_threshold": rises_above_uniform}, n=200, seed=1)}
+    results = {
+        r.statement: r
+        for r in squeeze.check(
+            {"all_rise": everyone_else_rises, "uniform_threshold": rises_above_uniform}, n=200, seed=1
+        )
+    }
     assert results["all_rise"].violations > 20 and not results["all_rise"].holds
     assert results["uniform_threshold"].violations > 20
 
@@ -116,8 +120,10 @@ def test_first_order_error_shrinks_with_the_learning_rate():
     """On the smooth (tanh) LeNet the relative residual halves with η; a ReLU MLP does too once η is small
     enough that no unit crosses its kink within the step."""
     for model, rates in (("cnn", (0.08, 0.04)), ("mlp", (0.02, 0.01))):
-        errors = [digits.run(digits.DigitsConfig(**SMALL | {"n_train": 32}, model=model, lr=lr, float64=True))
-                  .agreement[0, 1] for lr in rates]
+        errors = [
+            digits.run(digits.DigitsConfig(**SMALL | {"n_train": 32}, model=model, lr=lr, float64=True)).agreement[0, 1]
+            for lr in rates
+        ]
         assert errors[1] == pytest.approx(errors[0] / 2, rel=0.05), model
 
 
@@ -142,8 +148,16 @@ def test_mnist_from_local_idx_files_with_lenet(tmp_path):
     rng = np.random.default_rng(0)
     _write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (80, 28, 28)))
     _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(80) % 10)  # 8 per class
-    cfg = digits.DigitsConfig(data="mnist", mnist_path=str(tmp_path), model="cnn", n_train=30, observed_per_class=1,
-                              epochs=1, batch_size=15, record_every=1)
+    cfg = digits.DigitsConfig(
+        data="mnist",
+        mnist_path=str(tmp_path),
+        model="cnn",
+        n_train=30,
+        observed_per_class=1,
+        epochs=1,
+        batch_size=15,
+        record_every=1,
+    )
     result = digits.run(cfg)
     assert result.average_prediction.shape == (10, 10) and len(result.steps) == 2
 
@@ -153,16 +167,36 @@ def test_toy_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "C: negative gradient on a peak label" in out and "runner_up_rises: holds" in out
     assert (tmp_path / "sq" / "squeeze.png").exists()
-    assert main(["toy", "digits", "--out", str(tmp_path / "dg"), "--n-train", "100", "--epochs", "1",
-                 "--observed-per-class", "2", "--record-every", "2"]) == 0
+    assert (
+        main(
+            [
+                "toy",
+                "digits",
+                "--out",
+                str(tmp_path / "dg"),
+                "--n-train",
+                "100",
+                "--epochs",
+                "1",
+                "--observed-per-class",
+                "2",
+                "--record-every",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "most coupled pairs by coupling" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "lenet"], "unknown model 'lenet'"),
-    (["--data", "mnist", "--mnist-path", "/nonexistent/mnist"], "/nonexistent/mnist: not a folder"),
-    (["--n-train", "5000"], "n_train=5000 leaves no held-out images"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "lenet"], "unknown model 'lenet'"),
+        (["--data", "mnist", "--mnist-path", "/nonexistent/mnist"], "/nonexistent/mnist: not a folder"),
+        (["--n-train", "5000"], "n_train=5000 leaves no held-out images"),
+    ],
+)
 def test_toy_digits_bad_input(args, message, capsys):
     assert main(["toy", "digits", *args]) == 2
     err = capsys.readouterr().err

@@ -17,10 +17,17 @@ EXAMPLES = [TrainExample(str(i), [1 + i, 2, 3], [4, 5 + i, 6], [7, 8 + i]) for i
 
 def make_trainer(model, loss="dpo", optim="adamw", lr=1e-2, callbacks=(), grad_accum=1, **loss_kw):
     spec = get_loss(loss)
-    return Trainer(model, spec, LossConfig(name=loss, **loss_kw), OptimConfig(name=optim, lr=lr),
-                   accelerator=Accelerator(cpu=True), pad_id=0,
-                   ref_model=frozen_copy(model) if spec.needs_reference else None,
-                   callbacks=callbacks, grad_accum=grad_accum)
+    return Trainer(
+        model,
+        spec,
+        LossConfig(name=loss, **loss_kw),
+        OptimConfig(name=optim, lr=lr),
+        accelerator=Accelerator(cpu=True),
+        pad_id=0,
+        ref_model=frozen_copy(model) if spec.needs_reference else None,
+        callbacks=callbacks,
+        grad_accum=grad_accum,
+    )
 
 
 @pytest.mark.parametrize("loss", ["sft", "dpo"])
@@ -80,8 +87,9 @@ def test_pairs_sharing_their_prompt_train_exactly_as_the_plain_path(tokenizer, l
     model, _ = prepare(tiny_model(tokenizer, dtype=torch.float64, attn_implementation="sdpa", seed=5), tokenizer)
     trainer = make_trainer(model, loss)
     monkeypatch.setattr(logprobs, "GROUP_OVERHEAD", 0)  # responses of different lengths run in separate groups
-    examples = [TrainExample(str(i), [1 + i] * (2 + i), [4, 5 + i, 6] * (1 + 2 * i), [7, 8 + i] * (3 - i))
-                for i in range(3)]
+    examples = [
+        TrainExample(str(i), [1 + i] * (2 + i), [4, 5 + i, 6] * (1 + 2 * i), [7, 8 + i] * (3 - i)) for i in range(3)
+    ]
     assert len(logprobs.length_groups([len(e.chosen) for e in examples] + [len(e.rejected) for e in examples])) > 2
     grads = []
     for shared in (True, False):
@@ -125,8 +133,16 @@ def test_bf16_mixed_precision_trains_while_probes_stay_fp32(tokenizer):
     from ldyn.probing import probe, probe_items
 
     model, _ = prepare(tiny_model(tokenizer), tokenizer)
-    trainer = Trainer(model, get_loss("dpo"), LossConfig(), OptimConfig(lr=1e-3), accelerator=Accelerator(cpu=True),
-                      pad_id=0, ref_model=frozen_copy(model), mixed_precision="bf16")
+    trainer = Trainer(
+        model,
+        get_loss("dpo"),
+        LossConfig(),
+        OptimConfig(lr=1e-3),
+        accelerator=Accelerator(cpu=True),
+        pad_id=0,
+        ref_model=frozen_copy(model),
+        mixed_precision="bf16",
+    )
     assert torch.isfinite(torch.tensor(trainer.fit(batches(EXAMPLES, 4, seed=0), steps=2).metrics["loss"]))
     items = probe_items([TokenizedRow("a", [1, 2, 3], {"chosen": [4, 5, 6], "rejected": [7]}, False)])
     plain = probe(model, items, 0, progress=False)

@@ -11,16 +11,19 @@ from ldyn import cli
 from ldyn.winrate import EndpointJudge, compare, parse_verdict, wilson
 
 
-@pytest.mark.parametrize("answer, verdict", [
-    ("Comparison: A is kinder.\nMore helpful: A", "A"),
-    ('Comparison: B lists steps.\nMore helpful: "B"', "B"),
-    ("Comparison: same.\nMore helpful: B.", "B"),
-    ("More helpful: Response A", "A"),
-    ("Comparison: equally good.\nMore helpful: tie", "tie"),
-    ("I cannot decide", None),
-    ("More helpful: C", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "answer, verdict",
+    [
+        ("Comparison: A is kinder.\nMore helpful: A", "A"),
+        ('Comparison: B lists steps.\nMore helpful: "B"', "B"),
+        ("Comparison: same.\nMore helpful: B.", "B"),
+        ("More helpful: Response A", "A"),
+        ("Comparison: equally good.\nMore helpful: tie", "tie"),
+        ("I cannot decide", None),
+        ("More helpful: C", None),
+        ("", None),
+    ],
+)
 def test_parse_verdict_reads_the_text_after_the_last_colon(answer, verdict):
     assert parse_verdict(answer) == verdict
 
@@ -107,8 +110,11 @@ class FakeEndpoint(BaseHTTPRequestHandler):
             self.send_response(500)
             self.end_headers()
             return
-        payload = b"{not json" if action == "garbage" else json.dumps(
-            {"choices": [{"message": {"role": "assistant", "content": action}}]}).encode()
+        payload = (
+            b"{not json"
+            if action == "garbage"
+            else json.dumps({"choices": [{"message": {"role": "assistant", "content": action}}]}).encode()
+        )
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -134,8 +140,12 @@ def test_endpoint_judge_retries_timeouts_errors_and_malformed_answers(endpoint):
     FakeEndpoint.behaviour = ["sleep", "500", "garbage", "Comparison: hmm, unsure", "Comparison: x\nMore helpful: B"]
     assert judge.prefer("q", "a", "b") == "B"
     assert len(FakeEndpoint.requests) == 5
-    assert [f.split(":")[0] for f in judge.failures] == ["TimeoutError", "HTTPError", "JSONDecodeError",
-                                                         "unparseable answer"]
+    assert [f.split(":")[0] for f in judge.failures] == [
+        "TimeoutError",
+        "HTTPError",
+        "JSONDecodeError",
+        "unparseable answer",
+    ]
     path, auth, body = FakeEndpoint.requests[-1]
     assert path == "/v1/chat/completions" and auth == "Bearer sk-test" and body["model"] == "judge-model"
     assert body["messages"][0]["content"] == "You are a helpful assistant."
@@ -150,12 +160,26 @@ def test_endpoint_judge_gives_up_after_its_retries_and_counts_invalid(endpoint, 
     assert (result.wins_a, result.wins_b, result.ties, result.inconsistent) == (0, 0, 2, 2)
 
 
-def test_winrate_command_with_endpoint_judge_resumes_without_asking_again(endpoint, tmp_path, monkeypatch,
-                                                                          probe_file, capsys):
+def test_winrate_command_with_endpoint_judge_resumes_without_asking_again(
+    endpoint, tmp_path, monkeypatch, probe_file, capsys
+):
     monkeypatch.setenv("LDYN_JUDGE_URL", endpoint)
     monkeypatch.setenv("LDYN_JUDGE_KEY", "k")
-    args = ["winrate", "tiny", "tiny", "--prompts", str(probe_file), "--n", "3", "--judge", "endpoint",
-            "--max-new-tokens", "4", "--out", str(tmp_path / "w")]
+    args = [
+        "winrate",
+        "tiny",
+        "tiny",
+        "--prompts",
+        str(probe_file),
+        "--n",
+        "3",
+        "--judge",
+        "endpoint",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(tmp_path / "w"),
+    ]
     assert cli.main(args) == 0
     first = len(FakeEndpoint.requests)
     assert first == 3  # the same checkpoint twice: identical responses, so both orders are one question
@@ -180,6 +204,7 @@ def test_local_judge_answers_a_letter_and_is_deterministic(tokenizer):
     model, _ = prepare(tiny_model(tokenizer, torch.float32, "sdpa", seed=0), tokenizer)
     judge = LocalJudge(model, tokenizer, "tiny")
     first = judge.prefer("\n\nHuman: hi\n\nAssistant:", " hello there", " go away")
-    assert first in ("A", "B", "tie") and judge.prefer("\n\nHuman: hi\n\nAssistant:", " hello there",
-                                                       " go away") == first
+    assert (
+        first in ("A", "B", "tie") and judge.prefer("\n\nHuman: hi\n\nAssistant:", " hello there", " go away") == first
+    )
     assert judge.id == "local:tiny"

@@ -35,8 +35,9 @@ def parameters(model) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def loss_logit_gradient(model, spec: LossSpec, cfg: LossConfig, batches: list[Batch], n: int,
-                        reference: PairLogps | None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def loss_logit_gradient(
+    model, spec: LossSpec, cfg: LossConfig, batches: list[Batch], n: int, reference: PairLogps | None
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """G = ∇_z L for the mean loss of an update, by autograd through the registered loss.
 
     `batches` hold the update's rows in `collate_pairs` order, in one batch or split into several (their rows
@@ -58,8 +59,9 @@ class UpdateDirections:
     g_norm_sq: float  # ‖G‖_F² over every update position (the LBK normaliser)
 
 
-def update_directions(model, spec: LossSpec, cfg: LossConfig, examples, pad_id: int,
-                      reference: PairLogps | None) -> UpdateDirections:
+def update_directions(
+    model, spec: LossSpec, cfg: LossConfig, examples, pad_id: int, reference: PairLogps | None
+) -> UpdateDirections:
     """∇_θ L = g⁺ + g⁻, each part from one backward pass of its rows' G through the model.
 
     The y⁺ rows and the y⁻ rows run as two forward passes, so each backward traverses its own rows only: half
@@ -71,8 +73,9 @@ def update_directions(model, spec: LossSpec, cfg: LossConfig, examples, pad_id: 
     if spec.needs_rejected:
         sides.append([(e.prompt, e.rejected) for e in examples])
     with torch.enable_grad():
-        outs = loss_logit_gradient(model, spec, cfg, [collate(s, pad_id).to(device) for s in sides],
-                                   len(examples), reference)
+        outs = loss_logit_gradient(
+            model, spec, cfg, [collate(s, pad_id).to(device) for s in sides], len(examples), reference
+        )
         parts = []
         for logits, _, grad in outs:
             vjp = torch.autograd.grad(logits, params, grad_outputs=grad, retain_graph=True, allow_unused=True)
@@ -81,8 +84,9 @@ def update_directions(model, spec: LossSpec, cfg: LossConfig, examples, pad_id: 
     return UpdateDirections(parts[0], parts[1] if len(parts) > 1 else None, g_norm_sq)
 
 
-def logit_jvp(model, theta: dict, tangent: dict, rows: Batch | SharedRows,
-              pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def logit_jvp(
+    model, theta: dict, tangent: dict, rows: Batch | SharedRows, pad_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits, labels, Δz): the observed rows' logits at θ and their first-order change J_o·tangent.
 
     Forward-mode AD through the model, for a plain batch or for shared-prompt rows (each prompt run once, its
@@ -90,8 +94,9 @@ def logit_jvp(model, theta: dict, tangent: dict, rows: Batch | SharedRows,
     kernels have no forward-mode derivative (eager attention works as well).
     """
     with sdpa_kernel(SDPBackend.MATH):
-        logits, dlogits, labels = torch.func.jvp(lambda p: rows_logits(model, rows, pad_id, p), (theta,),
-                                                 (tangent,), has_aux=True)
+        logits, dlogits, labels = torch.func.jvp(
+            lambda p: rows_logits(model, rows, pad_id, p), (theta,), (tangent,), has_aux=True
+        )
     return logits, labels, dlogits
 
 
@@ -108,14 +113,15 @@ def delta_log_prob(logits: torch.Tensor, labels: torch.Tensor, dlogits: torch.Te
     dtype = torch.promote_types(z.dtype, torch.float32)
     out = torch.zeros(labels.shape[0], dtype=dtype, device=labels.device)
     for lo in range(0, z.shape[0], STAT_CHUNK):
-        change = log_prob_change(z[lo:lo + STAT_CHUNK].to(dtype), dz[lo:lo + STAT_CHUNK].to(dtype))
-        per_token = change.gather(-1, y[lo:lo + STAT_CHUNK, None]).squeeze(-1)
-        out.index_add_(0, seq[lo:lo + STAT_CHUNK], per_token)
+        change = log_prob_change(z[lo : lo + STAT_CHUNK].to(dtype), dz[lo : lo + STAT_CHUNK].to(dtype))
+        per_token = change.gather(-1, y[lo : lo + STAT_CHUNK, None]).squeeze(-1)
+        out.index_add_(0, seq[lo : lo + STAT_CHUNK], per_token)
     return out
 
 
-def change_statistics(logits: torch.Tensor, labels: torch.Tensor, after: torch.Tensor | None = None,
-                      dlogits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def change_statistics(
+    logits: torch.Tensor, labels: torch.Tensor, after: torch.Tensor | None = None, dlogits: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Per-sequence sums, over response positions, of how the whole next-token distribution moves.
 
     Give `after` (logits after the real step: the observed change) or `dlogits` (first order: Δπ_v = π_v·Δlogπ_v).
@@ -130,36 +136,40 @@ def change_statistics(logits: torch.Tensor, labels: torch.Tensor, after: torch.T
     seq = mask.nonzero()[:, 0]
     z = logits[mask]
     dtype = torch.promote_types(z.dtype, torch.float32)
-    names = ("mass_argmax", "mass_topk", "mass_tail", "a_norm_sq") + (("dlogp_sq", "dlogp_sum") if after is not None
-                                                                       else ())
+    names = ("mass_argmax", "mass_topk", "mass_tail", "a_norm_sq") + (
+        ("dlogp_sq", "dlogp_sum") if after is not None else ()
+    )
     out = {k: torch.zeros(labels.shape[0], dtype=dtype, device=labels.device) for k in names}
     other = after[mask] if after is not None else dlogits[mask]
     vocab = z.shape[-1]
     for lo in range(0, z.shape[0], STAT_CHUNK):
-        logp = z[lo:lo + STAT_CHUNK].to(dtype).log_softmax(-1)
+        logp = z[lo : lo + STAT_CHUNK].to(dtype).log_softmax(-1)
         p = logp.exp()
         if after is not None:
-            dlogp = other[lo:lo + STAT_CHUNK].to(dtype).log_softmax(-1) - logp
+            dlogp = other[lo : lo + STAT_CHUNK].to(dtype).log_softmax(-1) - logp
             dp = dlogp.exp() * p - p  # π' − π, exact
         else:
-            d = other[lo:lo + STAT_CHUNK].to(dtype)
+            d = other[lo : lo + STAT_CHUNK].to(dtype)
             dp = p * log_prob_change(logp, d)  # first order: Δπ_v = π_v Δ log π_v
         top = p.topk(TOP_K, dim=-1).indices
-        stats = {"mass_argmax": dp.gather(-1, top[:, :1]).squeeze(-1),
-                 "mass_topk": dp.gather(-1, top[:, 1:]).sum(-1),
-                 "a_norm_sq": vocab - 2 + vocab * (p * p).sum(-1)}
+        stats = {
+            "mass_argmax": dp.gather(-1, top[:, :1]).squeeze(-1),
+            "mass_topk": dp.gather(-1, top[:, 1:]).sum(-1),
+            "a_norm_sq": vocab - 2 + vocab * (p * p).sum(-1),
+        }
         stats["mass_tail"] = dp.sum(-1) - stats["mass_argmax"] - stats["mass_topk"]
         if after is not None:
             stats |= {"dlogp_sq": (dlogp * dlogp).sum(-1), "dlogp_sum": dlogp.sum(-1)}
         for k, v in stats.items():
-            out[k].index_add_(0, seq[lo:lo + STAT_CHUNK], v)
+            out[k].index_add_(0, seq[lo : lo + STAT_CHUNK], v)
     out["n_tokens"] = mask.sum(1)
     return out
 
 
 @torch.no_grad()
-def decompose(model, theta: dict, theta_after: dict, tangents: dict[str, dict], rows: Batch | SharedRows,
-              pad_id: int = 0) -> dict:
+def decompose(
+    model, theta: dict, theta_after: dict, tangents: dict[str, dict], rows: Batch | SharedRows, pad_id: int = 0
+) -> dict:
     """Predicted against observed, per sequence of an observed batch, for one update θ → θ_after.
 
     tangents: name -> parameter step; each gives "predicted/<name>" = first-order Δ log π(y|x_o) (none: only the

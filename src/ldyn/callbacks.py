@@ -37,8 +37,15 @@ class MetricsLogger:
 class ProbeCallback:
     """Probe at step 0, every `every` updates and at the end of each stage; rows go to probes.jsonl."""
 
-    def __init__(self, run: RunDir, items: list[ProbeItem], pad_id: int, every: int, batch_tokens: int,
-                 done: set[int] = frozenset()):
+    def __init__(
+        self,
+        run: RunDir,
+        items: list[ProbeItem],
+        pad_id: int,
+        every: int,
+        batch_tokens: int,
+        done: set[int] = frozenset(),
+    ):
         self.run, self.items, self.pad_id = run, items, pad_id
         self.every, self.batch_tokens, self.done = every, batch_tokens, set(done)
 
@@ -71,8 +78,9 @@ class DecompositionCallback:
     precision (no autocast) on the main process.
     """
 
-    def __init__(self, run: RunDir, items: list[ProbeItem], pad_id: int, every: int, batch_tokens: int,
-                 predict: bool = True):
+    def __init__(
+        self, run: RunDir, items: list[ProbeItem], pad_id: int, every: int, batch_tokens: int, predict: bool = True
+    ):
         self.run, self.items, self.pad_id, self.every, self.batch_tokens = run, items, pad_id, every, batch_tokens
         self.predict, self.pending = predict, None
 
@@ -98,8 +106,10 @@ class DecompositionCallback:
         after = parameters(model)
         tangents = {}
         if self.predict:
-            tangents = {"step": {k: after[k] - theta[k] for k in theta},
-                        "sgd_positive": {k: -lr * g for k, g in directions.positive.items()}}
+            tangents = {
+                "step": {k: after[k] - theta[k] for k in theta},
+                "sgd_positive": {k: -lr * g for k, g in directions.positive.items()},
+            }
             if directions.negative is not None:
                 tangents["sgd_negative"] = {k: -lr * g for k, g in directions.negative.items()}
         rows, device = [], next(model.parameters()).device
@@ -109,17 +119,33 @@ class DecompositionCallback:
             observed = SharedRows.of(pairs) if shared else collate([p[1:] for p in pairs], self.pad_id).to(device)
             out = {k: v.tolist() for k, v in decompose(model, theta, after, tangents, observed, self.pad_id).items()}
             for i, item in enumerate(group):
-                row = {"step": state.step, "stage": state.stage, "example_id": item.example_id, "type": item.type,
-                       "lr": lr, "g_norm_sq": directions.g_norm_sq}
-                row |= {k.replace("predicted/step", "predicted").replace("predicted/sgd_", "sgd_"): v[i]
-                        for k, v in out.items()}
+                row = {
+                    "step": state.step,
+                    "stage": state.stage,
+                    "example_id": item.example_id,
+                    "type": item.type,
+                    "lr": lr,
+                    "g_norm_sq": directions.g_norm_sq,
+                }
+                row |= {
+                    k.replace("predicted/step", "predicted").replace("predicted/sgd_", "sgd_"): v[i]
+                    for k, v in out.items()
+                }
                 row["observed/lbk"] = row["observed/dlogp_sq"] / (row["observed/a_norm_sq"] * directions.g_norm_sq)
                 rows.append(row)
         self.run.append(DECOMPOSITION, rows)
         seconds += time.perf_counter() - started
-        self.run.append(DECOMPOSITION_TIMES, [{"step": state.step, "seconds": round(seconds, 3),
-                                               "update_seconds": round(state.metrics["time/update_s"], 3),
-                                               "items": len(self.items)}])
+        self.run.append(
+            DECOMPOSITION_TIMES,
+            [
+                {
+                    "step": state.step,
+                    "seconds": round(seconds, 3),
+                    "update_seconds": round(state.metrics["time/update_s"], 3),
+                    "items": len(self.items),
+                }
+            ],
+        )
 
 
 class Checkpointer:
@@ -148,9 +174,13 @@ class Checkpointer:
             torch.save(state.optimizer.state_dict(), partial / "optimizer.pt")
         shutil.rmtree(target, ignore_errors=True)
         partial.rename(target)
-        resume = {"step": state.step, "model": name, "optimizer": "optimizer.pt" if optimizer else None,
-                  "stage_index": state.stage_index + int(next_stage),
-                  "stage_step": 0 if next_stage else state.stage_step}
+        resume = {
+            "step": state.step,
+            "model": name,
+            "optimizer": "optimizer.pt" if optimizer else None,
+            "stage_index": state.stage_index + int(next_stage),
+            "stage_step": 0 if next_stage else state.stage_step,
+        }
         tmp = root / f".{STATE}.tmp"
         tmp.write_text(json.dumps(resume, indent=2))
         tmp.replace(root / STATE)

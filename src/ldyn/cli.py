@@ -27,14 +27,20 @@ from ldyn.errors import LdynError
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldyn", description="Learning dynamics of LLM finetuning.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="train through a recipe's stages while probing response log-probs",
-                         description="Overrides: key=value or --key=value, e.g. stages.dpo.optim.lr=2e-5")
+    run = sub.add_parser(
+        "run",
+        help="train through a recipe's stages while probing response log-probs",
+        description="Overrides: key=value or --key=value, e.g. stages.dpo.optim.lr=2e-5",
+    )
     run.add_argument("recipe", help="a shipped recipe or suite (`ldyn ls recipes`, `ldyn ls suites`) or a YAML file")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
     run.add_argument("--out", help="a suite's folder (default runs/<suite>)")
-    dec = sub.add_parser("decompose", help="take one update and decompose its effect on the probe responses",
-                         description="Predicted (first-order A·K·G) against observed Δ log π for one update of a "
-                                     "stage, on the first decompose.n probe prompts. Overrides as for `run`.")
+    dec = sub.add_parser(
+        "decompose",
+        help="take one update and decompose its effect on the probe responses",
+        description="Predicted (first-order A·K·G) against observed Δ log π for one update of a "
+        "stage, on the first decompose.n probe prompts. Overrides as for `run`.",
+    )
     dec.add_argument("recipe", help="a shipped recipe name (`ldyn ls recipes`) or a YAML file")
     dec.add_argument("--stage", help="which stage's loss and optimizer to use (default: the first)")
     dec.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
@@ -48,33 +54,50 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="an HTML page with the runs' figures and the paper's claims checked")
     report.add_argument("run_dirs", nargs="+", help="run directories, or suite folders (all their runs)")
     report.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
-    win = sub.add_parser("winrate", help="sample from two checkpoints on held-out prompts and judge them",
-                         description="A's win rate = wins_A / (wins_A + wins_B). Each pair is judged in both "
-                                     "orders and wins only if preferred both times (a split is a tie); judgements "
-                                     "are cached, so a rerun resumes.")
+    win = sub.add_parser(
+        "winrate",
+        help="sample from two checkpoints on held-out prompts and judge them",
+        description="A's win rate = wins_A / (wins_A + wins_B). Each pair is judged in both "
+        "orders and wins only if preferred both times (a split is a tie); judgements "
+        "are cached, so a rerun resumes.",
+    )
     win.add_argument("a", help="checkpoint A: a run's checkpoints/<stage> directory or any model name/path")
     win.add_argument("b", help="checkpoint B")
     win.add_argument("--prompts", required=True, help="JSONL with a `prompt` field (e.g. the HH probe file)")
     win.add_argument("--start", type=int, default=0, help="first row to use (default 0)")
     win.add_argument("--n", type=int, default=32, help="number of prompts (default 32)")
-    win.add_argument("--judge", choices=["local", "endpoint"], default="local",
-                     help="local: a causal LM (--judge-model); endpoint: OpenAI-compatible API at $LDYN_JUDGE_URL "
-                          "with $LDYN_JUDGE_KEY")
+    win.add_argument(
+        "--judge",
+        choices=["local", "endpoint"],
+        default="local",
+        help="local: a causal LM (--judge-model); endpoint: OpenAI-compatible API at $LDYN_JUDGE_URL "
+        "with $LDYN_JUDGE_KEY",
+    )
     win.add_argument("--judge-model", default="smollm2", help="local model, or the model name sent to the endpoint")
     win.add_argument("--max-new-tokens", type=int, default=64, help="length of each sampled response")
     win.add_argument("--seed", type=int, default=0, help="sampling and A/B order seed")
-    win.add_argument("--one-order", action="store_true",
-                     help="judge each pair once, in a random order per prompt (half the judge calls)")
+    win.add_argument(
+        "--one-order",
+        action="store_true",
+        help="judge each pair once, in a random order per prompt (half the judge calls)",
+    )
     win.add_argument("--out", default="runs/winrate", help="folder for responses, judgements and winrate.json")
     toy = sub.add_parser("toy", help="the paper's two small worlds: the squeezing toy and digits").add_subparsers(
-        dest="toy", required=True)
-    squeeze = toy.add_parser("squeeze", help="one update of a linear softmax head: the five notebook cases and a "
-                                             "checker of the squeezing statements on random heads")
+        dest="toy", required=True
+    )
+    squeeze = toy.add_parser(
+        "squeeze",
+        help="one update of a linear softmax head: the five notebook cases and a "
+        "checker of the squeezing statements on random heads",
+    )
     squeeze.add_argument("--out", default="runs/toy_squeeze", help="folder for squeeze.png and squeeze.json")
     squeeze.add_argument("--check", type=int, default=1000, metavar="N", help="random heads to check (default 1000)")
     squeeze.add_argument("--seed", type=int, default=0, help="seed of the random heads")
-    digits = toy.add_parser("digits", help="train a small classifier and record how each update moves the "
-                                           "predictions on held-out images (A·K·G with K explicit)")
+    digits = toy.add_parser(
+        "digits",
+        help="train a small classifier and record how each update moves the "
+        "predictions on held-out images (A·K·G with K explicit)",
+    )
     digits.add_argument("--out", default="runs/toy_digits", help="folder for the figures and data")
     _add_digits_options(digits)
     config = sub.add_parser("config", help="print the resolved config of a recipe with overrides")
@@ -96,8 +119,7 @@ def _add_digits_options(parser) -> None:
             parser.add_argument(flag, action="store_true", help=f.metadata["help"])
         else:
             kind = type(f.default) if f.default is not None else str
-            parser.add_argument(flag, type=kind, default=f.default,
-                                help=f"{f.metadata['help']} (default {f.default})")
+            parser.add_argument(flag, type=kind, default=f.default, help=f"{f.metadata['help']} (default {f.default})")
 
 
 def _overrides(parser, extra: list[str]) -> list[str]:
@@ -118,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ldyn: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ldyn: interrupted; everything written so far is kept (continue with `ldyn resume RUN_DIR`)",
-              file=sys.stderr)
+        print(
+            "ldyn: interrupted; everything written so far is kept (continue with `ldyn resume RUN_DIR`)",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -133,8 +157,9 @@ def _dispatch(args, overrides: list[str]) -> int:
             from ldyn.losses import LOSSES
 
             for spec in LOSSES.values():
-                needs = ", ".join(n for n, on in (("reference", spec.needs_reference),
-                                                  ("rejected", spec.needs_rejected)) if on)
+                needs = ", ".join(
+                    n for n, on in (("reference", spec.needs_reference), ("rejected", spec.needs_rejected)) if on
+                )
                 print(f"{spec.name:<6} {spec.summary}" + (f"  [needs {needs}]" if needs else ""))
         return 0
     if args.command == "config":
@@ -188,13 +213,20 @@ def _winrate(args) -> int:
     from ldyn.data.jsonl import read_jsonl, text_field
     from ldyn.winrate import evaluate, make_judge
 
-    rows = list(read_jsonl(args.prompts))[args.start: args.start + args.n]
+    rows = list(read_jsonl(args.prompts))[args.start : args.start + args.n]
     prompts = [text_field(row, "prompt", args.prompts, line) for line, row in rows]
     if not prompts:
         raise LdynError(f"no prompts from row {args.start + 1}", file=args.prompts)
     judge = make_judge(JudgeConfig(kind=args.judge, model=args.judge_model), args.seed)
-    results = evaluate([(args.a, args.b)], prompts, judge, Path(args.out), max_new_tokens=args.max_new_tokens,
-                       seed=args.seed, both_orders=not args.one_order)
+    results = evaluate(
+        [(args.a, args.b)],
+        prompts,
+        judge,
+        Path(args.out),
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        both_orders=not args.one_order,
+    )
     print(Path(args.out) / "winrate.json")
     return 0 if results else 1
 
@@ -205,13 +237,18 @@ def _toy(args) -> int:
 
         summary = squeeze.run(args.out, n_check=args.check, seed=args.seed)
         for c in summary["cases"]:
-            moved = ", ".join(f"π({c[k]}) {c[k + '_before']:.3g} → {c[k + '_after']:.3g}" for k in ("minus", "plus")
-                              if k in c)
-            print(f"{c['title']}: {moved}; argmax {c['argmax']} {c['argmax_before']:.3g} → {c['argmax_after']:.3g}; "
-                  f"{c['rising']}/{c['labels']} labels rise")
+            moved = ", ".join(
+                f"π({c[k]}) {c[k + '_before']:.3g} → {c[k + '_after']:.3g}" for k in ("minus", "plus") if k in c
+            )
+            print(
+                f"{c['title']}: {moved}; argmax {c['argmax']} {c['argmax_before']:.3g} → {c['argmax_after']:.3g}; "
+                f"{c['rising']}/{c['labels']} labels rise"
+            )
         for r in summary["check"]:
-            print(f"{r['statement']}: {'holds' if r['holds'] else 'FAILS'} on {r['checked']} random heads "
-                  f"({r['violations']} violations)")
+            print(
+                f"{r['statement']}: {'holds' if r['holds'] else 'FAILS'} on {r['checked']} random heads "
+                f"({r['violations']} violations)"
+            )
         print(f"{args.out}/squeeze.png")
         return 0
     import dataclasses
@@ -220,8 +257,10 @@ def _toy(args) -> int:
 
     cfg = digits.DigitsConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(digits.DigitsConfig)})
     result = digits.run(cfg, args.out)
-    print(f"{cfg.model} on {cfg.data}: held-out accuracy {result.accuracy:.1%}, {result.seconds:.0f} s; "
-          f"predicted vs observed per update: median relative error {result.median_relative_error:.1%}")
+    print(
+        f"{cfg.model} on {cfg.data}: held-out accuracy {result.accuracy:.1%}, {result.seconds:.0f} s; "
+        f"predicted vs observed per update: median relative error {result.median_relative_error:.1%}"
+    )
     for what in ("coupling", "confusion", "influence"):
         pairs = ", ".join(f"{a}↔{b} ({v:.2f})" for (a, b), v in result.top_pairs(what))
         print(f"most coupled pairs by {what}: {pairs}")

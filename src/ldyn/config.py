@@ -246,8 +246,9 @@ def _coerce(value, tp, key: str, file: str | None, line: int | None):
         value = str(value)
         name = key.rsplit(".", 1)[-1]
         if name in CHOICES and value not in CHOICES[name]:
-            raise LdynError(f"unknown value '{value}'{did_you_mean(value, CHOICES[name])}",
-                            file=file, line=line, field=key)
+            raise LdynError(
+                f"unknown value '{value}'{did_you_mean(value, CHOICES[name])}", file=file, line=line, field=key
+            )
         return value
     raise TypeError(f"unsupported config field type {tp}")  # a bug in this module, not user input
 
@@ -294,7 +295,7 @@ def apply_override(cfg: RunConfig, item: str) -> None:
         raise LdynError(f"an override must look like key=value or --key=value, got '{item}'")
     if key.startswith("stages.*."):
         for stage in cfg.stages:
-            apply_override(cfg, f"stages.{cfg.stages.index(stage)}.{key[len('stages.*.'):]}={value}")
+            apply_override(cfg, f"stages.{cfg.stages.index(stage)}.{key[len('stages.*.') :]}={value}")
         return
     *parents, last = key.split(".")
     obj = cfg
@@ -329,8 +330,10 @@ def check(cfg: RunConfig) -> None:
     """Fail on missing required values and on config that cannot run; cheap, and before any model loads."""
     missing = missing_keys(cfg)
     if missing:
-        raise LdynError(f"missing required value{'s' if len(missing) > 1 else ''}: {', '.join(missing)} "
-                        f"(set it in the recipe or on the command line, e.g. {missing[0]}=...)")
+        raise LdynError(
+            f"missing required value{'s' if len(missing) > 1 else ''}: {', '.join(missing)} "
+            f"(set it in the recipe or on the command line, e.g. {missing[0]}=...)"
+        )
     if not cfg.stages:
         raise LdynError("no training stages: a recipe needs at least one entry under 'stages'")
     names = [s.name for s in cfg.stages]
@@ -339,8 +342,9 @@ def check(cfg: RunConfig) -> None:
     for s in cfg.stages:
         for key, value in (("steps", s.steps), ("batch_size", s.batch_size), ("grad_accum", s.grad_accum)):
             if value < (0 if key == "steps" else 1):
-                raise LdynError(f"must be {'>= 0' if key == 'steps' else '>= 1'}, got {value}",
-                                field=f"stages.{s.name}.{key}")
+                raise LdynError(
+                    f"must be {'>= 0' if key == 'steps' else '>= 1'}, got {value}", field=f"stages.{s.name}.{key}"
+                )
     if cfg.data.max_prompt_length >= cfg.data.max_length:
         raise LdynError("must be smaller than data.max_length", field="data.max_prompt_length")
 
@@ -377,9 +381,11 @@ def recipe_path(name_or_path: str) -> Path:
         return path
     shipped = resources.files("ldyn.recipes") / f"{name_or_path}.yaml"
     if not shipped.is_file():
-        raise LdynError(f"unknown recipe '{name_or_path}'"
-                        f"{did_you_mean(name_or_path, recipe_names() + suite_names())}; "
-                        "give a shipped recipe name (`ldyn ls recipes`) or a YAML path")
+        raise LdynError(
+            f"unknown recipe '{name_or_path}'"
+            f"{did_you_mean(name_or_path, recipe_names() + suite_names())}; "
+            "give a shipped recipe name (`ldyn ls recipes`) or a YAML path"
+        )
     return Path(str(shipped))
 
 

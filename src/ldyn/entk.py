@@ -31,6 +31,7 @@ def logit_jacobian(model, theta: dict, batch: Batch, vocab: torch.Tensor | None 
 
 def classifier_jacobian(model, theta: dict, inputs: torch.Tensor) -> torch.Tensor:
     """∂z/∂θ for each input of a classifier, one example at a time under vmap: (N, V, parameters)."""
+
     def logits(params, x):
         return torch.func.functional_call(model, params, (x[None],))[0]
 
@@ -49,12 +50,14 @@ def kernel_from_jacobians(j_o: torch.Tensor, j_u: torch.Tensor) -> torch.Tensor:
 
 def entk(model, theta: dict, observed: Batch, update: Batch, vocab: torch.Tensor | None = None) -> torch.Tensor:
     """K[m, l] = J_o[m] J_u[l]ᵀ, the V×V block for observed position m and update position l: (M, L, V, V)."""
-    return kernel_from_jacobians(logit_jacobian(model, theta, observed, vocab),
-                                 logit_jacobian(model, theta, update, vocab))
+    return kernel_from_jacobians(
+        logit_jacobian(model, theta, observed, vocab), logit_jacobian(model, theta, update, vocab)
+    )
 
 
-def predicted_logit_change(kernel: torch.Tensor, grad: torch.Tensor, eta: float,
-                           per_update: bool = False) -> torch.Tensor:
+def predicted_logit_change(
+    kernel: torch.Tensor, grad: torch.Tensor, eta: float, per_update: bool = False
+) -> torch.Tensor:
     """Δz_o[m] = −η Σ_l K[m, l] G[l] (first order, SGD): kernel (M, L, V, V), grad (L, V) -> (M, V).
 
     per_update=True keeps each update position's contribution apart: (M, L, V).

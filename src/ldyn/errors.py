@@ -14,8 +14,7 @@ from collections.abc import Iterable
 class LdynError(Exception):
     """A user-facing error that names where the problem is: file, line and field when known."""
 
-    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
-                 field: str | None = None):
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None, field: str | None = None):
         super().__init__(message)
         self.message, self.file, self.line, self.field = message, file, line, field
 

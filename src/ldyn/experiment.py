@@ -36,22 +36,31 @@ def check_run(cfg: RunConfig) -> None:
         spec = get_loss(stage.loss.name)
         check_optimizer(stage.optim.name)
         if stage.extend and spec.needs_rejected:
-            raise LdynError(f"extend (SFT on chosen ∪ rejected) needs an SFT-style loss, not '{spec.name}'",
-                            field=f"stages.{stage.name}.extend")
+            raise LdynError(
+                f"extend (SFT on chosen ∪ rejected) needs an SFT-style loss, not '{spec.name}'",
+                field=f"stages.{stage.name}.extend",
+            )
         if stage.target != "chosen" and spec.needs_rejected:
-            raise LdynError(f"a target field applies to SFT-style losses; '{spec.name}' trains on chosen and "
-                            "rejected", field=f"stages.{stage.name}.target")
+            raise LdynError(
+                f"a target field applies to SFT-style losses; '{spec.name}' trains on chosen and rejected",
+                field=f"stages.{stage.name}.target",
+            )
         sample = stage.sample
         if sample.responses != "none":
             if not spec.needs_rejected:
-                raise LdynError(f"sampled responses feed a preference loss, not '{spec.name}'",
-                                field=f"stages.{stage.name}.sample.responses")
+                raise LdynError(
+                    f"sampled responses feed a preference loss, not '{spec.name}'",
+                    field=f"stages.{stage.name}.sample.responses",
+                )
             if sample.source == "reference" and not spec.needs_reference:
-                raise LdynError(f"'{spec.name}' has no reference model to sample from",
-                                field=f"stages.{stage.name}.sample.source")
+                raise LdynError(
+                    f"'{spec.name}' has no reference model to sample from", field=f"stages.{stage.name}.sample.source"
+                )
             if sample.responses == "both" and sample.rank not in (*REWARDS, "judge"):
-                raise LdynError(f"unknown reward '{sample.rank}'{did_you_mean(sample.rank, [*REWARDS, 'judge'])}",
-                                field=f"stages.{stage.name}.sample.rank")
+                raise LdynError(
+                    f"unknown reward '{sample.rank}'{did_you_mean(sample.rank, [*REWARDS, 'judge'])}",
+                    field=f"stages.{stage.name}.sample.rank",
+                )
             if sample.max_new_tokens < 1 or sample.temperature <= 0:
                 raise LdynError("max_new_tokens must be >= 1 and temperature > 0", field=f"stages.{stage.name}.sample")
 
@@ -68,17 +77,32 @@ def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
     targets = tuple(dict.fromkeys(s.target for s in cfg.stages if s.target not in ("chosen", "rejected")))
     source = pcfg.path if data.train == "probe" else data.train  # train on the probe set (train_using_prob)
     pairs, skipped = load_pairs(source, data.split, data.n_train, data.skip_empty, targets, cfg.seed)
-    train = tokenize_rows(tokenizer, [(p.id, p.prompt, {"chosen": p.chosen, "rejected": p.rejected} | p.extra)
-                                      for p in pairs], data.max_length, data.max_prompt_length, data.truncation_mode)
+    train = tokenize_rows(
+        tokenizer,
+        [(p.id, p.prompt, {"chosen": p.chosen, "rejected": p.rejected} | p.extra) for p in pairs],
+        data.max_length,
+        data.max_prompt_length,
+        data.truncation_mode,
+    )
     probe_rows, types = [], []
     if pcfg.every or cfg.decompose.every:
         examples, types = load_probe_set(pcfg.path, pcfg.types, pcfg.n, cfg.seed)
-        probe_rows = tokenize_rows(tokenizer, [(e.id, e.prompt, e.responses) for e in examples],
-                                   data.max_length, data.max_prompt_length, data.truncation_mode)
-    report = {"train_pairs": len(train), "train_skipped_empty": skipped,
-              "train_truncated": sum(r.truncated for r in train), "probe_prompts": len(probe_rows),
-              "probe_types": types, "probe_empty_skipped": sum(len(types) - len(r.responses) for r in probe_rows),
-              "probe_truncated": sum(r.truncated for r in probe_rows)}
+        probe_rows = tokenize_rows(
+            tokenizer,
+            [(e.id, e.prompt, e.responses) for e in examples],
+            data.max_length,
+            data.max_prompt_length,
+            data.truncation_mode,
+        )
+    report = {
+        "train_pairs": len(train),
+        "train_skipped_empty": skipped,
+        "train_truncated": sum(r.truncated for r in train),
+        "probe_prompts": len(probe_rows),
+        "probe_types": types,
+        "probe_empty_skipped": sum(len(types) - len(r.responses) for r in probe_rows),
+        "probe_truncated": sum(r.truncated for r in probe_rows),
+    }
     return Inputs(train, probe_items(probe_rows), report)
 
 
@@ -97,8 +121,11 @@ def run(cfg: RunConfig, *, overwrite: bool = False) -> RunDir:
     check_run(cfg)
     out = RunDir(cfg.run_dir)
     if out.exists() and not overwrite:
-        raise LdynError("already holds a run: pass --resume to continue it, --overwrite to replace it, "
-                        "or choose another output_dir", file=str(out.path))
+        raise LdynError(
+            "already holds a run: pass --resume to continue it, --overwrite to replace it, "
+            "or choose another output_dir",
+            file=str(out.path),
+        )
     model, tokenizer = load_model(cfg.model, cfg.seed)
     inputs = load_inputs(cfg, tokenizer)
     if overwrite and out.path.exists():
@@ -119,8 +146,13 @@ def decompose_step(cfg: RunConfig, stage: str | None = None, *, overwrite: bool 
     if name not in names:
         raise LdynError(f"unknown stage '{name}'{did_you_mean(name, names)}", field="--stage")
     picked = next(s for s in cfg.stages if s.name == name)
-    cfg = replace(cfg, stages=[replace(picked, steps=1)], probe=replace(cfg.probe, every=0),
-                  decompose=replace(cfg.decompose, every=1), output_dir=cfg.output_dir or f"runs/{cfg.name}-decompose")
+    cfg = replace(
+        cfg,
+        stages=[replace(picked, steps=1)],
+        probe=replace(cfg.probe, every=0),
+        decompose=replace(cfg.decompose, every=1),
+        output_dir=cfg.output_dir or f"runs/{cfg.name}-decompose",
+    )
     return run(cfg, overwrite=overwrite)
 
 
@@ -133,8 +165,9 @@ def resume(run_dir: str) -> RunDir:
     check_run(cfg)
     state = read_resume_state(out)
     if state is not None:
-        model, tokenizer = load_model(ModelConfig(str(state["model_dir"]), cfg.model.dtype,
-                                                  cfg.model.attn_implementation), cfg.seed)
+        model, tokenizer = load_model(
+            ModelConfig(str(state["model_dir"]), cfg.model.dtype, cfg.model.attn_implementation), cfg.seed
+        )
     else:
         model, tokenizer = load_model(cfg.model, cfg.seed)
     inputs = load_inputs(cfg, tokenizer)
@@ -151,30 +184,42 @@ def _reference_for(cfg: RunConfig, out: RunDir, stage_index: int, model, resumed
     if stage_index == 0:
         source = cfg.model
     else:
-        source = ModelConfig(str(out.checkpoints / cfg.stages[stage_index - 1].name), cfg.model.dtype,
-                             cfg.model.attn_implementation)
+        source = ModelConfig(
+            str(out.checkpoints / cfg.stages[stage_index - 1].name), cfg.model.dtype, cfg.model.attn_implementation
+        )
     reference, _ = load_model(source, cfg.seed)
     return frozen_copy(reference.to(next(model.parameters()).device))
 
 
 def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume: dict | None) -> RunDir:
     r = inputs.report
-    print(f"ldyn: {r['train_pairs']} training pairs ({r['train_truncated']} truncated, {r['train_skipped_empty']} "
-          f"empty skipped), {r['probe_prompts']} probe prompts x {len(r['probe_types'])} types ({r['probe_truncated']} "
-          f"truncated, {r['probe_empty_skipped']} empty responses left out) -> {out.path}", file=sys.stderr)
+    print(
+        f"ldyn: {r['train_pairs']} training pairs ({r['train_truncated']} truncated, {r['train_skipped_empty']} "
+        f"empty skipped), {r['probe_prompts']} probe prompts x {len(r['probe_types'])} types ({r['probe_truncated']} "
+        f"truncated, {r['probe_empty_skipped']} empty responses left out) -> {out.path}",
+        file=sys.stderr,
+    )
     torch.manual_seed(cfg.seed)
     accelerator = Accelerator()
     model = accelerator.prepare_model(model)
     done = {row["step"] for row in out.read(PROBES)}
-    callbacks = [MetricsLogger(out),
-                 ProbeCallback(out, inputs.probes, tokenizer.pad_token_id, cfg.probe.every, cfg.probe.batch_tokens,
-                               done),
-                 Checkpointer(out, tokenizer, cfg.checkpoint_every)]
+    callbacks = [
+        MetricsLogger(out),
+        ProbeCallback(out, inputs.probes, tokenizer.pad_token_id, cfg.probe.every, cfg.probe.batch_tokens, done),
+        Checkpointer(out, tokenizer, cfg.checkpoint_every),
+    ]
     if cfg.decompose.every:
         observed = list(dict.fromkeys(it.example_id for it in inputs.probes))[: cfg.decompose.n]
-        callbacks.append(DecompositionCallback(out, [it for it in inputs.probes if it.example_id in observed],
-                                               tokenizer.pad_token_id, cfg.decompose.every,
-                                               cfg.decompose.batch_tokens, cfg.decompose.predict))
+        callbacks.append(
+            DecompositionCallback(
+                out,
+                [it for it in inputs.probes if it.example_id in observed],
+                tokenizer.pad_token_id,
+                cfg.decompose.every,
+                cfg.decompose.batch_tokens,
+                cfg.decompose.predict,
+            )
+        )
     step = resume["step"] if resume else 0
     first_stage = resume["stage_index"] if resume else 0
     for index in range(first_stage, len(cfg.stages)):
@@ -182,16 +227,33 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
         spec = get_loss(stage.loss.name)
         start = resume["stage_step"] if resume and index == first_stage else 0
         mid_stage = start > 0
-        reference = (_reference_for(cfg, out, index, accelerator.unwrap_model(model), mid_stage)
-                     if spec.needs_reference else None)
-        trainer = Trainer(model, spec, stage.loss, stage.optim, accelerator=accelerator,
-                          pad_id=tokenizer.pad_token_id, ref_model=reference, callbacks=callbacks,
-                          grad_accum=stage.grad_accum, mixed_precision=cfg.mixed_precision)
+        reference = (
+            _reference_for(cfg, out, index, accelerator.unwrap_model(model), mid_stage)
+            if spec.needs_reference
+            else None
+        )
+        trainer = Trainer(
+            model,
+            spec,
+            stage.loss,
+            stage.optim,
+            accelerator=accelerator,
+            pad_id=tokenizer.pad_token_id,
+            ref_model=reference,
+            callbacks=callbacks,
+            grad_accum=stage.grad_accum,
+            mixed_precision=cfg.mixed_precision,
+        )
         if mid_stage and resume.get("optimizer"):
             trainer.optimizer.load_state_dict(torch.load(resume["model_dir"] / resume["optimizer"]))
-        data = batches(stage_examples(inputs.train, spec, stage), stage.batch_size,
-                       seed=cfg.seed * 1000 + index, skip=start * stage.grad_accum,
-                       rank=accelerator.process_index, world=accelerator.num_processes)
+        data = batches(
+            stage_examples(inputs.train, spec, stage),
+            stage.batch_size,
+            seed=cfg.seed * 1000 + index,
+            skip=start * stage.grad_accum,
+            rank=accelerator.process_index,
+            world=accelerator.num_processes,
+        )
         if stage.sample.responses != "none":
             data = _sampled(cfg, stage, data, out, accelerator, model, reference, tokenizer, step + 1)
         step = trainer.fit(data, stage.steps, stage=stage.name, stage_index=index, step=step, start=start).step
@@ -204,14 +266,23 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
     return out
 
 
-def _sampled(cfg: RunConfig, stage: StageConfig, data, out: RunDir, accelerator, model, reference, tokenizer,
-             first_step: int):
+def _sampled(
+    cfg: RunConfig, stage: StageConfig, data, out: RunDir, accelerator, model, reference, tokenizer, first_step: int
+):
     """The stage's batches with on-policy samples in place of the data's responses (`sampling.py`)."""
     judge = None
     if stage.sample.responses == "both" and stage.sample.rank == "judge":
         from ldyn.winrate import make_judge
 
         judge = make_judge(cfg.judge, cfg.seed)
-    sampler = ResponseSampler(stage.sample, accelerator.unwrap_model(model), reference, tokenizer.pad_token_id,
-                              tokenizer.eos_token_id, out if accelerator.is_main_process else None, tokenizer, judge)
+    sampler = ResponseSampler(
+        stage.sample,
+        accelerator.unwrap_model(model),
+        reference,
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        out if accelerator.is_main_process else None,
+        tokenizer,
+        judge,
+    )
     return sampler.wrap(data, first_step)

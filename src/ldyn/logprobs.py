@@ -43,7 +43,7 @@ def first_scored(batch: Batch) -> int:
 
 def aligned_labels(batch: Batch) -> torch.Tensor:
     """The labels `response_logits` returns, without running the model."""
-    return batch.labels[:, first_scored(batch) + 1:]
+    return batch.labels[:, first_scored(batch) + 1 :]
 
 
 def response_logits(model, batch: Batch, params: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,8 +107,9 @@ def encode_prompts(model, prompts: list[list[int]], pad_id: int, params: dict | 
     return PromptCache(out.past_key_values, mask, prompts)
 
 
-def shared_prompt_logits(model, prompts: PromptCache, responses: list[tuple[int, list[int]]],
-                         pad_id: int, params: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def shared_prompt_logits(
+    model, prompts: PromptCache, responses: list[tuple[int, list[int]]], pad_id: int, params: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Like `response_logits`, but scoring responses against already encoded prompts.
 
     responses: (index of its prompt in `prompts`, token ids). Returns (logits, labels) aligned as in
@@ -124,8 +125,15 @@ def shared_prompt_logits(model, prompts: PromptCache, responses: list[tuple[int,
     positions = starts[:, None] + torch.arange(batch.input_ids.shape[1], device=device)
     cache = None if prompts.cache is None else _cache_rows(prompts.cache, rows)
     mask = torch.cat([prompts.mask[rows], batch.attention_mask], dim=1)
-    logits = _forward(model, params, input_ids=batch.input_ids, attention_mask=mask, position_ids=positions,
-                      past_key_values=cache, use_cache=cache is not None).logits
+    logits = _forward(
+        model,
+        params,
+        input_ids=batch.input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=cache is not None,
+    ).logits
     return logits[:, :-1], batch.labels[:, 1:]
 
 
@@ -165,8 +173,9 @@ def _cache_rows(cache, rows: torch.Tensor):
     return out
 
 
-def shared_prompt_logps(model, prompts: list[list[int]], responses: list[tuple[int, list[int]]],
-                        pad_id: int) -> SeqLogps:
+def shared_prompt_logps(
+    model, prompts: list[list[int]], responses: list[tuple[int, list[int]]], pad_id: int
+) -> SeqLogps:
     """`sequence_logps` of (prompt index, response) rows, each prompt run once (differentiable).
 
     The training path for preference pairs: chosen and rejected share their prompt's forward pass, which the
@@ -201,7 +210,7 @@ def length_groups(lengths: list[int], overhead: int | None = None) -> list[list[
                 best[j], cut[j] = cost, i
     groups, j = [], len(order)
     while j:
-        groups.append(order[cut[j]:j])
+        groups.append(order[cut[j] : j])
         j = cut[j]
     return groups[::-1]
 
@@ -246,8 +255,8 @@ def token_statistics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, to
     dtype = torch.promote_types(logits.dtype, torch.float32)
     out = {k: torch.zeros(labels.shape[0], dtype=dtype, device=labels.device) for k in STAT_NAMES}
     for lo in range(0, targets.shape[0], STAT_CHUNK):  # rows gathered chunk by chunk: (N, V) is never copied whole
-        s, y = seq[lo:lo + STAT_CHUNK], targets[lo:lo + STAT_CHUNK]
-        z = logits[s, pos[lo:lo + STAT_CHUNK]].to(dtype)
+        s, y = seq[lo : lo + STAT_CHUNK], targets[lo : lo + STAT_CHUNK]
+        z = logits[s, pos[lo : lo + STAT_CHUNK]].to(dtype)
         top, top_idx = z.max(-1, keepdim=True)
         shifted = (z - top).clamp_(min=torch.finfo(dtype).min)  # z - max z <= 0, finite
         e = shifted.exp()

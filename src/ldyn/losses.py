@@ -77,8 +77,12 @@ def _rewards(policy: PairLogps, reference: PairLogps, beta: float) -> dict[str, 
     """DPO's implicit rewards β r^± (detached) and their margin and accuracy, for logging."""
     chosen = beta * (policy.chosen - reference.chosen).detach()
     rejected = beta * (policy.rejected - reference.rejected).detach()
-    return {"rewards/chosen": chosen, "rewards/rejected": rejected, "rewards/margin": chosen - rejected,
-            "rewards/accuracy": (chosen > rejected).float()}
+    return {
+        "rewards/chosen": chosen,
+        "rewards/rejected": rejected,
+        "rewards/margin": chosen - rejected,
+        "rewards/accuracy": (chosen > rejected).float(),
+    }
 
 
 def _log_ratio_margin(policy: PairLogps, reference: PairLogps) -> torch.Tensor:
@@ -183,6 +187,10 @@ def simpo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> Lo
     """
     chosen = cfg.beta * policy.chosen / policy.chosen_tokens.clamp(min=1)
     rejected = cfg.beta * policy.rejected / policy.rejected_tokens.clamp(min=1)
-    metrics = {"rewards/chosen": chosen.detach(), "rewards/rejected": rejected.detach(),
-               "rewards/margin": (chosen - rejected).detach(), "rewards/accuracy": (chosen > rejected).float()}
+    metrics = {
+        "rewards/chosen": chosen.detach(),
+        "rewards/rejected": rejected.detach(),
+        "rewards/margin": (chosen - rejected).detach(),
+        "rewards/accuracy": (chosen > rejected).float(),
+    }
     return LossOutput(-F.logsigmoid(chosen - rejected - cfg.simpo_gamma), metrics)

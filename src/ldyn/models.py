@@ -78,15 +78,30 @@ def byte_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>")
 
 
-def tiny_model(tokenizer, dtype: torch.dtype = torch.float32, attn_implementation: str = "eager", seed: int = 0,
-               hidden_size: int = 32, layers: int = 2):
+def tiny_model(
+    tokenizer,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "eager",
+    seed: int = 0,
+    hidden_size: int = 32,
+    layers: int = 2,
+):
     """A randomly initialised Llama small enough for unit tests (about 25k parameters)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
@@ -106,12 +121,14 @@ def load_model(cfg: ModelConfig, seed: int = 0):
         path = embedded_smollm2() if cfg.name == "smollm2" else cfg.name
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
-                                                         attn_implementation=cfg.attn_implementation)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation)
         except (OSError, ValueError, KeyError) as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise LdynError(f"cannot load model '{cfg.name}': not a local checkpoint directory and not a "
-                            f"reachable Hugging Face model id ({reason})", field="model.name") from None
+            raise LdynError(
+                f"cannot load model '{cfg.name}': not a local checkpoint directory and not a "
+                f"reachable Hugging Face model id ({reason})",
+                field="model.name",
+            ) from None
     return prepare(model, tokenizer)
 
 

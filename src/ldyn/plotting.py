@@ -57,15 +57,25 @@ def mark_stages(ax, spans) -> None:
         if i < len(spans) - 1:
             ax.axvline(end, color="0.5", linestyle="--", linewidth=1)
         if len(spans) > 1:
-            ax.text((start + end) / 2, 0.98, name, transform=ax.get_xaxis_transform(), ha="center", va="top",
-                    fontsize=8, color="0.35", clip_on=True)
+            ax.text(
+                (start + end) / 2,
+                0.98,
+                name,
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="top",
+                fontsize=8,
+                color="0.35",
+                clip_on=True,
+            )
 
 
 def write_summary(tables, path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["step", "type", "n", "mean_logp", "mean_change", "median_change", "q10_change", "q90_change",
-                    "share_up"])
+        w.writerow(
+            ["step", "type", "n", "mean_logp", "mean_change", "median_change", "q10_change", "q90_change", "share_up"]
+        )
         for t in ordered_types(tables) + (["except_argmax"] if "except_argmax" in tables else []):
             steps, _, values = tables[t]
             delta = values - values[0]
@@ -74,8 +84,19 @@ def write_summary(tables, path: Path) -> None:
                 if not ok.any():
                     continue
                 q10, q50, q90 = np.quantile(d[ok], [0.1, 0.5, 0.9])
-                w.writerow([s, t, int(ok.sum()), f"{v[ok].mean():.4f}", f"{d[ok].mean():.4f}", f"{q50:.4f}",
-                            f"{q10:.4f}", f"{q90:.4f}", f"{(d[ok] > 0).mean():.4f}"])
+                w.writerow(
+                    [
+                        s,
+                        t,
+                        int(ok.sum()),
+                        f"{v[ok].mean():.4f}",
+                        f"{d[ok].mean():.4f}",
+                        f"{q50:.4f}",
+                        f"{q10:.4f}",
+                        f"{q90:.4f}",
+                        f"{(d[ok] > 0).mean():.4f}",
+                    ]
+                )
 
 
 def plot_groups(run: Run, tables) -> plt.Figure:
@@ -85,8 +106,7 @@ def plot_groups(run: Run, tables) -> plt.Figure:
         for t in GROUPS[group]:
             if t in tables:
                 steps, _, values = tables[t]
-                ax.plot(steps, np.nanmean(values - values[0], axis=1), marker="o", ms=3, color=color(t),
-                        label=label(t))
+                ax.plot(steps, np.nanmean(values - values[0], axis=1), marker="o", ms=3, color=color(t), label=label(t))
         ax.axhline(0, color="0.8", linewidth=0.8)
         mark_stages(ax, spans)
         ax.set_title(f"{group} group")
@@ -96,16 +116,24 @@ def plot_groups(run: Run, tables) -> plt.Figure:
     if "chosen" in tables and "rejected" in tables:
         steps, _, chosen = tables["chosen"]
         _, _, rejected = tables["rejected"]
-        ax.plot(steps, np.nanmean(chosen - rejected, axis=1), marker="o", ms=3, color="purple",
-                label="log π(y⁺) − log π(y⁻)")
+        ax.plot(
+            steps,
+            np.nanmean(chosen - rejected, axis=1),
+            marker="o",
+            ms=3,
+            color="purple",
+            label="log π(y⁺) − log π(y⁻)",
+        )
         ax.legend(fontsize=8)
     mark_stages(ax, spans)
     ax.set_title("margin")
     ax.set_ylabel("mean over prompts (nats)")
     for ax in axes[1]:
         ax.set_xlabel("update")
-    fig.suptitle(f"{run.path.name}: teacher-forced log-probabilities of each response type "
-                 f"({len(tables.get('chosen', (0, [], 0))[1])} probe prompts)")
+    fig.suptitle(
+        f"{run.path.name}: teacher-forced log-probabilities of each response type "
+        f"({len(tables.get('chosen', (0, [], 0))[1])} probe prompts)"
+    )
     fig.tight_layout()
     return fig
 
@@ -125,7 +153,7 @@ def plot_spread(run: Run, tables) -> plt.Figure:
         mark_stages(ax, spans)
         up = np.nanmean(delta[-1] > 0) * 100
         ax.set_title(f"{label(t)}: {up:.0f}% of prompts up", fontsize=9)
-    for ax in axes.flat[len(types):]:
+    for ax in axes.flat[len(types) :]:
         ax.axis("off")
     fig.suptitle("per-prompt change of log π(y | x_u) since step 0 (thin: one prompt; black: mean)")
     fig.tight_layout()
@@ -144,8 +172,13 @@ def plot_peakiness(run: Run) -> plt.Figure:
     for t, style in (("argmax", "-"), ("except_argmax", ":"), ("chosen", "--")):
         if t in logp:
             steps, _, values = logp[t]
-            ax2.plot(steps, np.nanmean(values - values[0], axis=1), style,
-                     color="green" if t != "chosen" else color(t), label=label(t))
+            ax2.plot(
+                steps,
+                np.nanmean(values - values[0], axis=1),
+                style,
+                color="green" if t != "chosen" else color(t),
+                label=label(t),
+            )
     ax2.axhline(0, color="0.8", linewidth=0.8)
     ax2.set_title("along chosen: mean Δ log π of y* (argmax), y^c (except argmax), y_u⁺")
     for ax in (ax1, ax2):
@@ -157,8 +190,12 @@ def plot_peakiness(run: Run) -> plt.Figure:
 
 
 def plot_training(run: Run) -> plt.Figure:
-    panels = [("loss (log scale)", ["loss"]), ("log-probs of the batch (nats)", ["logps/chosen", "logps/rejected"]),
-              ("reward margin β·h", ["rewards/margin"]), ("gradient norm (before clipping)", ["grad_norm"])]
+    panels = [
+        ("loss (log scale)", ["loss"]),
+        ("log-probs of the batch (nats)", ["logps/chosen", "logps/rejected"]),
+        ("reward margin β·h", ["rewards/margin"]),
+        ("gradient norm (before clipping)", ["grad_norm"]),
+    ]
     fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
     spans = stage_spans(run)
     for ax, (title, keys) in zip(axes, panels):
@@ -193,15 +230,23 @@ def decomposition_summary(run: Run) -> list[dict]:
         pos = np.array([r.get("sgd_positive", 0.0) for r in rows])
         neg = np.array([r.get("sgd_negative", 0.0) for r in rows])
         corr = float(np.corrcoef(obs, pred)[0, 1]) if len(rows) > 1 and obs.std() > 0 and pred.std() > 0 else np.nan
-        out.append({"type": t, "n": len(rows), "corr": corr,
-                    "rel_error_median": float(np.median(np.abs(pred - obs) / np.maximum(np.abs(obs), 1e-12))),
-                    "observed_mean": obs.mean(), "predicted_mean": pred.mean(),
-                    "sgd_positive_mean": pos.mean(), "sgd_negative_mean": neg.mean(),
-                    "negative_share": float(np.abs(neg).sum() / max(np.abs(pos).sum() + np.abs(neg).sum(), 1e-300)),
-                    "observed_mass_argmax": np.mean([r["observed/mass_argmax"] for r in rows]),
-                    "observed_mass_tail": np.mean([r["observed/mass_tail"] for r in rows]),
-                    "lbk_mean": np.mean([r["observed/lbk"] for r in rows]),
-                    "sign_delta_mean": np.mean([r["observed/sign_delta"] for r in rows])})
+        out.append(
+            {
+                "type": t,
+                "n": len(rows),
+                "corr": corr,
+                "rel_error_median": float(np.median(np.abs(pred - obs) / np.maximum(np.abs(obs), 1e-12))),
+                "observed_mean": obs.mean(),
+                "predicted_mean": pred.mean(),
+                "sgd_positive_mean": pos.mean(),
+                "sgd_negative_mean": neg.mean(),
+                "negative_share": float(np.abs(neg).sum() / max(np.abs(pos).sum() + np.abs(neg).sum(), 1e-300)),
+                "observed_mass_argmax": np.mean([r["observed/mass_argmax"] for r in rows]),
+                "observed_mass_tail": np.mean([r["observed/mass_tail"] for r in rows]),
+                "lbk_mean": np.mean([r["observed/lbk"] for r in rows]),
+                "sign_delta_mean": np.mean([r["observed/sign_delta"] for r in rows]),
+            }
+        )
     return out
 
 
@@ -216,8 +261,9 @@ def plot_decomposition(run: Run, summary: list[dict]) -> plt.Figure:
         ax.scatter(obs, pred, s=12, color=color(s["type"]), alpha=0.8)
         lo, hi = min(obs + pred), max(obs + pred)
         ax.plot([lo, hi], [lo, hi], color="0.5", linewidth=0.8, linestyle="--")
-        ax.set_title(f"{label(s['type'])}\nr = {s['corr']:.3f}, median rel. error {s['rel_error_median']:.2g}",
-                     fontsize=9)
+        ax.set_title(
+            f"{label(s['type'])}\nr = {s['corr']:.3f}, median rel. error {s['rel_error_median']:.2g}", fontsize=9
+        )
         ax.set_xlabel("observed Δ log π", fontsize=8)
         ax.set_ylabel("predicted (A·K·G, real step)", fontsize=8)
     ax = axes.flat[len(types)]
@@ -228,7 +274,7 @@ def plot_decomposition(run: Run, summary: list[dict]) -> plt.Figure:
     ax.set_xticks(x, [SYMBOLS.get(t, t) for t in types], rotation=60, fontsize=7)
     ax.set_title("SGD kernel −η·A·K·G: mean predicted Δ log π by part", fontsize=9)
     ax.legend(fontsize=7)
-    for ax in axes.flat[len(types) + 1:]:
+    for ax in axes.flat[len(types) + 1 :]:
         ax.axis("off")
     steps = sorted({r["step"] for r in run.decomposition})
     fig.suptitle(f"{run.path.name}: one-step decomposition at updates {steps} (each point: one prompt)")
@@ -279,12 +325,16 @@ def plot_influence(runs: list[Run]) -> tuple[plt.Figure, list[dict]]:
                 ax.text(j, i, f"{values[i, j]:+.2f}", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(columns)), columns, fontsize=8)
     ax.set_yticks(range(len(types)), [label(t) for t in types], fontsize=8)
-    ax.set_title("accumulated influence: Σ over decomposed updates of mean Δ log π(y | x_o) (nats)\n"
-                 "colour normalised per column by its max − min", fontsize=9)
+    ax.set_title(
+        "accumulated influence: Σ over decomposed updates of mean Δ log π(y | x_o) (nats)\n"
+        "colour normalised per column by its max − min",
+        fontsize=9,
+    )
     fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
-    rows = [{"type": t} | {c.replace("\n", " "): values[i, j] for j, c in enumerate(columns)}
-            for i, t in enumerate(types)]
+    rows = [
+        {"type": t} | {c.replace("\n", " "): values[i, j] for j, c in enumerate(columns)} for i, t in enumerate(types)
+    ]
     return fig, rows
 
 
@@ -305,8 +355,11 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     if tables:
         write_summary(tables, out / "probe_summary.csv")
         written.append(out / "probe_summary.csv")
-        figures |= {"probe_groups": plot_groups(run, tables), "probe_spread": plot_spread(run, tables),
-                    "peakiness": plot_peakiness(run)}
+        figures |= {
+            "probe_groups": plot_groups(run, tables),
+            "probe_spread": plot_spread(run, tables),
+            "peakiness": plot_peakiness(run),
+        }
     if run.metrics:
         figures["training"] = plot_training(run)
     if any("predicted" in row for row in run.decomposition):  # not with decompose.predict=false
@@ -355,8 +408,12 @@ def other_types(run: Run) -> list[str]:
 def plot_extend_vs_baseline(baseline: Run, extend: Run) -> plt.Figure:
     """The paper's Figure 5: chosen, rejected, all other responses and the argmax against updates, for the baseline
     (SFT on chosen, then DPO) and extend (SFT on chosen ∪ rejected, then DPO), with the SFT/DPO boundary."""
-    panels = [("chosen y_u⁺", lambda r: ["chosen"]), ("rejected y_u⁻", lambda r: ["rejected"]),
-              ("all other responses (mean over types)", other_types), ("argmax y* (along y_u⁺)", lambda r: ["argmax"])]
+    panels = [
+        ("chosen y_u⁺", lambda r: ["chosen"]),
+        ("rejected y_u⁻", lambda r: ["rejected"]),
+        ("all other responses (mean over types)", other_types),
+        ("argmax y* (along y_u⁺)", lambda r: ["argmax"]),
+    ]
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     for ax, (title, types) in zip(axes, panels):
         for run, name, c in ((baseline, "baseline", "tab:blue"), (extend, "extend", "tab:orange")):
@@ -367,8 +424,16 @@ def plot_extend_vs_baseline(baseline: Run, extend: Run) -> plt.Figure:
         for _, end, _ in spans[:-1]:
             ax.axvline(end, color="0.4", linestyle="--", linewidth=1)
         for start, end, stage in spans:
-            ax.text((start + end) / 2, 0.98, stage.upper(), transform=ax.get_xaxis_transform(), ha="center",
-                    va="top", fontsize=9, color="0.35")
+            ax.text(
+                (start + end) / 2,
+                0.98,
+                stage.upper(),
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="top",
+                fontsize=9,
+                color="0.35",
+            )
         ax.set_title(title)
         ax.set_xlabel("update")
         ax.set_ylabel("mean log π (nats)")
@@ -380,8 +445,11 @@ def plot_extend_vs_baseline(baseline: Run, extend: Run) -> plt.Figure:
 
 def plot_run_comparison(runs: list[tuple[str, Run]], title: str) -> plt.Figure:
     """Change since step 0 of chosen, all other responses and the argmax, one line per labelled run."""
-    panels = [("Δ chosen y_u⁺", lambda r: ["chosen"]), ("Δ all other responses", other_types),
-              ("Δ argmax y*", lambda r: ["argmax"])]
+    panels = [
+        ("Δ chosen y_u⁺", lambda r: ["chosen"]),
+        ("Δ all other responses", other_types),
+        ("Δ argmax y*", lambda r: ["argmax"]),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, (name, types) in zip(axes, panels):
         for label_, run in runs:

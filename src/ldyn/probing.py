@@ -56,10 +56,17 @@ def prompt_batches(items: list[ProbeItem], batch_tokens: int) -> list[list[list[
     """For the shared-prompt path: prompts sorted by length and packed so that (prompts × longest prompt) stays
     within batch_tokens; within each such group, its items sorted by response length and packed so that
     (responses × longest response) stays within batch_tokens. Returns [prompt group][response batch][item]."""
-    prompt_groups = _pack(sorted(_by_prompt(items), key=lambda g: len(g[0].prompt)), batch_tokens,
-                          lambda g: len(g[0].prompt))  # prompts are encoded once per group
-    return [_pack(sorted((it for g in group for it in g), key=lambda it: len(it.response)), batch_tokens,
-                  lambda it: len(it.response)) for group in prompt_groups]
+    prompt_groups = _pack(
+        sorted(_by_prompt(items), key=lambda g: len(g[0].prompt)), batch_tokens, lambda g: len(g[0].prompt)
+    )  # prompts are encoded once per group
+    return [
+        _pack(
+            sorted((it for g in group for it in g), key=lambda it: len(it.response)),
+            batch_tokens,
+            lambda it: len(it.response),
+        )
+        for group in prompt_groups
+    ]
 
 
 def whole_prompt_batches(items: list[ProbeItem], batch_tokens: int) -> list[list[ProbeItem]]:
@@ -106,20 +113,41 @@ def records_for(items: list[ProbeItem], stats: dict[str, torch.Tensor], vocab: i
     for i, item in enumerate(items):
         n = int(stats["n_tokens"][i])
         mean = {k: float(stats[k][i]) / max(n, 1) for k in STAT_NAMES}  # per-token means
-        records.append({"example_id": item.example_id, "type": item.type, "logp_sum": float(stats["logp"][i]),
-                        "logp_mean": mean["logp"], "n_tokens": n,
-                        "a_norm": math.sqrt(vocab - 2 + vocab * mean["sq_norm"]),
-                        "pe": mean["pe"], "entropy": mean["entropy"]})
+        records.append(
+            {
+                "example_id": item.example_id,
+                "type": item.type,
+                "logp_sum": float(stats["logp"][i]),
+                "logp_mean": mean["logp"],
+                "n_tokens": n,
+                "a_norm": math.sqrt(vocab - 2 + vocab * mean["sq_norm"]),
+                "pe": mean["pe"],
+                "entropy": mean["entropy"],
+            }
+        )
         if item.type == ARGMAX_ALONG:
             for name, key in (("argmax", "argmax_logp"), ("except_argmax", "except_argmax_logp")):
-                records.append({"example_id": item.example_id, "type": name, "logp_sum": float(stats[key][i]),
-                                "logp_mean": mean[key], "n_tokens": n})
+                records.append(
+                    {
+                        "example_id": item.example_id,
+                        "type": name,
+                        "logp_sum": float(stats[key][i]),
+                        "logp_mean": mean[key],
+                        "n_tokens": n,
+                    }
+                )
     return records
 
 
 @torch.no_grad()
-def probe(model, items: list[ProbeItem], pad_id: int, batch_tokens: int = 4096, share_prompt: bool | None = None,
-          progress: bool = True) -> list[dict]:
+def probe(
+    model,
+    items: list[ProbeItem],
+    pad_id: int,
+    batch_tokens: int = 4096,
+    share_prompt: bool | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Evaluate every probe item with `model`; one record per item (plus argmax records along chosen).
     `share_prompt=None` shares prompts where that is faster (`shares_prompts`: on a CPU)."""
     device = next(model.parameters()).device

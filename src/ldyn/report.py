@@ -105,35 +105,69 @@ def figures(c: Collected) -> list[tuple[str, str, str]]:
     base = _first(stages_where(c.runs, dpo_after(sft_on_chosen)))
     ext = _first(stages_where(c.runs, dpo_after(extend_sft)))
     if base and ext:
-        out.append(("Figure 5: baseline vs extend", "Mean log-probability over the probed prompts; the dashed line "
-                    "is the SFT/DPO boundary. Extend trains SFT on chosen ∪ rejected for the same number of updates.",
-                    _png(plotting.plot_extend_vs_baseline(base.run, ext.run))))
+        out.append(
+            (
+                "Figure 5: baseline vs extend",
+                "Mean log-probability over the probed prompts; the dashed line "
+                "is the SFT/DPO boundary. Extend trains SFT on chosen ∪ rejected for the same number of updates.",
+                _png(plotting.plot_extend_vs_baseline(base.run, ext.run)),
+            )
+        )
     off = _first(stages_where(c.runs, dpo_from_base))
-    policy = [(label, _first(stages_where(c.runs, test))) for label, test in
-              (("on-policy (y⁻ sampled)", on_policy_dpo), ("on-policy (both sampled, ranked)", ranked_dpo),
-               ("SPIN", spin))]
+    policy = [
+        (label, _first(stages_where(c.runs, test)))
+        for label, test in (
+            ("on-policy (y⁻ sampled)", on_policy_dpo),
+            ("on-policy (both sampled, ranked)", ranked_dpo),
+            ("SPIN", spin),
+        )
+    ]
     policy = [(label, s.run) for label, s in policy if s is not None]
     if off and policy:
-        out.append(("On-policy vs off-policy DPO", "Change since step 0, mean over probed prompts ('all other': the "
-                    "mean over every probed type except chosen and rejected).",
-                    _png(plotting.plot_run_comparison([("off-policy DPO", off.run), *policy],
-                                                      "off-policy vs on-policy DPO from the base model"))))
+        out.append(
+            (
+                "On-policy vs off-policy DPO",
+                "Change since step 0, mean over probed prompts ('all other': the "
+                "mean over every probed type except chosen and rejected).",
+                _png(
+                    plotting.plot_run_comparison(
+                        [("off-policy DPO", off.run), *policy], "off-policy vs on-policy DPO from the base model"
+                    )
+                ),
+            )
+        )
     by_lr = {}
     for s in stages_where(c.runs, dpo_from_base):
         by_lr.setdefault(float(s.config.get("optim", {}).get("lr", 0)), s.run)
     if len(by_lr) > 1:
         sweep = [(f"lr {lr:g}", run) for lr, run in sorted(by_lr.items())]
-        out.append(("DPO learning-rate sweep", "Change since step 0 (the side runs of the sweep probe chosen and "
-                    "rejected only).", _png(plotting.plot_run_comparison(sweep, "off-policy DPO, by learning rate"))))
+        out.append(
+            (
+                "DPO learning-rate sweep",
+                "Change since step 0 (the side runs of the sweep probe chosen and rejected only).",
+                _png(plotting.plot_run_comparison(sweep, "off-policy DPO, by learning rate")),
+            )
+        )
     decomposed = [r for r in c.runs if r.decomposition]
     if decomposed:
         fig, _ = plotting.plot_influence(decomposed)
-        out.append(("Appendix C: accumulated influence", "Rows: observed response types; columns: training signals. "
-                    "Numbers: Σ over decomposed updates of the mean observed Δ log π (nats).", _png(fig)))
+        out.append(
+            (
+                "Appendix C: accumulated influence",
+                "Rows: observed response types; columns: training signals. "
+                "Numbers: Σ over decomposed updates of the mean observed Δ log π (nats).",
+                _png(fig),
+            )
+        )
     for toy in c.toy_dirs:
         if (toy / "squeeze.png").is_file():
-            out.append(("The squeezing toy", "One update of a linear softmax head (the authors' notebook cases).",
-                        _file_png(toy / "squeeze.png")))
+            out.append(
+                (
+                    "The squeezing toy",
+                    "One update of a linear softmax head (the authors' notebook cases).",
+                    _file_png(toy / "squeeze.png"),
+                )
+            )
     for run in c.runs:
         png = run.path / "figures" / "probe_groups.png"
         if png.is_file() and run.probes:
@@ -145,13 +179,18 @@ def _describe(run: Run) -> str:
     parts = []
     for s in run.config.get("stages", []):
         loss, optim = s.get("loss", {}).get("name", "?"), s.get("optim", {})
-        extra = " on chosen ∪ rejected" if s.get("extend") else (
-            f" on {s.get('target')}" if loss == "sft" and s.get("target", "chosen") != "chosen" else "")
+        extra = (
+            " on chosen ∪ rejected"
+            if s.get("extend")
+            else (f" on {s.get('target')}" if loss == "sft" and s.get("target", "chosen") != "chosen" else "")
+        )
         sample = s.get("sample", {})
         if sample.get("responses", "none") != "none":
             extra += f", sampled {sample['responses']} from the {sample.get('source')}"
-        parts.append(f"{s.get('name')}: {loss}{extra}, {s.get('steps')} updates × {s.get('batch_size')}, "
-                     f"{optim.get('name')} lr {optim.get('lr')}")
+        parts.append(
+            f"{s.get('name')}: {loss}{extra}, {s.get('steps')} updates × {s.get('batch_size')}, "
+            f"{optim.get('name')} lr {optim.get('lr')}"
+        )
     model = run.config.get("model", {}).get("name", "?")
     return f"{model}; " + "; ".join(parts)
 
@@ -179,13 +218,18 @@ def render(c: Collected, verdicts: list[Verdict], figs: list[tuple[str, str, str
     rows = "".join(
         f"<tr><td>{e(v.id)}</td><td><b>{e(v.title)}</b><br>{e(v.paper)}</td><td>{e(v.measured)}"
         f"{'<br><small>' + e(', '.join(v.runs)) + '</small>' if v.runs else ''}</td>"
-        f"<td class='{CLASS[v.verdict]}'>{e(v.verdict)}</td></tr>" for v in verdicts)
+        f"<td class='{CLASS[v.verdict]}'>{e(v.verdict)}</td></tr>"
+        for v in verdicts
+    )
     wins = "".join(
         f"<tr><td>{e(r['a'])}</td><td>{e(r['b'])}</td><td>{e(r['judge'])}</td><td>{r['wins_a']}</td><td>{r['wins_b']}"
         f"</td><td>{r['ties']} ({r.get('inconsistent', 0)})</td><td>{r['invalid']}</td><td>{r['skipped']}</td><td>"
         + ("n/a" if r["win_rate"] is None else f"{r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]")
-        + "</td><td>" + ("n/a" if r.get("first_shown") is None else f"{r['first_shown']:.0%}")
-        + "</td></tr>" for r in c.winrates)
+        + "</td><td>"
+        + ("n/a" if r.get("first_shown") is None else f"{r['first_shown']:.0%}")
+        + "</td></tr>"
+        for r in c.winrates
+    )
     runs = "".join(f"<tr><td>{e(r.path.name)}</td><td>{e(_describe(r))}</td></tr>" for r in c.runs)
     total = sum(t.get("seconds", 0) for t in c.timings)
     timing = "".join(f"<tr><td>{e(t['run'])}</td><td>{t['seconds'] / 60:.1f} min</td></tr>" for t in c.timings)
@@ -201,17 +245,24 @@ def render(c: Collected, verdicts: list[Verdict], figs: list[tuple[str, str, str
         "first probe to its last; each rule is in <code>ldyn/claims.py</code> and written in the row.</p>",
     ]
     if wins:
-        parts.append("<h2>Win rates</h2><table id='winrate'><tr><th>A</th><th>B</th><th>judge</th><th>wins A</th>"
-                     "<th>wins B</th><th>ties (inconsistent)</th><th>invalid</th><th>skipped</th>"
-                     "<th>win rate of A [95%]</th><th>first-shown preferred</th></tr>"
-                     f"{wins}</table>")
+        parts.append(
+            "<h2>Win rates</h2><table id='winrate'><tr><th>A</th><th>B</th><th>judge</th><th>wins A</th>"
+            "<th>wins B</th><th>ties (inconsistent)</th><th>invalid</th><th>skipped</th>"
+            "<th>win rate of A [95%]</th><th>first-shown preferred</th></tr>"
+            f"{wins}</table>"
+        )
     parts.append("<h2>Figures</h2>")
-    parts += [f"<figure><h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{png}'>"
-              f"<figcaption>{e(caption)}</figcaption></figure>" for title, caption, png in figs]
+    parts += [
+        f"<figure><h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{png}'>"
+        f"<figcaption>{e(caption)}</figcaption></figure>"
+        for title, caption, png in figs
+    ]
     parts.append(f"<h2>Runs</h2><table id='runs'><tr><th>run</th><th>what it trains</th></tr>{runs}</table>")
     if timing:
-        parts.append(f"<h2>Wall time</h2><table id='timing'><tr><th>step</th><th>time</th></tr>{timing}"
-                     f"<tr><th>total</th><th>{total / 60:.1f} min</th></tr></table>")
+        parts.append(
+            f"<h2>Wall time</h2><table id='timing'><tr><th>step</th><th>time</th></tr>{timing}"
+            f"<tr><th>total</th><th>{total / 60:.1f} min</th></tr></table>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 

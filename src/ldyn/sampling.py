@@ -29,17 +29,34 @@ from ldyn.trainer import TrainExample
 
 
 @torch.no_grad()
-def generate(model, prompts: list[list[int]], pad_id: int, eos_id: int, *, max_new_tokens: int,
-             temperature: float = 1.0, top_k: int = 0, do_sample: bool = True) -> list[list[int]]:
+def generate(
+    model,
+    prompts: list[list[int]],
+    pad_id: int,
+    eos_id: int,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    do_sample: bool = True,
+) -> list[list[int]]:
     """Sample one continuation per prompt (token ids); each ends at its first EOS (kept) or at max_new_tokens."""
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)  # left padding
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    options = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0) if do_sample else \
-        dict(do_sample=False)
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                         eos_token_id=eos_id, use_cache=True, **options)
+    options = (
+        dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0) if do_sample else dict(do_sample=False)
+    )
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        use_cache=True,
+        **options,
+    )
     responses = []
     for row in out[:, width:].tolist():
         responses.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
@@ -66,8 +83,17 @@ REWARDS: dict[str, Callable[[list[int], TrainExample], float]] = {"overlap": ove
 class ResponseSampler:
     """Replace y⁻ (or both responses) of each training pair by samples, per `SampleConfig`."""
 
-    def __init__(self, cfg: SampleConfig, policy, reference, pad_id: int, eos_id: int, run: RunDir | None,
-                 tokenizer=None, judge=None):
+    def __init__(
+        self,
+        cfg: SampleConfig,
+        policy,
+        reference,
+        pad_id: int,
+        eos_id: int,
+        run: RunDir | None,
+        tokenizer=None,
+        judge=None,
+    ):
         if cfg.source == "reference" and reference is None:
             raise LdynError("sampling from the reference needs a loss with a reference model (e.g. dpo)")
         if cfg.responses == "both" and cfg.rank != "judge" and cfg.rank not in REWARDS:
@@ -86,8 +112,15 @@ class ResponseSampler:
         cfg = self.cfg
         copies = 2 if cfg.responses == "both" else 1
         prompts = [e.prompt for e in batch for _ in range(copies)]
-        samples = generate(self.model, prompts, self.pad_id, self.eos_id, max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, top_k=cfg.top_k)
+        samples = generate(
+            self.model,
+            prompts,
+            self.pad_id,
+            self.eos_id,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+        )
         out, rows = [], []
         for i, e in enumerate(batch):
             sid = f"{e.id}@{step}"  # a new id: the trainer's reference cache is keyed by example id
@@ -99,8 +132,10 @@ class ResponseSampler:
             ra, rb = self.rewards(e, a, b)
             (win, rw), (lose, rl) = ((a, ra), (b, rb)) if ra >= rb else ((b, rb), (a, ra))
             out.append(replace(e, id=sid, chosen=win, rejected=lose))
-            rows += [{"step": step, "example_id": e.id, "role": "chosen", "tokens": win, "reward": rw},
-                     {"step": step, "example_id": e.id, "role": "rejected", "tokens": lose, "reward": rl}]
+            rows += [
+                {"step": step, "example_id": e.id, "role": "chosen", "tokens": win, "reward": rw},
+                {"step": step, "example_id": e.id, "role": "rejected", "tokens": lose, "reward": rl},
+            ]
         if self.run is not None:
             if self.tokenizer is not None:
                 for row in rows:
@@ -114,6 +149,7 @@ class ResponseSampler:
             reward = REWARDS[self.cfg.rank]
             return reward(a, example), reward(b, example)
         decode = self.tokenizer.decode
-        verdict = self.judge.prefer(decode(example.prompt), decode(a, skip_special_tokens=True),
-                                    decode(b, skip_special_tokens=True))
+        verdict = self.judge.prefer(
+            decode(example.prompt), decode(a, skip_special_tokens=True), decode(b, skip_special_tokens=True)
+        )
         return {"A": (1.0, 0.0), "B": (0.0, 1.0)}.get(verdict, (0.5, 0.5))

@@ -73,8 +73,9 @@ def load_suite(name_or_path: str, _seen: tuple = ()) -> Suite:
         if isinstance(item, str):
             item = {"recipe": item}
         if not isinstance(item, dict) or not ({"recipe", "suite"} & set(item)):
-            raise LdynError("a run is a recipe name or a mapping with `recipe` (or `suite`)", field=f"runs.{i}",
-                            **where)
+            raise LdynError(
+                "a run is a recipe name or a mapping with `recipe` (or `suite`)", field=f"runs.{i}", **where
+            )
         extra = [str(o) for o in item.get("overrides") or []]
         if "suite" in item:
             inner = load_suite(str(item["suite"]), (*_seen, name))

@@ -28,8 +28,7 @@ from ldyn.losses import LossSpec, PairLogps
 
 OPTIMIZERS = {
     "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
-    "rmsprop": lambda params, c: torch.optim.RMSprop(params, lr=c.lr, weight_decay=c.weight_decay,
-                                                     momentum=c.momentum),
+    "rmsprop": lambda params, c: torch.optim.RMSprop(params, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum),
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum),
 }
 
@@ -65,8 +64,9 @@ class StepState:
     metrics: dict[str, float] = field(default_factory=dict)  # of the last update
 
 
-def batches(examples: list[TrainExample], batch_size: int, seed: int, skip: int = 0,
-            rank: int = 0, world: int = 1) -> Iterator[list[TrainExample]]:
+def batches(
+    examples: list[TrainExample], batch_size: int, seed: int, skip: int = 0, rank: int = 0, world: int = 1
+) -> Iterator[list[TrainExample]]:
     """Endless batches over passes of the data, each pass reshuffled (seeded by seed and pass number).
 
     Training length is a number of updates, not epochs, as in the paper's code. `skip` batches are dropped first
@@ -90,8 +90,20 @@ def batches(examples: list[TrainExample], batch_size: int, seed: int, skip: int 
 
 
 class Trainer:
-    def __init__(self, model, loss: LossSpec, loss_cfg: LossConfig, optim_cfg: OptimConfig, *, accelerator,
-                 pad_id: int, ref_model=None, callbacks=(), grad_accum: int = 1, mixed_precision: str = "no"):
+    def __init__(
+        self,
+        model,
+        loss: LossSpec,
+        loss_cfg: LossConfig,
+        optim_cfg: OptimConfig,
+        *,
+        accelerator,
+        pad_id: int,
+        ref_model=None,
+        callbacks=(),
+        grad_accum: int = 1,
+        mixed_precision: str = "no",
+    ):
         if loss.needs_reference and ref_model is None:
             raise ValueError(f"loss '{loss.name}' needs a reference model")
         self.model, self.loss, self.loss_cfg, self.optim_cfg = model, loss, loss_cfg, optim_cfg
@@ -102,14 +114,30 @@ class Trainer:
         self.optimizer = accelerator.prepare_optimizer(OPTIMIZERS[optim_cfg.name](params, optim_cfg))
         self.reference_cache: dict[str, tuple[float, float]] = {}  # example id -> (log π_ref(y⁺), log π_ref(y⁻))
 
-    def fit(self, data: Iterator[list[TrainExample]], steps: int, *, stage: str = "train", stage_index: int = 0,
-            step: int = 0, start: int = 0) -> StepState:
+    def fit(
+        self,
+        data: Iterator[list[TrainExample]],
+        steps: int,
+        *,
+        stage: str = "train",
+        stage_index: int = 0,
+        step: int = 0,
+        start: int = 0,
+    ) -> StepState:
         """Run updates `start..steps-1` of this stage; `step` is the global update count before the first."""
-        state = StepState(step, stage, stage_index, start, steps, self.model, self.ref_model, self.optimizer,
-                          self.accelerator, self)
+        state = StepState(
+            step, stage, stage_index, start, steps, self.model, self.ref_model, self.optimizer, self.accelerator, self
+        )
         self._emit("on_train_start", state)
-        bar = tqdm(range(start, steps), desc=stage, initial=start, total=steps, unit="update",
-                   disable=not self.accelerator.is_main_process, dynamic_ncols=True)
+        bar = tqdm(
+            range(start, steps),
+            desc=stage,
+            initial=start,
+            total=steps,
+            unit="update",
+            disable=not self.accelerator.is_main_process,
+            dynamic_ncols=True,
+        )
         for _ in bar:
             state.batch = [next(data) for _ in range(self.grad_accum)]
             self._emit("on_step_start", state)
@@ -174,9 +202,12 @@ class Trainer:
         device = self.accelerator.device
         chosen, rejected = zip(*(self.reference_cache[e.id] for e in examples))
         n = [len(e.chosen) for e in examples], [len(e.rejected) for e in examples]
-        return PairLogps(torch.tensor(chosen, dtype=dtype, device=device),
-                         torch.tensor(rejected, dtype=dtype, device=device),
-                         torch.tensor(n[0], device=device), torch.tensor(n[1], device=device))
+        return PairLogps(
+            torch.tensor(chosen, dtype=dtype, device=device),
+            torch.tensor(rejected, dtype=dtype, device=device),
+            torch.tensor(n[0], device=device),
+            torch.tensor(n[1], device=device),
+        )
 
     def row_logps(self, model, examples: list[TrainExample], with_rejected: bool) -> SeqLogps:
         """Summed log-probs of the update's rows, chosen (or the SFT target) first, then rejected.
@@ -196,8 +227,11 @@ class Trainer:
 
     def autocast(self):
         """bf16 autocast around training forwards when mixed precision is on; a no-op otherwise."""
-        return torch.autocast(self.accelerator.device.type, dtype=self.autocast_dtype or torch.float32,
-                              enabled=self.autocast_dtype is not None)
+        return torch.autocast(
+            self.accelerator.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        )
 
     def _emit(self, event: str, state: StepState) -> None:
         for callback in self.callbacks:

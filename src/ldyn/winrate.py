@@ -64,7 +64,7 @@ def judge_prompt(prompt: str, a: str, b: str) -> str:
 
 
 def parse_verdict(text: str) -> str | None:
-    """"A", "B" or "tie" from a judge's answer (the text after its last ': ', as the authors parse); None if
+    """ "A", "B" or "tie" from a judge's answer (the text after its last ': ', as the authors parse); None if
     the answer says neither."""
     if not isinstance(text, str) or ":" not in text:
         return None
@@ -88,8 +88,9 @@ class LocalJudge:
         import torch
 
         # the comparison line is given, so that the next token is the letter
-        text = (f"{SYSTEM}\n\n{judge_prompt(prompt, a, b)}\n\nComparison: both responses answer the query.\n"
-                "More helpful:")
+        text = (
+            f"{SYSTEM}\n\n{judge_prompt(prompt, a, b)}\n\nComparison: both responses answer the query.\nMore helpful:"
+        )
         ids = self.tokenizer(text, return_tensors="pt").input_ids.to(next(self.model.parameters()).device)
         with torch.no_grad():
             logits = self.model(input_ids=ids).logits[0, -1].float()
@@ -100,23 +101,30 @@ class LocalJudge:
 class EndpointJudge:
     """An OpenAI-compatible chat endpoint: POST {LDYN_JUDGE_URL}/chat/completions, bearer $LDYN_JUDGE_KEY."""
 
-    def __init__(self, url: str, key: str, model: str, timeout: float = 60.0, retries: int = 3,
-                 temperature: float = 0.7):
+    def __init__(
+        self, url: str, key: str, model: str, timeout: float = 60.0, retries: int = 3, temperature: float = 0.7
+    ):
         self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions") else "/chat/completions")
         self.key, self.model, self.timeout, self.retries, self.temperature = key, model, timeout, retries, temperature
         self.id = f"endpoint:{model}"
         self.failures: list[str] = []  # why each failed attempt failed (timeouts, HTTP errors, malformed answers)
 
     def prefer(self, prompt: str, a: str, b: str) -> str | None:
-        body = {"model": self.model, "temperature": self.temperature, "top_p": 1.0,
-                "messages": [{"role": "system", "content": SYSTEM},
-                             {"role": "user", "content": judge_prompt(prompt, a, b)}]}
+        body = {
+            "model": self.model,
+            "temperature": self.temperature,
+            "top_p": 1.0,
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": judge_prompt(prompt, a, b)},
+            ],
+        }
         for attempt in range(self.retries):
             try:
                 answer = self._post(body)
             except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
                 self.failures.append(f"{type(e).__name__}: {e}")
-                time.sleep(min(0.2 * 2 ** attempt, 2.0))
+                time.sleep(min(0.2 * 2**attempt, 2.0))
                 continue
             verdict = parse_verdict(answer)
             if verdict is not None:
@@ -138,8 +146,9 @@ def make_judge(cfg: JudgeConfig, seed: int = 0):
     if cfg.kind == "endpoint":
         url = os.environ.get("LDYN_JUDGE_URL")
         if not url:
-            raise LdynError("judge.kind=endpoint needs $LDYN_JUDGE_URL (e.g. https://api.openai.com/v1) and "
-                            "$LDYN_JUDGE_KEY")
+            raise LdynError(
+                "judge.kind=endpoint needs $LDYN_JUDGE_URL (e.g. https://api.openai.com/v1) and $LDYN_JUDGE_KEY"
+            )
         return EndpointJudge(url, os.environ.get("LDYN_JUDGE_KEY", ""), cfg.model, cfg.timeout, cfg.retries)
     from ldyn.models import load_model
 
@@ -169,8 +178,16 @@ def _append(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def sample_responses(checkpoint: str, prompts: list[str], cache: Path, *, max_new_tokens: int = 64,
-                     max_prompt_tokens: int = 256, batch_size: int = 8, seed: int = 0) -> list[str]:
+def sample_responses(
+    checkpoint: str,
+    prompts: list[str],
+    cache: Path,
+    *,
+    max_new_tokens: int = 64,
+    max_prompt_tokens: int = 256,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> list[str]:
     """One sampled response per prompt from `checkpoint` (a model name or directory); cached in `cache`."""
     done = {}
     for row in _read_jsonl(cache):  # a cached response counts only for the same prompt at the same index
@@ -189,10 +206,11 @@ def sample_responses(checkpoint: str, prompts: list[str], cache: Path, *, max_ne
         torch.manual_seed(seed)
         cache.parent.mkdir(parents=True, exist_ok=True)
         for start in tqdm(range(0, len(todo), batch_size), desc=f"sample {Path(checkpoint).name}", unit="batch"):
-            chunk = todo[start: start + batch_size]
+            chunk = todo[start : start + batch_size]
             ids = [tokenizer(prompts[i], add_special_tokens=False).input_ids[-max_prompt_tokens:] for i in chunk]
-            out = generate(model, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, max_new_tokens=max_new_tokens,
-                           top_k=50)
+            out = generate(
+                model, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, max_new_tokens=max_new_tokens, top_k=50
+            )
             for i, tokens in zip(chunk, out):
                 done[i] = tokenizer.decode(tokens, skip_special_tokens=True)
                 _append(cache, {"index": i, "prompt": prompts[i], "response": done[i]})
@@ -232,8 +250,17 @@ def _key(judge_id: str, prompt: str, first: str, second: str) -> str:
     return hashlib.sha1(json.dumps([judge_id, prompt, first, second]).encode()).hexdigest()
 
 
-def compare(prompts: list[str], a: list[str], b: list[str], judge, cache: Path, *, seed: int = 0,
-            labels: tuple[str, str] = ("A", "B"), both_orders: bool = True) -> WinRate:
+def compare(
+    prompts: list[str],
+    a: list[str],
+    b: list[str],
+    judge,
+    cache: Path,
+    *,
+    seed: int = 0,
+    labels: tuple[str, str] = ("A", "B"),
+    both_orders: bool = True,
+) -> WinRate:
     """Judge a[i] against b[i] for every prompt, in both orders (or once, in a seeded random order); cached."""
     from tqdm.auto import tqdm
 
@@ -248,8 +275,10 @@ def compare(prompts: list[str], a: list[str], b: list[str], judge, cache: Path, 
         key = _key(judge.id, prompts[i], first, second)
         if key not in known:
             known[key] = judge.prefer(prompts[i], first, second)
-            _append(cache, {"key": key, "judge": judge.id, "index": i, "shown_first": labels[swapped],
-                            "verdict": known[key]})
+            _append(
+                cache,
+                {"key": key, "judge": judge.id, "index": i, "shown_first": labels[swapped], "verdict": known[key]},
+            )
         verdict = known[key]
         if verdict in ("A", "B"):
             first_shown.append(verdict == "A")
@@ -273,20 +302,58 @@ def compare(prompts: list[str], a: list[str], b: list[str], judge, cache: Path, 
             counts["inconsistent"] += winners == {"a", "b"}
     decided = counts["a"] + counts["b"]
     low, high = wilson(counts["a"], decided)
-    return WinRate(labels[0], labels[1], judge.id, len(prompts), counts["a"], counts["b"], counts["tie"],
-                   counts["invalid"], counts["skipped"], counts["a"] / decided if decided else None, low, high,
-                   counts["inconsistent"], sum(first_shown) / len(first_shown) if first_shown else None)
+    return WinRate(
+        labels[0],
+        labels[1],
+        judge.id,
+        len(prompts),
+        counts["a"],
+        counts["b"],
+        counts["tie"],
+        counts["invalid"],
+        counts["skipped"],
+        counts["a"] / decided if decided else None,
+        low,
+        high,
+        counts["inconsistent"],
+        sum(first_shown) / len(first_shown) if first_shown else None,
+    )
 
 
-def evaluate(checkpoints: list[tuple[str, str]], prompts: list[str], judge, out: Path, *, max_new_tokens: int = 64,
-             seed: int = 0, both_orders: bool = True) -> list[WinRate]:
+def evaluate(
+    checkpoints: list[tuple[str, str]],
+    prompts: list[str],
+    judge,
+    out: Path,
+    *,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    both_orders: bool = True,
+) -> list[WinRate]:
     """Each (A, B) pair of checkpoint directories: sample, judge, and write winrate.json into `out`."""
     results = []
     for a, b in checkpoints:
-        responses = [sample_responses(c, prompts, out / f"responses_{_label(c).replace('/', '_')}.jsonl",
-                                      max_new_tokens=max_new_tokens, seed=seed) for c in (a, b)]
-        results.append(compare(prompts, *responses, judge, out / "judgements.jsonl", seed=seed,
-                               labels=(_label(a), _label(b)), both_orders=both_orders))
+        responses = [
+            sample_responses(
+                c,
+                prompts,
+                out / f"responses_{_label(c).replace('/', '_')}.jsonl",
+                max_new_tokens=max_new_tokens,
+                seed=seed,
+            )
+            for c in (a, b)
+        ]
+        results.append(
+            compare(
+                prompts,
+                *responses,
+                judge,
+                out / "judgements.jsonl",
+                seed=seed,
+                labels=(_label(a), _label(b)),
+                both_orders=both_orders,
+            )
+        )
     rows = [asdict(r) for r in results]
     (out / "winrate.json").write_text(json.dumps(rows, indent=2) + "\n")
     for row in rows:
@@ -299,12 +366,17 @@ def summary(r: dict) -> str:
     ties = f"{r['ties']} ties ({r.get('inconsistent', 0)} inconsistent across orders), {r['invalid']} invalid"
     if r.get("skipped"):
         ties += f", {r['skipped']} skipped"
-    bias = "" if r.get("first_shown") is None else f"; the judge preferred the first-shown response in " \
-        f"{r['first_shown']:.0%} of its decisive answers"
+    bias = (
+        ""
+        if r.get("first_shown") is None
+        else f"; the judge preferred the first-shown response in {r['first_shown']:.0%} of its decisive answers"
+    )
     if r["win_rate"] is None:
         return f"{r['a']} vs {r['b']} ({r['judge']}): no decided pairs, {ties}{bias}"
-    return (f"{r['a']} vs {r['b']} ({r['judge']}): {r['wins_a']}-{r['wins_b']}, {ties}, win rate of A "
-            f"{r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]{bias}")
+    return (
+        f"{r['a']} vs {r['b']} ({r['judge']}): {r['wins_a']}-{r['wins_b']}, {ties}, win rate of A "
+        f"{r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]{bias}"
+    )
 
 
 def _label(checkpoint: str) -> str:
@@ -344,7 +416,16 @@ def suite_winrate(spec: dict, cfgs: dict, root: Path) -> list[WinRate]:
     if not prompts:
         raise LdynError(f"winrate: no held-out prompts after pair {start}", file=first.data.train)
     judge = make_judge(first.judge, first.seed)
-    checkpoints = [tuple(str(root / r.partition("/")[0] / "checkpoints" / r.partition("/")[2]) for r in pair)
-                   for pair in spec["pairs"]]
-    return evaluate(checkpoints, prompts, judge, root / "winrate", max_new_tokens=int(spec.get("max_new_tokens", 64)),
-                    seed=first.seed, both_orders=bool(spec.get("both_orders", True)))
+    checkpoints = [
+        tuple(str(root / r.partition("/")[0] / "checkpoints" / r.partition("/")[2]) for r in pair)
+        for pair in spec["pairs"]
+    ]
+    return evaluate(
+        checkpoints,
+        prompts,
+        judge,
+        root / "winrate",
+        max_new_tokens=int(spec.get("max_new_tokens", 64)),
+        seed=first.seed,
+        both_orders=bool(spec.get("both_orders", True)),
+    )

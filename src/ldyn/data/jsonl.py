@@ -20,8 +20,9 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise LdynError(f"not valid UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})",
-                            file=str(path), line=lineno) from None
+            raise LdynError(
+                f"not valid UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})", file=str(path), line=lineno
+            ) from None
         if not text.strip():
             continue
         try:

@@ -34,7 +34,7 @@ def split_hh(text: str, where: dict) -> tuple[str, str]:
     i = text.rfind(HH_ASSISTANT)
     if i < 0:
         raise LdynError(f"no '{HH_ASSISTANT.strip()}' turn to split the dialogue at", **where)
-    return text[: i + len(HH_ASSISTANT)], text[i + len(HH_ASSISTANT):]
+    return text[: i + len(HH_ASSISTANT)], text[i + len(HH_ASSISTANT) :]
 
 
 def _last_assistant(messages, where: dict) -> str:
@@ -60,13 +60,18 @@ def pair_from_row(row: dict, file: str, line: int, default_id: str, fields: tupl
         return Pair(row_id, text_field(row, "prompt", file, line), chosen, rejected, extra)
     if set(fields) - {"chosen", "rejected"}:
         missing = sorted(set(fields) - {"chosen", "rejected"})[0]
-        raise LdynError("missing (dialogue-format rows have only chosen and rejected)", file=file, line=line,
-                        field=missing)
+        raise LdynError(
+            "missing (dialogue-format rows have only chosen and rejected)", file=file, line=line, field=missing
+        )
     prompt, chosen = split_hh(chosen, dict(file=file, line=line, field="chosen"))
     prompt_r, rejected = split_hh(rejected, dict(file=file, line=line, field="rejected"))
     if prompt_r != prompt:
-        raise LdynError("dialogue before the last assistant turn differs from the one in 'chosen'",
-                        file=file, line=line, field="rejected")
+        raise LdynError(
+            "dialogue before the last assistant turn differs from the one in 'chosen'",
+            file=file,
+            line=line,
+            field="rejected",
+        )
     for name, text in (("chosen", chosen), ("rejected", rejected)):
         if not text.strip():
             raise EmptyFieldError("has an empty last assistant turn", file=file, line=line, field=name)
@@ -89,16 +94,19 @@ def _hf_rows(name: str, split: str, n: int):
             ds = datasets.load_dataset(repo, data_dir=data_dir or None, split=split)
     except Exception as e:  # noqa: BLE001 -- datasets raises many types; all mean "cannot load this"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LdynError(f"cannot load Hugging Face dataset (split '{split}'): {first}. Without network access, "
-                        "pass a local JSONL or a dataset directory saved with `save_to_disk`",
-                        file=name) from None
+        raise LdynError(
+            f"cannot load Hugging Face dataset (split '{split}'): {first}. Without network access, "
+            "pass a local JSONL or a dataset directory saved with `save_to_disk`",
+            file=name,
+        ) from None
     if n:
         ds = ds.select(range(min(n, len(ds))))
     return enumerate(ds, start=1)
 
 
-def load_pairs(source: str, split: str = "train", n: int = 0, skip_empty: bool = False,
-               fields: tuple[str, ...] = (), seed: int = 0) -> tuple[list[Pair], int]:
+def load_pairs(
+    source: str, split: str = "train", n: int = 0, skip_empty: bool = False, fields: tuple[str, ...] = (), seed: int = 0
+) -> tuple[list[Pair], int]:
     """Preference pairs from "embedded", a JSONL path, a dataset directory or a hub dataset name.
 
     Returns (the first `n` pairs (0 = all), number of rows skipped). A row with an empty prompt or response is an
@@ -108,8 +116,9 @@ def load_pairs(source: str, split: str = "train", n: int = 0, skip_empty: bool =
     """
     if source == "embedded":
         path = embedded_path()
-        rows = (embedded_rows(seed) if split == "train"
-                else [(ln, r) for ln, r in read_jsonl(path) if r["split"] == split])
+        rows = (
+            embedded_rows(seed) if split == "train" else [(ln, r) for ln, r in read_jsonl(path) if r["split"] == split]
+        )
         file = str(path)
     elif Path(source).suffix in (".jsonl", ".json") or Path(source).is_file():
         rows, file = read_jsonl(source), source
@@ -126,6 +135,7 @@ def load_pairs(source: str, split: str = "train", n: int = 0, skip_empty: bool =
         if n and len(pairs) == n:
             break
     if not pairs:
-        raise LdynError("no preference pairs found" + (f" in split '{split}'" if source == "embedded" else ""),
-                        file=file)
+        raise LdynError(
+            "no preference pairs found" + (f" in split '{split}'" if source == "embedded" else ""), file=file
+        )
     return pairs, skipped

@@ -14,12 +14,20 @@ from ldyn.errors import EmptyFieldError, LdynError
 
 # The paper's probed response types, in its order, with the symbols its figures use.
 SYMBOLS = {
-    "chosen": "y_u⁺", "rejected": "y_u⁻",
-    "chosen_gptsemantic": "y_gpts⁺", "reject_gptsemantic": "y_gpts⁻",
-    "chosen_gptformat": "y_gptf⁺", "reject_gptformat": "y_gptf⁻",
-    "irr_train": "y_{j≠u}⁺", "irr_test": "y_test⁺", "irr_hum": "y_hum",
-    "random_permute": "y_urnd⁺", "random_nonhum": "y_rnd", "chosen_initial": "y_init",
-    "argmax": "y*", "except_argmax": "y^c",
+    "chosen": "y_u⁺",
+    "rejected": "y_u⁻",
+    "chosen_gptsemantic": "y_gpts⁺",
+    "reject_gptsemantic": "y_gpts⁻",
+    "chosen_gptformat": "y_gptf⁺",
+    "reject_gptformat": "y_gptf⁻",
+    "irr_train": "y_{j≠u}⁺",
+    "irr_test": "y_test⁺",
+    "irr_hum": "y_hum",
+    "random_permute": "y_urnd⁺",
+    "random_nonhum": "y_rnd",
+    "chosen_initial": "y_init",
+    "argmax": "y*",
+    "except_argmax": "y^c",
 }
 PAPER_TYPES = tuple(t for t in SYMBOLS if t not in ("argmax", "except_argmax"))
 # Figure groups, as in the paper's Figures 3-4. "argmax" and "except_argmax" are computed along chosen, not read.
@@ -39,8 +47,9 @@ class ProbeExample:
     responses: dict[str, str]  # response type -> text, e.g. {"chosen": ..., "irr_test": ...}
 
 
-def load_probe_set(path: str, types: list[str] = ("auto",), n: int = 0,
-                   seed: int = 0) -> tuple[list[ProbeExample], list[str]]:
+def load_probe_set(
+    path: str, types: list[str] = ("auto",), n: int = 0, seed: int = 0
+) -> tuple[list[ProbeExample], list[str]]:
     """The first `n` probe prompts (0 = all) with the requested response types.
 
     `types == ["auto"]` selects every paper type the file has. Named types must exist in every row; `chosen` is
@@ -64,8 +73,9 @@ def load_probe_set(path: str, types: list[str] = ("auto",), n: int = 0,
         for t in types:
             if t not in row:
                 have = sorted(k for k, v in row.items() if isinstance(v, str) and k not in ("prompt", "id", "split"))
-                raise LdynError(f"probe type '{t}' is not in this file (it has: {', '.join(have)})",
-                                file=file, line=line, field=t)
+                raise LdynError(
+                    f"probe type '{t}' is not in this file (it has: {', '.join(have)})", file=file, line=line, field=t
+                )
             try:
                 responses[t] = text_field(row, t, file, line)
             except EmptyFieldError:

@@ -33,8 +33,13 @@ class Batch:
         return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels)))
 
 
-def tokenize_rows(tokenizer, rows: list[tuple[str, str, dict[str, str]]], max_length: int,
-                  max_prompt_length: int, mode: str = "keep_end") -> list[TokenizedRow]:
+def tokenize_rows(
+    tokenizer,
+    rows: list[tuple[str, str, dict[str, str]]],
+    max_length: int,
+    max_prompt_length: int,
+    mode: str = "keep_end",
+) -> list[TokenizedRow]:
     """[(id, prompt, {name: response})] -> TokenizedRow list, truncated as the paper's code does."""
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -70,7 +75,7 @@ def collate(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
         n = len(p) + len(r)
         input_ids[i, :n] = torch.tensor(p + r)
         attention_mask[i, :n] = 1
-        labels[i, len(p):n] = torch.tensor(r)
+        labels[i, len(p) : n] = torch.tensor(r)
     return Batch(input_ids, attention_mask, labels)
 
 

@@ -59,6 +59,7 @@ class DigitsConfig:
 
 # --- data --------------------------------------------------------------------------------------------------------
 
+
 def read_idx(path: Path) -> np.ndarray:
     """An MNIST idx file (optionally gzipped) of unsigned bytes as an array of its declared shape."""
     try:
@@ -69,7 +70,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 8:
         raise LdynError(f"{path}: not an idx file of unsigned bytes (bad magic number)")
     ndim = data[3]
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     values = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if values.size != math.prod(shape):
         raise LdynError(f"{path}: header declares {shape} = {math.prod(shape)} values, the file holds {values.size}")
@@ -77,8 +78,12 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def find_idx(folder: Path, stem: str) -> Path:
-    for candidate in (folder / stem, folder / f"{stem}.gz", folder / "MNIST" / "raw" / stem,
-                      folder / "MNIST" / "raw" / f"{stem}.gz"):
+    for candidate in (
+        folder / stem,
+        folder / f"{stem}.gz",
+        folder / "MNIST" / "raw" / stem,
+        folder / "MNIST" / "raw" / f"{stem}.gz",
+    ):
         if candidate.is_file():
             return candidate
     raise LdynError(f"{folder}: no {stem} or {stem}.gz (expected the MNIST training files there)")
@@ -89,8 +94,10 @@ def load_mnist(path: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             import torchvision
         except ImportError:
-            raise LdynError("MNIST needs --mnist-path (a folder with train-images-idx3-ubyte[.gz] and "
-                            "train-labels-idx1-ubyte[.gz]) or torchvision installed to download it") from None
+            raise LdynError(
+                "MNIST needs --mnist-path (a folder with train-images-idx3-ubyte[.gz] and "
+                "train-labels-idx1-ubyte[.gz]) or torchvision installed to download it"
+            ) from None
         from ldyn.models import cache_dir
 
         try:
@@ -133,11 +140,11 @@ def split(images: torch.Tensor, labels: torch.Tensor, cfg: DigitsConfig) -> Spli
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed))
     if cfg.n_train >= len(labels):
         raise LdynError(f"n_train={cfg.n_train} leaves no held-out images ({cfg.data} has {len(labels)})")
-    train, held = order[:cfg.n_train], order[cfg.n_train:cfg.n_train + MAX_HELD_OUT]
+    train, held = order[: cfg.n_train], order[cfg.n_train : cfg.n_train + MAX_HELD_OUT]
     held_y = labels[held]
     observed = []
     for c in range(CLASSES):
-        members = (held_y == c).nonzero().squeeze(-1)[:cfg.observed_per_class]
+        members = (held_y == c).nonzero().squeeze(-1)[: cfg.observed_per_class]
         if len(members) < cfg.observed_per_class:
             raise LdynError(f"only {len(members)} held-out images of class {c}; lower observed_per_class")
         observed.append(members)
@@ -146,24 +153,39 @@ def split(images: torch.Tensor, labels: torch.Tensor, cfg: DigitsConfig) -> Spli
 
 # --- models ------------------------------------------------------------------------------------------------------
 
+
 def make_model(name: str, side: int) -> nn.Module:
     """`mlp`: two 128-wide ReLU layers; `cnn`: the notebook's LeNet (5×5 kernels on 28×28, 3×3 on 8×8), tanh."""
     if name == "mlp":
-        return nn.Sequential(nn.Flatten(), nn.Linear(side * side, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
-                             nn.Linear(128, CLASSES))
+        return nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(side * side, 128),
+            nn.ReLU(),
+            nn.Linear(128, 128),
+            nn.ReLU(),
+            nn.Linear(128, CLASSES),
+        )
     if name == "cnn":
         k = 5 if side >= 20 else 3
-        features = nn.Sequential(nn.Conv2d(1, 6, k, padding=k // 2), nn.Tanh(), nn.AvgPool2d(2),
-                                 nn.Conv2d(6, 16, k, padding=0 if k == 5 else 1), nn.Tanh(), nn.AvgPool2d(2),
-                                 nn.Flatten())
+        features = nn.Sequential(
+            nn.Conv2d(1, 6, k, padding=k // 2),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, k, padding=0 if k == 5 else 1),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+        )
         with torch.no_grad():
             width = features(torch.zeros(1, 1, side, side)).shape[-1]
-        return nn.Sequential(features, nn.Linear(width, 60), nn.Tanh(), nn.Linear(60, 42), nn.Tanh(),
-                             nn.Linear(42, CLASSES))
+        return nn.Sequential(
+            features, nn.Linear(width, 60), nn.Tanh(), nn.Linear(60, 42), nn.Tanh(), nn.Linear(42, CLASSES)
+        )
     raise LdynError(f"unknown model '{name}'{did_you_mean(name, ['mlp', 'cnn'])}")
 
 
 # --- the decomposition, as a training callback --------------------------------------------------------------------
+
 
 @dataclass
 class StepDecomposition:
@@ -171,8 +193,9 @@ class StepDecomposition:
     per_example: torch.Tensor  # (M, B, V) Δ log π(·|x_o) from each update example's share of the step
 
 
-def decompose_update(model: nn.Module, theta: dict, j_o: torch.Tensor, x_u: torch.Tensor, y_u: torch.Tensor,
-                     x_o: torch.Tensor, lr: float) -> StepDecomposition:
+def decompose_update(
+    model: nn.Module, theta: dict, j_o: torch.Tensor, x_u: torch.Tensor, y_u: torch.Tensor, x_o: torch.Tensor, lr: float
+) -> StepDecomposition:
     """−η A_o K_ou G_u for every observed image o and update example u of one SGD step on the batch's mean loss;
     j_o = ∂z/∂θ at the observed images."""
     z_u = torch.func.functional_call(model, theta, (x_u,)).requires_grad_(True)
@@ -234,8 +257,13 @@ class DynamicsRecorder:
             after = model(self.x_o)
         observed = (after.log_softmax(-1) - self.pending.logits.log_softmax(-1)).double()
         predicted = self.pending.per_example.sum(1).double()
-        self.agreement.append((step, float((predicted - observed).norm() / observed.norm()),
-                               float(torch.corrcoef(torch.stack([predicted.ravel(), observed.ravel()]))[0, 1])))
+        self.agreement.append(
+            (
+                step,
+                float((predicted - observed).norm() / observed.norm()),
+                float(torch.corrcoef(torch.stack([predicted.ravel(), observed.ravel()]))[0, 1]),
+            )
+        )
         if len(self.predicted) < 3:  # keep the first few steps for the scatter
             self.predicted.append(predicted)
             self.observed.append(observed)
@@ -252,7 +280,7 @@ def train(model: nn.Module, data: Split, cfg: DigitsConfig, callback: DynamicsRe
         for _ in range(cfg.epochs):
             order = torch.randperm(cfg.n_train, generator=generator)
             for lo in range(0, cfg.n_train, cfg.batch_size):
-                index = order[lo:lo + cfg.batch_size]
+                index = order[lo : lo + cfg.batch_size]
                 x, y = data.train_x[index], data.train_y[index]
                 callback.before_update(step, model, x, y)
                 optimizer.zero_grad()
@@ -266,6 +294,7 @@ def train(model: nn.Module, data: Split, cfg: DigitsConfig, callback: DynamicsRe
 
 
 # --- the result ----------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class DigitsResult:
@@ -303,8 +332,11 @@ class DigitsResult:
 
     def top_pairs(self, what: str, k: int = 5) -> list[tuple[tuple[int, int], float]]:
         """The k most coupled unordered class pairs by one measure, symmetrised."""
-        matrix = {"coupling": self.coupling.mean(0), "confusion": self.average_prediction,
-                  "influence": self.influence_pull}[what]
+        matrix = {
+            "coupling": self.coupling.mean(0),
+            "confusion": self.average_prediction,
+            "influence": self.influence_pull,
+        }[what]
         sym = (matrix + matrix.T) / 2
         pairs = [((a, b), float(sym[a, b])) for a in range(CLASSES) for b in range(a + 1, CLASSES)]
         return sorted(pairs, key=lambda p: -p[1])[:k]
@@ -322,18 +354,29 @@ def run(cfg: DigitsConfig, out: str | Path | None = None) -> DigitsResult:
     data = split(images.to(dtype), labels, cfg)
     model = make_model(cfg.model, images.shape[-1]).to(dtype)
     kernel_every = cfg.kernel_every or math.ceil(cfg.n_train / cfg.batch_size)
-    recorder = DynamicsRecorder(data.held_x[data.observed], data.held_y[data.observed], cfg.lr, cfg.record_every,
-                                kernel_every)
+    recorder = DynamicsRecorder(
+        data.held_x[data.observed], data.held_y[data.observed], cfg.lr, cfg.record_every, kernel_every
+    )
     train(model, data, cfg, recorder)
     with torch.no_grad():
         probs = torch.cat([model(x).softmax(-1) for x in data.held_x.split(1024)]).double()
     average = torch.stack([probs[data.held_y == c].mean(0) for c in range(CLASSES)])
     result = DigitsResult(
-        cfg.model, cfg.data, cfg.n_train, float((probs.argmax(-1) == data.held_y).double().mean()),
-        average.numpy(), recorder.influence.numpy(), recorder.influence_prob.numpy(), np.array(recorder.steps),
+        cfg.model,
+        cfg.data,
+        cfg.n_train,
+        float((probs.argmax(-1) == data.held_y).double().mean()),
+        average.numpy(),
+        recorder.influence.numpy(),
+        recorder.influence_prob.numpy(),
+        np.array(recorder.steps),
         np.array(recorder.kernel_steps),
-        torch.stack(recorder.class_norms).numpy(), np.array(recorder.agreement),
-        time.perf_counter() - start, torch.stack(recorder.predicted).numpy(), torch.stack(recorder.observed).numpy())
+        torch.stack(recorder.class_norms).numpy(),
+        np.array(recorder.agreement),
+        time.perf_counter() - start,
+        torch.stack(recorder.predicted).numpy(),
+        torch.stack(recorder.observed).numpy(),
+    )
     if out is not None:
         write(result, cfg, Path(out))
     return result
@@ -345,22 +388,41 @@ def write(result: DigitsResult, cfg: DigitsConfig, out: Path) -> None:
     from ldyn.toys.figures import agreement_figure, digits_figure
 
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "dynamics.npz", average_prediction=result.average_prediction, influence=result.influence,
-             influence_prob=result.influence_prob,
-             steps=result.steps, kernel_steps=result.kernel_steps, class_norms=result.class_norms,
-             coupling=result.coupling,
-             agreement=result.agreement, predicted=result.predicted, observed=result.observed)
-    for name, figure in (("digits.png", digits_figure(result)),
-                         ("agreement.png", agreement_figure(result.predicted, result.observed,
-                                                            f"first {len(result.predicted)} recorded updates: "
-                                                            "predicted vs observed"))):
+    np.savez(
+        out / "dynamics.npz",
+        average_prediction=result.average_prediction,
+        influence=result.influence,
+        influence_prob=result.influence_prob,
+        steps=result.steps,
+        kernel_steps=result.kernel_steps,
+        class_norms=result.class_norms,
+        coupling=result.coupling,
+        agreement=result.agreement,
+        predicted=result.predicted,
+        observed=result.observed,
+    )
+    for name, figure in (
+        ("digits.png", digits_figure(result)),
+        (
+            "agreement.png",
+            agreement_figure(
+                result.predicted,
+                result.observed,
+                f"first {len(result.predicted)} recorded updates: predicted vs observed",
+            ),
+        ),
+    ):
         figure.savefig(out / name, dpi=130)
         plt.close(figure)
-    summary = {"config": asdict(cfg), "accuracy": result.accuracy, "seconds": result.seconds,
-               "recorded_updates": len(result.steps),
-               "relative_error": {"median": result.median_relative_error,
-                                  "max": float(result.agreement[:, 1].max())},
-               "correlation_min": float(result.agreement[:, 2].min()),
-               "top_pairs": {k: [[list(p), v] for p, v in result.top_pairs(k)]
-                             for k in ("coupling", "confusion", "influence")}}
+    summary = {
+        "config": asdict(cfg),
+        "accuracy": result.accuracy,
+        "seconds": result.seconds,
+        "recorded_updates": len(result.steps),
+        "relative_error": {"median": result.median_relative_error, "max": float(result.agreement[:, 1].max())},
+        "correlation_min": float(result.agreement[:, 2].min()),
+        "top_pairs": {
+            k: [[list(p), v] for p, v in result.top_pairs(k)] for k in ("coupling", "confusion", "influence")
+        },
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -18,12 +18,9 @@ def squeeze_figure(cases) -> plt.Figure:
     for row, case in zip(axes, cases):
         labels = np.arange(len(case.before))
         for ax, log in zip(row, (False, True)):
-            ax.plot(labels, case.before, color=BEFORE, lw=1, marker="." if len(labels) <= 100 else None,
-                    label="before")
-            ax.plot(labels, case.after, color=AFTER, lw=1, marker="." if len(labels) <= 100 else None,
-                    label="after")
-            for index, colour, name in ((case.minus, NEGATIVE, "ȳ (negative)"), (case.plus, POSITIVE,
-                                                                                   "y⁺ (positive)")):
+            ax.plot(labels, case.before, color=BEFORE, lw=1, marker="." if len(labels) <= 100 else None, label="before")
+            ax.plot(labels, case.after, color=AFTER, lw=1, marker="." if len(labels) <= 100 else None, label="after")
+            for index, colour, name in ((case.minus, NEGATIVE, "ȳ (negative)"), (case.plus, POSITIVE, "y⁺ (positive)")):
                 if index is not None:
                     ax.axvline(index, color=colour, ls="--", lw=0.8, label=name)
             if log:
@@ -37,14 +34,25 @@ def squeeze_figure(cases) -> plt.Figure:
     axes[0, 0].legend(fontsize=7, loc="upper left")
     axes[-1, 0].set_xlabel("label")
     axes[-1, 1].set_xlabel("label")
-    fig.suptitle("One update of a linear softmax head: π before (grey) and after (blue); "
-                 "red dashes: the label pushed down, green: the label pushed up")
+    fig.suptitle(
+        "One update of a linear softmax head: π before (grey) and after (blue); "
+        "red dashes: the label pushed down, green: the label pushed up"
+    )
     fig.tight_layout()
     return fig
 
 
-def _heatmap(ax, matrix: np.ndarray, title: str, xlabel: str, ylabel: str, cmap: str, centred: bool,
-             fmt: str | None = None, skip_diagonal: bool = False) -> None:
+def _heatmap(
+    ax,
+    matrix: np.ndarray,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    cmap: str,
+    centred: bool,
+    fmt: str | None = None,
+    skip_diagonal: bool = False,
+) -> None:
     """skip_diagonal: colour only the off-diagonal cells (their scale is the point); the diagonal shows its number
     on grey."""
     shown = matrix.astype(float).copy()
@@ -72,14 +80,40 @@ def digits_figure(result) -> plt.Figure:
     """Four panels: average prediction per observed class, accumulated influence between classes, the normalised
     eNTK coupling between classes at the end, and the coupling of the strongest pairs over training."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 10.5))
-    _heatmap(axes[0, 0], result.average_prediction, "average prediction on held-out images",
-             "predicting class", "observing class", "Blues", False, ".2f")
+    _heatmap(
+        axes[0, 0],
+        result.average_prediction,
+        "average prediction on held-out images",
+        "predicting class",
+        "observing class",
+        "Blues",
+        False,
+        ".2f",
+    )
     pull = result.influence_pull
-    _heatmap(axes[0, 1], pull, "accumulated influence: Σ_t Δπ(y = learnt class | x_o), first order\n"
-             "(row: class of the learnt examples, column: class of the held-out image; diagonal in grey)",
-             "observed class", "learnt class", "RdBu_r", True, ".3f", skip_diagonal=True)
-    _heatmap(axes[1, 0], result.coupling.mean(0), "eNTK coupling ‖K_ab‖_F / √(‖K_aa‖_F ‖K_bb‖_F), "
-             "mean over training", "class b", "class a", "viridis", False, ".2f", skip_diagonal=True)
+    _heatmap(
+        axes[0, 1],
+        pull,
+        "accumulated influence: Σ_t Δπ(y = learnt class | x_o), first order\n"
+        "(row: class of the learnt examples, column: class of the held-out image; diagonal in grey)",
+        "observed class",
+        "learnt class",
+        "RdBu_r",
+        True,
+        ".3f",
+        skip_diagonal=True,
+    )
+    _heatmap(
+        axes[1, 0],
+        result.coupling.mean(0),
+        "eNTK coupling ‖K_ab‖_F / √(‖K_aa‖_F ‖K_bb‖_F), mean over training",
+        "class b",
+        "class a",
+        "viridis",
+        False,
+        ".2f",
+        skip_diagonal=True,
+    )
     ax = axes[1, 1]
     top = {pair for pair, _ in result.top_pairs("coupling", 5)}
     for a in range(10):
@@ -94,8 +128,10 @@ def digits_figure(result) -> plt.Figure:
     ax.set_ylabel("normalised ‖K‖_F", fontsize=8)
     ax.legend(fontsize=7)
     ax.tick_params(labelsize=7)
-    fig.suptitle(f"Learning dynamics of a {result.model} on {result.data} "
-                 f"(test accuracy {result.accuracy:.1%}, {result.n_train} training images)")
+    fig.suptitle(
+        f"Learning dynamics of a {result.model} on {result.data} "
+        f"(test accuracy {result.accuracy:.1%}, {result.n_train} training images)"
+    )
     fig.tight_layout()
     return fig
 

@@ -52,8 +52,16 @@ def nll_gradient(w: torch.Tensor, x: torch.Tensor, label: int) -> torch.Tensor:
     return grad
 
 
-def step(name: str, title: str, w: np.ndarray, x: np.ndarray, plus: int | None = None, plus_lr: float = 0.0,
-         minus: int | None = None, minus_lr: float = 0.0) -> Update:
+def step(
+    name: str,
+    title: str,
+    w: np.ndarray,
+    x: np.ndarray,
+    plus: int | None = None,
+    plus_lr: float = 0.0,
+    minus: int | None = None,
+    minus_lr: float = 0.0,
+) -> Update:
     """W₁ = W − η⁺ ∇(−log π(y⁺)) + η⁻ ∇(−log π(ȳ)), both gradients taken at W; x of shape (d,), W (d, V)."""
     w0, xt = torch.as_tensor(w, dtype=torch.float64), torch.as_tensor(x, dtype=torch.float64).reshape(-1)
     w1 = w0.clone()
@@ -62,8 +70,17 @@ def step(name: str, title: str, w: np.ndarray, x: np.ndarray, plus: int | None =
     if minus is not None:
         w1 += minus_lr * nll_gradient(w0, xt, minus)
     z0, z1 = xt @ w0, xt @ w1
-    return Update(name, title, z0.softmax(-1).numpy(), z1.softmax(-1).numpy(), z0.numpy(), z1.numpy(), plus, minus,
-                  minus_lr * float(xt @ xt))
+    return Update(
+        name,
+        title,
+        z0.softmax(-1).numpy(),
+        z1.softmax(-1).numpy(),
+        z0.numpy(),
+        z1.numpy(),
+        plus,
+        minus,
+        minus_lr * float(xt @ xt),
+    )
 
 
 def notebook_cases(seed: int = NOTEBOOK_SEED) -> list[Update]:
@@ -82,8 +99,16 @@ def notebook_cases(seed: int = NOTEBOOK_SEED) -> list[Update]:
         step("A", "A: positive gradient on y=21", w_uniform, x, plus=21, plus_lr=0.5),
         step("B", "B: negative gradient, flat π, ȳ=42", w_flat, x, minus=42, minus_lr=0.3),
         step("C", "C: negative gradient on a peak label, ȳ=11", w_peaky, x, minus=11, minus_lr=0.5),
-        step("D", "D: negative on a valley (ȳ=42) + positive on 25", w_peaky, x, plus=25, plus_lr=0.5,
-             minus=42, minus_lr=0.5),
+        step(
+            "D",
+            "D: negative on a valley (ȳ=42) + positive on 25",
+            w_peaky,
+            x,
+            plus=25,
+            plus_lr=0.5,
+            minus=42,
+            minus_lr=0.5,
+        ),
     ]
     x_large = rng.randn(50, 1)
     w_large = rng.randn(50, 1000) * 0.5
@@ -92,6 +117,7 @@ def notebook_cases(seed: int = NOTEBOOK_SEED) -> list[Update]:
 
 
 # --- the checker -------------------------------------------------------------------------------------------------
+
 
 def log_change(u: Update) -> np.ndarray:
     """log π'_i − log π_i from the logits (exact, and resolvable far below float64's resolution of π itself)."""
@@ -172,11 +198,19 @@ def check(statements: dict | None = None, n: int = 1000, seed: int = 0) -> list[
 
 # --- the command ---------------------------------------------------------------------------------------------------
 
+
 def case_summary(u: Update) -> dict:
     """The numbers the paper quotes for a case: the updated labels and the argmax, before → after."""
     top = int(u.before.argmax())
-    row = {"case": u.name, "title": u.title, "labels": len(u.before), "rising": u.rising,
-           "argmax": top, "argmax_before": float(u.before[top]), "argmax_after": float(u.after[top])}
+    row = {
+        "case": u.name,
+        "title": u.title,
+        "labels": len(u.before),
+        "rising": u.rising,
+        "argmax": top,
+        "argmax_before": float(u.before[top]),
+        "argmax_after": float(u.after[top]),
+    }
     for key, index in (("minus", u.minus), ("plus", u.plus)):
         if index is not None:
             row |= {key: index, f"{key}_before": float(u.before[index]), f"{key}_after": float(u.after[index])}
@@ -199,8 +233,11 @@ def run(out, n_check: int = 1000, seed: int = 0) -> dict:
     figure = squeeze_figure(cases)
     figure.savefig(out / "squeeze.png", dpi=130)
     plt.close(figure)
-    summary = {"cases": [case_summary(u) for u in cases],
-               "check": [vars(r) | {"holds": r.holds} for r in check(n=n_check, seed=seed)],
-               "check_instances": n_check, "check_seed": seed}
+    summary = {
+        "cases": [case_summary(u) for u in cases],
+        "check": [vars(r) | {"holds": r.holds} for r in check(n=n_check, seed=seed)],
+        "check_instances": n_check,
+        "check_seed": seed,
+    }
     (out / "squeeze.json").write_text(json.dumps(summary, indent=1))
     return summary
