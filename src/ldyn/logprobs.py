@@ -104,7 +104,7 @@ def encode_prompts(model, prompts: list[list[int]], pad_id: int, params: dict | 
     if width == 0:
         return PromptCache(None, mask, prompts)
     out = _forward(model, params, input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
-    return PromptCache(out.past_key_values, mask, prompts)
+    return PromptCache(out.cache, mask, prompts)
 
 
 def shared_prompt_logits(
@@ -131,7 +131,7 @@ def shared_prompt_logits(
         input_ids=batch.input_ids,
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=cache,
+        cache=cache,
         use_cache=cache is not None,
     ).logits
     return logits[:, :-1], batch.labels[:, 1:]
