@@ -16,8 +16,8 @@ import torch
 
 from ldyn.config import RunConfig, load_config
 from ldyn.errors import LdynError
-from ldyn.experiment import Inputs, load_inputs
 from ldyn.models import load_model, prepare
+from ldyn.train.experiment import Inputs, load_inputs
 
 
 def add_common_arguments(parser) -> None:

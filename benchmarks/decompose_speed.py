@@ -20,15 +20,15 @@ import tempfile
 import torch
 from common import add_common_arguments, machine, median_range, setup, timed
 
-from ldyn.akg import decompose, logit_jvp, parameters, update_directions
-from ldyn.callbacks import DecompositionCallback
-from ldyn.experiment import stage_examples
+from ldyn.dynamics.akg import decompose, logit_jvp, parameters, update_directions
+from ldyn.dynamics.probing import whole_prompt_batches
 from ldyn.logprobs import SharedRows, rows_logits
 from ldyn.losses import get_loss
 from ldyn.models import frozen_copy
-from ldyn.probing import whole_prompt_batches
 from ldyn.runs import DECOMPOSITION_TIMES, RunDir
-from ldyn.trainer import Trainer, batches
+from ldyn.train.callbacks import DecompositionCallback
+from ldyn.train.experiment import stage_examples
+from ldyn.train.trainer import Trainer, batches
 
 
 def main() -> None:

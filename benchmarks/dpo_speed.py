@@ -21,10 +21,10 @@ import tempfile
 import torch
 from common import add_common_arguments, machine, median_range, setup, sync, timed
 
-from ldyn.experiment import stage_examples
 from ldyn.losses import get_loss
 from ldyn.models import frozen_copy
-from ldyn.trainer import Trainer
+from ldyn.train.experiment import stage_examples
+from ldyn.train.trainer import Trainer
 
 
 def ldyn_times(model, examples, batch: int, stage, pad_id: int, device: str, bf16: bool, passes: int) -> list:

@@ -16,8 +16,8 @@ import argparse
 import torch
 from common import add_common_arguments, machine, setup, timed
 
+from ldyn.dynamics.probing import probe, records_for
 from ldyn.logprobs import shares_prompts, token_statistics
-from ldyn.probing import probe, records_for
 
 
 @torch.no_grad()

@@ -19,10 +19,10 @@ import statistics
 import torch
 from common import add_common_arguments, machine, median_range, setup, timed
 
-from ldyn.experiment import stage_examples
 from ldyn.losses import get_loss
 from ldyn.models import frozen_copy
-from ldyn.trainer import Trainer
+from ldyn.train.experiment import stage_examples
+from ldyn.train.trainer import Trainer
 
 
 def matmul_peak(dtype: torch.dtype, device: str, repeats: int = 5) -> tuple[float, int]:

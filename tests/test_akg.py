@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from ldyn.akg import (
+from ldyn.config import LossConfig
+from ldyn.data.tokenize import IGNORE, collate, collate_pairs
+from ldyn.dynamics.akg import (
     change_statistics,
     decompose,
     delta_log_prob,
@@ -14,13 +16,11 @@ from ldyn.akg import (
     parameters,
     update_directions,
 )
-from ldyn.config import LossConfig
-from ldyn.data.tokenize import IGNORE, collate, collate_pairs
-from ldyn.entk import entk, kernel_norm, predicted_logit_change
+from ldyn.dynamics.entk import entk, kernel_norm, predicted_logit_change
 from ldyn.logprobs import SharedRows, sequence_logps
 from ldyn.losses import PairLogps, get_loss
 from ldyn.models import prepare, tiny_model
-from ldyn.trainer import TrainExample
+from ldyn.train.trainer import TrainExample
 
 UPDATE = [TrainExample("u0", [5, 6, 7], [8, 9, 10], [11, 12]), TrainExample("u1", [1, 2], [3, 4], [5, 6, 7])]
 OBSERVED = [([5, 6, 7], [8, 9, 10]), ([5, 6, 7], [11, 12]), ([40, 41], [42, 43, 44])]

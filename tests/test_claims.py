@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from ldyn.claims import FAILS, HOLDS, NA, check_claims
+from ldyn.paper.claims import FAILS, HOLDS, NA, check_claims
 from ldyn.runs import load_run
 
 OTHERS = ["chosen_gptsemantic", "irr_train", "irr_test", "irr_hum", "random_permute", "random_nonhum"]
@@ -232,7 +232,7 @@ def test_toy_claims_read_the_squeeze_results(tmp_path):
     from ldyn.toys import squeeze
 
     squeeze.run(tmp_path / "toy", n_check=50, seed=0)
-    from ldyn.claims import read_toys
+    from ldyn.paper.claims import read_toys
 
     v = verdicts([], toys=read_toys([tmp_path / "toy"]))
     assert v["3"].verdict == HOLDS and v["4"].verdict == HOLDS and "0.763 → 0.987" in v["3"].measured

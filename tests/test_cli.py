@@ -69,7 +69,7 @@ def test_plot_redraws_from_the_files_alone(tmp_path, capsys):
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatch):
     args = ["checkpoint_every=1", "mixed_precision=no"]
     assert ldyn(capsys, *tiny_run_args(tmp_path / "full", *args))[0] == 0
-    from ldyn import experiment
+    from ldyn.train import experiment
 
     class Killed(experiment.MetricsLogger):
         def on_step_end(self, state):

@@ -6,7 +6,7 @@ import json
 import matplotlib.pyplot as plt
 import pytest
 
-from ldyn.plotting import plot_groups, plot_run, plot_spread, probe_table, stage_spans
+from ldyn.plots import plot_groups, plot_run, plot_spread, probe_table, stage_spans
 from ldyn.runs import load_run
 
 TYPES = ["chosen", "rejected", "irr_train", "random_permute", "argmax", "except_argmax"]

@@ -8,8 +8,8 @@ from ldyn import cli
 from ldyn.config import SampleConfig
 from ldyn.models import frozen_copy, prepare, tiny_model
 from ldyn.runs import RunDir
-from ldyn.sampling import ResponseSampler, generate, overlap_reward, unigram_f1
-from ldyn.trainer import TrainExample
+from ldyn.train.sampling import ResponseSampler, generate, overlap_reward, unigram_f1
+from ldyn.train.trainer import TrainExample
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from ldyn import cli
 from ldyn.config import ModelConfig
 from ldyn.data.probesets import load_probe_set
 from ldyn.data.tokenize import tokenize_rows
+from ldyn.dynamics.probing import probe, probe_items
 from ldyn.models import load_model
-from ldyn.probing import probe, probe_items
 from ldyn.runs import RunDir
 
 pytestmark = pytest.mark.slow
@@ -70,8 +70,8 @@ def test_a_few_real_steps_of_sft_then_dpo(tmp_path):
 def test_smollm2_samples_readable_answers_and_judges_them(smollm2, tmp_path):
     """On-policy samples from the real model are text in the chat format's language, and the local judge, shown
     the same pair in both orders, names the same response when one is plainly unhelpful."""
-    from ldyn.sampling import generate
-    from ldyn.winrate import LocalJudge
+    from ldyn.judges import LocalJudge
+    from ldyn.train.sampling import generate
 
     model, tokenizer = smollm2
     torch.manual_seed(0)

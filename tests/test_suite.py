@@ -8,8 +8,8 @@ import pytest
 from ldyn import cli
 from ldyn.config import load_config, recipe_names, suite_names
 from ldyn.errors import LdynError
+from ldyn.paper.suite import configs, load_suite
 from ldyn.runs import RunDir
-from ldyn.suite import configs, load_suite
 
 
 def test_shipped_suites_expand_to_recipes(probe_file, tmp_path):
@@ -27,7 +27,7 @@ def test_shipped_suites_expand_to_recipes(probe_file, tmp_path):
 
 
 def test_gpu_suite_builds_with_the_paper_settings_offline(probe_file, tmp_path):
-    from ldyn.winrate import check_suite_winrate
+    from ldyn.paper.winrate import check_suite_winrate
 
     suite = load_suite("paper_gpu")
     cfgs = configs(suite, [f"probe.path={probe_file}"], tmp_path)

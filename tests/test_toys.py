@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ldyn.cli import main
-from ldyn.entk import classifier_jacobian, kernel_from_jacobians, predicted_logit_change
+from ldyn.dynamics.entk import classifier_jacobian, kernel_from_jacobians, predicted_logit_change
 from ldyn.toys import digits, squeeze
 from ldyn.toys.figures import digits_figure, squeeze_figure
 

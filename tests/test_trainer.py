@@ -10,7 +10,7 @@ from ldyn import logprobs
 from ldyn.config import LossConfig, OptimConfig
 from ldyn.losses import get_loss
 from ldyn.models import frozen_copy, prepare, tiny_model
-from ldyn.trainer import Trainer, TrainExample, batches
+from ldyn.train.trainer import Trainer, TrainExample, batches
 
 EXAMPLES = [TrainExample(str(i), [1 + i, 2, 3], [4, 5 + i, 6], [7, 8 + i]) for i in range(8)]
 
@@ -130,7 +130,7 @@ def test_batches_reshuffle_each_pass_and_resume_exactly():
 
 def test_bf16_mixed_precision_trains_while_probes_stay_fp32(tokenizer):
     from ldyn.data.tokenize import TokenizedRow
-    from ldyn.probing import probe, probe_items
+    from ldyn.dynamics.probing import probe, probe_items
 
     model, _ = prepare(tiny_model(tokenizer), tokenizer)
     trainer = Trainer(

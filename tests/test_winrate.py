@@ -8,7 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from ldyn import cli
-from ldyn.winrate import EndpointJudge, compare, parse_verdict, wilson
+from ldyn.judges import EndpointJudge, parse_verdict
+from ldyn.paper.winrate import compare, wilson
 
 
 @pytest.mark.parametrize(
@@ -198,8 +199,8 @@ def test_winrate_command_without_an_endpoint_url_fails_clearly(tmp_path, monkeyp
 def test_local_judge_answers_a_letter_and_is_deterministic(tokenizer):
     import torch
 
+    from ldyn.judges import LocalJudge
     from ldyn.models import prepare, tiny_model
-    from ldyn.winrate import LocalJudge
 
     model, _ = prepare(tiny_model(tokenizer, torch.float32, "sdpa", seed=0), tokenizer)
     judge = LocalJudge(model, tokenizer, "tiny")

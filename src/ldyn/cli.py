@@ -27,6 +27,18 @@ from ldyn.errors import LdynError
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldyn", description="Learning dynamics of LLM finetuning.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_training(sub)
+    _add_reading(sub)
+    _add_winrate(sub)
+    _add_toys(sub)
+    config = sub.add_parser("config", help="print the resolved config of a recipe with overrides")
+    config.add_argument("recipe")
+    ls = sub.add_parser("ls", help="list registered losses or shipped recipes")
+    ls.add_argument("what", choices=["losses", "recipes", "suites"])
+    return parser
+
+
+def _add_training(sub) -> None:
     run = sub.add_parser(
         "run",
         help="train through a recipe's stages while probing response log-probs",
@@ -46,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
     resume.add_argument("run_dir")
+
+
+def _add_reading(sub) -> None:
     plot = sub.add_parser("plot", help="redraw a run's figures from its files alone")
     plot.add_argument("run_dirs", nargs="+")
     influence = sub.add_parser("influence", help="heatmap of accumulated influence across decomposed runs")
@@ -54,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="an HTML page with the runs' figures and the paper's claims checked")
     report.add_argument("run_dirs", nargs="+", help="run directories, or suite folders (all their runs)")
     report.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
+
+
+def _add_winrate(sub) -> None:
     win = sub.add_parser(
         "winrate",
         help="sample from two checkpoints on held-out prompts and judge them",
@@ -82,10 +100,12 @@ def _parser() -> argparse.ArgumentParser:
         help="judge each pair once, in a random order per prompt (half the judge calls)",
     )
     win.add_argument("--out", default="runs/winrate", help="folder for responses, judgements and winrate.json")
-    toy = sub.add_parser("toy", help="the paper's two small worlds: the squeezing toy and digits").add_subparsers(
-        dest="toy", required=True
-    )
-    squeeze = toy.add_parser(
+
+
+def _add_toys(sub) -> None:
+    toy = sub.add_parser("toy", help="the paper's two small worlds: the squeezing toy and digits")
+    toys = toy.add_subparsers(dest="toy", required=True)
+    squeeze = toys.add_parser(
         "squeeze",
         help="one update of a linear softmax head: the five notebook cases and a "
         "checker of the squeezing statements on random heads",
@@ -93,18 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     squeeze.add_argument("--out", default="runs/toy_squeeze", help="folder for squeeze.png and squeeze.json")
     squeeze.add_argument("--check", type=int, default=1000, metavar="N", help="random heads to check (default 1000)")
     squeeze.add_argument("--seed", type=int, default=0, help="seed of the random heads")
-    digits = toy.add_parser(
+    digits = toys.add_parser(
         "digits",
         help="train a small classifier and record how each update moves the "
         "predictions on held-out images (A·K·G with K explicit)",
     )
     digits.add_argument("--out", default="runs/toy_digits", help="folder for the figures and data")
     _add_digits_options(digits)
-    config = sub.add_parser("config", help="print the resolved config of a recipe with overrides")
-    config.add_argument("recipe")
-    ls = sub.add_parser("ls", help="list registered losses or shipped recipes")
-    ls.add_argument("what", choices=["losses", "recipes", "suites"])
-    return parser
 
 
 def _add_digits_options(parser) -> None:
@@ -148,124 +163,121 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args, overrides: list[str]) -> int:
-    from ldyn import config
-
-    if args.command == "ls":
-        if args.what in ("recipes", "suites"):
-            print("\n".join(config.recipe_names() if args.what == "recipes" else config.suite_names()))
-        else:
-            from ldyn.losses import LOSSES
-
-            for spec in LOSSES.values():
-                needs = ", ".join(
-                    n for n, on in (("reference", spec.needs_reference), ("rejected", spec.needs_rejected)) if on
-                )
-                print(f"{spec.name:<6} {spec.summary}" + (f"  [needs {needs}]" if needs else ""))
-        return 0
-    if args.command == "config":
-        print(config.dump_config(config.load_config(args.recipe, overrides)), end="")
-        return 0
-    if args.command == "plot":
-        from ldyn.plotting import plot_run
-
-        for run_dir in args.run_dirs:
-            for path in plot_run(run_dir):
-                print(path)
-        return 0
-    if args.command == "influence":
-        from ldyn.plotting import influence_figure
-
-        for path in influence_figure(args.run_dirs, args.out):
-            print(path)
-        return 0
-    if args.command == "report":
-        from ldyn.report import write_report
-
-        print(write_report(args.run_dirs, args.out))
-        return 0
-    if args.command == "toy":
-        return _toy(args)
-    _quiet_libraries()
-    from ldyn import experiment
-
-    if args.command == "winrate":
-        return _winrate(args)
-    if args.command == "run":
-        from ldyn.suite import is_suite, run_suite
-
-        if is_suite(args.recipe):
-            print(run_suite(args.recipe, overrides, args.out))
-            return 0
-        out = experiment.run(config.load_config(args.recipe, overrides), overwrite=args.overwrite)
-    elif args.command == "decompose":
-        cfg = config.load_config(args.recipe, overrides)
-        out = experiment.decompose_step(cfg, args.stage, overwrite=args.overwrite)
-    else:
-        out = experiment.resume(args.run_dir)
-    print(out.path)
+    handler = COMMANDS[args.command]
+    if args.command in HEAVY:
+        _quiet_libraries()
+    for line in handler(args, overrides):
+        print(line)
     return 0
 
 
-def _winrate(args) -> int:
-    from pathlib import Path
+def _ls(args, overrides) -> list[str]:
+    from ldyn import config
+    from ldyn.losses import LOSSES
 
+    if args.what != "losses":
+        return config.recipe_names() if args.what == "recipes" else config.suite_names()
+    lines = []
+    for spec in LOSSES.values():
+        needs = ", ".join(n for n, on in (("reference", spec.needs_reference), ("rejected", spec.needs_rejected)) if on)
+        lines.append(f"{spec.name:<6} {spec.summary}" + (f"  [needs {needs}]" if needs else ""))
+    return lines
+
+
+def _config(args, overrides) -> list[str]:
+    from ldyn import config
+
+    return [config.dump_config(config.load_config(args.recipe, overrides)).rstrip("\n")]
+
+
+def _plot(args, overrides) -> list[str]:
+    from ldyn.plots import plot_run
+
+    return [str(path) for run_dir in args.run_dirs for path in plot_run(run_dir)]
+
+
+def _influence(args, overrides) -> list[str]:
+    from ldyn.plots import influence_figure
+
+    return [str(path) for path in influence_figure(args.run_dirs, args.out)]
+
+
+def _report(args, overrides) -> list[str]:
+    from ldyn.paper.report import write_report
+
+    return [str(write_report(args.run_dirs, args.out))]
+
+
+def _run(args, overrides) -> list[str]:
+    from ldyn.config import load_config
+    from ldyn.paper.suite import is_suite, run_suite
+    from ldyn.train.experiment import run
+
+    if is_suite(args.recipe):
+        return [str(run_suite(args.recipe, overrides, args.out))]
+    return [str(run(load_config(args.recipe, overrides), overwrite=args.overwrite).path)]
+
+
+def _decompose(args, overrides) -> list[str]:
+    from ldyn.config import load_config
+    from ldyn.train.experiment import decompose_step
+
+    return [str(decompose_step(load_config(args.recipe, overrides), args.stage, overwrite=args.overwrite).path)]
+
+
+def _resume(args, overrides) -> list[str]:
+    from ldyn.train.experiment import resume
+
+    return [str(resume(args.run_dir).path)]
+
+
+def _winrate(args, overrides) -> list[str]:
     from ldyn.config import JudgeConfig
-    from ldyn.data.jsonl import read_jsonl, text_field
-    from ldyn.winrate import evaluate, make_judge
+    from ldyn.paper.winrate import winrate_on_file
 
-    rows = list(read_jsonl(args.prompts))[args.start : args.start + args.n]
-    prompts = [text_field(row, "prompt", args.prompts, line) for line, row in rows]
-    if not prompts:
-        raise LdynError(f"no prompts from row {args.start + 1}", file=args.prompts)
-    judge = make_judge(JudgeConfig(kind=args.judge, model=args.judge_model), args.seed)
-    results = evaluate(
-        [(args.a, args.b)],
-        prompts,
+    judge = JudgeConfig(kind=args.judge, model=args.judge_model)
+    out = winrate_on_file(
+        args.a,
+        args.b,
+        args.prompts,
+        args.start,
+        args.n,
         judge,
-        Path(args.out),
+        args.out,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
         both_orders=not args.one_order,
     )
-    print(Path(args.out) / "winrate.json")
-    return 0 if results else 1
+    return [str(out)]
 
 
-def _toy(args) -> int:
-    if args.toy == "squeeze":
-        from ldyn.toys import squeeze
-
-        summary = squeeze.run(args.out, n_check=args.check, seed=args.seed)
-        for c in summary["cases"]:
-            moved = ", ".join(
-                f"π({c[k]}) {c[k + '_before']:.3g} → {c[k + '_after']:.3g}" for k in ("minus", "plus") if k in c
-            )
-            print(
-                f"{c['title']}: {moved}; argmax {c['argmax']} {c['argmax_before']:.3g} → {c['argmax_after']:.3g}; "
-                f"{c['rising']}/{c['labels']} labels rise"
-            )
-        for r in summary["check"]:
-            print(
-                f"{r['statement']}: {'holds' if r['holds'] else 'FAILS'} on {r['checked']} random heads "
-                f"({r['violations']} violations)"
-            )
-        print(f"{args.out}/squeeze.png")
-        return 0
+def _toy(args, overrides) -> list[str]:
     import dataclasses
 
-    from ldyn.toys import digits
+    from ldyn.toys import digits, squeeze
 
+    if args.toy == "squeeze":
+        return [
+            *squeeze.summary_lines(squeeze.run(args.out, n_check=args.check, seed=args.seed)),
+            f"{args.out}/squeeze.png",
+        ]
     cfg = digits.DigitsConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(digits.DigitsConfig)})
-    result = digits.run(cfg, args.out)
-    print(
-        f"{cfg.model} on {cfg.data}: held-out accuracy {result.accuracy:.1%}, {result.seconds:.0f} s; "
-        f"predicted vs observed per update: median relative error {result.median_relative_error:.1%}"
-    )
-    for what in ("coupling", "confusion", "influence"):
-        pairs = ", ".join(f"{a}↔{b} ({v:.2f})" for (a, b), v in result.top_pairs(what))
-        print(f"most coupled pairs by {what}: {pairs}")
-    print(f"{args.out}/digits.png")
-    return 0
+    return [*digits.run(cfg, args.out).summary_lines(cfg), f"{args.out}/digits.png"]
+
+
+COMMANDS = {
+    "ls": _ls,
+    "config": _config,
+    "plot": _plot,
+    "influence": _influence,
+    "report": _report,
+    "run": _run,
+    "decompose": _decompose,
+    "resume": _resume,
+    "winrate": _winrate,
+    "toy": _toy,
+}
+HEAVY = ("run", "decompose", "resume", "winrate")  # commands that load models: quiet the libraries first
 
 
 def _quiet_libraries() -> None:

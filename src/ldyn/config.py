@@ -1,34 +1,36 @@
-"""Run configuration: nested dataclasses, YAML recipes, dotted command-line overrides.
+"""What a run is: nested dataclasses, read from YAML recipes with dotted command-line overrides, checked once.
 
 A recipe is a YAML file that maps one-to-one onto `RunConfig`. `load_config("smollm2_sft_dpo", ["stages.dpo.steps=8"])`
-reads the shipped recipe (or a YAML path), applies the overrides and checks the result: an unknown key fails naming the
-nearest valid one, a value of the wrong type fails naming the key, and a required value left at "???" fails -- all
-before any model is loaded. Stages are addressed by name (`stages.dpo.optim.lr=1e-5`),
-index (`stages.1.steps=4`) or all at once (`stages.*.batch_size=2`).
+reads the shipped recipe (or a YAML path), applies the overrides and checks the result -- all before any model is
+loaded. Types and allowed values are declared on the fields (`schema.py` turns them into one-line errors); the
+rules that relate fields to each other are in `check`, the one place a run's settings are validated. Stages are
+addressed by name (`stages.dpo.optim.lr=1e-5`), index (`stages.1.steps=4`) or all at once (`stages.*.batch_size=2`).
 
-Each field is documented once, in its trailing comment.
+Each field is documented once, in its trailing comment. A stage also says in words what it trains (`kind`,
+`signal`, `describe`), the one description that plots, claims and the report share.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
 
 from ldyn.errors import LdynError, did_you_mean
+from ldyn.losses import LossConfig, get_loss
+from ldyn.schema import MISSING, apply_override, from_dict, missing_keys, read_yaml, to_dict
 
-MISSING = "???"  # a required value: the recipe or the command line must set it
+__all__ = ["LossConfig", "MISSING", "RunConfig", "StageConfig", "check", "from_dict", "load_config", "read_yaml"]
 
 
 @dataclass
 class ModelConfig:
     name: str = "smollm2"  # "smollm2" (embedded SmolLM2-135M-Instruct), "tiny" (random, tests), HF id or local dir
-    dtype: str = "float32"  # weight dtype: float32 | bfloat16 | float64
-    attn_implementation: str = "sdpa"  # sdpa | eager (eager is needed for forward-mode autodiff)
+    dtype: Literal["float32", "bfloat16", "float64"] = "float32"  # weight dtype
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # eager also supports forward-mode autodiff
 
 
 @dataclass
@@ -40,7 +42,7 @@ class DataConfig:
     skip_empty: bool = False  # drop pairs with an empty prompt or response instead of failing on them
     max_length: int = 512  # prompt + response tokens; longer rows are truncated as in the paper's code
     max_prompt_length: int = 256  # prompt tokens kept when a row is too long
-    truncation_mode: str = "keep_end"  # which end of a long prompt to keep: keep_end (HH) | keep_start
+    truncation_mode: Literal["keep_end", "keep_start"] = "keep_end"  # which end of a long prompt to keep (HH: end)
 
 
 @dataclass
@@ -62,20 +64,8 @@ class DecomposeConfig:
 
 
 @dataclass
-class LossConfig:
-    name: str = "dpo"  # a registered loss: `ldyn ls losses`
-    beta: float = 0.1  # β: inverse temperature of DPO-family losses (SimPO wants ~2)
-    label_smoothing: float = 0.0  # ε of cdpo: assumed probability that a preference label is flipped
-    slic_delta: float = 1.0  # δ of slic: hinge margin on log π(y⁺) - log π(y⁻)
-    slic_lambda: float = 0.1  # λ of slic: weight of the NLL regulariser on y⁺
-    rpo_alpha: float = 1.0  # α of rpo: weight of the per-token NLL on y⁺ added to DPO
-    dpop_lambda: float = 50.0  # λ of dpop: penalty on y⁺ falling below its reference log-prob
-    simpo_gamma: float = 0.5  # γ of simpo: target reward margin
-
-
-@dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | rmsprop | sgd
+    name: Annotated[Literal["adamw", "rmsprop", "sgd"], "optimizer"] = "adamw"
     lr: float = 1e-5  # peak learning rate
     weight_decay: float = 0.0  # decoupled for adamw, L2 for rmsprop/sgd
     momentum: float = 0.0  # sgd and rmsprop momentum
@@ -85,12 +75,14 @@ class OptimConfig:
 
 @dataclass
 class SampleConfig:
-    responses: str = "none"  # none: y⁺ and y⁻ from the data (off-policy) | rejected: y⁻ sampled, y⁺ from the data |
-    # both: two samples per prompt, the one `rank` prefers becomes y⁺
-    source: str = "policy"  # policy: the model being trained, at each update (on-policy) | reference: the stage's
-    # frozen starting model (SPIN)
-    rank: str = "overlap"  # orders the two samples of `both`: overlap (token-unigram F1 with the data's y⁺ minus
-    # with its y⁻) | judge (the run's `judge`)
+    # none: y⁺ and y⁻ from the data (off-policy) | rejected: y⁻ sampled, y⁺ from the data | both: two samples per
+    # prompt, the one `rank` prefers becomes y⁺
+    responses: Literal["none", "rejected", "both"] = "none"
+    # policy: the model being trained, at each update (on-policy) | reference: the stage's frozen starting model (SPIN)
+    source: Literal["policy", "reference"] = "policy"
+    # orders the two samples of `both`: overlap (token-unigram F1 with the data's y⁺ minus with its y⁻) | judge (the
+    # run's `judge`)
+    rank: Annotated[Literal["overlap", "judge"], "reward"] = "overlap"
     max_new_tokens: int = 64  # longest sample; a sample that hits it has no EOS
     temperature: float = 1.0  # sampling temperature
     top_k: int = 0  # sample from the k most likely tokens only (0 = the whole vocabulary)
@@ -109,11 +101,51 @@ class StageConfig:
     # train_supervise); preference losses always use chosen and rejected
     sample: SampleConfig = field(default_factory=SampleConfig)  # on-policy responses (preference losses only)
 
+    @property
+    def kind(self) -> str:
+        """What the stage trains, in one word: "sft" (on chosen), "sft:<target>", "extend" (SFT on chosen ∪
+        rejected), "<loss>" (off-policy preference loss), "<loss>+onpolicy" (y⁻ sampled from the policy),
+        "<loss>+ranked" (both sampled and ranked), or "spin" (y⁻ sampled from the stage's starting model)."""
+        loss = self.loss.name
+        if self.extend:
+            return "extend"
+        if self.sample.responses == "rejected" and self.sample.source == "reference":
+            return "spin"
+        if self.sample.responses != "none":
+            return f"{loss}+{'ranked' if self.sample.responses == 'both' else 'onpolicy'}"
+        if not get_loss(loss).needs_rejected and self.target != "chosen":
+            return f"{loss}:{self.target}"
+        return loss
+
+    def signal(self) -> str:
+        """A short label of the training signal: "SFT on irr_hum", "DPO (y⁺, y⁻)", "SFT on chosen ∪ rejected"."""
+        if self.extend:
+            return f"{self.loss.name.upper()} on chosen ∪ rejected"
+        if not get_loss(self.loss.name).needs_rejected:
+            return f"{self.loss.name.upper()} on {self.target}"
+        return f"{self.loss.name.upper()} (y⁺, y⁻)"
+
+    def describe(self) -> str:
+        """One line: "dpo: dpo, sampled rejected from the policy, 20 updates × 4, adamw lr 1e-05"."""
+        loss = self.loss.name
+        extra = (
+            " on chosen ∪ rejected"
+            if self.extend
+            else (f" on {self.target}" if self.kind.startswith(f"{loss}:") else "")
+        )
+        if self.sample.responses != "none":
+            extra += f", sampled {self.sample.responses} from the {self.sample.source}"
+        return (
+            f"{self.name}: {loss}{extra}, {self.steps} updates × {self.batch_size}, {self.optim.name} "
+            f"lr {self.optim.lr}"
+        )
+
 
 @dataclass
 class JudgeConfig:
-    kind: str = "local"  # local: a causal LM scores the letters A and B | endpoint: an OpenAI-compatible chat API
-    # at $LDYN_JUDGE_URL with key $LDYN_JUDGE_KEY
+    # local: a causal LM scores the letters A and B | endpoint: an OpenAI-compatible chat API at $LDYN_JUDGE_URL
+    # with key $LDYN_JUDGE_KEY
+    kind: Literal["local", "endpoint"] = "local"
     model: str = "smollm2"  # local: the judge model (as model.name); endpoint: the model name sent to the API
     timeout: float = 60.0  # endpoint: seconds per request
     retries: int = 3  # endpoint: attempts per judgement (timeouts, errors, unparseable answers)
@@ -124,7 +156,7 @@ class RunConfig:
     name: str = MISSING  # run name; the run directory defaults to runs/<name>
     output_dir: str = ""  # run directory ("" = runs/<name>)
     seed: int = 0  # seeds data order, derived probe types and tiny-model init
-    mixed_precision: str = "no"  # no | bf16 (autocast for training; probes always run in fp32)
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16: autocast for training; probes always run in fp32
     checkpoint_every: int = 0  # save a resumable checkpoint every k updates (0 = only at stage ends)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -138,196 +170,16 @@ class RunConfig:
     def run_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.name}")
 
-
-CHOICES = {  # fields restricted to a fixed set of values (losses are checked against their registry elsewhere)
-    "dtype": ("float32", "bfloat16", "float64"),
-    "attn_implementation": ("sdpa", "eager"),
-    "truncation_mode": ("keep_end", "keep_start"),
-    "mixed_precision": ("no", "bf16"),
-    "responses": ("none", "rejected", "both"),
-    "source": ("policy", "reference"),
-    "kind": ("local", "endpoint"),
-}
+    def describe(self) -> str:
+        """The model and every stage in one line (report and console)."""
+        return f"{self.model.name}; " + "; ".join(s.describe() for s in self.stages)
 
 
-# ---------------------------------------------------------------- reading YAML with line numbers
-
-
-class _LineDict(dict):
-    """A dict that remembers the YAML line of each key, so config errors can name it."""
-
-    lines: dict
-
-
-class _LineLoader(yaml.SafeLoader):
-    pass
-
-
-def _construct_line_dict(loader, node):
-    mapping = _LineDict()
-    yield mapping  # two-step construction, as PyYAML's own mappings do (nested and recursive nodes)
-    mapping.update(loader.construct_mapping(node))
-    mapping.lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
-
-
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_line_dict)
-
-
-def read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise LdynError(f"cannot read config: {e}", file=str(path)) from None
-    try:
-        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 -- a SafeLoader subclass
-    except yaml.YAMLError as e:
-        line = e.problem_mark.line + 1 if getattr(e, "problem_mark", None) else None
-        raise LdynError(f"invalid YAML: {getattr(e, 'problem', e)}", file=str(path), line=line) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise LdynError("a recipe must be a YAML mapping of config keys", file=str(path))
-    return data
-
-
-# ---------------------------------------------------------------- building dataclasses from plain data
-
-
-def _coerce(value, tp, key: str, file: str | None, line: int | None):
-    """Convert a YAML or command-line value to the field type `tp`, or fail naming the key."""
-
-    def bad(expected: str):
-        return LdynError(f"expected {expected}, got {value!r}", file=file, line=line, field=key)
-
-    if isinstance(value, str) and value == MISSING:
-        return MISSING
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise bad("a mapping")
-        return from_dict(tp, value, prefix=key + ".", file=file)
-    if origin is list:
-        (item,) = args
-        if isinstance(value, str) and not dataclasses.is_dataclass(item):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise bad("a list")
-        if dataclasses.is_dataclass(item):
-            return [_coerce(v, item, f"{key}.{i}", file, line) for i, v in enumerate(value)]
-        return [_coerce(v, item, key, file, line) for v in value]
-    if type(None) in args:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key, file, line)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise bad("true or false")
-    if tp is int:
-        try:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
-            raise bad("an integer") from None
-    if tp is float:
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        except (TypeError, ValueError):
-            raise bad("a number") from None
-    if tp is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise bad("a string")
-        value = str(value)
-        name = key.rsplit(".", 1)[-1]
-        if name in CHOICES and value not in CHOICES[name]:
-            raise LdynError(
-                f"unknown value '{value}'{did_you_mean(value, CHOICES[name])}", file=file, line=line, field=key
-            )
-        return value
-    raise TypeError(f"unsupported config field type {tp}")  # a bug in this module, not user input
-
-
-def from_dict(cls, data: dict, *, prefix: str = "", file: str | None = None):
-    """Build dataclass `cls` from a (possibly nested) dict; unknown keys fail naming the nearest valid one."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    lines = getattr(data, "lines", {})
-    kwargs = {}
-    for key, value in data.items():
-        line = lines.get(key)
-        if key not in names:
-            raise LdynError(f"unknown key '{prefix}{key}'{did_you_mean(str(key), names)}", file=file, line=line)
-        kwargs[key] = _coerce(value, hints[key], prefix + key, file, line)
-    return cls(**kwargs)
-
-
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-# ---------------------------------------------------------------- overrides and checks
-
-
-def _child(obj, segment: str, path: str):
-    """Step from a config object (or list of stages) to its child named `segment`."""
-    if isinstance(obj, list):
-        for i, item in enumerate(obj):
-            if segment == str(i) or getattr(item, "name", None) == segment:
-                return item
-        names = [str(getattr(item, "name", i)) for i, item in enumerate(obj)]
-        raise LdynError(f"unknown stage '{segment}' in '{path}'{did_you_mean(segment, names)}")
-    names = [f.name for f in dataclasses.fields(obj)]
-    if segment not in names:
-        raise LdynError(f"unknown key '{path}'{did_you_mean(segment, names)}")
-    return getattr(obj, segment)
-
-
-def apply_override(cfg: RunConfig, item: str) -> None:
-    """Apply one `a.b.c=value` override (a leading `--` is allowed) in place; `stages.*.x` sets x in every stage."""
-    key, sep, value = item.removeprefix("--").partition("=")
-    if not sep or not key:
-        raise LdynError(f"an override must look like key=value or --key=value, got '{item}'")
-    if key.startswith("stages.*."):
-        for stage in cfg.stages:
-            apply_override(cfg, f"stages.{cfg.stages.index(stage)}.{key[len('stages.*.') :]}={value}")
-        return
-    *parents, last = key.split(".")
-    obj = cfg
-    for depth, segment in enumerate(parents):
-        obj = _child(obj, segment, ".".join(parents[: depth + 1]))
-    if isinstance(obj, list) or not dataclasses.is_dataclass(obj):
-        raise LdynError(f"'{key}' does not name a config value")
-    names = [f.name for f in dataclasses.fields(obj)]
-    if last not in names:
-        raise LdynError(f"unknown key '{key}'{did_you_mean(last, names)}")
-    setattr(obj, last, _coerce(value, typing.get_type_hints(type(obj))[last], key, None, None))
-
-
-def missing_keys(obj, prefix: str = "") -> list[str]:
-    """Dotted names of every value still at MISSING ("???")."""
-    found = []
-    for f in dataclasses.fields(obj):
-        value, key = getattr(obj, f.name), prefix + f.name
-        if isinstance(value, str) and value == MISSING:
-            found.append(key)
-        elif dataclasses.is_dataclass(value):
-            found += missing_keys(value, key + ".")
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                if dataclasses.is_dataclass(item):
-                    label = item.name if getattr(item, "name", MISSING) != MISSING else str(i)
-                    found += missing_keys(item, f"{key}.{label}.")
-    return found
+# ---------------------------------------------------------------- the rules between fields
 
 
 def check(cfg: RunConfig) -> None:
-    """Fail on missing required values and on config that cannot run; cheap, and before any model loads."""
+    """Fail on missing required values and on settings that cannot run: cheap, and before any model loads."""
     missing = missing_keys(cfg)
     if missing:
         raise LdynError(
@@ -339,14 +191,38 @@ def check(cfg: RunConfig) -> None:
     names = [s.name for s in cfg.stages]
     if len(set(names)) != len(names):
         raise LdynError(f"stage names must be unique, got {names}")
-    for s in cfg.stages:
-        for key, value in (("steps", s.steps), ("batch_size", s.batch_size), ("grad_accum", s.grad_accum)):
-            if value < (0 if key == "steps" else 1):
-                raise LdynError(
-                    f"must be {'>= 0' if key == 'steps' else '>= 1'}, got {value}", field=f"stages.{s.name}.{key}"
-                )
+    for stage in cfg.stages:
+        _check_stage(stage)
     if cfg.data.max_prompt_length >= cfg.data.max_length:
         raise LdynError("must be smaller than data.max_length", field="data.max_prompt_length")
+
+
+def _check_stage(s: StageConfig) -> None:
+    where = f"stages.{s.name}"
+    for key, value in (("steps", s.steps), ("batch_size", s.batch_size), ("grad_accum", s.grad_accum)):
+        if value < (0 if key == "steps" else 1):
+            raise LdynError(f"must be {'>= 0' if key == 'steps' else '>= 1'}, got {value}", field=f"{where}.{key}")
+    spec = get_loss(s.loss.name)
+    if s.extend and spec.needs_rejected:
+        raise LdynError(
+            f"extend (SFT on chosen ∪ rejected) needs an SFT-style loss, not '{spec.name}'", field=f"{where}.extend"
+        )
+    if s.target != "chosen" and spec.needs_rejected:
+        raise LdynError(
+            f"a target field applies to SFT-style losses; '{spec.name}' trains on chosen and rejected",
+            field=f"{where}.target",
+        )
+    sample = s.sample
+    if sample.responses == "none":
+        return
+    if not spec.needs_rejected:
+        raise LdynError(
+            f"sampled responses feed a preference loss, not '{spec.name}'", field=f"{where}.sample.responses"
+        )
+    if sample.source == "reference" and not spec.needs_reference:
+        raise LdynError(f"'{spec.name}' has no reference model to sample from", field=f"{where}.sample.source")
+    if sample.max_new_tokens < 1 or sample.temperature <= 0:
+        raise LdynError("max_new_tokens must be >= 1 and temperature > 0", field=f"{where}.sample")
 
 
 # ---------------------------------------------------------------- recipes
@@ -368,7 +244,7 @@ def recipe_names() -> list[str]:
 
 
 def suite_names() -> list[str]:
-    """Shipped suites (YAML files with a top-level `suite:` key, see `suite.py`)."""
+    """Shipped suites (YAML files with a top-level `suite:` key, see `paper/suite.py`)."""
     return _shipped(suites=True)
 
 
@@ -397,6 +273,11 @@ def load_config(recipe: str, overrides: list[str] = ()) -> RunConfig:
         apply_override(cfg, item)
     check(cfg)
     return cfg
+
+
+def read_config(path: Path) -> RunConfig:
+    """A run directory's `config.yaml` as a RunConfig (not checked: a partial config reads with defaults)."""
+    return from_dict(RunConfig, read_yaml(path), file=str(path))
 
 
 def dump_config(cfg: RunConfig) -> str:

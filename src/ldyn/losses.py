@@ -7,19 +7,32 @@ there is no second, hand-derived copy anywhere.
 
 Notation: π = policy, π_ref = frozen reference, y⁺/y⁻ = chosen/rejected, log π(y) summed over response tokens,
 r^± = log π(y^±) - log π_ref(y^±) (the implicit reward without β), h = r⁺ - r⁻, σ = logistic function.
-Add a loss with `@register_loss("name", needs_reference=..., needs_rejected=...)`; `ldyn ls losses` lists them.
+Add a loss with `@register_loss("name", needs_reference=..., needs_rejected=..., params=(...))`; `ldyn ls losses`
+lists them. A loss's hyperparameters are fields of `LossConfig` below, named in its `params`: adding a loss with a
+parameter touches this file only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 
-from ldyn.config import LossConfig
 from ldyn.errors import LdynError, did_you_mean
+
+
+@dataclass
+class LossConfig:
+    name: str = "dpo"  # a registered loss: `ldyn ls losses`
+    beta: float = 0.1  # β: inverse temperature of DPO-family losses (SimPO wants ~2)
+    label_smoothing: float = 0.0  # ε of cdpo: assumed probability that a preference label is flipped
+    slic_delta: float = 1.0  # δ of slic: hinge margin on log π(y⁺) - log π(y⁻)
+    slic_lambda: float = 0.1  # λ of slic: weight of the NLL regulariser on y⁺
+    rpo_alpha: float = 1.0  # α of rpo: weight of the per-token NLL on y⁺ added to DPO
+    dpop_lambda: float = 50.0  # λ of dpop: penalty on y⁺ falling below its reference log-prob
+    simpo_gamma: float = 0.5  # γ of simpo: target reward margin
 
 
 @dataclass
@@ -48,6 +61,7 @@ class LossSpec:
     fn: Callable[[PairLogps, PairLogps | None, LossConfig], LossOutput]
     needs_reference: bool
     needs_rejected: bool
+    params: tuple[str, ...] = ()  # the LossConfig fields it reads besides `name`
 
     @property
     def summary(self) -> str:
@@ -57,11 +71,17 @@ class LossSpec:
 LOSSES: dict[str, LossSpec] = {}
 
 
-def register_loss(name: str, *, needs_reference: bool, needs_rejected: bool):
+def register_loss(name: str, *, needs_reference: bool, needs_rejected: bool, params: tuple[str, ...] = ()):
+    """Register `fn(policy, reference, cfg) -> LossOutput` under `name`; `params` names the LossConfig fields it
+    reads (β, margins, weights), so that settings can be checked per loss."""
+    unknown = set(params) - {f.name for f in fields(LossConfig)} - {"name"}
+    if unknown:
+        raise ValueError(f"loss '{name}': {sorted(unknown)} are not LossConfig fields; declare them there")
+
     def decorator(fn):
         if name in LOSSES:
             raise ValueError(f"loss '{name}' is already registered")
-        LOSSES[name] = LossSpec(name, fn, needs_reference, needs_rejected)
+        LOSSES[name] = LossSpec(name, fn, needs_reference, needs_rejected, tuple(params))
         return fn
 
     return decorator
@@ -99,7 +119,7 @@ def sft(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> Loss
     return LossOutput(-policy.chosen, {})
 
 
-@register_loss("dpo", needs_reference=True, needs_rejected=True)
+@register_loss("dpo", needs_reference=True, needs_rejected=True, params=("beta",))
 def dpo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
     """Direct preference optimisation: L = -log σ(β h).
 
@@ -109,7 +129,7 @@ def dpo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> Loss
     return LossOutput(-F.logsigmoid(cfg.beta * h), _rewards(policy, reference, cfg.beta))
 
 
-@register_loss("ipo", needs_reference=True, needs_rejected=True)
+@register_loss("ipo", needs_reference=True, needs_rejected=True, params=("beta",))
 def ipo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
     """Identity preference optimisation: L = (h - 1/(2β))², on summed log-probs.
 
@@ -120,7 +140,7 @@ def ipo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> Loss
     return LossOutput((h - 1 / (2 * cfg.beta)) ** 2, _rewards(policy, reference, cfg.beta))
 
 
-@register_loss("cdpo", needs_reference=True, needs_rejected=True)
+@register_loss("cdpo", needs_reference=True, needs_rejected=True, params=("beta", "label_smoothing"))
 def cdpo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
     """Conservative DPO (label smoothing ε): L = -(1 - ε) log σ(β h) - ε log σ(-β h).
 
@@ -132,7 +152,7 @@ def cdpo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> Los
     return LossOutput(losses, _rewards(policy, reference, cfg.beta))
 
 
-@register_loss("slic", needs_reference=False, needs_rejected=True)
+@register_loss("slic", needs_reference=False, needs_rejected=True, params=("slic_delta", "slic_lambda"))
 def slic(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
     """SLiC-HF: L = max(0, δ - log π(y⁺) + log π(y⁻)) - λ log π(y⁺).
 
@@ -143,7 +163,7 @@ def slic(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> Los
     return LossOutput(hinge - cfg.slic_lambda * policy.chosen, {"slic/hinge_active": (hinge > 0).float()})
 
 
-@register_loss("sppo", needs_reference=True, needs_rejected=True)
+@register_loss("sppo", needs_reference=True, needs_rejected=True, params=("beta",))
 def sppo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
     """SPPO with hard labels: L = (r⁺ - 1/(2β))² + (r⁻ + 1/(2β))².
 
@@ -155,7 +175,7 @@ def sppo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> Los
     return LossOutput((r_chosen - half) ** 2 + (r_rejected + half) ** 2, _rewards(policy, reference, cfg.beta))
 
 
-@register_loss("rpo", needs_reference=True, needs_rejected=True)
+@register_loss("rpo", needs_reference=True, needs_rejected=True, params=("beta", "rpo_alpha"))
 def rpo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
     """DPO plus per-token NLL on the chosen response: L = -log σ(β h) - α log π(y⁺) / |y⁺|.
 
@@ -167,7 +187,7 @@ def rpo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> Loss
     return LossOutput(-F.logsigmoid(cfg.beta * h) + cfg.rpo_alpha * nll, metrics)
 
 
-@register_loss("dpop", needs_reference=True, needs_rejected=True)
+@register_loss("dpop", needs_reference=True, needs_rejected=True, params=("beta", "dpop_lambda"))
 def dpop(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
     """DPO-Positive: L = -log σ(β [h - λ max(0, log π_ref(y⁺) - log π(y⁺))]).
 
@@ -179,7 +199,7 @@ def dpop(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> Los
     return LossOutput(-F.logsigmoid(cfg.beta * (h - cfg.dpop_lambda * penalty)), metrics)
 
 
-@register_loss("simpo", needs_reference=False, needs_rejected=True)
+@register_loss("simpo", needs_reference=False, needs_rejected=True, params=("beta", "simpo_gamma"))
 def simpo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
     """SimPO (reference-free, length-normalised): L = -log σ(β log π(y⁺)/|y⁺| - β log π(y⁻)/|y⁻| - γ).
 

@@ -14,7 +14,9 @@
       checkpoints/      `last/` (resumable) and `<stage>/` (the model at each stage's end, a HF checkpoint dir)
 
 JSONL rows are appended and flushed one update or probe round at a time, so a killed run keeps everything it had
-written; a line cut off by the kill is skipped when reading.
+written; a line cut off by the kill is skipped when reading. `append_rows` and `read_rows` are the only code that
+writes and reads JSONL results back (run directories, suite logs, win-rate caches); `load_run` gives a run with its
+typed `RunConfig`.
 """
 
 from __future__ import annotations
@@ -26,15 +28,45 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from ldyn.config import RunConfig, read_config
 from ldyn.errors import LdynError
 
 CONFIG, DATA, METRICS, PROBES = "config.yaml", "data.json", "metrics.jsonl", "probes.jsonl"
 PROBE_TIMES = "probe_times.jsonl"
 DECOMPOSITION, DECOMPOSITION_TIMES = "decomposition.jsonl", "decomposition_times.jsonl"
 SAMPLES = "samples.jsonl"
+SUITE_LOG = "suite.jsonl"  # a suite folder's record of each run's wall time
 FIGURES, CHECKPOINTS = "figures", "checkpoints"
+STATE = "state.json"  # checkpoints/state.json: where to resume from (written by the Checkpointer)
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append rows to a JSONL file and flush them to disk (a kill loses at most the line being written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a JSONL file ([] if it does not exist); a last line cut short by a kill is skipped, a malformed
+    line anywhere else fails naming the file and line."""
+    if not path.is_file():
+        return []
+    rows = []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines):  # the last line of a killed run may be cut short
+                break
+            raise LdynError("malformed JSON", file=str(path), line=i) from None
+    return rows
 
 
 class RunDir:
@@ -63,27 +95,10 @@ class RunDir:
         self.write_text(name, json.dumps(obj, indent=2) + "\n")
 
     def append(self, name: str, rows: list[dict]) -> None:
-        with open(self.path / name, "a", encoding="utf-8") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
-            f.flush()
-            os.fsync(f.fileno())
+        append_rows(self.path / name, rows)
 
     def read(self, name: str) -> list[dict]:
-        path = self.path / name
-        if not path.is_file():
-            return []
-        rows = []
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        for i, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                if i == len(lines):  # the last line of a killed run may be cut short
-                    break
-                raise LdynError("malformed JSON", file=str(path), line=i) from None
-        return rows
+        return read_rows(self.path / name)
 
     def keep_until(self, name: str, step: int) -> None:
         """Drop rows written after `step` (resuming from a checkpoint taken at `step`)."""
@@ -91,10 +106,23 @@ class RunDir:
         self.write_text(name, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def read_resume_state(run: RunDir) -> dict | None:
+    """The last checkpoint's resume state (step, stage index, model and optimizer files), or None."""
+    path = run.checkpoints / STATE
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LdynError(f"cannot read the resume state: {e}", file=str(path)) from None
+    state["model_dir"] = Path(run.checkpoints / state["model"])
+    return state
+
+
 @dataclass
 class Run:
     path: Path
-    config: dict
+    config: RunConfig
     metrics: list[dict]
     probes: list[dict]
     decomposition: list[dict]
@@ -105,8 +133,7 @@ def load_run(path: str | Path) -> Run:
     run = RunDir(path)
     if not run.exists():
         raise LdynError(f"not a run directory (no {CONFIG})", file=str(path))
-    config = yaml.safe_load((run.path / CONFIG).read_text(encoding="utf-8")) or {}
-    return Run(run.path, config, run.read(METRICS), run.read(PROBES), run.read(DECOMPOSITION))
+    return Run(run.path, read_config(run.path / CONFIG), run.read(METRICS), run.read(PROBES), run.read(DECOMPOSITION))
 
 
 def probe_table(run: Run, key: str = "logp_sum") -> dict[str, tuple[np.ndarray, list[str], np.ndarray]]:

@@ -13,6 +13,10 @@
 
 Two parameter steps are used: the paper's SGD kernel Δθ = −η g (η = the stage's learning rate), split into its
 y⁺ and y⁻ parts, and the optimizer's real step θ_{t+1} − θ_t (Adam, RMSprop or SGD, after clipping).
+
+Any trainer uses it in two calls around one optimizer step: `begin_update` before it (θ_t, and g⁺/g⁻ when the
+update batch and its loss are known), `decompose_update` after it (one row per observed response, with its final
+column names). Without the update batch only the real step is predicted.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ldyn.config import LossConfig
 from ldyn.data.tokenize import IGNORE, Batch, collate
-from ldyn.logprobs import STAT_CHUNK, SharedRows, logps_from_logits, response_logits, rows_logits
-from ldyn.losses import LossSpec, PairLogps
+from ldyn.dynamics.probing import ProbeItem, length_batches, whole_prompt_batches
+from ldyn.logprobs import STAT_CHUNK, SharedRows, logps_from_logits, response_logits, rows_logits, shares_prompts
+from ldyn.losses import LossConfig, LossSpec, PairLogps
 
 TOP_K = 10  # "top-k" in the mass split: the pre-update argmax, the next TOP_K - 1 tokens, and the tail
 
@@ -193,3 +197,82 @@ def decompose(
     # SignDelta (paper App. C, Eq. 26): the mean of Δ log π over vocabulary and tokens
     out["observed/sign_delta"] = stats["dlogp_sum"] / (stats["n_tokens"].clamp(min=1) * logits.shape[-1])
     return out
+
+
+# ---------------------------------------------------------------- one update, from any trainer
+
+
+@dataclass
+class UpdateStart:
+    """What the decomposition keeps from before an update."""
+
+    theta: dict[str, torch.Tensor]  # θ_t, cloned
+    lr: float  # η of the update (the SGD-kernel predictions use it)
+    directions: UpdateDirections | None  # g⁺ and g⁻ of the update batch; None when the batch is not known
+
+
+def begin_update(
+    model,
+    lr: float,
+    loss: LossSpec | None = None,
+    loss_cfg: LossConfig | None = None,
+    examples=(),
+    pad_id: int = 0,
+    reference: PairLogps | None = None,
+) -> UpdateStart:
+    """Before the optimizer step: θ_t, and the loss directions of the update's `examples` (`TrainExample`s: prompt,
+    chosen, rejected token ids) under `loss` when they are given. `reference` holds the reference log-probs of the
+    examples for losses that need one."""
+    directions = None
+    if loss is not None and examples:
+        directions = update_directions(model, loss, loss_cfg or LossConfig(), list(examples), pad_id, reference)
+    return UpdateStart({k: v.clone() for k, v in parameters(model).items()}, lr, directions)
+
+
+# columns of a decomposition row, from the names `decompose` gives its outputs
+COLUMNS = {"predicted/step": "predicted", "predicted/sgd_positive": "sgd_positive",
+           "predicted/sgd_negative": "sgd_negative"}  # fmt: skip
+
+
+def decompose_update(
+    model, start: UpdateStart, items: list[ProbeItem], pad_id: int, *, batch_tokens: int = 1024, predict: bool = True
+) -> list[dict]:
+    """After the optimizer step: one row per observed (prompt, response type) with the observed change and, when
+    `predict`, the first-order predictions along the real step ("predicted") and the SGD kernel's y⁺ and y⁻ parts
+    ("sgd_positive", "sgd_negative"), the mass split, LBK ("observed/lbk") and SignDelta ("observed/sign_delta")."""
+    after = parameters(model)
+    tangents = _tangents(start, after) if predict else {}
+    shared = shares_prompts(next(model.parameters()).device)
+    rows = []
+    for group in (whole_prompt_batches if shared else length_batches)(items, batch_tokens):
+        out = {COLUMNS.get(k, k): v.tolist() for k, v in _decompose_group(model, start, after, tangents, group,
+                                                                         pad_id, shared).items()}  # fmt: skip
+        for i, item in enumerate(group):
+            row = {"example_id": item.example_id, "type": item.type, "lr": start.lr}
+            if start.directions is not None:
+                row["g_norm_sq"] = start.directions.g_norm_sq
+            row |= {k: v[i] for k, v in out.items()}
+            if start.directions is not None:  # LBK: ‖Δ log π‖² / (‖A‖_F² ‖G‖²)
+                row["observed/lbk"] = row["observed/dlogp_sq"] / (
+                    row["observed/a_norm_sq"] * start.directions.g_norm_sq
+                )
+            rows.append(row)
+    return rows
+
+
+def _tangents(start: UpdateStart, after: dict) -> dict[str, dict]:
+    """The parameter steps to predict along: the real one, and −η g⁺, −η g⁻ when the directions are known."""
+    tangents = {"step": {k: after[k] - start.theta[k] for k in start.theta}}
+    if start.directions is not None:
+        tangents["sgd_positive"] = {k: -start.lr * g for k, g in start.directions.positive.items()}
+        if start.directions.negative is not None:
+            tangents["sgd_negative"] = {k: -start.lr * g for k, g in start.directions.negative.items()}
+    return tangents
+
+
+def _decompose_group(model, start: UpdateStart, after: dict, tangents: dict, group: list[ProbeItem], pad_id: int,
+                     shared: bool) -> dict:  # fmt: skip
+    pairs = [(it.example_id, it.prompt, it.response) for it in group]
+    device = next(model.parameters()).device
+    observed = SharedRows.of(pairs) if shared else collate([p[1:] for p in pairs], pad_id).to(device)
+    return decompose(model, start.theta, after, tangents, observed, pad_id)

@@ -17,27 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ldyn import __version__
-from ldyn.claims import (
-    FAILS,
-    HOLDS,
-    NA,
-    Verdict,
-    _first,
-    check_claims,
+from ldyn.errors import LdynError
+from ldyn.paper.claims import FAILS, HOLDS, NA, Verdict, check_claims, read_toys
+from ldyn.paper.stages import (
     dpo_after,
     dpo_from_base,
     extend_sft,
     on_policy_dpo,
     ranked_dpo,
-    read_toys,
+    richest,
     sft_on_chosen,
     spin,
     stages_where,
 )
-from ldyn.errors import LdynError
-from ldyn.runs import CONFIG, Run, load_run
-
-SUITE_LOG = "suite.jsonl"
+from ldyn.runs import CONFIG, SUITE_LOG, Run, load_run, read_rows
 
 
 @dataclass
@@ -68,7 +61,7 @@ def collect(paths: list[str | Path]) -> Collected:
         if (path / "winrate" / "winrate.json").is_file():
             c.winrates += _read_json(path / "winrate" / "winrate.json")
         if (path / SUITE_LOG).is_file():
-            c.timings += [json.loads(line) for line in (path / SUITE_LOG).read_text().splitlines() if line.strip()]
+            c.timings += read_rows(path / SUITE_LOG)
         if not found:
             raise LdynError("holds no run directories (nothing with a config.yaml)", file=str(path))
     return c
@@ -99,100 +92,67 @@ def _file_png(path: Path) -> str:
 
 def figures(c: Collected) -> list[tuple[str, str, str]]:
     """(title, caption, base64 PNG) of every cross-run figure these runs allow, then each run's probe figure."""
-    from ldyn import plotting
-
-    out = []
-    base = _first(stages_where(c.runs, dpo_after(sft_on_chosen)))
-    ext = _first(stages_where(c.runs, dpo_after(extend_sft)))
-    if base and ext:
-        out.append(
-            (
-                "Figure 5: baseline vs extend",
-                "Mean log-probability over the probed prompts; the dashed line "
-                "is the SFT/DPO boundary. Extend trains SFT on chosen ∪ rejected for the same number of updates.",
-                _png(plotting.plot_extend_vs_baseline(base.run, ext.run)),
-            )
-        )
-    off = _first(stages_where(c.runs, dpo_from_base))
-    policy = [
-        (label, _first(stages_where(c.runs, test)))
-        for label, test in (
-            ("on-policy (y⁻ sampled)", on_policy_dpo),
-            ("on-policy (both sampled, ranked)", ranked_dpo),
-            ("SPIN", spin),
-        )
-    ]
-    policy = [(label, s.run) for label, s in policy if s is not None]
-    if off and policy:
-        out.append(
-            (
-                "On-policy vs off-policy DPO",
-                "Change since step 0, mean over probed prompts ('all other': the "
-                "mean over every probed type except chosen and rejected).",
-                _png(
-                    plotting.plot_run_comparison(
-                        [("off-policy DPO", off.run), *policy], "off-policy vs on-policy DPO from the base model"
-                    )
-                ),
-            )
-        )
-    by_lr = {}
-    for s in stages_where(c.runs, dpo_from_base):
-        by_lr.setdefault(float(s.config.get("optim", {}).get("lr", 0)), s.run)
-    if len(by_lr) > 1:
-        sweep = [(f"lr {lr:g}", run) for lr, run in sorted(by_lr.items())]
-        out.append(
-            (
-                "DPO learning-rate sweep",
-                "Change since step 0 (the side runs of the sweep probe chosen and rejected only).",
-                _png(plotting.plot_run_comparison(sweep, "off-policy DPO, by learning rate")),
-            )
-        )
-    decomposed = [r for r in c.runs if r.decomposition]
-    if decomposed:
-        fig, _ = plotting.plot_influence(decomposed)
-        out.append(
-            (
-                "Appendix C: accumulated influence",
-                "Rows: observed response types; columns: training signals. "
-                "Numbers: Σ over decomposed updates of the mean observed Δ log π (nats).",
-                _png(fig),
-            )
-        )
+    out = [fig for make in (_figure5, _on_policy, _lr_sweep, _influence) if (fig := make(c.runs)) is not None]
     for toy in c.toy_dirs:
         if (toy / "squeeze.png").is_file():
-            out.append(
-                (
-                    "The squeezing toy",
-                    "One update of a linear softmax head (the authors' notebook cases).",
-                    _file_png(toy / "squeeze.png"),
-                )
-            )
+            caption = "One update of a linear softmax head (the authors' notebook cases)."
+            out.append(("The squeezing toy", caption, _file_png(toy / "squeeze.png")))
     for run in c.runs:
         png = run.path / "figures" / "probe_groups.png"
         if png.is_file() and run.probes:
-            out.append((f"Run {run.path.name}", _describe(run), _file_png(png)))
+            out.append((f"Run {run.path.name}", run.config.describe(), _file_png(png)))
     return out
 
 
-def _describe(run: Run) -> str:
-    parts = []
-    for s in run.config.get("stages", []):
-        loss, optim = s.get("loss", {}).get("name", "?"), s.get("optim", {})
-        extra = (
-            " on chosen ∪ rejected"
-            if s.get("extend")
-            else (f" on {s.get('target')}" if loss == "sft" and s.get("target", "chosen") != "chosen" else "")
-        )
-        sample = s.get("sample", {})
-        if sample.get("responses", "none") != "none":
-            extra += f", sampled {sample['responses']} from the {sample.get('source')}"
-        parts.append(
-            f"{s.get('name')}: {loss}{extra}, {s.get('steps')} updates × {s.get('batch_size')}, "
-            f"{optim.get('name')} lr {optim.get('lr')}"
-        )
-    model = run.config.get("model", {}).get("name", "?")
-    return f"{model}; " + "; ".join(parts)
+def _figure5(runs: list[Run]):
+    from ldyn.paper.figures import plot_extend_vs_baseline
+
+    base = richest(stages_where(runs, dpo_after(sft_on_chosen)))
+    ext = richest(stages_where(runs, dpo_after(extend_sft)))
+    if not (base and ext):
+        return None
+    caption = ("Mean log-probability over the probed prompts; the dashed line is the SFT/DPO boundary. Extend trains "
+               "SFT on chosen ∪ rejected for the same number of updates.")  # fmt: skip
+    return "Figure 5: baseline vs extend", caption, _png(plot_extend_vs_baseline(base.run, ext.run))
+
+
+def _on_policy(runs: list[Run]):
+    from ldyn.paper.figures import plot_run_comparison
+
+    off = richest(stages_where(runs, dpo_from_base))
+    kinds = (("on-policy (y⁻ sampled)", on_policy_dpo), ("on-policy (both sampled, ranked)", ranked_dpo),
+             ("SPIN", spin))  # fmt: skip
+    policy = [(label, s.run) for label, test in kinds if (s := richest(stages_where(runs, test))) is not None]
+    if not (off and policy):
+        return None
+    caption = ("Change since step 0, mean over probed prompts ('all other': the mean over every probed type except "
+               "chosen and rejected).")  # fmt: skip
+    fig = plot_run_comparison([("off-policy DPO", off.run), *policy], "off-policy vs on-policy DPO from the base model")
+    return "On-policy vs off-policy DPO", caption, _png(fig)
+
+
+def _lr_sweep(runs: list[Run]):
+    from ldyn.paper.figures import plot_run_comparison
+
+    by_lr = {}
+    for s in stages_where(runs, dpo_from_base):
+        by_lr.setdefault(float(s.config.optim.lr), s.run)
+    if len(by_lr) < 2:
+        return None
+    sweep = [(f"lr {lr:g}", run) for lr, run in sorted(by_lr.items())]
+    caption = "Change since step 0 (the side runs of the sweep probe chosen and rejected only)."
+    return "DPO learning-rate sweep", caption, _png(plot_run_comparison(sweep, "off-policy DPO, by learning rate"))
+
+
+def _influence(runs: list[Run]):
+    from ldyn.plots import plot_influence
+
+    decomposed = [r for r in runs if r.decomposition]
+    if not decomposed:
+        return None
+    caption = ("Rows: observed response types; columns: training signals. Numbers: Σ over decomposed updates of the "
+               "mean observed Δ log π (nats).")  # fmt: skip
+    return "Appendix C: accumulated influence", caption, _png(plot_influence(decomposed)[0])
 
 
 # ---------------------------------------------------------------- the page
@@ -215,56 +175,65 @@ CLASS = {HOLDS: "holds", FAILS: "fails", NA: "na"}
 def render(c: Collected, verdicts: list[Verdict], figs: list[tuple[str, str, str]]) -> str:
     e = html.escape
     counts = {v: sum(x.verdict == v for x in verdicts) for v in (HOLDS, FAILS, NA)}
-    rows = "".join(
-        f"<tr><td>{e(v.id)}</td><td><b>{e(v.title)}</b><br>{e(v.paper)}</td><td>{e(v.measured)}"
-        f"{'<br><small>' + e(', '.join(v.runs)) + '</small>' if v.runs else ''}</td>"
-        f"<td class='{CLASS[v.verdict]}'>{e(v.verdict)}</td></tr>"
-        for v in verdicts
-    )
-    wins = "".join(
-        f"<tr><td>{e(r['a'])}</td><td>{e(r['b'])}</td><td>{e(r['judge'])}</td><td>{r['wins_a']}</td><td>{r['wins_b']}"
-        f"</td><td>{r['ties']} ({r.get('inconsistent', 0)})</td><td>{r['invalid']}</td><td>{r['skipped']}</td><td>"
-        + ("n/a" if r["win_rate"] is None else f"{r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]")
-        + "</td><td>"
-        + ("n/a" if r.get("first_shown") is None else f"{r['first_shown']:.0%}")
-        + "</td></tr>"
-        for r in c.winrates
-    )
-    runs = "".join(f"<tr><td>{e(r.path.name)}</td><td>{e(_describe(r))}</td></tr>" for r in c.runs)
-    total = sum(t.get("seconds", 0) for t in c.timings)
-    timing = "".join(f"<tr><td>{e(t['run'])}</td><td>{t['seconds'] / 60:.1f} min</td></tr>" for t in c.timings)
     parts = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>ldyn claims report</title>"
         f"<style>{CSS}</style></head><body>",
         "<h1>Which findings of <i>Learning Dynamics of LLM Finetuning</i> hold on these runs?</h1>",
         f"<p id='summary'><b>{counts[HOLDS]}</b> claims hold, <b>{counts[FAILS]}</b> do not hold, "
         f"<b>{counts[NA]}</b> are not measurable from these {len(c.runs)} runs. ldyn {e(__version__)}.</p>",
-        "<h2>Claims (paper.md §7)</h2><table id='claims'><tr><th>#</th><th>the paper</th><th>measured here</th>"
-        f"<th>verdict</th></tr>{rows}</table>",
+        _claims_table(verdicts),
         "<p>Changes are means over the probed prompts of the teacher-forced summed log-probability, from a stage's "
-        "first probe to its last; each rule is in <code>ldyn/claims.py</code> and written in the row.</p>",
-    ]
-    if wins:
-        parts.append(
-            "<h2>Win rates</h2><table id='winrate'><tr><th>A</th><th>B</th><th>judge</th><th>wins A</th>"
+        "first probe to its last; each rule is in <code>ldyn/paper/claims_*.py</code> and written in the row.</p>",
+        _winrate_table(c.winrates),
+        "<h2>Figures</h2>",
+        *(f"<figure><h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{png}'>"
+          f"<figcaption>{e(caption)}</figcaption></figure>" for title, caption, png in figs),
+        "<h2>Runs</h2><table id='runs'><tr><th>run</th><th>what it trains</th></tr>"
+        + "".join(f"<tr><td>{e(r.path.name)}</td><td>{e(r.config.describe())}</td></tr>" for r in c.runs)
+        + "</table>",
+        _timing_table(c.timings),
+        "</body></html>",
+    ]  # fmt: skip
+    return "\n".join(p for p in parts if p)
+
+
+def _claims_table(verdicts: list[Verdict]) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(v.id)}</td><td><b>{e(v.title)}</b><br>{e(v.paper)}</td><td>{e(v.measured)}"
+        f"{'<br><small>' + e(', '.join(v.runs)) + '</small>' if v.runs else ''}</td>"
+        f"<td class='{CLASS[v.verdict]}'>{e(v.verdict)}</td></tr>"
+        for v in verdicts
+    )
+    return ("<h2>Claims (paper.md §7)</h2><table id='claims'><tr><th>#</th><th>the paper</th><th>measured here</th>"
+            f"<th>verdict</th></tr>{rows}</table>")  # fmt: skip
+
+
+def _winrate_table(winrates: list[dict]) -> str:
+    if not winrates:
+        return ""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(r['a'])}</td><td>{e(r['b'])}</td><td>{e(r['judge'])}</td><td>{r['wins_a']}</td><td>{r['wins_b']}"
+        f"</td><td>{r['ties']} ({r.get('inconsistent', 0)})</td><td>{r['invalid']}</td><td>{r['skipped']}</td><td>"
+        + ("n/a" if r["win_rate"] is None else f"{r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]")
+        + "</td><td>"
+        + ("n/a" if r.get("first_shown") is None else f"{r['first_shown']:.0%}")
+        + "</td></tr>"
+        for r in winrates
+    )
+    return ("<h2>Win rates</h2><table id='winrate'><tr><th>A</th><th>B</th><th>judge</th><th>wins A</th>"
             "<th>wins B</th><th>ties (inconsistent)</th><th>invalid</th><th>skipped</th>"
-            "<th>win rate of A [95%]</th><th>first-shown preferred</th></tr>"
-            f"{wins}</table>"
-        )
-    parts.append("<h2>Figures</h2>")
-    parts += [
-        f"<figure><h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{png}'>"
-        f"<figcaption>{e(caption)}</figcaption></figure>"
-        for title, caption, png in figs
-    ]
-    parts.append(f"<h2>Runs</h2><table id='runs'><tr><th>run</th><th>what it trains</th></tr>{runs}</table>")
-    if timing:
-        parts.append(
-            f"<h2>Wall time</h2><table id='timing'><tr><th>step</th><th>time</th></tr>{timing}"
-            f"<tr><th>total</th><th>{total / 60:.1f} min</th></tr></table>"
-        )
-    parts.append("</body></html>")
-    return "\n".join(parts)
+            f"<th>win rate of A [95%]</th><th>first-shown preferred</th></tr>{rows}</table>")  # fmt: skip
+
+
+def _timing_table(timings: list[dict]) -> str:
+    if not timings:
+        return ""
+    total = sum(t.get("seconds", 0) for t in timings)
+    rows = "".join(f"<tr><td>{html.escape(t['run'])}</td><td>{t['seconds'] / 60:.1f} min</td></tr>" for t in timings)
+    return (f"<h2>Wall time</h2><table id='timing'><tr><th>step</th><th>time</th></tr>{rows}"
+            f"<tr><th>total</th><th>{total / 60:.1f} min</th></tr></table>")  # fmt: skip
 
 
 def write_report(paths: list[str | Path], out: str | Path) -> Path:

@@ -26,12 +26,34 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from ldyn.config import RunConfig, load_config, read_yaml, recipe_path
+from ldyn.config import RunConfig, check, load_config, recipe_path
 from ldyn.errors import LdynError
-from ldyn.runs import RunDir
+from ldyn.paper.winrate import WinrateSpec
+from ldyn.runs import SUITE_LOG, RunDir, read_resume_state
+from ldyn.schema import from_dict, read_yaml
 
-SUITE_LOG = "suite.jsonl"
+
+@dataclass
+class RunEntry:
+    """One entry of a suite's `runs:` (a bare recipe name is read as `{recipe: NAME}`)."""
+
+    recipe: str = ""  # a recipe, run under its own name (or `name`)
+    suite: str = ""  # or: every run of another suite
+    name: str = ""  # the run's folder ("" = the recipe's name)
+    overrides: list[str] = field(default_factory=list)  # applied after the command line's
+
+
+@dataclass
+class SuiteConfig:
+    """A suite file, as written."""
+
+    suite: str = ""  # its name ("" = the file's)
+    overrides: list[str] = field(default_factory=list)  # applied to every run, before the command line's
+    runs: list[RunEntry] = field(default_factory=list)
+    toys: list[Literal["squeeze"]] = field(default_factory=list)  # toy experiments the report reads
+    winrate: WinrateSpec | None = None  # judged comparisons of stage checkpoints
 
 
 @dataclass
@@ -48,7 +70,7 @@ class Suite:
     path: Path
     runs: list[SuiteRun]
     toys: list[str] = field(default_factory=list)
-    winrate: dict | None = None
+    winrate: WinrateSpec | None = None
 
 
 def is_suite(name_or_path: str) -> bool:
@@ -58,67 +80,64 @@ def is_suite(name_or_path: str) -> bool:
         return False
 
 
+def read_suite(path: Path) -> SuiteConfig:
+    data = read_yaml(path)
+    runs = data.get("runs")
+    if isinstance(runs, list):  # a bare recipe name is {recipe: NAME}
+        data["runs"] = [{"recipe": r} if isinstance(r, str) else r for r in runs]
+    return from_dict(SuiteConfig, data, file=str(path), what="suite key")
+
+
 def load_suite(name_or_path: str, _seen: tuple = ()) -> Suite:
     path = recipe_path(name_or_path)
-    data = read_yaml(path)
+    spec = read_suite(path)
     where = dict(file=str(path))
-    unknown = set(data) - {"suite", "overrides", "runs", "toys", "winrate"}
-    if unknown:
-        raise LdynError(f"unknown suite key '{sorted(unknown)[0]}' (suite, overrides, runs, toys, winrate)", **where)
-    name, common = str(data.get("suite") or path.stem), [str(o) for o in data.get("overrides") or []]
+    name = spec.suite or path.stem
     if name in _seen:
         raise LdynError(f"suite '{name}' includes itself", **where)
     runs: list[SuiteRun] = []
-    for i, item in enumerate(data.get("runs") or []):
-        if isinstance(item, str):
-            item = {"recipe": item}
-        if not isinstance(item, dict) or not ({"recipe", "suite"} & set(item)):
-            raise LdynError(
-                "a run is a recipe name or a mapping with `recipe` (or `suite`)", field=f"runs.{i}", **where
-            )
-        extra = [str(o) for o in item.get("overrides") or []]
-        if "suite" in item:
-            inner = load_suite(str(item["suite"]), (*_seen, name))
-            runs += [SuiteRun(r.name, r.recipe, [*common, *r.common], [*r.own, *extra]) for r in inner.runs]
+    for i, item in enumerate(spec.runs):
+        if bool(item.recipe) == bool(item.suite):
+            raise LdynError("a run is a recipe name or a mapping with `recipe` (or `suite`)", field=f"runs.{i}",
+                            **where)  # fmt: skip
+        if item.suite:
+            inner = load_suite(item.suite, (*_seen, name))
+            runs += [SuiteRun(r.name, r.recipe, [*spec.overrides, *r.common], [*r.own, *item.overrides])
+                     for r in inner.runs]  # fmt: skip
         else:
-            recipe = str(item["recipe"])
-            runs.append(SuiteRun(str(item.get("name") or Path(recipe).stem), recipe, common, extra))
+            runs.append(SuiteRun(item.name or Path(item.recipe).stem, item.recipe, spec.overrides, item.overrides))
     if not runs:
         raise LdynError("a suite needs at least one entry under `runs`", **where)
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise LdynError(f"run names in a suite must be unique, got {names}", **where)
-    return Suite(name, path, runs, [str(t) for t in data.get("toys") or []], data.get("winrate"))
+    return Suite(name, path, runs, list(spec.toys), spec.winrate)
 
 
 def configs(suite: Suite, overrides: list[str], root: Path) -> dict[str, RunConfig]:
     """Each run's checked config: its recipe, the suite's overrides, the command line's, then the run's own."""
-    from ldyn.experiment import check_run
-
     out = {}
     for r in suite.runs:
         cfg = load_config(r.recipe, [*r.common, *overrides, *r.own, f"name={r.name}", f"output_dir={root / r.name}"])
-        check_run(cfg)
+        check(cfg)
         out[r.name] = cfg
     return out
 
 
 def finished(run: RunDir, cfg: RunConfig) -> bool:
-    from ldyn.callbacks import read_resume_state
-
     state = read_resume_state(run) if run.exists() else None
     return state is not None and state["stage_index"] >= len(cfg.stages)
 
 
 def run_suite(name_or_path: str, overrides: list[str] = (), output_dir: str | None = None) -> Path:
     """Run (or continue) every run of a suite, its toys and win rates, then write its report; returns its folder."""
-    from ldyn import experiment
+    from ldyn.train import experiment
 
     suite = load_suite(name_or_path)
     root = Path(output_dir or f"runs/{suite.name}")
     cfgs = configs(suite, list(overrides), root)
     if suite.winrate:
-        from ldyn.winrate import check_suite_winrate
+        from ldyn.paper.winrate import check_suite_winrate
 
         check_suite_winrate(suite.winrate, cfgs)
     log = RunDir(root)
@@ -138,13 +157,13 @@ def run_suite(name_or_path: str, overrides: list[str] = (), output_dir: str | No
     for toy in suite.toys:
         _toy(toy, root, log)
     if suite.winrate:
-        from ldyn.winrate import suite_winrate
+        from ldyn.paper.winrate import suite_winrate
 
         started = time.perf_counter()
         suite_winrate(suite.winrate, cfgs, root)
         seconds = round(time.perf_counter() - started, 1)
         log.append(SUITE_LOG, [{"run": "winrate", "kind": "winrate", "seconds": seconds}])
-    from ldyn.report import write_report
+    from ldyn.paper.report import write_report
 
     path = write_report([root], root / "report.html")
     print(f"ldyn: wrote {path}", file=sys.stderr)

@@ -26,156 +26,37 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import re
 import sys
-import time
-import urllib.error
-import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ldyn.config import JudgeConfig, ModelConfig
+from ldyn.config import JudgeConfig, ModelConfig, RunConfig
 from ldyn.errors import LdynError
+from ldyn.judges import make_judge
+from ldyn.runs import append_rows, read_rows
 
-SYSTEM = "You are a helpful assistant."
-TEMPLATE = """For the following query to a chatbot, which response is more helpful?
-
-Query: {prompt}
-
-Response A:
-{a}
-
-Response B:
-{b}
-
-FIRST provide a one-sentence comparison of the two responses and explain which you feel is more helpful. \
-SECOND, on a new line, state only "A" or "B" to indicate which response is more helpful. Your response should use \
-the format:
-Comparison: <one-sentence comparison and explanation>
-More helpful: <"A" or "B">"""
 MAX_CHARS = 2000  # the authors skip a prompt when either response is longer
-TIE_WORDS = ("tie", "equal", "neither", "both", "same")
 
 
-def judge_prompt(prompt: str, a: str, b: str) -> str:
-    return TEMPLATE.format(prompt=prompt.strip(), a=a.strip(), b=b.strip())
+@dataclass
+class HeldOut:
+    start: int = 0  # the first held-out pair, counted as the compared runs load their training data
+    n: int = 32  # how many prompts
+    split: str = ""  # the split to read ("" = the compared run's data.split)
 
 
-def parse_verdict(text: str) -> str | None:
-    """ "A", "B" or "tie" from a judge's answer (the text after its last ': ', as the authors parse); None if
-    the answer says neither."""
-    if not isinstance(text, str) or ":" not in text:
-        return None
-    tail = text.rsplit(":", 1)[1].strip().strip("\"'*.<> \n").strip()
-    if tail.upper() in ("A", "B"):
-        return tail.upper()
-    if any(word in tail.lower() for word in TIE_WORDS):
-        return "tie"
-    match = re.fullmatch(r"(?:response\s+)?([AB])\b.*", tail, flags=re.IGNORECASE | re.DOTALL)
-    return match.group(1).upper() if match else None
+@dataclass
+class WinrateSpec:
+    """A suite's `winrate:` section."""
 
-
-class LocalJudge:
-    """A causal LM as judge: the answer is whichever of " A" and " B" it finds more likely after the prompt."""
-
-    def __init__(self, model, tokenizer, name: str):
-        self.model, self.tokenizer, self.id = model, tokenizer, f"local:{name}"
-        self.letters = [tokenizer.encode(f" {c}", add_special_tokens=False)[-1] for c in "AB"]
-
-    def prefer(self, prompt: str, a: str, b: str) -> str:
-        import torch
-
-        # the comparison line is given, so that the next token is the letter
-        text = (
-            f"{SYSTEM}\n\n{judge_prompt(prompt, a, b)}\n\nComparison: both responses answer the query.\nMore helpful:"
-        )
-        ids = self.tokenizer(text, return_tensors="pt").input_ids.to(next(self.model.parameters()).device)
-        with torch.no_grad():
-            logits = self.model(input_ids=ids).logits[0, -1].float()
-        la, lb = logits[self.letters].tolist()
-        return "tie" if la == lb else ("A" if la > lb else "B")
-
-
-class EndpointJudge:
-    """An OpenAI-compatible chat endpoint: POST {LDYN_JUDGE_URL}/chat/completions, bearer $LDYN_JUDGE_KEY."""
-
-    def __init__(
-        self, url: str, key: str, model: str, timeout: float = 60.0, retries: int = 3, temperature: float = 0.7
-    ):
-        self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions") else "/chat/completions")
-        self.key, self.model, self.timeout, self.retries, self.temperature = key, model, timeout, retries, temperature
-        self.id = f"endpoint:{model}"
-        self.failures: list[str] = []  # why each failed attempt failed (timeouts, HTTP errors, malformed answers)
-
-    def prefer(self, prompt: str, a: str, b: str) -> str | None:
-        body = {
-            "model": self.model,
-            "temperature": self.temperature,
-            "top_p": 1.0,
-            "messages": [
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": judge_prompt(prompt, a, b)},
-            ],
-        }
-        for attempt in range(self.retries):
-            try:
-                answer = self._post(body)
-            except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
-                self.failures.append(f"{type(e).__name__}: {e}")
-                time.sleep(min(0.2 * 2**attempt, 2.0))
-                continue
-            verdict = parse_verdict(answer)
-            if verdict is not None:
-                return verdict
-            self.failures.append(f"unparseable answer: {answer[:80]!r}")
-        return None
-
-    def _post(self, body: dict) -> str:
-        headers = {"Content-Type": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        request = urllib.request.Request(self.url, json.dumps(body).encode(), headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 -- a user-set URL
-            data = json.loads(response.read().decode("utf-8"))
-        return data["choices"][0]["message"]["content"]
-
-
-def make_judge(cfg: JudgeConfig, seed: int = 0):
-    if cfg.kind == "endpoint":
-        url = os.environ.get("LDYN_JUDGE_URL")
-        if not url:
-            raise LdynError(
-                "judge.kind=endpoint needs $LDYN_JUDGE_URL (e.g. https://api.openai.com/v1) and $LDYN_JUDGE_KEY"
-            )
-        return EndpointJudge(url, os.environ.get("LDYN_JUDGE_KEY", ""), cfg.model, cfg.timeout, cfg.retries)
-    from ldyn.models import load_model
-
-    model, tokenizer = load_model(ModelConfig(cfg.model), seed)
-    return LocalJudge(model, tokenizer, cfg.model)
+    pairs: list[list[str]] = field(default_factory=list)  # [[RUN/STAGE, RUN/STAGE], ...]: A against B
+    prompts: HeldOut = field(default_factory=HeldOut)
+    max_new_tokens: int = 64  # length of each sampled response
+    both_orders: bool = True  # judge A/B and B/A; a split verdict is a tie
 
 
 # ---------------------------------------------------------------- sampling responses from a checkpoint
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a kill
-            continue
-    return rows
-
-
-def _append(path: Path, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def sample_responses(
@@ -190,7 +71,7 @@ def sample_responses(
 ) -> list[str]:
     """One sampled response per prompt from `checkpoint` (a model name or directory); cached in `cache`."""
     done = {}
-    for row in _read_jsonl(cache):  # a cached response counts only for the same prompt at the same index
+    for row in read_rows(cache):  # a cached response counts only for the same prompt at the same index
         i = row.get("index")
         if isinstance(i, int) and 0 <= i < len(prompts) and row.get("prompt") == prompts[i]:
             done[i] = row["response"]
@@ -200,7 +81,7 @@ def sample_responses(
         from tqdm.auto import tqdm
 
         from ldyn.models import load_model
-        from ldyn.sampling import generate
+        from ldyn.train.sampling import generate
 
         model, tokenizer = load_model(ModelConfig(checkpoint), seed)
         torch.manual_seed(seed)
@@ -213,7 +94,7 @@ def sample_responses(
             )
             for i, tokens in zip(chunk, out):
                 done[i] = tokenizer.decode(tokens, skip_special_tokens=True)
-                _append(cache, {"index": i, "prompt": prompts[i], "response": done[i]})
+                append_rows(cache, [{"index": i, "prompt": prompts[i], "response": done[i]}])
     return [done[i] for i in range(len(prompts))]
 
 
@@ -250,49 +131,42 @@ def _key(judge_id: str, prompt: str, first: str, second: str) -> str:
     return hashlib.sha1(json.dumps([judge_id, prompt, first, second]).encode()).hexdigest()
 
 
-def compare(
-    prompts: list[str],
-    a: list[str],
-    b: list[str],
-    judge,
-    cache: Path,
-    *,
-    seed: int = 0,
-    labels: tuple[str, str] = ("A", "B"),
-    both_orders: bool = True,
-) -> WinRate:
-    """Judge a[i] against b[i] for every prompt, in both orders (or once, in a seeded random order); cached."""
-    from tqdm.auto import tqdm
+class CachedJudge:
+    """A judge whose every judgement is appended to `cache` as it is made and read back instead of asked again."""
 
-    known = {row["key"]: row["verdict"] for row in _read_jsonl(cache)}
-    counts = {"a": 0, "b": 0, "tie": 0, "invalid": 0, "skipped": 0, "inconsistent": 0}
-    first_shown = []  # per single decisive judgement: did it prefer the response shown first?
-    cache.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, judge, cache: Path, labels: tuple[str, str]):
+        self.judge, self.cache, self.labels = judge, cache, labels
+        self.known = {row["key"]: row["verdict"] for row in read_rows(cache)}
+        self.first_shown: list[bool] = []  # per single decisive judgement: did it prefer the response shown first?
 
-    def ask(i: int, swapped: bool) -> str | None:
-        """The winner of one judgement ("a", "b", "tie" or None), with the response shown first per `swapped`."""
-        first, second = (b[i], a[i]) if swapped else (a[i], b[i])
-        key = _key(judge.id, prompts[i], first, second)
-        if key not in known:
-            known[key] = judge.prefer(prompts[i], first, second)
-            _append(
-                cache,
-                {"key": key, "judge": judge.id, "index": i, "shown_first": labels[swapped], "verdict": known[key]},
-            )
-        verdict = known[key]
+    def winner(self, i: int, prompt: str, a: str, b: str, swapped: bool) -> str | None:
+        """The winner of one judgement ("a", "b", "tie" or None), with b shown first when `swapped`."""
+        first, second = (b, a) if swapped else (a, b)
+        key = _key(self.judge.id, prompt, first, second)
+        if key not in self.known:
+            self.known[key] = self.judge.prefer(prompt, first, second)
+            append_rows(self.cache, [{"key": key, "judge": self.judge.id, "index": i,
+                                      "shown_first": self.labels[swapped], "verdict": self.known[key]}])  # fmt: skip
+        verdict = self.known[key]
         if verdict in ("A", "B"):
-            first_shown.append(verdict == "A")
+            self.first_shown.append(verdict == "A")
             return "a" if (verdict == "A") != swapped else "b"
         return "tie" if verdict == "tie" else None
 
+
+def compare(prompts: list[str], a: list[str], b: list[str], judge, cache: Path, *, seed: int = 0,
+            labels: tuple[str, str] = ("A", "B"), both_orders: bool = True) -> WinRate:  # fmt: skip
+    """Judge a[i] against b[i] for every prompt, in both orders (or once, in a seeded random order); cached."""
+    from tqdm.auto import tqdm
+
+    asked = CachedJudge(judge, cache, labels)
+    counts = {"a": 0, "b": 0, "tie": 0, "invalid": 0, "skipped": 0, "inconsistent": 0}
     for i in tqdm(range(len(prompts)), desc=f"judge {labels[0]} vs {labels[1]}", unit="prompt"):
         if len(a[i]) > MAX_CHARS or len(b[i]) > MAX_CHARS:
             counts["skipped"] += 1
             continue
-        if both_orders:
-            winners = {ask(i, False), ask(i, True)}
-        else:
-            winners = {ask(i, random.Random(f"{seed}/{i}").random() < 0.5)}
+        orders = (False, True) if both_orders else (random.Random(f"{seed}/{i}").random() < 0.5,)
+        winners = {asked.winner(i, prompts[i], a[i], b[i], swapped) for swapped in orders}
         if None in winners:
             counts["invalid"] += 1
         elif len(winners) == 1:
@@ -302,22 +176,10 @@ def compare(
             counts["inconsistent"] += winners == {"a", "b"}
     decided = counts["a"] + counts["b"]
     low, high = wilson(counts["a"], decided)
-    return WinRate(
-        labels[0],
-        labels[1],
-        judge.id,
-        len(prompts),
-        counts["a"],
-        counts["b"],
-        counts["tie"],
-        counts["invalid"],
-        counts["skipped"],
-        counts["a"] / decided if decided else None,
-        low,
-        high,
-        counts["inconsistent"],
-        sum(first_shown) / len(first_shown) if first_shown else None,
-    )
+    shown = asked.first_shown
+    return WinRate(labels[0], labels[1], judge.id, len(prompts), counts["a"], counts["b"], counts["tie"],
+                   counts["invalid"], counts["skipped"], counts["a"] / decided if decided else None, low, high,
+                   counts["inconsistent"], sum(shown) / len(shown) if shown else None)  # fmt: skip
 
 
 def evaluate(
@@ -361,6 +223,21 @@ def evaluate(
     return results
 
 
+def winrate_on_file(a: str, b: str, prompts_file: str, start: int, n: int, judge_cfg: JudgeConfig, out: str | Path,
+                    *, max_new_tokens: int = 64, seed: int = 0, both_orders: bool = True) -> Path:  # fmt: skip
+    """`ldyn winrate`: checkpoints A and B on rows [start, start + n) of a JSONL file's `prompt` field; returns
+    the path of winrate.json."""
+    from ldyn.data.jsonl import read_jsonl, text_field
+
+    rows = list(read_jsonl(prompts_file))[start : start + n]
+    prompts = [text_field(row, "prompt", prompts_file, line) for line, row in rows]
+    if not prompts:
+        raise LdynError(f"no prompts from row {start + 1}", file=prompts_file)
+    judge = make_judge(judge_cfg, seed)
+    evaluate([(a, b)], prompts, judge, Path(out), max_new_tokens=max_new_tokens, seed=seed, both_orders=both_orders)
+    return Path(out) / "winrate.json"
+
+
 def summary(r: dict) -> str:
     """One line for a result as written to winrate.json (the CLI prints it; the claims report quotes it)."""
     ties = f"{r['ties']} ties ({r.get('inconsistent', 0)} inconsistent across orders), {r['invalid']} invalid"
@@ -390,42 +267,32 @@ def _label(checkpoint: str) -> str:
 # ---------------------------------------------------------------- in a suite
 
 
-def check_suite_winrate(spec: dict, cfgs: dict) -> None:
+def check_suite_winrate(spec: WinrateSpec, cfgs: dict[str, RunConfig]) -> None:
     """Fail before any run starts if a suite's winrate section names an unknown run or stage."""
-    if not isinstance(spec, dict) or not isinstance(spec.get("pairs"), list):
+    if not spec.pairs:
         raise LdynError("a suite's winrate needs `pairs: [[RUN/STAGE, RUN/STAGE], ...]`")
-    for pair in spec["pairs"]:
-        if not (isinstance(pair, list) and len(pair) == 2):
+    for pair in spec.pairs:
+        if len(pair) != 2:
             raise LdynError(f"a winrate pair is [RUN/STAGE, RUN/STAGE], got {pair!r}")
         for item in pair:
-            run, _, stage = str(item).partition("/")
+            run, _, stage = item.partition("/")
             if run not in cfgs or stage not in [s.name for s in cfgs[run].stages]:
                 raise LdynError(f"winrate: '{item}' is not RUN/STAGE of a run in this suite")
 
 
-def suite_winrate(spec: dict, cfgs: dict, root: Path) -> list[WinRate]:
+def suite_winrate(spec: WinrateSpec, cfgs: dict[str, RunConfig], root: Path) -> list[WinRate]:
     """Held-out prompts: pairs [start, start + n) of the first compared run's training data as its runs load it
     (empty rows skipped when data.skip_empty), or of its `split`."""
     from ldyn.data.preference import load_pairs
 
-    first = cfgs[str(spec["pairs"][0][0]).partition("/")[0]]
-    where = spec.get("prompts") or {}
-    start, n, split = int(where.get("start", 0)), int(where.get("n", 32)), str(where.get("split", first.data.split))
-    pairs, _ = load_pairs(first.data.train, split, start + n, True, (), first.seed)
+    first = cfgs[spec.pairs[0][0].partition("/")[0]]
+    start, n = spec.prompts.start, spec.prompts.n
+    pairs, _ = load_pairs(first.data.train, spec.prompts.split or first.data.split, start + n, True, (), first.seed)
     prompts = [p.prompt for p in pairs[start:]]
     if not prompts:
         raise LdynError(f"winrate: no held-out prompts after pair {start}", file=first.data.train)
     judge = make_judge(first.judge, first.seed)
-    checkpoints = [
-        tuple(str(root / r.partition("/")[0] / "checkpoints" / r.partition("/")[2]) for r in pair)
-        for pair in spec["pairs"]
-    ]
-    return evaluate(
-        checkpoints,
-        prompts,
-        judge,
-        root / "winrate",
-        max_new_tokens=int(spec.get("max_new_tokens", 64)),
-        seed=first.seed,
-        both_orders=bool(spec.get("both_orders", True)),
-    )
+    checkpoints = [tuple(str(root / r.partition("/")[0] / "checkpoints" / r.partition("/")[2]) for r in pair)
+                   for pair in spec.pairs]  # fmt: skip
+    return evaluate(checkpoints, prompts, judge, root / "winrate", max_new_tokens=spec.max_new_tokens,
+                    seed=first.seed, both_orders=spec.both_orders)  # fmt: skip

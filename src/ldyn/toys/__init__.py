@@ -2,8 +2,7 @@
 
 import torch
 
-from ldyn.config import LossConfig
-from ldyn.losses import PairLogps, get_loss
+from ldyn.losses import LossConfig, PairLogps, get_loss
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

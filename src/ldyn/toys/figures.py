@@ -114,7 +114,17 @@ def digits_figure(result) -> plt.Figure:
         ".2f",
         skip_diagonal=True,
     )
-    ax = axes[1, 1]
+    _coupling_curves(axes[1, 1], result)
+    fig.suptitle(
+        f"Learning dynamics of a {result.model} on {result.data} "
+        f"(test accuracy {result.accuracy:.1%}, {result.n_train} training images)"
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _coupling_curves(ax, result) -> None:
+    """The normalised eNTK coupling of every class pair over training; the strongest five in colour."""
     top = {pair for pair, _ in result.top_pairs("coupling", 5)}
     for a in range(10):
         for b in range(a + 1, 10):
@@ -128,12 +138,6 @@ def digits_figure(result) -> plt.Figure:
     ax.set_ylabel("normalised ‖K‖_F", fontsize=8)
     ax.legend(fontsize=7)
     ax.tick_params(labelsize=7)
-    fig.suptitle(
-        f"Learning dynamics of a {result.model} on {result.data} "
-        f"(test accuracy {result.accuracy:.1%}, {result.n_train} training images)"
-    )
-    fig.tight_layout()
-    return fig
 
 
 def agreement_figure(predicted: np.ndarray, observed: np.ndarray, title: str) -> plt.Figure:

@@ -241,3 +241,17 @@ def run(out, n_check: int = 1000, seed: int = 0) -> dict:
     }
     (out / "squeeze.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """What `ldyn toy squeeze` prints: each case's moved probabilities, then each statement's check."""
+    lines = []
+    for c in summary["cases"]:
+        moved = ", ".join(f"π({c[k]}) {c[k + '_before']:.3g} → {c[k + '_after']:.3g}" for k in ("minus", "plus")
+                          if k in c)  # fmt: skip
+        lines.append(f"{c['title']}: {moved}; argmax {c['argmax']} {c['argmax_before']:.3g} → "
+                     f"{c['argmax_after']:.3g}; {c['rising']}/{c['labels']} labels rise")  # fmt: skip
+    for r in summary["check"]:
+        lines.append(f"{r['statement']}: {'holds' if r['holds'] else 'FAILS'} on {r['checked']} random heads "
+                     f"({r['violations']} violations)")  # fmt: skip
+    return lines

@@ -8,18 +8,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
 
 import torch
 
-from ldyn.akg import decompose, parameters, update_directions
-from ldyn.data.tokenize import collate
-from ldyn.logprobs import SharedRows, shares_prompts
-from ldyn.probing import ProbeItem, length_batches, probe, whole_prompt_batches
-from ldyn.runs import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBE_TIMES, PROBES, RunDir
-from ldyn.trainer import StepState
-
-STATE = "state.json"  # checkpoints/state.json: where to resume from
+from ldyn.dynamics.akg import begin_update, decompose_update
+from ldyn.dynamics.probing import ProbeItem, probe
+from ldyn.runs import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBE_TIMES, PROBES, STATE, RunDir
+from ldyn.train.trainer import StepState
 
 
 class MetricsLogger:
@@ -69,83 +64,49 @@ class ProbeCallback:
 
 
 class DecompositionCallback:
-    """Decompose the update after step 0 and after every `every`-th step: the predicted (first-order A·K·G) and
-    the observed change of log π(y | x_o) for every observed (example, response type), into decomposition.jsonl.
+    """Decompose the update after step 0 and after every `every`-th step (`dynamics.akg.decompose_update`): the
+    predicted (first-order A·K·G) and the observed change of log π(y | x_o) for every observed (example, response
+    type), into decomposition.jsonl.
 
     Predictions (unless `predict` is off: then only the observed quantities) use three parameter steps from θ_t:
     the optimizer's real step ("predicted"), and the paper's SGD kernel −η·g split into its y⁺ part
-    ("sgd_positive") and y⁻ part ("sgd_negative"). Runs in the model's own
-    precision (no autocast) on the main process.
+    ("sgd_positive") and y⁻ part ("sgd_negative"). Runs in the model's own precision (no autocast) on the main
+    process.
     """
 
     def __init__(
         self, run: RunDir, items: list[ProbeItem], pad_id: int, every: int, batch_tokens: int, predict: bool = True
     ):
         self.run, self.items, self.pad_id, self.every, self.batch_tokens = run, items, pad_id, every, batch_tokens
-        self.predict, self.pending = predict, None
+        self.predict, self.pending, self.seconds = predict, None, 0.0
 
     def on_step_start(self, state: StepState) -> None:
         if not self.every or state.step % self.every or not state.accelerator.is_main_process:
             return
         started = time.perf_counter()
-        trainer, model = state.trainer, state.accelerator.unwrap_model(state.model)
+        model = state.accelerator.unwrap_model(state.model)
         examples = [e for micro in state.batch for e in micro]
-        dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
-        reference = trainer.reference_logps(examples, dtype) if trainer.loss.needs_reference else None
-        directions = update_directions(model, trainer.loss, trainer.loss_cfg, examples, self.pad_id, reference)
-        theta = {k: v.clone() for k, v in parameters(model).items()}
-        self.pending = (theta, directions, trainer.lr_at(state.stage_step), time.perf_counter() - started)
+        reference = None
+        if state.loss.needs_reference:
+            reference = state.reference_logps(
+                examples, torch.promote_types(next(model.parameters()).dtype, torch.float32)
+            )
+        self.pending = begin_update(model, state.lr, state.loss, state.loss_cfg, examples, self.pad_id, reference)
+        self.seconds = time.perf_counter() - started
 
     def on_step_end(self, state: StepState) -> None:
         if self.pending is None:
             return
-        theta, directions, lr, seconds = self.pending
-        self.pending = None
         started = time.perf_counter()
         model = state.accelerator.unwrap_model(state.model)
-        after = parameters(model)
-        tangents = {}
-        if self.predict:
-            tangents = {
-                "step": {k: after[k] - theta[k] for k in theta},
-                "sgd_positive": {k: -lr * g for k, g in directions.positive.items()},
-            }
-            if directions.negative is not None:
-                tangents["sgd_negative"] = {k: -lr * g for k, g in directions.negative.items()}
-        rows, device = [], next(model.parameters()).device
-        shared = shares_prompts(device)
-        for group in (whole_prompt_batches if shared else length_batches)(self.items, self.batch_tokens):
-            pairs = [(it.example_id, it.prompt, it.response) for it in group]
-            observed = SharedRows.of(pairs) if shared else collate([p[1:] for p in pairs], self.pad_id).to(device)
-            out = {k: v.tolist() for k, v in decompose(model, theta, after, tangents, observed, self.pad_id).items()}
-            for i, item in enumerate(group):
-                row = {
-                    "step": state.step,
-                    "stage": state.stage,
-                    "example_id": item.example_id,
-                    "type": item.type,
-                    "lr": lr,
-                    "g_norm_sq": directions.g_norm_sq,
-                }
-                row |= {
-                    k.replace("predicted/step", "predicted").replace("predicted/sgd_", "sgd_"): v[i]
-                    for k, v in out.items()
-                }
-                row["observed/lbk"] = row["observed/dlogp_sq"] / (row["observed/a_norm_sq"] * directions.g_norm_sq)
-                rows.append(row)
-        self.run.append(DECOMPOSITION, rows)
-        seconds += time.perf_counter() - started
-        self.run.append(
-            DECOMPOSITION_TIMES,
-            [
-                {
-                    "step": state.step,
-                    "seconds": round(seconds, 3),
-                    "update_seconds": round(state.metrics["time/update_s"], 3),
-                    "items": len(self.items),
-                }
-            ],
-        )
+        rows = decompose_update(model, self.pending, self.items, self.pad_id, batch_tokens=self.batch_tokens,
+                                predict=self.predict)  # fmt: skip
+        self.pending = None
+        self.run.append(DECOMPOSITION, [{"step": state.step, "stage": state.stage, **row} for row in rows])
+        seconds = self.seconds + time.perf_counter() - started
+        timing = {"step": state.step, "seconds": round(seconds, 3), "items": len(self.items),
+                  "update_seconds": round(state.metrics["time/update_s"], 3)}  # fmt: skip
+        self.run.append(DECOMPOSITION_TIMES, [timing])
 
 
 class Checkpointer:
@@ -187,12 +148,3 @@ class Checkpointer:
         for old in root.glob("last-*"):  # only the newest periodic checkpoint is kept
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
-
-
-def read_resume_state(run: RunDir) -> dict | None:
-    path = run.checkpoints / STATE
-    if not path.is_file():
-        return None
-    state = json.loads(path.read_text())
-    state["model_dir"] = Path(run.checkpoints / state["model"])
-    return state

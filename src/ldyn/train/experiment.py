@@ -11,58 +11,32 @@ import sys
 from dataclasses import dataclass, replace
 
 import torch
-import yaml
 from accelerate import Accelerator
 
 from ldyn import __version__
-from ldyn.callbacks import Checkpointer, DecompositionCallback, MetricsLogger, ProbeCallback, read_resume_state
-from ldyn.config import ModelConfig, RunConfig, StageConfig, check, dump_config, from_dict
+from ldyn.config import ModelConfig, RunConfig, StageConfig, check, dump_config, read_config
 from ldyn.data.preference import load_pairs
 from ldyn.data.probesets import load_probe_set
 from ldyn.data.tokenize import TokenizedRow, tokenize_rows
+from ldyn.dynamics.probing import ProbeItem, probe_items
 from ldyn.errors import LdynError, did_you_mean
 from ldyn.losses import LossSpec, get_loss
 from ldyn.models import frozen_copy, load_model
-from ldyn.probing import ProbeItem, probe_items
-from ldyn.runs import CONFIG, DATA, DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBE_TIMES, PROBES, SAMPLES, RunDir
-from ldyn.sampling import REWARDS, ResponseSampler
-from ldyn.trainer import Trainer, TrainExample, batches, check_optimizer
-
-
-def check_run(cfg: RunConfig) -> None:
-    """Everything about the config that can be checked without loading data or models."""
-    check(cfg)
-    for stage in cfg.stages:
-        spec = get_loss(stage.loss.name)
-        check_optimizer(stage.optim.name)
-        if stage.extend and spec.needs_rejected:
-            raise LdynError(
-                f"extend (SFT on chosen ∪ rejected) needs an SFT-style loss, not '{spec.name}'",
-                field=f"stages.{stage.name}.extend",
-            )
-        if stage.target != "chosen" and spec.needs_rejected:
-            raise LdynError(
-                f"a target field applies to SFT-style losses; '{spec.name}' trains on chosen and rejected",
-                field=f"stages.{stage.name}.target",
-            )
-        sample = stage.sample
-        if sample.responses != "none":
-            if not spec.needs_rejected:
-                raise LdynError(
-                    f"sampled responses feed a preference loss, not '{spec.name}'",
-                    field=f"stages.{stage.name}.sample.responses",
-                )
-            if sample.source == "reference" and not spec.needs_reference:
-                raise LdynError(
-                    f"'{spec.name}' has no reference model to sample from", field=f"stages.{stage.name}.sample.source"
-                )
-            if sample.responses == "both" and sample.rank not in (*REWARDS, "judge"):
-                raise LdynError(
-                    f"unknown reward '{sample.rank}'{did_you_mean(sample.rank, [*REWARDS, 'judge'])}",
-                    field=f"stages.{stage.name}.sample.rank",
-                )
-            if sample.max_new_tokens < 1 or sample.temperature <= 0:
-                raise LdynError("max_new_tokens must be >= 1 and temperature > 0", field=f"stages.{stage.name}.sample")
+from ldyn.runs import (
+    CONFIG,
+    DATA,
+    DECOMPOSITION,
+    DECOMPOSITION_TIMES,
+    METRICS,
+    PROBE_TIMES,
+    PROBES,
+    SAMPLES,
+    RunDir,
+    read_resume_state,
+)
+from ldyn.train.callbacks import Checkpointer, DecompositionCallback, MetricsLogger, ProbeCallback
+from ldyn.train.sampling import ResponseSampler
+from ldyn.train.trainer import Trainer, TrainExample, batches
 
 
 @dataclass
@@ -118,7 +92,7 @@ def stage_examples(rows: list[TokenizedRow], spec: LossSpec, stage: StageConfig)
 
 def run(cfg: RunConfig, *, overwrite: bool = False) -> RunDir:
     """Start a new run of `cfg`; returns its run directory."""
-    check_run(cfg)
+    check(cfg)
     out = RunDir(cfg.run_dir)
     if out.exists() and not overwrite:
         raise LdynError(
@@ -161,8 +135,8 @@ def resume(run_dir: str) -> RunDir:
     out = RunDir(run_dir)
     if not out.exists():
         raise LdynError("nothing to resume: not a run directory", file=run_dir)
-    cfg = from_dict(RunConfig, yaml.safe_load((out.path / CONFIG).read_text()), file=str(out.path / CONFIG))
-    check_run(cfg)
+    cfg = read_config(out.path / CONFIG)
+    check(cfg)
     state = read_resume_state(out)
     if state is not None:
         model, tokenizer = load_model(
@@ -192,78 +166,66 @@ def _reference_for(cfg: RunConfig, out: RunDir, stage_index: int, model, resumed
 
 
 def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume: dict | None) -> RunDir:
-    r = inputs.report
-    print(
-        f"ldyn: {r['train_pairs']} training pairs ({r['train_truncated']} truncated, {r['train_skipped_empty']} "
-        f"empty skipped), {r['probe_prompts']} probe prompts x {len(r['probe_types'])} types ({r['probe_truncated']} "
-        f"truncated, {r['probe_empty_skipped']} empty responses left out) -> {out.path}",
-        file=sys.stderr,
-    )
+    print(f"ldyn: {_loaded(inputs.report)} -> {out.path}", file=sys.stderr)
     torch.manual_seed(cfg.seed)
     accelerator = Accelerator()
     model = accelerator.prepare_model(model)
-    done = {row["step"] for row in out.read(PROBES)}
-    callbacks = [
-        MetricsLogger(out),
-        ProbeCallback(out, inputs.probes, tokenizer.pad_token_id, cfg.probe.every, cfg.probe.batch_tokens, done),
-        Checkpointer(out, tokenizer, cfg.checkpoint_every),
-    ]
-    if cfg.decompose.every:
-        observed = list(dict.fromkeys(it.example_id for it in inputs.probes))[: cfg.decompose.n]
-        callbacks.append(
-            DecompositionCallback(
-                out,
-                [it for it in inputs.probes if it.example_id in observed],
-                tokenizer.pad_token_id,
-                cfg.decompose.every,
-                cfg.decompose.batch_tokens,
-                cfg.decompose.predict,
-            )
-        )
+    callbacks = _callbacks(cfg, out, tokenizer, inputs)
     step = resume["step"] if resume else 0
     first_stage = resume["stage_index"] if resume else 0
     for index in range(first_stage, len(cfg.stages)):
-        stage = cfg.stages[index]
-        spec = get_loss(stage.loss.name)
         start = resume["stage_step"] if resume and index == first_stage else 0
-        mid_stage = start > 0
-        reference = (
-            _reference_for(cfg, out, index, accelerator.unwrap_model(model), mid_stage)
-            if spec.needs_reference
-            else None
-        )
-        trainer = Trainer(
-            model,
-            spec,
-            stage.loss,
-            stage.optim,
-            accelerator=accelerator,
-            pad_id=tokenizer.pad_token_id,
-            ref_model=reference,
-            callbacks=callbacks,
-            grad_accum=stage.grad_accum,
-            mixed_precision=cfg.mixed_precision,
-        )
-        if mid_stage and resume.get("optimizer"):
-            trainer.optimizer.load_state_dict(torch.load(resume["model_dir"] / resume["optimizer"]))
-        data = batches(
-            stage_examples(inputs.train, spec, stage),
-            stage.batch_size,
-            seed=cfg.seed * 1000 + index,
-            skip=start * stage.grad_accum,
-            rank=accelerator.process_index,
-            world=accelerator.num_processes,
-        )
-        if stage.sample.responses != "none":
-            data = _sampled(cfg, stage, data, out, accelerator, model, reference, tokenizer, step + 1)
-        step = trainer.fit(data, stage.steps, stage=stage.name, stage_index=index, step=step, start=start).step
-        del trainer, reference
+        step = _train_stage(cfg, out, index, model, tokenizer, inputs, accelerator, callbacks, step, start, resume)
     if accelerator.is_main_process:
-        from ldyn.plotting import plot_run
+        from ldyn.plots import plot_run
 
         for path in plot_run(out.path):
             print(f"ldyn: wrote {path}", file=sys.stderr)
     return out
+
+
+def _loaded(r: dict) -> str:
+    return (
+        f"{r['train_pairs']} training pairs ({r['train_truncated']} truncated, {r['train_skipped_empty']} "
+        f"empty skipped), {r['probe_prompts']} probe prompts x {len(r['probe_types'])} types ({r['probe_truncated']} "
+        f"truncated, {r['probe_empty_skipped']} empty responses left out)"
+    )
+
+
+def _callbacks(cfg: RunConfig, out: RunDir, tokenizer, inputs: Inputs) -> list:
+    """Metrics, probes, checkpoints and (when asked) the decomposition: the trainer knows none of them."""
+    pad, done = tokenizer.pad_token_id, {row["step"] for row in out.read(PROBES)}
+    callbacks = [
+        MetricsLogger(out),
+        ProbeCallback(out, inputs.probes, pad, cfg.probe.every, cfg.probe.batch_tokens, done),
+        Checkpointer(out, tokenizer, cfg.checkpoint_every),
+    ]
+    if cfg.decompose.every:
+        observed = list(dict.fromkeys(it.example_id for it in inputs.probes))[: cfg.decompose.n]
+        items = [it for it in inputs.probes if it.example_id in observed]
+        d = cfg.decompose
+        callbacks.append(DecompositionCallback(out, items, pad, d.every, d.batch_tokens, d.predict))
+    return callbacks
+
+
+def _train_stage(cfg, out, index, model, tokenizer, inputs, accelerator, callbacks, step, start, resume) -> int:
+    """Stage `index` from its update `start` on; returns the global step after it."""
+    stage = cfg.stages[index]
+    spec = get_loss(stage.loss.name)
+    reference = None
+    if spec.needs_reference:
+        reference = _reference_for(cfg, out, index, accelerator.unwrap_model(model), start > 0)
+    trainer = Trainer(model, spec, stage.loss, stage.optim, accelerator=accelerator, pad_id=tokenizer.pad_token_id,
+                      ref_model=reference, callbacks=callbacks, grad_accum=stage.grad_accum,
+                      mixed_precision=cfg.mixed_precision)  # fmt: skip
+    if start > 0 and resume.get("optimizer"):
+        trainer.optimizer.load_state_dict(torch.load(resume["model_dir"] / resume["optimizer"]))
+    data = batches(stage_examples(inputs.train, spec, stage), stage.batch_size, seed=cfg.seed * 1000 + index,
+                   skip=start * stage.grad_accum, rank=accelerator.process_index,
+                   world=accelerator.num_processes)  # fmt: skip
+    if stage.sample.responses != "none":
+        data = _sampled(cfg, stage, data, out, accelerator, model, reference, tokenizer, step + 1)
+    return trainer.fit(data, stage.steps, stage=stage.name, stage_index=index, step=step, start=start).step
 
 
 def _sampled(
@@ -272,7 +234,7 @@ def _sampled(
     """The stage's batches with on-policy samples in place of the data's responses (`sampling.py`)."""
     judge = None
     if stage.sample.responses == "both" and stage.sample.rank == "judge":
-        from ldyn.winrate import make_judge
+        from ldyn.judges import make_judge
 
         judge = make_judge(cfg.judge, cfg.seed)
     sampler = ResponseSampler(

@@ -23,9 +23,8 @@ from dataclasses import replace
 import torch
 
 from ldyn.config import SampleConfig
-from ldyn.errors import LdynError, did_you_mean
 from ldyn.runs import SAMPLES, RunDir
-from ldyn.trainer import TrainExample
+from ldyn.train.trainer import TrainExample
 
 
 @torch.no_grad()
@@ -77,7 +76,7 @@ def overlap_reward(sample: list[int], example: TrainExample) -> float:
     return unigram_f1(sample, example.chosen) - unigram_f1(sample, example.rejected)
 
 
-REWARDS: dict[str, Callable[[list[int], TrainExample], float]] = {"overlap": overlap_reward}
+REWARDS: dict[str, Callable[[list[int], TrainExample], float]] = {"overlap": overlap_reward}  # SampleConfig.rank
 
 
 class ResponseSampler:
@@ -95,9 +94,7 @@ class ResponseSampler:
         judge=None,
     ):
         if cfg.source == "reference" and reference is None:
-            raise LdynError("sampling from the reference needs a loss with a reference model (e.g. dpo)")
-        if cfg.responses == "both" and cfg.rank != "judge" and cfg.rank not in REWARDS:
-            raise LdynError(f"unknown reward '{cfg.rank}'{did_you_mean(cfg.rank, [*REWARDS, 'judge'])}")
+            raise ValueError("sampling from the reference needs a reference model")  # config.check refuses it
         self.cfg, self.pad_id, self.eos_id, self.run = cfg, pad_id, eos_id, run
         self.model = policy if cfg.source == "policy" else reference
         self.tokenizer, self.judge = tokenizer, judge

@@ -14,28 +14,22 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
-from ldyn.config import LossConfig, OptimConfig
+from ldyn.config import OptimConfig
 from ldyn.data.tokenize import collate_pairs
-from ldyn.errors import LdynError, did_you_mean
 from ldyn.logprobs import SeqLogps, sequence_logps, shared_prompt_logps, shares_prompts
-from ldyn.losses import LossSpec, PairLogps
+from ldyn.losses import LossConfig, LossSpec, PairLogps
 
-OPTIMIZERS = {
+OPTIMIZERS = {  # the names OptimConfig.name allows
     "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
     "rmsprop": lambda params, c: torch.optim.RMSprop(params, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum),
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum),
 }
-
-
-def check_optimizer(name: str) -> None:
-    if name not in OPTIMIZERS:
-        raise LdynError(f"unknown optimizer '{name}'{did_you_mean(name, OPTIMIZERS)}")
 
 
 @dataclass
@@ -59,7 +53,10 @@ class StepState:
     ref_model: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
     accelerator: object
-    trainer: Trainer | None = None  # for callbacks that need the loss, the learning rate or reference log-probs
+    loss: LossSpec | None = None  # the stage's loss and its settings
+    loss_cfg: LossConfig | None = None
+    reference_logps: Callable[[list[TrainExample], torch.dtype], PairLogps] | None = None  # cached reference
+    lr: float = 0.0  # the learning rate of the update about to be taken (on_step_start) or just taken
     batch: list[list[TrainExample]] = field(default_factory=list)  # micro-batches of the current update
     metrics: dict[str, float] = field(default_factory=dict)  # of the last update
 
@@ -125,9 +122,8 @@ class Trainer:
         start: int = 0,
     ) -> StepState:
         """Run updates `start..steps-1` of this stage; `step` is the global update count before the first."""
-        state = StepState(
-            step, stage, stage_index, start, steps, self.model, self.ref_model, self.optimizer, self.accelerator, self
-        )
+        state = StepState(step, stage, stage_index, start, steps, self.model, self.ref_model, self.optimizer,
+                          self.accelerator, self.loss, self.loss_cfg, self.reference_logps)  # fmt: skip
         self._emit("on_train_start", state)
         bar = tqdm(
             range(start, steps),
@@ -140,6 +136,7 @@ class Trainer:
         )
         for _ in bar:
             state.batch = [next(data) for _ in range(self.grad_accum)]
+            state.lr = self.lr_at(state.stage_step)
             self._emit("on_step_start", state)
             started = time.perf_counter()
             state.metrics = self.update(state.batch, state.stage_step)

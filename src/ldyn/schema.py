@@ -1,0 +1,238 @@
+"""Typed settings from plain data: YAML with line numbers, dataclasses from dicts, dotted overrides.
+
+Every settings file ldyn reads -- recipes, suites, the win-rate section of a suite, a run's `config.yaml` -- is a
+dataclass built by `from_dict`, so all of them fail the same way on bad input: an unknown key names the nearest
+valid one, a value of the wrong type names the key, and a value outside a field's allowed set names the set. The
+allowed set is the field's own type:
+
+    dtype: Literal["float32", "bfloat16", "float64"]      # "unknown value 'float16' (did you mean ...)"
+    name: Annotated[Literal["adamw", "sgd"], "optimizer"]  # "unknown optimizer 'adam' (did you mean 'adamw'?)"
+
+Nothing here knows what a run is; `config.py` declares that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+
+from ldyn.errors import LdynError, did_you_mean
+
+MISSING = "???"  # a required value: the recipe or the command line must set it
+__all__ = ["MISSING", "apply_override", "from_dict", "read_yaml", "to_dict"]
+
+
+# ---------------------------------------------------------------- reading YAML with line numbers
+
+
+class _LineDict(dict):
+    """A dict that remembers the YAML line of each key, so errors can name it."""
+
+    lines: dict
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_line_dict(loader, node):
+    mapping = _LineDict()
+    yield mapping  # two-step construction, as PyYAML's own mappings do (nested and recursive nodes)
+    mapping.update(loader.construct_mapping(node))
+    mapping.lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_line_dict)
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping whose dicts know the line of each key; one-line errors naming the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise LdynError(f"cannot read config: {e}", file=str(path)) from None
+    try:
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 -- a SafeLoader subclass
+    except yaml.YAMLError as e:
+        line = e.problem_mark.line + 1 if getattr(e, "problem_mark", None) else None
+        raise LdynError(f"invalid YAML: {getattr(e, 'problem', e)}", file=str(path), line=line) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LdynError("a settings file must be a YAML mapping of keys", file=str(path))
+    return data
+
+
+# ---------------------------------------------------------------- one value of a declared type
+
+
+class _Where:
+    """Where a value came from, for error messages."""
+
+    def __init__(self, key: str, file: str | None, line: int | None):
+        self.key, self.file, self.line = key, file, line
+
+    def error(self, message: str) -> LdynError:
+        return LdynError(message, file=self.file, line=self.line, field=self.key)
+
+    def expected(self, what: str, value) -> LdynError:
+        return self.error(f"expected {what}, got {value!r}")
+
+
+def _to_bool(value, where: _Where) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise where.expected("true or false", value)
+
+
+def _to_int(value, where: _Where) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise where.expected("an integer", value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise where.expected("an integer", value) from None
+
+
+def _to_float(value, where: _Where) -> float:
+    if isinstance(value, bool):
+        raise where.expected("a number", value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise where.expected("a number", value) from None
+
+
+def _to_str(value, where: _Where) -> str:
+    if isinstance(value, (dict, list)) or value is None:
+        raise where.expected("a string", value)
+    return str(value)
+
+
+SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
+def _choice(value, choices: tuple, noun: str, where: _Where) -> str:
+    value = _to_str(value, where)
+    if value not in choices:
+        raise where.error(f"unknown {noun} '{value}'{did_you_mean(value, choices)}")
+    return value
+
+
+def _to_list(value, item, where: _Where) -> list:
+    if isinstance(value, str) and not dataclasses.is_dataclass(item):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise where.expected("a list", value)
+    if dataclasses.is_dataclass(item):
+        return [coerce(v, item, _Where(f"{where.key}.{i}", where.file, where.line)) for i, v in enumerate(value)]
+    return [coerce(v, item, where) for v in value]
+
+
+def coerce(value, tp, where: _Where):
+    """Convert a YAML or command-line value to the declared type `tp`, or fail naming the key."""
+    if isinstance(value, str) and value == MISSING:
+        return MISSING
+    noun = "value"
+    if typing.get_origin(tp) is Annotated:
+        tp, noun = typing.get_args(tp)[0], typing.get_args(tp)[1]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise where.expected("a mapping", value)
+        return from_dict(tp, value, prefix=where.key + ".", file=where.file)
+    if origin is Literal:
+        return _choice(value, args, noun, where)
+    if origin is list:
+        return _to_list(value, args[0], where)
+    if type(None) in args:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return coerce(value, inner, where)
+    if tp in SCALARS:
+        return SCALARS[tp](value, where)
+    raise TypeError(f"unsupported settings field type {tp}")  # a bug in a declaration, not user input
+
+
+def from_dict(cls, data: dict, *, prefix: str = "", file: str | None = None, what: str = "key"):
+    """Build dataclass `cls` from a (possibly nested) dict; unknown keys fail naming the nearest valid one (as an
+    "unknown {what}")."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names = [f.name for f in dataclasses.fields(cls)]
+    lines = getattr(data, "lines", {})
+    kwargs = {}
+    for key, value in data.items():
+        line = lines.get(key)
+        if key not in names:
+            raise LdynError(f"unknown {what} '{prefix}{key}'{did_you_mean(str(key), names)}", file=file, line=line)
+        kwargs[key] = coerce(value, hints[key], _Where(prefix + str(key), file, line))
+    return cls(**kwargs)
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+# ---------------------------------------------------------------- dotted overrides
+
+
+def _child(obj, segment: str, path: str):
+    """Step from a settings object (or a list of named items) to its child named `segment`."""
+    if isinstance(obj, list):
+        for i, item in enumerate(obj):
+            if segment == str(i) or getattr(item, "name", None) == segment:
+                return item
+        names = [str(getattr(item, "name", i)) for i, item in enumerate(obj)]
+        raise LdynError(f"unknown stage '{segment}' in '{path}'{did_you_mean(segment, names)}")
+    names = [f.name for f in dataclasses.fields(obj)]
+    if segment not in names:
+        raise LdynError(f"unknown key '{path}'{did_you_mean(segment, names)}")
+    return getattr(obj, segment)
+
+
+def apply_override(obj, item: str) -> None:
+    """Apply one `a.b.c=value` override (a leading `--` is allowed) in place. Lists of named items (stages) are
+    addressed by name or index, or all at once with `*` (`stages.*.x` sets x in every stage)."""
+    key, sep, value = item.removeprefix("--").partition("=")
+    if not sep or not key:
+        raise LdynError(f"an override must look like key=value or --key=value, got '{item}'")
+    head, star, tail = key.partition(".*.")
+    if star:
+        for i in range(len(_child(obj, head, head))):
+            apply_override(obj, f"{head}.{i}.{tail}={value}")
+        return
+    *parents, last = key.split(".")
+    target = obj
+    for depth, segment in enumerate(parents):
+        target = _child(target, segment, ".".join(parents[: depth + 1]))
+    if isinstance(target, list) or not dataclasses.is_dataclass(target):
+        raise LdynError(f"'{key}' does not name a config value")
+    names = [f.name for f in dataclasses.fields(target)]
+    if last not in names:
+        raise LdynError(f"unknown key '{key}'{did_you_mean(last, names)}")
+    hint = typing.get_type_hints(type(target), include_extras=True)[last]
+    setattr(target, last, coerce(value, hint, _Where(key, None, None)))
+
+
+def missing_keys(obj, prefix: str = "") -> list[str]:
+    """Dotted names of every value still at MISSING ("???")."""
+    found = []
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), prefix + f.name
+        if isinstance(value, str) and value == MISSING:
+            found.append(key)
+        elif dataclasses.is_dataclass(value):
+            found += missing_keys(value, key + ".")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    label = item.name if getattr(item, "name", MISSING) != MISSING else str(i)
+                    found += missing_keys(item, f"{key}.{label}.")
+    return found
