@@ -6,6 +6,7 @@
     ldyn decompose RECIPE [--stage NAME] [key=value ...]         one update, decomposed into A·K·G terms
     ldyn plot RUN_DIR [RUN_DIR ...]                              redraw a run's figures from its files
     ldyn influence RUN_DIR ... [--out FILE]                      accumulated-influence heatmap across runs
+    ldyn export RUN_DIR [--format parquet|csv]                   the probe records as one long table
     ldyn report RUN_DIR ... [--out FILE]                         HTML page: figures and the paper's claims checked
     ldyn winrate CKPT_A CKPT_B --prompts FILE [...]              sample from two checkpoints, judge, count
     ldyn toy squeeze [--out DIR] [--check N]                     the squeezing effect on a linear softmax head
@@ -66,6 +67,10 @@ def _add_reading(sub) -> None:
     influence = sub.add_parser("influence", help="heatmap of accumulated influence across decomposed runs")
     influence.add_argument("run_dirs", nargs="+")
     influence.add_argument("--out", default="influence.png", help="PNG to write (a CSV is written beside it)")
+    export = sub.add_parser("export", help="a run's probe records as one long table (parquet or csv)")
+    export.add_argument("run_dir")
+    export.add_argument("--format", default="parquet", choices=["parquet", "csv"])
+    export.add_argument("--out", help="file to write (default RUN_DIR/export/probes.FORMAT)")
     report = sub.add_parser("report", help="an HTML page with the runs' figures and the paper's claims checked")
     report.add_argument("run_dirs", nargs="+", help="run directories, or suite folders (all their runs)")
     report.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
@@ -202,6 +207,12 @@ def _influence(args, overrides) -> list[str]:
     return [str(path) for path in influence_figure(args.run_dirs, args.out)]
 
 
+def _export(args, overrides) -> list[str]:
+    from ldyn.export import export_run
+
+    return [str(export_run(args.run_dir, args.format, args.out))]
+
+
 def _report(args, overrides) -> list[str]:
     from ldyn.paper.report import write_report
 
@@ -270,6 +281,7 @@ COMMANDS = {
     "config": _config,
     "plot": _plot,
     "influence": _influence,
+    "export": _export,
     "report": _report,
     "run": _run,
     "decompose": _decompose,

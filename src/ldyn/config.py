@@ -158,6 +158,9 @@ class RunConfig:
     seed: int = 0  # seeds data order, derived probe types and tiny-model init
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16: autocast for training; probes always run in fp32
     checkpoint_every: int = 0  # save a resumable checkpoint every k updates (0 = only at stage ends)
+    # experiment trackers, local or offline by default: tensorboard (runs/<name>/tensorboard), wandb (offline unless
+    # $WANDB_MODE), trackio; each gets the probe curves, the training metrics and the figures
+    report_to: list[Literal["none", "tensorboard", "wandb", "trackio"]] = field(default_factory=lambda: ["none"])
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)

@@ -13,6 +13,7 @@ disables dropout), no KV cache, and the input embedding's `padding_idx` cleared 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import os
@@ -157,6 +158,36 @@ def prepare(model, tokenizer):
     model.config.use_cache = False
     model.eval()  # dropout off for good; gradients still flow
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """The model in eval mode (dropout off) for a measurement, then back in the mode the trainer had set."""
+    training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(training)
+
+
+@contextlib.contextmanager
+def measurement_mode(model):
+    """Eval mode (no dropout, no gradient checkpointing), and without the forward hooks transformers puts on the
+    input embeddings for gradient checkpointing (`enable_input_require_grads`, possibly more than once): they call
+    `requires_grad_`, which forward-mode autodiff refuses. Everything is restored afterwards."""
+    removed = []
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):  # torch keeps a module's forward hooks here
+            if getattr(hook, "__name__", "") == "make_inputs_require_grads":
+                removed.append((module, key, hook))
+                del module._forward_hooks[key]
+    try:
+        with eval_mode(model):
+            yield model
+    finally:
+        for module, key, hook in removed:
+            module._forward_hooks[key] = hook
 
 
 def frozen_copy(model):

@@ -243,7 +243,7 @@ def decomposition_summary(run: Run) -> list[dict]:
                 "negative_share": float(np.abs(neg).sum() / max(np.abs(pos).sum() + np.abs(neg).sum(), 1e-300)),
                 "observed_mass_argmax": np.mean([r["observed/mass_argmax"] for r in rows]),
                 "observed_mass_tail": np.mean([r["observed/mass_tail"] for r in rows]),
-                "lbk_mean": np.mean([r["observed/lbk"] for r in rows]),
+                "lbk_mean": np.mean([r.get("observed/lbk", np.nan) for r in rows]),  # needs G: ldyn's trainer
                 "sign_delta_mean": np.mean([r["observed/sign_delta"] for r in rows]),
             }
         )
@@ -267,6 +267,9 @@ def plot_decomposition(run: Run, summary: list[dict]) -> plt.Figure:
         ax.set_xlabel("observed Δ log π", fontsize=8)
         ax.set_ylabel("predicted (A·K·G, real step)", fontsize=8)
     ax = axes.flat[len(types)]
+    if not any("sgd_positive" in r for r in run.decomposition):  # observed inside another trainer: no G
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no y⁺/y⁻ split:\nthe update batch was not visible", ha="center", va="center")
     x = np.arange(len(types))
     ax.bar(x - 0.2, [s["sgd_positive_mean"] for s in summary], 0.4, label="from y⁺ (positive gradient)")
     ax.bar(x + 0.2, [s["sgd_negative_mean"] for s in summary], 0.4, label="from y⁻ (negative gradient)")

@@ -78,7 +78,7 @@ def pair_from_row(row: dict, file: str, line: int, default_id: str, fields: tupl
     return Pair(row_id, prompt, chosen, rejected)
 
 
-def _hf_rows(name: str, split: str, n: int):
+def hf_rows(name: str, split: str, n: int = 0):
     """Rows of a Hugging Face dataset: a `save_to_disk` directory or a hub name (`name:data_dir` picks a subset)."""
     try:
         import datasets
@@ -123,7 +123,7 @@ def load_pairs(
     elif Path(source).suffix in (".jsonl", ".json") or Path(source).is_file():
         rows, file = read_jsonl(source), source
     else:
-        rows, file = _hf_rows(source, split, n), f"{source}[{split}]"
+        rows, file = hf_rows(source, split, n), f"{source}[{split}]"
     pairs, skipped = [], 0
     for index, (line, row) in enumerate(rows):
         try:

@@ -7,6 +7,7 @@ it loads as it is. The embedded set (`data/embedded.py`) is written in the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ldyn.data.embedded import embedded_path, embedded_rows
 from ldyn.data.jsonl import read_jsonl, text_field
@@ -47,17 +48,31 @@ class ProbeExample:
     responses: dict[str, str]  # response type -> text, e.g. {"chosen": ..., "irr_test": ...}
 
 
+def probe_rows(source, seed: int = 0, split: str = "train") -> tuple[list[tuple[int, dict]], str]:
+    """(line, row) pairs and a name for errors, from "embedded", a JSONL file, a `save_to_disk` folder or hub name
+    of a Hugging Face dataset, or rows in memory (a list of dicts or a `datasets.Dataset`)."""
+    if not isinstance(source, str):
+        return list(enumerate(source, start=1)), "<probe rows>"
+    if source == "embedded":
+        return embedded_rows(seed), str(embedded_path())
+    if Path(source).suffix in (".jsonl", ".json") or Path(source).is_file():
+        return list(read_jsonl(source)), source
+    from ldyn.data.preference import hf_rows
+
+    return list(hf_rows(source, split)), f"{source}[{split}]"
+
+
 def load_probe_set(
-    path: str, types: list[str] = ("auto",), n: int = 0, seed: int = 0
+    path, types: list[str] = ("auto",), n: int = 0, seed: int = 0
 ) -> tuple[list[ProbeExample], list[str]]:
-    """The first `n` probe prompts (0 = all) with the requested response types.
+    """The first `n` probe prompts (0 = all) with the requested response types, from any source `probe_rows`
+    reads (the authors' JSONL format: `prompt` and one field per response type).
 
     `types == ["auto"]` selects every paper type the file has. Named types must exist in every row; `chosen` is
     always required because the argmax response is measured along it. An empty response of another type is left
     out of that prompt's responses (the authors' HH file has 21 empty chosen_initial), so the file loads as it is.
     """
-    file = str(embedded_path()) if path == "embedded" else path
-    rows = embedded_rows(seed) if path == "embedded" else list(read_jsonl(path))
+    rows, file = probe_rows(path, seed)
     if n:
         rows = rows[:n]
     if not rows:

@@ -30,6 +30,7 @@ from ldyn.data.tokenize import IGNORE, Batch, collate
 from ldyn.dynamics.probing import ProbeItem, length_batches, whole_prompt_batches
 from ldyn.logprobs import STAT_CHUNK, SharedRows, logps_from_logits, response_logits, rows_logits, shares_prompts
 from ldyn.losses import LossConfig, LossSpec, PairLogps
+from ldyn.models import measurement_mode
 
 TOP_K = 10  # "top-k" in the mass split: the pre-update argmax, the next TOP_K - 1 tokens, and the tail
 
@@ -225,7 +226,8 @@ def begin_update(
     examples for losses that need one."""
     directions = None
     if loss is not None and examples:
-        directions = update_directions(model, loss, loss_cfg or LossConfig(), list(examples), pad_id, reference)
+        with measurement_mode(model):
+            directions = update_directions(model, loss, loss_cfg or LossConfig(), list(examples), pad_id, reference)
     return UpdateStart({k: v.clone() for k, v in parameters(model).items()}, lr, directions)
 
 
@@ -245,8 +247,9 @@ def decompose_update(
     shared = shares_prompts(next(model.parameters()).device)
     rows = []
     for group in (whole_prompt_batches if shared else length_batches)(items, batch_tokens):
-        out = {COLUMNS.get(k, k): v.tolist() for k, v in _decompose_group(model, start, after, tangents, group,
-                                                                         pad_id, shared).items()}  # fmt: skip
+        with measurement_mode(model):
+            out = _decompose_group(model, start, after, tangents, group, pad_id, shared)
+        out = {COLUMNS.get(k, k): v.tolist() for k, v in out.items()}
         for i, item in enumerate(group):
             row = {"example_id": item.example_id, "type": item.type, "lr": start.lr}
             if start.directions is not None:

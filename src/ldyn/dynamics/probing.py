@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ldyn.data.tokenize import TokenizedRow, collate
+from ldyn.distributed import gather_to_main, max_over_ranks, rank_and_world
 from ldyn.logprobs import (
     STAT_NAMES,
     encode_prompts,
@@ -30,6 +31,7 @@ from ldyn.logprobs import (
     shares_prompts,
     token_statistics,
 )
+from ldyn.models import eval_mode
 
 ARGMAX_ALONG = "chosen"
 
@@ -147,27 +149,78 @@ def probe(
     batch_tokens: int = 4096,
     share_prompt: bool | None = None,
     progress: bool = True,
+    passes: int = 0,
 ) -> list[dict]:
     """Evaluate every probe item with `model`; one record per item (plus argmax records along chosen).
-    `share_prompt=None` shares prompts where that is faster (`shares_prompts`: on a CPU)."""
+    `share_prompt=None` shares prompts where that is faster (`shares_prompts`: on a CPU). The model runs in eval
+    mode (no dropout) and without autocast, whatever the trainer set; `passes` pads the plain path with repeated
+    forward passes up to that many (processes whose sharded model needs every rank in every pass)."""
     device = next(model.parameters()).device
     share_prompt = shares_prompts(device) if share_prompt is None else share_prompt
     groups = prompt_batches(items, batch_tokens) if share_prompt else [length_batches(items, batch_tokens)]
     bar = tqdm(total=sum(len(g) for g in groups), desc="probe", unit="batch", leave=False, disable=not progress)
     records = []
-    with torch.autocast(device.type, enabled=False), bar:
+    with torch.autocast(device.type, enabled=False), eval_mode(model), bar:
         for group in groups:
-            if share_prompt:
-                index = {e: i for i, e in enumerate(dict.fromkeys(it.example_id for b in group for it in b))}
-                prompts = {it.example_id: it.prompt for b in group for it in b}
-                encoded = encode_prompts(model, [prompts[e] for e in index], pad_id)
-            for batch_items in group:
-                if share_prompt:
-                    responses = [(index[it.example_id], it.response) for it in batch_items]
-                    logits, labels = shared_prompt_logits(model, encoded, responses, pad_id)
-                else:
-                    batch = collate([(it.prompt, it.response) for it in batch_items], pad_id).to(device)
-                    logits, labels = response_logits(model, batch)
-                records += records_for(batch_items, token_statistics(logits, labels), logits.shape[-1])
-                bar.update()
+            records += (_probe_shared if share_prompt else _probe_plain)(model, group, pad_id, bar)
+        for _ in range(passes - (0 if share_prompt else len(groups[0]))):
+            response_logits(model, collate([(items[0].prompt, items[0].response)], pad_id).to(device))
     return records
+
+
+def _probe_plain(model, batches: list[list[ProbeItem]], pad_id: int, bar) -> list[dict]:
+    """One full forward pass per batch of (prompt + response) rows."""
+    records = []
+    for batch_items in batches:
+        batch = collate([(it.prompt, it.response) for it in batch_items], pad_id).to(next(model.parameters()).device)
+        logits, labels = response_logits(model, batch)
+        records += records_for(batch_items, token_statistics(logits, labels), logits.shape[-1])
+        bar.update()
+    return records
+
+
+def _probe_shared(model, group: list[list[ProbeItem]], pad_id: int, bar) -> list[dict]:
+    """The group's prompts encoded once, then each batch of responses scored against their key/value cache."""
+    index = {e: i for i, e in enumerate(dict.fromkeys(it.example_id for b in group for it in b))}
+    prompts = {it.example_id: it.prompt for b in group for it in b}
+    encoded = encode_prompts(model, [prompts[e] for e in index], pad_id)
+    records = []
+    for batch_items in group:
+        responses = [(index[it.example_id], it.response) for it in batch_items]
+        logits, labels = shared_prompt_logits(model, encoded, responses, pad_id)
+        records += records_for(batch_items, token_statistics(logits, labels), logits.shape[-1])
+        bar.update()
+    return records
+
+
+def shard(items: list[ProbeItem], rank: int, world: int) -> list[ProbeItem]:
+    """This process's share of the items: whole prompts, dealt round-robin."""
+    return [it for i, group in enumerate(_by_prompt(items)) if i % world == rank for it in group]
+
+
+def probe_across_ranks(model, items: list[ProbeItem], pad_id: int, batch_tokens: int = 4096,
+                       progress: bool = True) -> list[dict]:  # fmt: skip
+    """`probe` split over the processes of a distributed run and gathered on rank 0 (the others get []).
+
+    Each process scores whole prompts of its share on the plain path and runs as many forward passes as the busiest
+    one, so a model whose parameters are sharded (ZeRO-3, FSDP), where every forward is a collective, never waits
+    forever. Records come back in the order of `items`. In one process this is `probe`.
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        return probe(model, items, pad_id, batch_tokens, progress=progress)
+    mine = shard(items, rank, world)
+    passes = max_over_ranks(len(length_batches(mine, batch_tokens)))
+    records = probe(model, mine, pad_id, batch_tokens, share_prompt=False, progress=progress and rank == 0,
+                    passes=passes) if mine else _idle(model, items, pad_id, passes)  # fmt: skip
+    records = gather_to_main(records)
+    order = {(it.example_id, it.type): i for i, it in enumerate(items)}  # argmax records follow their chosen
+    return sorted(
+        records, key=lambda r: order.get((r["example_id"], r["type"]), order[(r["example_id"], ARGMAX_ALONG)] + 0.5)
+    )
+
+
+def _idle(model, items: list[ProbeItem], pad_id: int, passes: int) -> list[dict]:
+    """A process with no prompt of its own still takes part in every forward pass."""
+    probe(model, items[:1], pad_id, share_prompt=False, progress=False, passes=passes)
+    return []

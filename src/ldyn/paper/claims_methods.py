@@ -164,13 +164,14 @@ def _decomposed(runs, test):
 def _lbk(runs, toys, winrates):
     rhos = []
     for run in [r for r in runs if r.decomposition]:
-        steps = sorted({row["step"] for row in run.decomposition})
+        lbk = [row for row in run.decomposition if "observed/lbk" in row]  # not when G was unknown (callback)
+        steps = sorted({row["step"] for row in lbk})
         if len(steps) < 2:
             continue
         ranks = []
         for step in (steps[0], steps[-1]):
             by_type: dict[str, list[float]] = {}
-            for row in run.decomposition:
+            for row in lbk:
                 if row["step"] == step:
                     by_type.setdefault(row["type"], []).append(row["observed/lbk"])
             ranks.append({t: float(np.mean(v)) for t, v in by_type.items()})

@@ -8,41 +8,45 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from itertools import zip_longest
 
 import torch
 
+from ldyn.distributed import gather_to_main
 from ldyn.dynamics.akg import begin_update, decompose_update
-from ldyn.dynamics.probing import ProbeItem, probe
+from ldyn.dynamics.probing import ProbeItem, probe_across_ranks
 from ldyn.runs import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBE_TIMES, PROBES, STATE, RunDir
+from ldyn.trackers import Trackers, probe_scalars, train_scalars
 from ldyn.train.trainer import StepState
 
 
 class MetricsLogger:
-    """One row per update in metrics.jsonl, with the ids of the examples it trained on (`examples`)."""
+    """One row per update in metrics.jsonl (the metrics averaged over processes by the trainer), with the ids of the
+    examples it trained on (`examples`, gathered from every process), and the metrics to the trackers."""
 
-    def __init__(self, run: RunDir):
-        self.run = run
+    def __init__(self, run: RunDir, trackers: Trackers | None = None):
+        self.run, self.trackers = run, trackers or Trackers([])
 
     def on_step_end(self, state: StepState) -> None:
-        if state.accelerator.is_main_process:
-            ids = [e.id for micro in state.batch for e in micro]
-            self.run.append(METRICS, [{"step": state.step, "stage": state.stage, **state.metrics, "examples": ids}])
+        shares = gather_to_main([[e.id for e in micro] for micro in state.batch])  # every process: a collective
+        if not state.accelerator.is_main_process:
+            return
+        world = state.accelerator.num_processes
+        ids = [i for m in range(len(state.batch)) for part in zip_longest(*shares[m::len(state.batch)])
+               for i in part if i is not None]  # fmt: skip
+        self.run.append(METRICS, [{"step": state.step, "stage": state.stage, **state.metrics, "examples": ids}])
+        self.trackers.log(train_scalars(state.metrics) | {"train/processes": world}, state.step)
 
 
 class ProbeCallback:
-    """Probe at step 0, every `every` updates and at the end of each stage; rows go to probes.jsonl."""
+    """Probe at step 0, every `every` updates and at the end of each stage; rows go to probes.jsonl. Under several
+    processes each probes its share of the prompts and rank 0 writes them all (`probe_across_ranks`)."""
 
-    def __init__(
-        self,
-        run: RunDir,
-        items: list[ProbeItem],
-        pad_id: int,
-        every: int,
-        batch_tokens: int,
-        done: set[int] = frozenset(),
-    ):
+    def __init__(self, run: RunDir, items: list[ProbeItem], pad_id: int, every: int, batch_tokens: int,
+                 done: set[int] = frozenset(), trackers: Trackers | None = None):  # fmt: skip
         self.run, self.items, self.pad_id = run, items, pad_id
         self.every, self.batch_tokens, self.done = every, batch_tokens, set(done)
+        self.trackers, self.baseline = trackers or Trackers([]), {}
 
     def on_train_start(self, state: StepState) -> None:
         if state.step == 0:
@@ -53,14 +57,30 @@ class ProbeCallback:
             self.measure(state)
 
     def measure(self, state: StepState) -> None:
-        if not self.every or state.step in self.done or not state.accelerator.is_main_process:
+        if not self.every or state.step in self.done:  # the same on every process: all or none take part
             return
         started = time.perf_counter()
-        records = probe(state.accelerator.unwrap_model(state.model), self.items, self.pad_id, self.batch_tokens)
+        model = state.accelerator.unwrap_model(state.model)
+        records = probe_across_ranks(model, self.items, self.pad_id, self.batch_tokens)
+        self.done.add(state.step)
+        if not state.accelerator.is_main_process:
+            return
         seconds = round(time.perf_counter() - started, 3)
         self.run.append(PROBES, [{"step": state.step, "stage": state.stage, **r} for r in records])
         self.run.append(PROBE_TIMES, [{"step": state.step, "seconds": seconds, "items": len(self.items)}])
-        self.done.add(state.step)
+        if not self.baseline and state.step > 0:  # resumed: changes are measured from the step-0 round
+            self.baseline = _first_round_means(self.run.read(PROBES))
+        self.trackers.log(probe_scalars(records, self.baseline), state.step)
+
+
+def _first_round_means(rows: list[dict]) -> dict[str, float]:
+    """Mean logp_sum per type over the rows of the first probed step."""
+    step = min((r["step"] for r in rows), default=0)
+    by_type: dict[str, list[float]] = {}
+    for r in rows:
+        if r["step"] == step:
+            by_type.setdefault(r["type"], []).append(r["logp_sum"])
+    return {t: sum(v) / len(v) for t, v in by_type.items()}
 
 
 class DecompositionCallback:

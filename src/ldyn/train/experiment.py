@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 from accelerate import Accelerator
 
-from ldyn import __version__
+from ldyn import __version__, distributed
 from ldyn.config import ModelConfig, RunConfig, StageConfig, check, dump_config, read_config
 from ldyn.data.preference import load_pairs
 from ldyn.data.probesets import load_probe_set
@@ -34,6 +34,8 @@ from ldyn.runs import (
     RunDir,
     read_resume_state,
 )
+from ldyn.schema import to_dict
+from ldyn.trackers import Trackers, open_trackers
 from ldyn.train.callbacks import Checkpointer, DecompositionCallback, MetricsLogger, ProbeCallback
 from ldyn.train.sampling import ResponseSampler
 from ldyn.train.trainer import Trainer, TrainExample, batches
@@ -93,8 +95,10 @@ def stage_examples(rows: list[TokenizedRow], spec: LossSpec, stage: StageConfig)
 def run(cfg: RunConfig, *, overwrite: bool = False) -> RunDir:
     """Start a new run of `cfg`; returns its run directory."""
     check(cfg)
-    out = RunDir(cfg.run_dir)
-    if out.exists() and not overwrite:
+    out, processes = RunDir(cfg.run_dir), distributed.processes()  # under accelerate launch: every process runs this
+    existed = out.exists()
+    processes.wait_for_everyone()  # every process looked before the main one writes
+    if existed and not overwrite:
         raise LdynError(
             "already holds a run: pass --resume to continue it, --overwrite to replace it, "
             "or choose another output_dir",
@@ -102,10 +106,12 @@ def run(cfg: RunConfig, *, overwrite: bool = False) -> RunDir:
         )
     model, tokenizer = load_model(cfg.model, cfg.seed)
     inputs = load_inputs(cfg, tokenizer)
-    if overwrite and out.path.exists():
-        shutil.rmtree(out.path)
-    out.write_text(CONFIG, f"# ldyn {__version__}\n" + dump_config(cfg))
-    out.write_json(DATA, inputs.report)
+    if processes.is_main_process:
+        if overwrite and out.path.exists():
+            shutil.rmtree(out.path)
+        out.write_text(CONFIG, f"# ldyn {__version__}\n" + dump_config(cfg))
+        out.write_json(DATA, inputs.report)
+    processes.wait_for_everyone()
     return _train(cfg, out, model, tokenizer, inputs, resume=None)
 
 
@@ -145,9 +151,11 @@ def resume(run_dir: str) -> RunDir:
     else:
         model, tokenizer = load_model(cfg.model, cfg.seed)
     inputs = load_inputs(cfg, tokenizer)
-    step = state["step"] if state else 0
-    for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES, SAMPLES):
-        out.keep_until(name, step)
+    step, processes = (state["step"] if state else 0), distributed.processes()
+    if processes.is_main_process:
+        for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES, SAMPLES):
+            out.keep_until(name, step)
+    processes.wait_for_everyone()
     return _train(cfg, out, model, tokenizer, inputs, resume=state)
 
 
@@ -170,7 +178,9 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
     torch.manual_seed(cfg.seed)
     accelerator = Accelerator()
     model = accelerator.prepare_model(model)
-    callbacks = _callbacks(cfg, out, tokenizer, inputs)
+    trackers = open_trackers(cfg.report_to, out.path, cfg.name, to_dict(cfg)) if accelerator.is_main_process \
+        else Trackers([])  # fmt: skip
+    callbacks = _callbacks(cfg, out, tokenizer, inputs, trackers)
     step = resume["step"] if resume else 0
     first_stage = resume["stage_index"] if resume else 0
     for index in range(first_stage, len(cfg.stages)):
@@ -181,6 +191,9 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
 
         for path in plot_run(out.path):
             print(f"ldyn: wrote {path}", file=sys.stderr)
+            if path.suffix == ".png":
+                trackers.image(f"ldyn/{path.stem}", path, step)
+    trackers.close()
     return out
 
 
@@ -192,12 +205,12 @@ def _loaded(r: dict) -> str:
     )
 
 
-def _callbacks(cfg: RunConfig, out: RunDir, tokenizer, inputs: Inputs) -> list:
+def _callbacks(cfg: RunConfig, out: RunDir, tokenizer, inputs: Inputs, trackers: Trackers) -> list:
     """Metrics, probes, checkpoints and (when asked) the decomposition: the trainer knows none of them."""
     pad, done = tokenizer.pad_token_id, {row["step"] for row in out.read(PROBES)}
     callbacks = [
-        MetricsLogger(out),
-        ProbeCallback(out, inputs.probes, pad, cfg.probe.every, cfg.probe.batch_tokens, done),
+        MetricsLogger(out, trackers),
+        ProbeCallback(out, inputs.probes, pad, cfg.probe.every, cfg.probe.batch_tokens, done, trackers),
         Checkpointer(out, tokenizer, cfg.checkpoint_every),
     ]
     if cfg.decompose.every:

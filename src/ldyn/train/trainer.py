@@ -171,7 +171,15 @@ class Trainer:
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return totals | {"grad_norm": float(grad_norm)}
+        return self.mean_over_processes(totals) | {"grad_norm": float(grad_norm)}
+
+    def mean_over_processes(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Each process measured its share of the batch; equal shares make the mean of their means the batch's."""
+        if self.accelerator.num_processes == 1:
+            return metrics
+        keys = sorted(metrics)
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
+        return dict(zip(keys, self.accelerator.reduce(values, reduction="mean").tolist()))
 
     def loss_on(self, examples: list[TrainExample]) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean loss of a micro-batch (chosen and rejected together, `row_logps`) and its metrics."""
