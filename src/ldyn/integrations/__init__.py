@@ -1,0 +1,6 @@
+"""ldyn inside the training people already run: `LearningDynamicsCallback` for transformers' Trainer and TRL's
+SFTTrainer / DPOTrainer (`hf.py`)."""
+
+from ldyn.integrations.hf import LearningDynamicsCallback
+
+__all__ = ["LearningDynamicsCallback"]

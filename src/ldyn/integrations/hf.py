@@ -1,0 +1,273 @@
+"""`LearningDynamicsCallback`: ldyn's probing, and the observed and predicted change of an update, inside any
+`transformers.Trainer` -- TRL's `SFTTrainer` and `DPOTrainer` included. Add it to the trainer you already have:
+
+    from ldyn.integrations import LearningDynamicsCallback
+
+    trainer = DPOTrainer(model=..., args=DPOConfig(...), train_dataset=..., processing_class=tokenizer,
+                         callbacks=[LearningDynamicsCallback("probes.jsonl", every=10)])
+    trainer.train()        # then: ldyn plot / report / influence / export <output_dir>/ldyn
+
+It probes at step 0, every `every` optimizer steps and at the end with ldyn's one probing code (the same records
+and fast paths as `ldyn run`, in fp32 and eval mode whatever the trainer's precision and mode), split across the
+processes of a distributed run and gathered on rank 0. It writes an ldyn run directory: `config.yaml` (the run as
+ldyn describes one, from the trainer's arguments), `trainer_args.json` (all of them), the trainer's logged metrics in
+`metrics.jsonl`, `probes.jsonl`, and the figures. It never touches the training itself.
+
+What the Trainer API shows a callback, and so what it can record around an update (`observe_every=k`): the model
+before the optimizer step (`on_pre_optimizer_step`) and after it (`on_optimizer_step`), and the learning rate. So it
+records the observed Δ log π of the first `observe_n` probe prompts over that update and its first-order
+prediction along the real step Δθ = θ_{t+1} − θ_t (the "predicted" column, with the mass split, SignDelta). The
+update batch is not visible there, so there is no G, no y⁺/y⁻ split (`sgd_positive`, `sgd_negative`) and no LBK:
+the full A·K·G decomposition stays in ldyn's own trainer (`decompose.every`). The observation runs on the main
+process only (DDP; not under ZeRO-3 or FSDP, whose forward passes need every process).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from ldyn import __version__
+from ldyn.config import (
+    DataConfig,
+    DecomposeConfig,
+    ModelConfig,
+    OptimConfig,
+    ProbeConfig,
+    RunConfig,
+    StageConfig,
+    dump_config,
+)
+from ldyn.data.probesets import load_probe_set
+from ldyn.data.tokenize import tokenize_rows
+from ldyn.distributed import barrier, rank_and_world
+from ldyn.dynamics.akg import begin_update, decompose_update
+from ldyn.dynamics.probing import ProbeItem, probe_across_ranks, probe_items
+from ldyn.errors import LdynError
+from ldyn.losses import LossConfig
+from ldyn.runs import CONFIG, DATA, DECOMPOSITION, METRICS, PROBE_TIMES, PROBES, RunDir
+from ldyn.trackers import Trackers, open_trackers, probe_scalars
+
+TRL_LOSSES = {"sigmoid": "dpo", "ipo": "ipo", "hinge": "slic", "sppo_hard": "sppo"}  # TRL loss_type -> ldyn loss
+LOG_NAMES = {"rewards/margins": "rewards/margin", "rewards/accuracies": "rewards/accuracy", "learning_rate": "lr"}
+OPTIMIZERS = ("adamw", "rmsprop", "sgd")
+
+
+class LearningDynamicsCallback(TrainerCallback):
+    """Probe a probe set during any transformers/TRL training into an ldyn run directory.
+
+    probes: "embedded", a JSONL in the paper authors' format (`prompt` + one field per response type), a Hugging
+    Face dataset (hub name or `save_to_disk` folder), or the rows themselves. `types`: fields to probe ("auto" =
+    every paper type present); `n`: the first n prompts (0 = all); `every`: probe every k optimizer steps (and at
+    step 0 and the end). `output_dir`: the run directory (default `<args.output_dir>/ldyn`). `max_length`,
+    `max_prompt_length`, `truncation_mode` tokenise the probes as `ldyn run` does. `observe_every`: record the
+    observed and predicted change of every k-th update on the first `observe_n` prompts (0 = never).
+    """
+
+    def __init__(
+        self,
+        probes="embedded",
+        *,
+        every: int = 5,
+        n: int = 16,
+        types=("auto",),
+        output_dir: str | None = None,
+        batch_tokens: int = 4096,
+        max_length: int = 512,
+        max_prompt_length: int = 256,
+        truncation_mode: str = "keep_end",
+        observe_every: int = 0,
+        observe_n: int = 2,
+        predict: bool = True,
+        seed: int = 0,
+        figures: bool = True,
+    ):
+        if every < 0 or observe_every < 0 or n < 0:
+            raise LdynError("every, observe_every and n must be >= 0")
+        self.source, self.every, self.n, self.types, self.output_dir = probes, every, n, list(types), output_dir
+        self.batch_tokens, self.seed, self.figures = batch_tokens, seed, figures
+        self.data = DataConfig(
+            train="host trainer",
+            max_length=max_length,
+            max_prompt_length=max_prompt_length,
+            truncation_mode=truncation_mode,
+        )
+        self.decompose = DecomposeConfig(every=observe_every, n=observe_n, predict=predict)
+        self.run: RunDir | None = None
+        self.items: list[ProbeItem] = []
+        self.done: set[int] = set()
+        self.pending = None
+        self.baseline: dict[str, float] = {}
+        self.trackers = Trackers([])
+
+    # ------------------------------------------------------------ events
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        if tokenizer is None:
+            raise LdynError("LearningDynamicsCallback needs the tokenizer: pass it to the trainer as processing_class")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.run = RunDir(self.output_dir or Path(args.output_dir) / "ldyn")
+        self.stage = stage_name(args)
+        self.items, report = self._load_probes(tokenizer)
+        if state.is_world_process_zero:
+            self._start_run(args, state, model, report)
+        barrier()  # the main process has prepared the run directory before anyone reads it
+        self.done = {row["step"] for row in self.run.read(PROBES)}  # every process: they all decide alike
+        if state.global_step == 0:
+            self._probe(state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and state.global_step % self.every == 0:
+            self._probe(state, model)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        k = self.decompose.every
+        if k and state.global_step % k == 0 and state.is_world_process_zero:
+            lr = optimizer.param_groups[0]["lr"] if optimizer is not None else args.learning_rate
+            self.pending = begin_update(model, lr)
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.pending is None:
+            return
+        started, step = time.perf_counter(), state.global_step + 1  # global_step counts the update after this event
+        observed = list(dict.fromkeys(it.example_id for it in self.items))[: self.decompose.n]
+        items = [it for it in self.items if it.example_id in observed]
+        rows = decompose_update(
+            model,
+            self.pending,
+            items,
+            self.pad_id,
+            batch_tokens=self.decompose.batch_tokens,
+            predict=self.decompose.predict,
+        )
+        self.pending = None
+        self.run.append(DECOMPOSITION, [{"step": step, "stage": self.stage, **row} for row in rows])
+        self.seconds_observing = time.perf_counter() - started
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+            return
+        row = {LOG_NAMES.get(k, k): v for k, v in logs.items() if isinstance(v, (int, float))}
+        self.run.append(METRICS, [{"step": state.global_step, "stage": self.stage, **row}])
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._probe(state, model)
+        if not state.is_world_process_zero:
+            return
+        if self.figures:
+            from ldyn.plots import plot_run
+
+            for path in plot_run(self.run.path):
+                if path.suffix == ".png":
+                    self.trackers.image(f"ldyn/{path.stem}", path, state.global_step)
+        self.trackers.close()
+
+    # ------------------------------------------------------------ work
+
+    def _load_probes(self, tokenizer) -> tuple[list[ProbeItem], dict]:
+        examples, types = load_probe_set(self.source, self.types, self.n, self.seed)
+        d = self.data
+        rows = tokenize_rows(
+            tokenizer,
+            [(e.id, e.prompt, e.responses) for e in examples],
+            d.max_length,
+            d.max_prompt_length,
+            d.truncation_mode,
+        )
+        report = {"probe_prompts": len(rows), "probe_types": types, "probe_truncated": sum(r.truncated for r in rows)}
+        return probe_items(rows), report
+
+    def _start_run(self, args, state, model, report: dict) -> None:
+        """The run directory: created at step 0; on a resumed training, the rows after the resumed step dropped."""
+        if state.global_step > 0 and self.run.exists():
+            for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION):
+                self.run.keep_until(name, state.global_step)
+        else:
+            cfg = self._config(args, state, model)
+            self.run.write_text(CONFIG, f"# ldyn {__version__} (LearningDynamicsCallback)\n" + dump_config(cfg))
+            self.run.write_json(DATA, report | {"trainer": type(args).__name__})
+            self.run.write_text("trainer_args.json", json.dumps(args.to_dict(), indent=2, default=str) + "\n")
+        kinds = [k for k in _report_to(args) if k in ("tensorboard", "wandb", "trackio")]
+        self.trackers = open_trackers(kinds, self.run.path, self.run.path.parent.name, args.to_dict())
+
+    def _config(self, args, state, model) -> RunConfig:
+        """The training as an ldyn RunConfig, so that plots, claims and reports read it as a native run."""
+        loss = LossConfig(name=loss_name(args), beta=float(getattr(args, "beta", 0.1) or 0.1))
+        optim = OptimConfig(
+            name=next((o for o in OPTIMIZERS if str(args.optim).startswith(o)), "adamw"),
+            lr=args.learning_rate,
+            weight_decay=args.weight_decay,
+            warmup_steps=int(args.warmup_steps or 0),
+            max_grad_norm=args.max_grad_norm or 0.0,
+        )
+        world = rank_and_world()[1]
+        stage = StageConfig(
+            name=self.stage,
+            steps=state.max_steps,
+            loss=loss,
+            optim=optim,
+            grad_accum=args.gradient_accumulation_steps,
+            batch_size=args.per_device_train_batch_size * world,
+        )
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        probe = ProbeConfig(
+            path=self.source if isinstance(self.source, str) else "<rows>",
+            n=self.n,
+            types=self.types,
+            every=self.every,
+            batch_tokens=self.batch_tokens,
+        )
+        return RunConfig(
+            name=Path(args.output_dir).name,
+            output_dir=str(self.run.path),
+            seed=args.seed,
+            mixed_precision="bf16" if args.bf16 else "no",
+            data=self.data,
+            probe=probe,
+            model=ModelConfig(name=name, dtype=dtype if dtype in ("float32", "bfloat16", "float64") else "float32"),
+            decompose=self.decompose,
+            stages=[stage],
+        )
+
+    def _probe(self, state, model) -> None:
+        """One probe round at the current step, unless it was taken already (every process takes part)."""
+        step = state.global_step
+        if not self.every or step in self.done:
+            return
+        started = time.perf_counter()
+        records = probe_across_ranks(model, self.items, self.pad_id, self.batch_tokens)
+        self.done.add(step)
+        if not state.is_world_process_zero:
+            return
+        seconds = round(time.perf_counter() - started, 3)
+        self.run.append(PROBES, [{"step": step, "stage": self.stage, **r} for r in records])
+        self.run.append(PROBE_TIMES, [{"step": step, "seconds": seconds, "items": len(self.items)}])
+        self.trackers.log(probe_scalars(records, self.baseline), step)
+
+
+def stage_name(args) -> str:
+    """ "dpo" for TRL's DPOConfig, "sft" for SFTConfig and plain TrainingArguments (language modelling)."""
+    return "dpo" if type(args).__name__.startswith("DPO") else "sft"
+
+
+def loss_name(args) -> str:
+    """ldyn's name for the trainer's loss (DPO's `loss_type`; SFT and plain training: "sft")."""
+    if stage_name(args) == "sft":
+        return "sft"
+    kinds = getattr(args, "loss_type", "sigmoid")
+    kind = kinds[0] if isinstance(kinds, (list, tuple)) and kinds else kinds
+    return TRL_LOSSES.get(str(kind), "dpo")
+
+
+def _report_to(args) -> list[str]:
+    report = args.report_to
+    if report in (None, "none"):
+        return []
+    if report == "all":
+        return ["tensorboard", "wandb", "trackio"]
+    return [report] if isinstance(report, str) else list(report)
