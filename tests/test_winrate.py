@@ -107,10 +107,21 @@ class FakeEndpoint(BaseHTTPRequestHandler):
         if action == "sleep":
             threading.Event().wait(1.0)
             action = "More helpful: A"
-        if action == "500":
-            self.send_response(500)
+        if action in ("500", "401", "429"):
+            self.send_response(int(action))
+            if action == "429":
+                self.send_header("Retry-After", "0")
             self.end_headers()
             return
+        if action == "truncated":  # promises more bytes than it sends, then closes
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "200")
+            self.end_headers()
+            self.wfile.write(b'{"choices": [')
+            return
+        if action == "null":
+            action = None
         payload = (
             b"{not json"
             if action == "garbage"

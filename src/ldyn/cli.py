@@ -25,8 +25,16 @@ import sys
 from ldyn.errors import LdynError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one `ldyn: error:` line (exit 2) instead of a usage block."""
+
+    def error(self, message: str):
+        print(f"ldyn: error: {message} (`{self.prog} --help` lists the options)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ldyn", description="Learning dynamics of LLM finetuning.")
+    parser = _Parser(prog="ldyn", description="Learning dynamics of LLM finetuning.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_training(sub)
     _add_reading(sub)
@@ -97,6 +105,9 @@ def _add_winrate(sub) -> None:
         "with $LDYN_JUDGE_KEY",
     )
     win.add_argument("--judge-model", default="smollm2", help="local model, or the model name sent to the endpoint")
+    win.add_argument("--judge-time-limit", type=float, default=0.0, metavar="SECONDS",
+                     help="endpoint: stop asking after this long in all; the rest are asked on the next run (0 = no "
+                     "limit)")  # fmt: skip
     win.add_argument("--max-new-tokens", type=int, default=64, help="length of each sampled response")
     win.add_argument("--seed", type=int, default=0, help="sampling and A/B order seed")
     win.add_argument(
@@ -142,10 +153,10 @@ def _add_digits_options(parser) -> None:
             parser.add_argument(flag, type=kind, default=f.default, help=f"{f.metadata['help']} (default {f.default})")
 
 
-def _overrides(parser, extra: list[str]) -> list[str]:
+def _overrides(extra: list[str]) -> list[str]:
     for item in extra:
         if "=" not in item:
-            parser.error(f"unrecognised argument '{item}' (overrides look like key=value or --key=value)")
+            raise LdynError(f"unrecognised argument '{item}' (overrides look like key=value or --key=value)")
     return extra
 
 
@@ -155,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command not in ("run", "config", "decompose"):
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     try:
-        return _dispatch(args, _overrides(parser, extra))
+        return _dispatch(args, _overrides(extra))
     except LdynError as e:
         print(f"ldyn: error: {e}", file=sys.stderr)
         return 2
@@ -246,7 +257,7 @@ def _winrate(args, overrides) -> list[str]:
     from ldyn.config import JudgeConfig
     from ldyn.paper.winrate import winrate_on_file
 
-    judge = JudgeConfig(kind=args.judge, model=args.judge_model)
+    judge = JudgeConfig(kind=args.judge, model=args.judge_model, time_limit=args.judge_time_limit)
     out = winrate_on_file(
         args.a,
         args.b,

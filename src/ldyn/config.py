@@ -149,6 +149,7 @@ class JudgeConfig:
     model: str = "smollm2"  # local: the judge model (as model.name); endpoint: the model name sent to the API
     timeout: float = 60.0  # endpoint: seconds per request
     retries: int = 3  # endpoint: attempts per judgement (timeouts, errors, unparseable answers)
+    time_limit: float = 0.0  # endpoint: seconds for all judgements together; the rest are asked next run (0 = none)
 
 
 @dataclass
@@ -182,7 +183,8 @@ class RunConfig:
 
 
 def check(cfg: RunConfig) -> None:
-    """Fail on missing required values and on settings that cannot run: cheap, and before any model loads."""
+    """Fail on missing required values and on settings that cannot run or make no sense: cheap, and before any model
+    loads or any file is written."""
     missing = missing_keys(cfg)
     if missing:
         raise LdynError(
@@ -194,18 +196,47 @@ def check(cfg: RunConfig) -> None:
     names = [s.name for s in cfg.stages]
     if len(set(names)) != len(names):
         raise LdynError(f"stage names must be unique, got {names}")
+    d, p, k = cfg.data, cfg.probe, cfg.decompose
+    _bounds([("checkpoint_every", cfg.checkpoint_every, 0), ("data.n_train", d.n_train, 0),
+             ("data.max_length", d.max_length, 2), ("data.max_prompt_length", d.max_prompt_length, 1),
+             ("probe.n", p.n, 0), ("probe.every", p.every, 0), ("probe.batch_tokens", p.batch_tokens, 1),
+             ("decompose.every", k.every, 0), ("decompose.n", k.n, 1), ("decompose.batch_tokens", k.batch_tokens, 1),
+             ("judge.retries", cfg.judge.retries, 1)])  # fmt: skip
+    _positive([("judge.timeout", cfg.judge.timeout)])
+    _bounds([("judge.time_limit", cfg.judge.time_limit, 0)])
     for stage in cfg.stages:
         _check_stage(stage)
-    if cfg.data.max_prompt_length >= cfg.data.max_length:
+    if d.max_prompt_length >= d.max_length:
         raise LdynError("must be smaller than data.max_length", field="data.max_prompt_length")
+
+
+def _bounds(values: list[tuple[str, float, float]]) -> None:
+    """Each (field, value, minimum): the value must be at least the minimum."""
+    for key, value, minimum in values:
+        if value < minimum:
+            raise LdynError(f"must be >= {minimum}, got {value}", field=key)
+
+
+def _positive(values: list[tuple[str, float]]) -> None:
+    for key, value in values:
+        if not value > 0:
+            raise LdynError(f"must be > 0, got {value}", field=key)
 
 
 def _check_stage(s: StageConfig) -> None:
     where = f"stages.{s.name}"
-    for key, value in (("steps", s.steps), ("batch_size", s.batch_size), ("grad_accum", s.grad_accum)):
-        if value < (0 if key == "steps" else 1):
-            raise LdynError(f"must be {'>= 0' if key == 'steps' else '>= 1'}, got {value}", field=f"{where}.{key}")
+    o = s.optim
+    _bounds([(f"{where}.steps", s.steps, 0), (f"{where}.batch_size", s.batch_size, 1),
+             (f"{where}.grad_accum", s.grad_accum, 1), (f"{where}.optim.weight_decay", o.weight_decay, 0),
+             (f"{where}.optim.momentum", o.momentum, 0), (f"{where}.optim.warmup_steps", o.warmup_steps, 0),
+             (f"{where}.optim.max_grad_norm", o.max_grad_norm, 0),
+             (f"{where}.sample.top_k", s.sample.top_k, 0)])  # fmt: skip
+    _positive([(f"{where}.optim.lr", o.lr)])
     spec = get_loss(s.loss.name)
+    if "beta" in spec.params:
+        _positive([(f"{where}.loss.beta", s.loss.beta)])
+    if "label_smoothing" in spec.params and not 0 <= s.loss.label_smoothing < 0.5:
+        raise LdynError(f"must be in [0, 0.5), got {s.loss.label_smoothing}", field=f"{where}.loss.label_smoothing")
     if s.extend and spec.needs_rejected:
         raise LdynError(
             f"extend (SFT on chosen ∪ rejected) needs an SFT-style loss, not '{spec.name}'", field=f"{where}.extend"

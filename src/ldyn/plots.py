@@ -131,7 +131,7 @@ def plot_groups(run: Run, tables) -> plt.Figure:
     for ax in axes[1]:
         ax.set_xlabel("update")
     fig.suptitle(
-        f"{run.path.name}: teacher-forced log-probabilities of each response type "
+        f"{run.label}: teacher-forced log-probabilities of each response type "
         f"({len(tables.get('chosen', (0, [], 0))[1])} probe prompts)"
     )
     fig.tight_layout()
@@ -267,9 +267,22 @@ def plot_decomposition(run: Run, summary: list[dict]) -> plt.Figure:
         ax.set_xlabel("observed Δ log π", fontsize=8)
         ax.set_ylabel("predicted (A·K·G, real step)", fontsize=8)
     ax = axes.flat[len(types)]
-    if not any("sgd_positive" in r for r in run.decomposition):  # observed inside another trainer: no G
+    if any("sgd_positive" in r for r in run.decomposition):
+        _sgd_split(ax, types, summary)
+    else:  # observed inside another trainer: no G, so no y⁺/y⁻ split
         ax.axis("off")
-        ax.text(0.5, 0.5, "no y⁺/y⁻ split:\nthe update batch was not visible", ha="center", va="center")
+        ax.text(0.5, 0.5, "no y⁺/y⁻ split:\nthe update batch was\nnot visible to the callback", ha="center",
+                va="center", transform=ax.transAxes, fontsize=9)  # fmt: skip
+    for ax in axes.flat[len(types) + 1 :]:
+        ax.axis("off")
+    steps = sorted({r["step"] for r in run.decomposition})
+    fig.suptitle(f"{run.label}: one-step decomposition at updates {steps} (each point: one prompt)")
+    fig.tight_layout()
+    return fig
+
+
+def _sgd_split(ax, types: list[str], summary: list[dict]) -> None:
+    """The SGD kernel's mean predicted Δ log π per type, from the y⁺ rows and from the y⁻ rows."""
     x = np.arange(len(types))
     ax.bar(x - 0.2, [s["sgd_positive_mean"] for s in summary], 0.4, label="from y⁺ (positive gradient)")
     ax.bar(x + 0.2, [s["sgd_negative_mean"] for s in summary], 0.4, label="from y⁻ (negative gradient)")
@@ -277,12 +290,6 @@ def plot_decomposition(run: Run, summary: list[dict]) -> plt.Figure:
     ax.set_xticks(x, [SYMBOLS.get(t, t) for t in types], rotation=60, fontsize=7)
     ax.set_title("SGD kernel −η·A·K·G: mean predicted Δ log π by part", fontsize=9)
     ax.legend(fontsize=7)
-    for ax in axes.flat[len(types) + 1 :]:
-        ax.axis("off")
-    steps = sorted({r["step"] for r in run.decomposition})
-    fig.suptitle(f"{run.path.name}: one-step decomposition at updates {steps} (each point: one prompt)")
-    fig.tight_layout()
-    return fig
 
 
 def training_signal(run: Run, stage: str) -> str:

@@ -21,7 +21,9 @@ typed `RunConfig`.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -41,11 +43,24 @@ FIGURES, CHECKPOINTS = "figures", "checkpoints"
 STATE = "state.json"  # checkpoints/state.json: where to resume from (written by the Checkpointer)
 
 
+def strict(value):
+    """A value as strict JSON allows it: NaN and ±inf become null (json.dumps would write bare NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
 def append_rows(path: Path, rows: list[dict]) -> None:
-    """Append rows to a JSONL file and flush them to disk (a kill loses at most the line being written)."""
+    """Append rows to a JSONL file as strict JSON and flush them to disk (a kill loses at most the line being
+    written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(strict(row), allow_nan=False) + "\n" for row in rows]
     with open(path, "a", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
+        f.writelines(lines)
         f.flush()
         os.fsync(f.fileno())
 
@@ -72,6 +87,39 @@ def read_rows(path: Path) -> list[dict]:
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock = None
+
+    def lock(self) -> RunDir:
+        """Hold the run's exclusive lock until this process exits (or `unlock`): a second writer -- run, resume,
+        --overwrite, a callback -- is refused with one line. The lock file sits beside the run directory (so that
+        --overwrite can delete the directory while holding it); the OS releases the lock when the process dies."""
+        if self._lock is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path.parent / f".{self.path.name}.lock", "a+")  # noqa: SIM115 -- held for the run's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise LdynError(f"another ldyn process ({holder}) is writing this run; wait for it to finish or choose "
+                            "another output_dir", file=str(self.path)) from None  # fmt: skip
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self._lock = handle
+        return self
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def is_run(self) -> bool:
+        """Whether the folder is an ldyn run directory (it has a config.yaml), so that it may be replaced."""
+        return self.exists()
 
     @property
     def figures(self) -> Path:
@@ -103,7 +151,19 @@ class RunDir:
     def keep_until(self, name: str, step: int) -> None:
         """Drop rows written after `step` (resuming from a checkpoint taken at `step`)."""
         rows = [r for r in self.read(name) if r["step"] <= step]
-        self.write_text(name, "".join(json.dumps(r) + "\n" for r in rows))
+        self.write_text(name, "".join(json.dumps(strict(r)) + "\n" for r in rows))
+
+    def probed_steps(self) -> set[int]:
+        """The steps whose probe round finished: its rows are in probes.jsonl and then its time in
+        probe_times.jsonl, the round's last write."""
+        return {row["step"] for row in self.read(PROBE_TIMES)}
+
+    def drop_unfinished_probe_rounds(self) -> None:
+        """Remove the rows of a probe round cut short by a kill, so that the round is taken again."""
+        done = self.probed_steps()
+        rows = self.read(PROBES)
+        if any(r["step"] not in done for r in rows):
+            self.write_text(PROBES, "".join(json.dumps(strict(r)) + "\n" for r in rows if r["step"] in done))
 
 
 def read_resume_state(run: RunDir) -> dict | None:
@@ -127,6 +187,12 @@ class Run:
     probes: list[dict]
     decomposition: list[dict]
 
+    @property
+    def label(self) -> str:
+        """The run's name for figure titles: its config's name, else its folder's."""
+        name = self.config.name
+        return name if name and name != "???" else self.path.name
+
 
 def load_run(path: str | Path) -> Run:
     """Read a run directory (for plots and reports); fails with a clear error if it is not one."""
@@ -140,8 +206,8 @@ def probe_table(run: Run, key: str = "logp_sum") -> dict[str, tuple[np.ndarray, 
     """type -> (steps (S,), example ids (E,), values (S, E)); NaN where a value is missing."""
     cells: dict[str, dict] = defaultdict(lambda: defaultdict(dict))
     for row in run.probes:
-        if key in row:
-            cells[row["type"]][row["step"]][row["example_id"]] = row[key]
+        if key in row:  # null (a non-finite value, written as strict JSON) reads as NaN
+            cells[row["type"]][row["step"]][row["example_id"]] = np.nan if row[key] is None else row[key]
     tables = {}
     for t, by_step in cells.items():
         steps = sorted(by_step)

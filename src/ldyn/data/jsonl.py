@@ -16,6 +16,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
         raw = path.read_bytes()
     except OSError as e:
         raise LdynError(f"cannot read: {e.strerror or e}", file=str(path)) from None
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, as some editors write
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
         try:
             text = line.decode("utf-8")

@@ -63,7 +63,7 @@ def probe_rows(source, seed: int = 0, split: str = "train") -> tuple[list[tuple[
 
 
 def load_probe_set(
-    path, types: list[str] = ("auto",), n: int = 0, seed: int = 0
+    path, types: list[str] = ("auto",), n: int = 0, seed: int = 0, n_key: str = "probe.n"
 ) -> tuple[list[ProbeExample], list[str]]:
     """The first `n` probe prompts (0 = all) with the requested response types, from any source `probe_rows`
     reads (the authors' JSONL format: `prompt` and one field per response type).
@@ -73,6 +73,7 @@ def load_probe_set(
     out of that prompt's responses (the authors' HH file has 21 empty chosen_initial), so the file loads as it is.
     """
     rows, file = probe_rows(path, seed)
+    available = len(rows)
     if n:
         rows = rows[:n]
     if not rows:
@@ -97,4 +98,6 @@ def load_probe_set(
                 if t == "chosen":
                     raise
         examples.append(ProbeExample(str(row.get("id", len(examples))), prompt, responses))
+    if n > available:  # after the rows' own checks, which name a line
+        raise LdynError(f"{n_key}={n} asks for more prompts than the probe set has ({available})", file=file)
     return examples, types

@@ -116,7 +116,7 @@ class LearningDynamicsCallback(TrainerCallback):
         if state.is_world_process_zero:
             self._start_run(args, state, model, report)
         barrier()  # the main process has prepared the run directory before anyone reads it
-        self.done = {row["step"] for row in self.run.read(PROBES)}  # every process: they all decide alike
+        self.done = self.run.probed_steps()  # every process: they all decide alike
         if state.global_step == 0:
             self._probe(state, model)
 
@@ -158,6 +158,7 @@ class LearningDynamicsCallback(TrainerCallback):
         self._probe(state, model)
         if not state.is_world_process_zero:
             return
+        self.run.unlock()
         if self.figures:
             from ldyn.plots import plot_run
 
@@ -183,10 +184,14 @@ class LearningDynamicsCallback(TrainerCallback):
 
     def _start_run(self, args, state, model, report: dict) -> None:
         """The run directory: created at step 0; on a resumed training, the rows after the resumed step dropped."""
+        self.run.lock()
         if state.global_step > 0 and self.run.exists():
             for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION):
                 self.run.keep_until(name, state.global_step)
-        else:
+            self.run.drop_unfinished_probe_rounds()
+        else:  # a new training into this folder replaces what an earlier one wrote there
+            for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION):
+                (self.run.path / name).unlink(missing_ok=True)
             cfg = self._config(args, state, model)
             self.run.write_text(CONFIG, f"# ldyn {__version__} (LearningDynamicsCallback)\n" + dump_config(cfg))
             self.run.write_json(DATA, report | {"trainer": type(args).__name__})

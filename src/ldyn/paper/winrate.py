@@ -2,7 +2,9 @@
 more helpful, count.
 
 - Responses are sampled (`do_sample`, top-k 50: the defaults of the paper's transformers) and cached per
-  checkpoint in `responses_<label>.jsonl`, so a second evaluation of the same checkpoint reuses them.
+  checkpoint in `responses_<label>_<key>.jsonl`, where the key identifies the checkpoint (its absolute path and its
+  files' sizes and times) and the sampling settings (seed, max tokens), so only the same checkpoint sampled the same
+  way reuses them.
 - The judge sees the conversation and "Response A"/"Response B" in the authors' prompt and answers with a line
   `More helpful: <"A" or "B">`. By default each pair is judged in both orders and a response wins only if it is
   preferred both times; a split verdict counts as a tie, reported as `inconsistent` (the conservative rule of
@@ -117,6 +119,7 @@ class WinRate:
     high: float | None
     inconsistent: int = 0  # both orders judged and the verdicts disagree (counted among the ties)
     first_shown: float | None = None  # share of single decisive judgements preferring the response shown first
+    failures: dict[str, int] = field(default_factory=dict)  # why attempts failed (reason -> count); asked again
 
 
 def wilson(wins: int, n: int, z: float = 1.96) -> tuple[float, float] | tuple[None, None]:
@@ -136,17 +139,30 @@ class CachedJudge:
 
     def __init__(self, judge, cache: Path, labels: tuple[str, str]):
         self.judge, self.cache, self.labels = judge, cache, labels
-        self.known = {row["key"]: row["verdict"] for row in read_rows(cache)}
+        # a judgement that failed (verdict null) is not final: this run asks again
+        self.known = {row["key"]: row["verdict"] for row in read_rows(cache) if row.get("verdict") is not None}
         self.first_shown: list[bool] = []  # per single decisive judgement: did it prefer the response shown first?
+        self.failures: dict[str, int] = {}  # why judgements failed: reason -> attempts
+
+    def ask(self, key: str, i: int, prompt: str, first: str, second: str, swapped: bool) -> None:
+        seen = len(getattr(self.judge, "failures", []))
+        verdict = self.judge.prefer(prompt, first, second)
+        reasons = getattr(self.judge, "failures", [])[seen:]
+        for reason in reasons:
+            kind, _, detail = reason.partition(":")
+            if kind == "HTTPError":  # the status code tells a wrong request from a busy server
+                kind += " " + (detail.split() or ["?"])[0]
+            self.failures[kind] = self.failures.get(kind, 0) + 1
+        row = {"key": key, "judge": self.judge.id, "index": i, "shown_first": self.labels[swapped], "verdict": verdict}
+        append_rows(self.cache, [row | ({"failures": reasons} if verdict is None else {})])
+        self.known[key] = verdict
 
     def winner(self, i: int, prompt: str, a: str, b: str, swapped: bool) -> str | None:
         """The winner of one judgement ("a", "b", "tie" or None), with b shown first when `swapped`."""
         first, second = (b, a) if swapped else (a, b)
         key = _key(self.judge.id, prompt, first, second)
         if key not in self.known:
-            self.known[key] = self.judge.prefer(prompt, first, second)
-            append_rows(self.cache, [{"key": key, "judge": self.judge.id, "index": i,
-                                      "shown_first": self.labels[swapped], "verdict": self.known[key]}])  # fmt: skip
+            self.ask(key, i, prompt, first, second, swapped)
         verdict = self.known[key]
         if verdict in ("A", "B"):
             self.first_shown.append(verdict == "A")
@@ -179,7 +195,8 @@ def compare(prompts: list[str], a: list[str], b: list[str], judge, cache: Path, 
     shown = asked.first_shown
     return WinRate(labels[0], labels[1], judge.id, len(prompts), counts["a"], counts["b"], counts["tie"],
                    counts["invalid"], counts["skipped"], counts["a"] / decided if decided else None, low, high,
-                   counts["inconsistent"], sum(shown) / len(shown) if shown else None)  # fmt: skip
+                   counts["inconsistent"], sum(shown) / len(shown) if shown else None,
+                   dict(asked.failures))  # fmt: skip
 
 
 def evaluate(
@@ -199,7 +216,7 @@ def evaluate(
             sample_responses(
                 c,
                 prompts,
-                out / f"responses_{_label(c).replace('/', '_')}.jsonl",
+                out / f"responses_{_label(c).replace('/', '_')}_{sampling_key(c, seed, max_new_tokens)}.jsonl",
                 max_new_tokens=max_new_tokens,
                 seed=seed,
             )
@@ -248,12 +265,27 @@ def summary(r: dict) -> str:
         if r.get("first_shown") is None
         else f"; the judge preferred the first-shown response in {r['first_shown']:.0%} of its decisive answers"
     )
+    if r.get("failures"):
+        reasons = ", ".join(f"{k} ×{n}" for k, n in sorted(r["failures"].items(), key=lambda kv: -kv[1]))
+        bias += f"; failed attempts: {reasons} (unanswered judgements are asked again on the next run)"
     if r["win_rate"] is None:
         return f"{r['a']} vs {r['b']} ({r['judge']}): no decided pairs, {ties}{bias}"
     return (
         f"{r['a']} vs {r['b']} ({r['judge']}): {r['wins_a']}-{r['wins_b']}, {ties}, win rate of A "
         f"{r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]{bias}"
     )
+
+
+def sampling_key(checkpoint: str, seed: int, max_new_tokens: int, max_prompt_tokens: int = 256) -> str:
+    """8 hex digits that identify a checkpoint and the sampling settings: a local checkpoint by its absolute path and
+    its files' sizes and modification times (so a retrained one is sampled anew), a model name by the name."""
+    path = Path(checkpoint)
+    identity: list = [checkpoint]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        identity = [str(path.resolve())] + [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    text = json.dumps([identity, seed, max_new_tokens, max_prompt_tokens])
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 def _label(checkpoint: str) -> str:

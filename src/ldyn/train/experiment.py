@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import sys
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -62,7 +63,8 @@ def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
     )
     probe_rows, types = [], []
     if pcfg.every or cfg.decompose.every:
-        examples, types = load_probe_set(pcfg.path, pcfg.types, pcfg.n, cfg.seed)
+        n, key = (pcfg.n, "probe.n") if pcfg.every else (cfg.decompose.n, "decompose.n")  # without probing: only
+        examples, types = load_probe_set(pcfg.path, pcfg.types, n, cfg.seed, key)  # the decomposition's prompts
         probe_rows = tokenize_rows(
             tokenizer,
             [(e.id, e.prompt, e.responses) for e in examples],
@@ -93,26 +95,47 @@ def stage_examples(rows: list[TokenizedRow], spec: LossSpec, stage: StageConfig)
 
 
 def run(cfg: RunConfig, *, overwrite: bool = False) -> RunDir:
-    """Start a new run of `cfg`; returns its run directory."""
+    """Start a new run of `cfg`; returns its run directory. Everything that can be refused is refused before the
+    directory is touched; the run holds the directory's lock for its whole life."""
     check(cfg)
     out, processes = RunDir(cfg.run_dir), distributed.processes()  # under accelerate launch: every process runs this
     existed = out.exists()
     processes.wait_for_everyone()  # every process looked before the main one writes
-    if existed and not overwrite:
-        raise LdynError(
-            "already holds a run: pass --resume to continue it, --overwrite to replace it, "
-            "or choose another output_dir",
-            file=str(out.path),
-        )
+    check_output_dir(out, existed, overwrite)
     model, tokenizer = load_model(cfg.model, cfg.seed)
     inputs = load_inputs(cfg, tokenizer)
     if processes.is_main_process:
-        if overwrite and out.path.exists():
-            shutil.rmtree(out.path)
-        out.write_text(CONFIG, f"# ldyn {__version__}\n" + dump_config(cfg))
-        out.write_json(DATA, inputs.report)
-    processes.wait_for_everyone()
-    return _train(cfg, out, model, tokenizer, inputs, resume=None)
+        out.lock()  # held for the run's life (released by the OS if the process dies): a second writer is refused
+    try:
+        if processes.is_main_process:
+            if overwrite and out.path.exists():
+                shutil.rmtree(out.path)
+            out.write_text(CONFIG, f"# ldyn {__version__}\n" + dump_config(cfg))
+            out.write_json(DATA, inputs.report)
+        processes.wait_for_everyone()
+        return _train(cfg, out, model, tokenizer, inputs, resume=None)
+    finally:
+        out.unlock()
+
+
+def check_output_dir(out: RunDir, existed: bool, overwrite: bool) -> None:
+    """Refuse an output_dir that is a file, that holds a run (without --overwrite), or that --overwrite would
+    delete without it being an ldyn run directory (a folder of other files, the working directory, a parent)."""
+    path = out.path
+    if path.exists() and not path.is_dir():
+        raise LdynError("output_dir is a file, not a folder", file=str(path))
+    if existed and not overwrite:
+        raise LdynError(f"already holds a run: continue it with `ldyn resume {path}`, replace it with --overwrite, "
+                        "or choose another output_dir", file=str(path))  # fmt: skip
+    if overwrite and path.exists():
+        here = Path.cwd().resolve()
+        if path.resolve() in (here, *here.parents, Path.home().resolve()):
+            raise LdynError("--overwrite would delete the working directory, a folder above it or the home folder",
+                            file=str(path))  # fmt: skip
+        if any(path.iterdir()) and not out.is_run():
+            message = ("--overwrite replaces ldyn run directories only, and this folder is not one (it has no "
+                       "config.yaml); delete it yourself or choose another output_dir")  # fmt: skip
+            raise LdynError(message, file=str(path))
 
 
 def decompose_step(cfg: RunConfig, stage: str | None = None, *, overwrite: bool = False) -> RunDir:
@@ -153,10 +176,16 @@ def resume(run_dir: str) -> RunDir:
     inputs = load_inputs(cfg, tokenizer)
     step, processes = (state["step"] if state else 0), distributed.processes()
     if processes.is_main_process:
-        for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES, SAMPLES):
-            out.keep_until(name, step)
-    processes.wait_for_everyone()
-    return _train(cfg, out, model, tokenizer, inputs, resume=state)
+        out.lock()
+    try:
+        if processes.is_main_process:
+            for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES, SAMPLES):
+                out.keep_until(name, step)
+            out.drop_unfinished_probe_rounds()  # a round cut short by the kill is taken again
+        processes.wait_for_everyone()
+        return _train(cfg, out, model, tokenizer, inputs, resume=state)
+    finally:
+        out.unlock()
 
 
 def _reference_for(cfg: RunConfig, out: RunDir, stage_index: int, model, resumed: bool):
@@ -207,7 +236,7 @@ def _loaded(r: dict) -> str:
 
 def _callbacks(cfg: RunConfig, out: RunDir, tokenizer, inputs: Inputs, trackers: Trackers) -> list:
     """Metrics, probes, checkpoints and (when asked) the decomposition: the trainer knows none of them."""
-    pad, done = tokenizer.pad_token_id, {row["step"] for row in out.read(PROBES)}
+    pad, done = tokenizer.pad_token_id, out.probed_steps()
     callbacks = [
         MetricsLogger(out, trackers),
         ProbeCallback(out, inputs.probes, pad, cfg.probe.every, cfg.probe.batch_tokens, done, trackers),

@@ -12,6 +12,7 @@ forward used by probes, which must stay in fp32.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ldyn.config import OptimConfig
 from ldyn.data.tokenize import collate_pairs
+from ldyn.errors import LdynError
 from ldyn.logprobs import SeqLogps, sequence_logps, shared_prompt_logps, shares_prompts
 from ldyn.losses import LossConfig, LossSpec, PairLogps
 
@@ -30,6 +32,10 @@ OPTIMIZERS = {  # the names OptimConfig.name allows
     "rmsprop": lambda params, c: torch.optim.RMSprop(params, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum),
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum),
 }
+
+
+class Diverged(LdynError):
+    """A non-finite loss or gradient norm: training stops before the update that would write it into θ."""
 
 
 @dataclass
@@ -139,7 +145,10 @@ class Trainer:
             state.lr = self.lr_at(state.stage_step)
             self._emit("on_step_start", state)
             started = time.perf_counter()
-            state.metrics = self.update(state.batch, state.stage_step)
+            try:
+                state.metrics = self.update(state.batch, state.stage_step)
+            except Diverged as e:
+                raise Diverged(f"stage {stage}, step {state.step + 1}: {e.message}") from None
             seconds = time.perf_counter() - started
             n_examples = sum(len(b) for b in state.batch) * self.accelerator.num_processes
             state.metrics |= {"time/update_s": seconds, "examples_per_s": n_examples / seconds}
@@ -169,9 +178,15 @@ class Trainer:
                 totals[k] = totals.get(k, 0.0) + v / len(micro_batches)
         max_norm = self.optim_cfg.max_grad_norm if self.optim_cfg.max_grad_norm > 0 else float("inf")
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        totals = self.mean_over_processes(totals)  # the same on every process, so all stop or none
+        if not (math.isfinite(totals["loss"]) and math.isfinite(float(grad_norm))):  # before the step: θ stays finite
+            self.optimizer.zero_grad(set_to_none=True)
+            raise Diverged(f"the loss is {totals['loss']} and the gradient norm {float(grad_norm)}; stopped before "
+                           "applying the update (the last checkpoint is finite: lower the learning rate or check the "
+                           "data, then `ldyn resume`)")  # fmt: skip
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return self.mean_over_processes(totals) | {"grad_norm": float(grad_norm)}
+        return totals | {"grad_norm": float(grad_norm)}
 
     def mean_over_processes(self, metrics: dict[str, float]) -> dict[str, float]:
         """Each process measured its share of the batch; equal shares make the mean of their means the batch's."""

@@ -1,0 +1,144 @@
+"""Bad input through the CLI, table-driven: exit 2, one `ldyn: error:` line naming the key or file, no traceback,
+and nothing that existed before is changed (an earlier run's files, a folder of user files, the target folder)."""
+
+import hashlib
+
+import pytest
+from conftest import write_jsonl
+
+from ldyn import cli
+
+GOOD = b'{"prompt": "Q?", "chosen": " yes", "rejected": " no"}\n'
+
+
+def tiny(out, *extra):
+    common = ["model.name=tiny", "stages.sft.steps=2", "stages.dpo.steps=2", "stages.*.batch_size=2", "probe.n=2",
+              "probe.every=2", "data.n_train=4"]  # fmt: skip
+    return ["run", "smollm2_sft_dpo", *common, f"output_dir={out}", *extra]
+
+
+def digest(path):
+    return {p.relative_to(path): hashlib.sha256(p.read_bytes()).hexdigest() for p in path.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A finished run, a folder of user files, a file, a run with a broken config.yaml, data files."""
+    root = tmp_path_factory.mktemp("bad")
+    assert cli.main(tiny(root / "run")) == 0
+    (root / "user").mkdir()
+    (root / "cwd").mkdir()
+    (root / "user" / "notes.txt").write_text("precious")
+    (root / "afile").write_text("not a folder")
+    (root / "broken").mkdir()
+    (root / "broken" / "config.yaml").write_text("name: [unclosed\n")
+    (root / "typed").mkdir()
+    (root / "typed" / "config.yaml").write_text("name: x\nseed: many\n")
+    (root / "recipe.yaml").write_text("name: x\nstages: [{name: sft, steps: 2\n")
+    (root / "empty.jsonl").write_bytes(b"\n\n")
+    (root / "bad.jsonl").write_bytes(GOOD + b"{oops\n")
+    (root / "norej.jsonl").write_bytes(GOOD + b'{"prompt": "Q", "chosen": " a"}\n')
+    (root / "latin1.jsonl").write_bytes(GOOD + b'{"prompt": "Q\xff", "chosen": " a", "rejected": " b"}\n')
+    write_jsonl(root / "probes3.jsonl", [{"prompt": f"Q{i}", "chosen": " a", "rejected": " b"} for i in range(3)])
+    return root
+
+
+NEW = "fresh"  # the output folder of the cases that would start a new run: it must not appear
+CASES = {  # name: (arguments, given the workspace root; what the error line must contain)
+    "β = 0 for DPO": (lambda r: tiny(r / NEW, "stages.dpo.loss.beta=0"), "field 'stages.dpo.loss.beta': must be > 0"),
+    "β < 0 for IPO": (
+        lambda r: tiny(r / NEW, "stages.dpo.loss.name=ipo", "stages.dpo.loss.beta=-1"),
+        "stages.dpo.loss.beta",
+    ),
+    "max_prompt_length = 0": (lambda r: tiny(r / NEW, "data.max_prompt_length=0"), "data.max_prompt_length"),
+    "max_length = 1": (lambda r: tiny(r / NEW, "data.max_length=1"), "data.max_length"),
+    "n_train < 0": (lambda r: tiny(r / NEW, "data.n_train=-1"), "field 'data.n_train': must be >= 0"),
+    "probe.n < 0": (lambda r: tiny(r / NEW, "probe.n=-2"), "field 'probe.n': must be >= 0"),
+    "probe.n over the file": (
+        lambda r: tiny(r / NEW, f"probe.path={r / 'probes3.jsonl'}", "probe.n=10"),
+        "probe.n=10 asks for more prompts than the probe set has (3)",
+    ),
+    "negative lr": (lambda r: tiny(r / NEW, "stages.sft.optim.lr=-1e-5"), "field 'stages.sft.optim.lr': must be > 0"),
+    "zero lr": (lambda r: tiny(r / NEW, "stages.*.optim.lr=0"), "must be > 0"),
+    "negative weight decay": (lambda r: tiny(r / NEW, "stages.sft.optim.weight_decay=-0.1"), "weight_decay"),
+    "grad_accum 0": (lambda r: tiny(r / NEW, "stages.sft.grad_accum=0"), "stages.sft.grad_accum"),
+    "batch_size 0": (lambda r: tiny(r / NEW, "stages.dpo.batch_size=0"), "stages.dpo.batch_size"),
+    "negative steps": (lambda r: tiny(r / NEW, "stages.dpo.steps=-1"), "stages.dpo.steps"),
+    "negative probe.every": (lambda r: tiny(r / NEW, "probe.every=-1"), "probe.every"),
+    "decompose.n 0": (lambda r: tiny(r / NEW, "decompose.n=0"), "decompose.n"),
+    "probe.batch_tokens 0": (lambda r: tiny(r / NEW, "probe.batch_tokens=0"), "probe.batch_tokens"),
+    "label smoothing ≥ 0.5": (
+        lambda r: tiny(r / NEW, "stages.dpo.loss.name=cdpo", "stages.dpo.loss.label_smoothing=0.7"),
+        "label_smoothing",
+    ),
+    "zero judge timeout": (lambda r: tiny(r / NEW, "judge.timeout=0"), "judge.timeout"),
+    "zero temperature": (
+        lambda r: tiny(r / NEW, "stages.dpo.sample.responses=rejected", "stages.dpo.sample.temperature=0"),
+        "stages.dpo.sample",
+    ),
+    "extend with DPO": (lambda r: tiny(r / NEW, "stages.dpo.extend=true"), "extend"),
+    "override without =": (lambda r: tiny(r / NEW, "stages"), "unrecognised argument 'stages'"),
+    "unknown precision": (lambda r: tiny(r / NEW, "mixed_precision=fp8"), "unknown value 'fp8'"),
+    "unknown tracker": (lambda r: tiny(r / NEW, "report_to=mlflow"), "unknown value 'mlflow'"),
+    "unknown optimizer": (lambda r: tiny(r / NEW, "stages.sft.optim.name=adam"), "unknown optimizer 'adam'"),
+    "unknown loss": (lambda r: tiny(r / NEW, "stages.dpo.loss.name=dpoo"), "unknown loss 'dpoo'"),
+    "unknown key": (lambda r: tiny(r / NEW, "probe.evry=3"), "unknown key 'probe.evry' (did you mean 'every'?)"),
+    "unknown stage": (lambda r: tiny(r / NEW, "stages.dop.steps=1"), "unknown stage 'dop'"),
+    "wrong type": (lambda r: tiny(r / NEW, "stages.sft.steps=many"), "expected an integer, got 'many'"),
+    "output_dir is a file": (lambda r: tiny(r / "afile"), "output_dir is a file"),
+    "overwrite a folder of user files": (
+        lambda r: [*tiny(r / "user"), "--overwrite"],
+        "--overwrite replaces ldyn run directories only",
+    ),
+    "overwrite the working directory": (
+        lambda r: [*tiny(".", "output_dir=."), "--overwrite"],
+        "would delete the working directory",
+    ),
+    "existing run without --overwrite": (lambda r: tiny(r / "run"), "continue it with `ldyn resume"),
+    "malformed JSON": (lambda r: tiny(r / NEW, f"data.train={r / 'bad.jsonl'}"), "bad.jsonl:2: malformed JSON"),
+    "missing rejected": (
+        lambda r: tiny(r / NEW, f"data.train={r / 'norej.jsonl'}"),
+        "norej.jsonl:2: field 'rejected': missing",
+    ),
+    "not UTF-8": (lambda r: tiny(r / NEW, f"data.train={r / 'latin1.jsonl'}"), "latin1.jsonl:2: not valid UTF-8"),
+    "missing data file": (lambda r: tiny(r / NEW, f"data.train={r / 'nope.jsonl'}"), "nope.jsonl: cannot read"),
+    "empty data file": (lambda r: tiny(r / NEW, f"data.train={r / 'empty.jsonl'}"), "no preference pairs found"),
+    "broken recipe YAML": (lambda r: ["run", str(r / "recipe.yaml")], "recipe.yaml:"),
+    "unknown recipe": (lambda r: ["run", "smollm2_sft_dpp"], "did you mean 'smollm2_sft_dpo'"),
+    "plot of a broken config.yaml": (lambda r: ["plot", str(r / "broken")], "broken/config.yaml:"),
+    "resume of a broken config.yaml": (lambda r: ["resume", str(r / "broken")], "broken/config.yaml:"),
+    "resume of a mistyped config.yaml": (lambda r: ["resume", str(r / "typed")], "field 'seed': expected an integer"),
+    "resume of a non-run": (lambda r: ["resume", str(r / "user")], "nothing to resume"),
+    "export of a non-run": (lambda r: ["export", str(r / "user")], "not a run directory"),
+    "report of an empty folder": (lambda r: ["report", str(r / "broken" / "nothing")], "not a run directory"),
+    "unknown export format": (lambda r: ["export", str(r / "run"), "--format", "xlsx"], "invalid choice: 'xlsx'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_refused_with_one_line_and_nothing_changes(case, workspace, capsys, monkeypatch):
+    monkeypatch.chdir(workspace / "cwd")
+    before = {name: digest(workspace / name) for name in ("run", "user", "broken")}
+    make, expected = CASES[case]
+    try:
+        code = cli.main(make(workspace))
+    except SystemExit as e:  # argparse's own errors (a bad choice) exit from inside the parser
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("ldyn: error: ") and err.count("\n") == 1, err
+    assert expected in err, err
+    assert "Traceback" not in err
+    assert {name: digest(workspace / name) for name in before} == before
+    assert (workspace / "afile").read_text() == "not a folder"
+    assert not (workspace / NEW).exists()
+
+
+def test_there_are_at_least_thirty_cases():
+    assert len(CASES) >= 30
+
+
+def test_a_jsonl_file_with_a_byte_order_mark_is_read(tmp_path, capsys):
+    data = tmp_path / "bom.jsonl"
+    data.write_bytes(b"\xef\xbb\xbf" + GOOD * 4)
+    assert cli.main(tiny(tmp_path / "run", f"data.train={data}")) == 0, capsys.readouterr().err
