@@ -9,6 +9,8 @@
     ldyn export RUN_DIR [--format parquet|csv]                   the probe records as one long table
     ldyn report RUN_DIR ... [--out FILE]                         HTML page: figures and the paper's claims checked
     ldyn winrate CKPT_A CKPT_B --prompts FILE [...]              sample from two checkpoints, judge, count
+    ldyn probes build DATA --out FILE [--n N] [...]              a probe set from any preference data
+    ldyn probes check FILE                                       how good a probe set's response types are
     ldyn toy squeeze [--out DIR] [--check N]                     the squeezing effect on a linear softmax head
     ldyn toy digits [--model mlp|cnn] [--out DIR] ...            classifier learning dynamics on 8×8 digits
     ldyn config RECIPE [key=value ...]                           print the resolved config
@@ -40,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_reading(sub)
     _add_winrate(sub)
     _add_toys(sub)
+    _add_probes(sub)
     config = sub.add_parser("config", help="print the resolved config of a recipe with overrides")
     config.add_argument("recipe")
     ls = sub.add_parser("ls", help="list registered losses or shipped recipes")
@@ -116,6 +119,42 @@ def _add_winrate(sub) -> None:
         help="judge each pair once, in a random order per prompt (half the judge calls)",
     )
     win.add_argument("--out", default="runs/winrate", help="folder for responses, judgements and winrate.json")
+
+
+def _add_probes(sub) -> None:
+    probes = sub.add_parser("probes", help="build a probe set from any preference data, or check one")
+    cmd = probes.add_subparsers(dest="probes", required=True)
+    build = cmd.add_parser(
+        "build",
+        help="write a probe file in the paper authors' format (prompt + 12 response "
+        "types) from preference pairs; generations are cached, so a rerun continues",
+    )
+    build.add_argument("data", help="preference pairs: a JSONL, a Hugging Face dataset, or 'embedded'")
+    build.add_argument("--out", required=True, help="the probe file to write (cache and provenance go beside it)")
+    build.add_argument("--n", type=int, default=64, help="probed prompts: the first N pairs (default 64)")
+    build.add_argument("--split", default="train", help="split of a HF dataset (default train)")
+    build.add_argument("--test-split", default="", help="irr_test from this split (default: the pairs after N)")
+    build.add_argument(
+        "--generator",
+        choices=["local", "endpoint"],
+        default="local",
+        help="local: a causal LM (--generator-model); endpoint: $LDYN_JUDGE_URL with $LDYN_JUDGE_KEY",
+    )
+    build.add_argument("--generator-model", default="smollm2", help="local model, or the model name sent")
+    build.add_argument(
+        "--initial-model",
+        default="smollm2",
+        help="the model under study, sampled for chosen_initial ('' leaves that type out)",
+    )
+    build.add_argument("--instructions", help="YAML: field -> prompt template, replacing the authors' defaults")
+    build.add_argument("--max-new-tokens", type=int, default=96, help="longest generated response (default 96)")
+    build.add_argument("--seed", type=int, default=0, help="seeds the rule-based types and the sampling")
+    check = cmd.add_parser(
+        "check",
+        help="per response type: empty and duplicate fields, length against chosen, "
+        "word overlap with its source, and the rows a generator failed on",
+    )
+    check.add_argument("file")
 
 
 def _add_toys(sub) -> None:
@@ -273,6 +312,26 @@ def _winrate(args, overrides) -> list[str]:
     return [str(out)]
 
 
+def _probes(args, overrides) -> list[str]:
+    from pathlib import Path
+
+    from ldyn import probe_build
+
+    if args.probes == "check":
+        report = probe_build.check(args.file)
+        Path(args.file + ".check.json").write_text(__import__("json").dumps(report, indent=2) + "\n")
+        return [*probe_build.check_lines(report), f"{args.file}.check.json"]
+    instructions = {}
+    if args.instructions:
+        from ldyn.schema import read_yaml
+
+        instructions = {str(k): str(v) for k, v in read_yaml(Path(args.instructions)).items()}
+    settings = probe_build.BuildSettings(args.data, Path(args.out), args.n, args.split, args.test_split, args.seed,
+                                         args.generator, args.generator_model, args.initial_model, instructions,
+                                         args.max_new_tokens)  # fmt: skip
+    return [str(probe_build.build(settings))]
+
+
 def _toy(args, overrides) -> list[str]:
     import dataclasses
 
@@ -299,8 +358,9 @@ COMMANDS = {
     "resume": _resume,
     "winrate": _winrate,
     "toy": _toy,
+    "probes": _probes,
 }
-HEAVY = ("run", "decompose", "resume", "winrate")  # commands that load models: quiet the libraries first
+HEAVY = ("run", "decompose", "resume", "winrate", "probes")  # commands that load models: quiet the libraries first
 
 
 def _quiet_libraries() -> None:

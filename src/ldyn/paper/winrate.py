@@ -82,8 +82,8 @@ def sample_responses(
         import torch
         from tqdm.auto import tqdm
 
+        from ldyn.generation import generate
         from ldyn.models import load_model
-        from ldyn.train.sampling import generate
 
         model, tokenizer = load_model(ModelConfig(checkpoint), seed)
         torch.manual_seed(seed)

@@ -20,46 +20,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-import torch
-
 from ldyn.config import SampleConfig
+from ldyn.generation import generate
 from ldyn.runs import SAMPLES, RunDir
 from ldyn.train.trainer import TrainExample
-
-
-@torch.no_grad()
-def generate(
-    model,
-    prompts: list[list[int]],
-    pad_id: int,
-    eos_id: int,
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    do_sample: bool = True,
-) -> list[list[int]]:
-    """Sample one continuation per prompt (token ids); each ends at its first EOS (kept) or at max_new_tokens."""
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)  # left padding
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    options = (
-        dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0) if do_sample else dict(do_sample=False)
-    )
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=pad_id,
-        eos_token_id=eos_id,
-        use_cache=True,
-        **options,
-    )
-    responses = []
-    for row in out[:, width:].tolist():
-        responses.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
-    return [r or [eos_id] for r in responses]
 
 
 def unigram_f1(a: list[int], b: list[int]) -> float:
