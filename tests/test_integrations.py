@@ -63,7 +63,8 @@ def test_dpo_trainer_writes_a_run_that_ldyn_reads(tokenizer, tmp_path, capsys):
     assert step0.keys() == direct.keys()
     worst = max(direct, key=lambda k: abs(step0[k] - direct[k]))
     assert abs(step0[worst] - direct[worst]) < 1e-4, (worst, step0[worst], direct[worst])
-    for command in (["plot"], ["report", "--out", str(tmp_path / "r.html")], ["export"], ["export", "--format", "csv"]):
+    for command in (["plot"], ["report", "--out", str(tmp_path / "r.html")], ["export"], ["export", "--format", "csv"],
+                    ["influence", "--out", str(tmp_path / "i.png")]):  # fmt: skip
         assert cli.main([command[0], str(run.path), *command[1:]]) == 0, command
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
