@@ -162,3 +162,20 @@ def test_probing_a_sharded_model_takes_every_process_through_every_forward(tmp_p
     launch(tmp_path, ".", 2, str(ROOT / "tests" / "fsdp_probe.py"), str(tmp_path / "fsdp.json"))
     result = json.loads((tmp_path / "fsdp.json").read_text())
     assert result["keys_equal"] and result["max_rel"] < 1e-5
+
+
+def test_the_callback_works_with_a_lora_adapter(tokenizer, tmp_path):
+    """TRL's peft_config: probing runs through the PeftModel, and the observed change of an update follows the
+    first-order prediction along the adapter's real step (only the adapter's parameters move)."""
+    from peft import LoraConfig
+
+    model, tokenizer = prepare(tiny_model(tokenizer, seed=0), tokenizer)
+    callback = LearningDynamicsCallback("embedded", every=2, n=2, observe_every=2, max_length=128, max_prompt_length=64)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    args = DPOConfig(**common(tmp_path / "lora"), beta=0.1, max_length=128)
+    DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(PAIRS), processing_class=tokenizer,
+               callbacks=[callback], peft_config=lora).train()  # fmt: skip
+    run = RunDir(tmp_path / "lora" / "ldyn")
+    assert sorted({r["step"] for r in run.read("probes.jsonl")}) == [0, 2, 4]
+    rows = run.read("decomposition.jsonl")
+    assert rows and all(abs(r["predicted"] - r["observed"]) <= 0.1 * abs(r["observed"]) + 1e-4 for r in rows)
