@@ -57,6 +57,7 @@ def test_dpo_trainer_writes_a_run_that_ldyn_reads(tokenizer, tmp_path, capsys):
     observed = run.read("decomposition.jsonl")
     assert sorted({r["step"] for r in observed}) == [1, 3]  # before the updates at global steps 0 and 2
     assert all("predicted" in r and "observed" in r and "sgd_positive" not in r for r in observed)
+    assert [t["step"] for t in run.read("decomposition_times.jsonl")] == [1, 3]
     # step 0 is ldyn's own probe of the initial model, record for record
     direct = {(r["example_id"], r["type"]): r["logp_sum"] for r in probe(initial, probe_items(rows), 0)}
     step0 = {(r["example_id"], r["type"]): r["logp_sum"] for r in probes if r["step"] == 0}

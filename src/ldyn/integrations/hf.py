@@ -48,7 +48,7 @@ from ldyn.dynamics.akg import begin_update, decompose_update
 from ldyn.dynamics.probing import ProbeItem, probe_across_ranks, probe_items
 from ldyn.errors import LdynError
 from ldyn.losses import LossConfig
-from ldyn.runs import CONFIG, DATA, DECOMPOSITION, METRICS, PROBE_TIMES, PROBES, RunDir
+from ldyn.runs import CONFIG, DATA, DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBE_TIMES, PROBES, RunDir
 from ldyn.trackers import Trackers, open_trackers, probe_scalars
 
 TRL_LOSSES = {"sigmoid": "dpo", "ipo": "ipo", "hinge": "slic", "sppo_hard": "sppo"}  # TRL loss_type -> ldyn loss
@@ -146,7 +146,8 @@ class LearningDynamicsCallback(TrainerCallback):
         )
         self.pending = None
         self.run.append(DECOMPOSITION, [{"step": step, "stage": self.stage, **row} for row in rows])
-        self.seconds_observing = time.perf_counter() - started
+        seconds = round(time.perf_counter() - started, 3)  # after the step: the forward-mode passes and the observed
+        self.run.append(DECOMPOSITION_TIMES, [{"step": step, "seconds": seconds, "items": len(items)}])
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "train_runtime" in logs:
@@ -186,11 +187,11 @@ class LearningDynamicsCallback(TrainerCallback):
         """The run directory: created at step 0; on a resumed training, the rows after the resumed step dropped."""
         self.run.lock()
         if state.global_step > 0 and self.run.exists():
-            for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION):
+            for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES):
                 self.run.keep_until(name, state.global_step)
             self.run.drop_unfinished_probe_rounds()
         else:  # a new training into this folder replaces what an earlier one wrote there
-            for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION):
+            for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES):
                 (self.run.path / name).unlink(missing_ok=True)
             cfg = self._config(args, state, model)
             self.run.write_text(CONFIG, f"# ldyn {__version__} (LearningDynamicsCallback)\n" + dump_config(cfg))
