@@ -39,6 +39,7 @@ PROBE_TIMES = "probe_times.jsonl"
 DECOMPOSITION, DECOMPOSITION_TIMES = "decomposition.jsonl", "decomposition_times.jsonl"
 SAMPLES = "samples.jsonl"
 SUITE_LOG = "suite.jsonl"  # a suite folder's record of each run's wall time
+ROW_FILES = (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES, SAMPLES)  # one row per step each
 FIGURES, CHECKPOINTS = "figures", "checkpoints"
 STATE = "state.json"  # checkpoints/state.json: where to resume from (written by the Checkpointer)
 
@@ -148,10 +149,26 @@ class RunDir:
     def read(self, name: str) -> list[dict]:
         return read_rows(self.path / name)
 
+    def rewrite(self, name: str, rows: list[dict]) -> None:
+        """Replace a JSONL file's rows (atomically)."""
+        self.write_text(name, "".join(json.dumps(strict(r)) + "\n" for r in rows))
+
     def keep_until(self, name: str, step: int) -> None:
         """Drop rows written after `step` (resuming from a checkpoint taken at `step`)."""
-        rows = [r for r in self.read(name) if r["step"] <= step]
-        self.write_text(name, "".join(json.dumps(strict(r)) + "\n" for r in rows))
+        self.rewrite(name, [r for r in self.read(name) if r["step"] <= step])
+
+    def rewind(self, step: int) -> None:
+        """Back to a checkpoint taken at `step`: every row file cut after it, and a probe round cut short by a kill
+        dropped so that it is taken again."""
+        for name in ROW_FILES:
+            if (self.path / name).is_file():
+                self.keep_until(name, step)
+        self.drop_unfinished_probe_rounds()
+
+    def append_probe_round(self, step: int, stage: str, records: list[dict], seconds: float, items: int) -> None:
+        """One probe round: its rows, then its time, the last write, which marks the round finished."""
+        self.append(PROBES, [{"step": step, "stage": stage, **r} for r in records])
+        self.append(PROBE_TIMES, [{"step": step, "seconds": round(seconds, 3), "items": items}])
 
     def probed_steps(self) -> set[int]:
         """The steps whose probe round finished: its rows are in probes.jsonl and then its time in
@@ -163,7 +180,7 @@ class RunDir:
         done = self.probed_steps()
         rows = self.read(PROBES)
         if any(r["step"] not in done for r in rows):
-            self.write_text(PROBES, "".join(json.dumps(strict(r)) + "\n" for r in rows if r["step"] in done))
+            self.rewrite(PROBES, [r for r in rows if r["step"] in done])
 
 
 def read_resume_state(run: RunDir) -> dict | None:

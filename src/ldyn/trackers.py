@@ -138,6 +138,15 @@ def probe_scalars(records: list[dict], baseline: dict[str, float]) -> dict[str, 
     return out
 
 
+def baseline_of(rows: list[dict]) -> dict[str, float]:
+    """The step-0 means `probe_scalars` measures changes from, out of a run's probe rows (its first round): for a
+    resumed run, whose first round was written by an earlier process."""
+    first = min((r["step"] for r in rows), default=0)
+    baseline: dict[str, float] = {}
+    probe_scalars([r for r in rows if r["step"] == first], baseline)
+    return baseline
+
+
 def train_scalars(metrics: dict) -> dict[str, float]:
     """The numeric training metrics of one update, as `train/<name>`."""
     return {f"train/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ldyn.data.tokenize import TokenizedRow, collate
+from ldyn.config import DataConfig
+from ldyn.data.probesets import load_probe_set
+from ldyn.data.tokenize import TokenizedRow, collate, tokenize_rows
 from ldyn.distributed import gather_to_main, max_over_ranks, rank_and_world
 from ldyn.logprobs import (
     STAT_NAMES,
@@ -46,6 +48,25 @@ class ProbeItem:
 
 def probe_items(rows: list[TokenizedRow]) -> list[ProbeItem]:
     return [ProbeItem(row.id, t, row.prompt, ids) for row in rows for t, ids in row.responses.items()]
+
+
+def load_probe_items(source, types, n: int, seed: int, tokenizer, data: DataConfig,
+                     n_key: str = "probe.n") -> tuple[list[ProbeItem], dict]:  # fmt: skip
+    """A probe set (`data.probesets.load_probe_set`) tokenised as training data is (`data`'s lengths and truncation):
+    its items, and what was loaded for data.json (prompts, types, empty responses left out, truncated rows)."""
+    examples, types = load_probe_set(source, types, n, seed, n_key)
+    rows = tokenize_rows(tokenizer, [(e.id, e.prompt, e.responses) for e in examples], data.max_length,
+                         data.max_prompt_length, data.truncation_mode)  # fmt: skip
+    report = {"probe_prompts": len(rows), "probe_types": types,
+              "probe_empty_skipped": sum(len(types) - len(r.responses) for r in rows),
+              "probe_truncated": sum(r.truncated for r in rows)}  # fmt: skip
+    return probe_items(rows), report
+
+
+def first_prompts(items: list[ProbeItem], n: int) -> list[ProbeItem]:
+    """The items of the first `n` prompts (the decomposition's observed set)."""
+    keep = set(list(dict.fromkeys(it.example_id for it in items))[:n])
+    return [it for it in items if it.example_id in keep]
 
 
 def length_batches(items: list[ProbeItem], batch_tokens: int) -> list[list[ProbeItem]]:

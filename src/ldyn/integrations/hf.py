@@ -41,15 +41,13 @@ from ldyn.config import (
     StageConfig,
     dump_config,
 )
-from ldyn.data.probesets import load_probe_set
-from ldyn.data.tokenize import tokenize_rows
 from ldyn.distributed import barrier, rank_and_world
 from ldyn.dynamics.akg import begin_update, decompose_update
-from ldyn.dynamics.probing import ProbeItem, probe_across_ranks, probe_items
+from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items, probe_across_ranks
 from ldyn.errors import LdynError
 from ldyn.losses import LossConfig
-from ldyn.runs import CONFIG, DATA, DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBE_TIMES, PROBES, RunDir
-from ldyn.trackers import Trackers, open_trackers, probe_scalars
+from ldyn.runs import CONFIG, DATA, DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, ROW_FILES, RunDir
+from ldyn.trackers import Trackers, baseline_of, open_trackers, probe_scalars
 
 TRL_LOSSES = {"sigmoid": "dpo", "ipo": "ipo", "hinge": "slic", "sppo_hard": "sppo"}  # TRL loss_type -> ldyn loss
 LOG_NAMES = {"rewards/margins": "rewards/margin", "rewards/accuracies": "rewards/accuracy", "learning_rate": "lr"}
@@ -113,6 +111,7 @@ class LearningDynamicsCallback(TrainerCallback):
         self.run = RunDir(self.output_dir or Path(args.output_dir) / "ldyn")
         self.stage = stage_name(args)
         self.items, report = self._load_probes(tokenizer)
+        self.observed = first_prompts(self.items, self.decompose.n)  # the prompts `observe_every` watches
         if state.is_world_process_zero:
             self._start_run(args, state, model, report)
         barrier()  # the main process has prepared the run directory before anyone reads it
@@ -134,12 +133,10 @@ class LearningDynamicsCallback(TrainerCallback):
         if self.pending is None:
             return
         started, step = time.perf_counter(), state.global_step + 1  # global_step counts the update after this event
-        observed = list(dict.fromkeys(it.example_id for it in self.items))[: self.decompose.n]
-        items = [it for it in self.items if it.example_id in observed]
         rows = decompose_update(
             model,
             self.pending,
-            items,
+            self.observed,
             self.pad_id,
             batch_tokens=self.decompose.batch_tokens,
             predict=self.decompose.predict,
@@ -147,7 +144,7 @@ class LearningDynamicsCallback(TrainerCallback):
         self.pending = None
         self.run.append(DECOMPOSITION, [{"step": step, "stage": self.stage, **row} for row in rows])
         seconds = round(time.perf_counter() - started, 3)  # after the step: the forward-mode passes and the observed
-        self.run.append(DECOMPOSITION_TIMES, [{"step": step, "seconds": seconds, "items": len(items)}])
+        self.run.append(DECOMPOSITION_TIMES, [{"step": step, "seconds": seconds, "items": len(self.observed)}])
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "train_runtime" in logs:
@@ -171,27 +168,15 @@ class LearningDynamicsCallback(TrainerCallback):
     # ------------------------------------------------------------ work
 
     def _load_probes(self, tokenizer) -> tuple[list[ProbeItem], dict]:
-        examples, types = load_probe_set(self.source, self.types, self.n, self.seed)
-        d = self.data
-        rows = tokenize_rows(
-            tokenizer,
-            [(e.id, e.prompt, e.responses) for e in examples],
-            d.max_length,
-            d.max_prompt_length,
-            d.truncation_mode,
-        )
-        report = {"probe_prompts": len(rows), "probe_types": types, "probe_truncated": sum(r.truncated for r in rows)}
-        return probe_items(rows), report
+        return load_probe_items(self.source, self.types, self.n, self.seed, tokenizer, self.data)
 
     def _start_run(self, args, state, model, report: dict) -> None:
         """The run directory: created at step 0; on a resumed training, the rows after the resumed step dropped."""
         self.run.lock()
         if state.global_step > 0 and self.run.exists():
-            for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES):
-                self.run.keep_until(name, state.global_step)
-            self.run.drop_unfinished_probe_rounds()
+            self.run.rewind(state.global_step)
         else:  # a new training into this folder replaces what an earlier one wrote there
-            for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES):
+            for name in ROW_FILES:
                 (self.run.path / name).unlink(missing_ok=True)
             cfg = self._config(args, state, model)
             self.run.write_text(CONFIG, f"# ldyn {__version__} (LearningDynamicsCallback)\n" + dump_config(cfg))
@@ -250,9 +235,9 @@ class LearningDynamicsCallback(TrainerCallback):
         self.done.add(step)
         if not state.is_world_process_zero:
             return
-        seconds = round(time.perf_counter() - started, 3)
-        self.run.append(PROBES, [{"step": step, "stage": self.stage, **r} for r in records])
-        self.run.append(PROBE_TIMES, [{"step": step, "seconds": seconds, "items": len(self.items)}])
+        self.run.append_probe_round(step, self.stage, records, time.perf_counter() - started, len(self.items))
+        if not self.baseline and step > 0:  # resumed: changes are measured from the step-0 round
+            self.baseline = baseline_of(self.run.read(PROBES))
         self.trackers.log(probe_scalars(records, self.baseline), step)
 
 

@@ -15,8 +15,8 @@ import torch
 from ldyn.distributed import gather_to_main
 from ldyn.dynamics.akg import begin_update, decompose_update
 from ldyn.dynamics.probing import ProbeItem, probe_across_ranks
-from ldyn.runs import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBE_TIMES, PROBES, STATE, RunDir
-from ldyn.trackers import Trackers, probe_scalars, train_scalars
+from ldyn.runs import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, STATE, RunDir
+from ldyn.trackers import Trackers, baseline_of, probe_scalars, train_scalars
 from ldyn.train.trainer import StepState
 
 
@@ -65,22 +65,10 @@ class ProbeCallback:
         self.done.add(state.step)
         if not state.accelerator.is_main_process:
             return
-        seconds = round(time.perf_counter() - started, 3)
-        self.run.append(PROBES, [{"step": state.step, "stage": state.stage, **r} for r in records])
-        self.run.append(PROBE_TIMES, [{"step": state.step, "seconds": seconds, "items": len(self.items)}])
+        self.run.append_probe_round(state.step, state.stage, records, time.perf_counter() - started, len(self.items))
         if not self.baseline and state.step > 0:  # resumed: changes are measured from the step-0 round
-            self.baseline = _first_round_means(self.run.read(PROBES))
+            self.baseline = baseline_of(self.run.read(PROBES))
         self.trackers.log(probe_scalars(records, self.baseline), state.step)
-
-
-def _first_round_means(rows: list[dict]) -> dict[str, float]:
-    """Mean logp_sum per type over the rows of the first probed step."""
-    step = min((r["step"] for r in rows), default=0)
-    by_type: dict[str, list[float]] = {}
-    for r in rows:
-        if r["step"] == step:
-            by_type.setdefault(r["type"], []).append(r["logp_sum"])
-    return {t: sum(v) / len(v) for t, v in by_type.items()}
 
 
 class DecompositionCallback:

@@ -17,21 +17,14 @@ from accelerate import Accelerator
 from ldyn import __version__, distributed
 from ldyn.config import ModelConfig, RunConfig, StageConfig, check, dump_config, read_config
 from ldyn.data.preference import load_pairs
-from ldyn.data.probesets import load_probe_set
 from ldyn.data.tokenize import TokenizedRow, tokenize_rows
-from ldyn.dynamics.probing import ProbeItem, probe_items
+from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items
 from ldyn.errors import LdynError, did_you_mean
 from ldyn.losses import LossSpec, get_loss
 from ldyn.models import frozen_copy, load_model
 from ldyn.runs import (
     CONFIG,
     DATA,
-    DECOMPOSITION,
-    DECOMPOSITION_TIMES,
-    METRICS,
-    PROBE_TIMES,
-    PROBES,
-    SAMPLES,
     RunDir,
     read_resume_state,
 )
@@ -61,27 +54,13 @@ def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
         data.max_prompt_length,
         data.truncation_mode,
     )
-    probe_rows, types = [], []
+    items, loaded = [], {"probe_prompts": 0, "probe_types": [], "probe_empty_skipped": 0, "probe_truncated": 0}
     if pcfg.every or cfg.decompose.every:
         n, key = (pcfg.n, "probe.n") if pcfg.every else (cfg.decompose.n, "decompose.n")  # without probing: only
-        examples, types = load_probe_set(pcfg.path, pcfg.types, n, cfg.seed, key)  # the decomposition's prompts
-        probe_rows = tokenize_rows(
-            tokenizer,
-            [(e.id, e.prompt, e.responses) for e in examples],
-            data.max_length,
-            data.max_prompt_length,
-            data.truncation_mode,
-        )
-    report = {
-        "train_pairs": len(train),
-        "train_skipped_empty": skipped,
-        "train_truncated": sum(r.truncated for r in train),
-        "probe_prompts": len(probe_rows),
-        "probe_types": types,
-        "probe_empty_skipped": sum(len(types) - len(r.responses) for r in probe_rows),
-        "probe_truncated": sum(r.truncated for r in probe_rows),
-    }
-    return Inputs(train, probe_items(probe_rows), report)
+        items, loaded = load_probe_items(pcfg.path, pcfg.types, n, cfg.seed, tokenizer, data, key)  # its prompts
+    report = {"train_pairs": len(train), "train_skipped_empty": skipped,
+              "train_truncated": sum(r.truncated for r in train)} | loaded  # fmt: skip
+    return Inputs(train, items, report)
 
 
 def stage_examples(rows: list[TokenizedRow], spec: LossSpec, stage: StageConfig) -> list[TrainExample]:
@@ -179,9 +158,7 @@ def resume(run_dir: str) -> RunDir:
         out.lock()
     try:
         if processes.is_main_process:
-            for name in (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES, SAMPLES):
-                out.keep_until(name, step)
-            out.drop_unfinished_probe_rounds()  # a round cut short by the kill is taken again
+            out.rewind(step)  # rows after the checkpoint, and a probe round cut short by the kill, are taken again
         processes.wait_for_everyone()
         return _train(cfg, out, model, tokenizer, inputs, resume=state)
     finally:
@@ -243,9 +220,8 @@ def _callbacks(cfg: RunConfig, out: RunDir, tokenizer, inputs: Inputs, trackers:
         Checkpointer(out, tokenizer, cfg.checkpoint_every),
     ]
     if cfg.decompose.every:
-        observed = list(dict.fromkeys(it.example_id for it in inputs.probes))[: cfg.decompose.n]
-        items = [it for it in inputs.probes if it.example_id in observed]
         d = cfg.decompose
+        items = first_prompts(inputs.probes, d.n)
         callbacks.append(DecompositionCallback(out, items, pad, d.every, d.batch_tokens, d.predict))
     return callbacks
 
