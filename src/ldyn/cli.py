@@ -318,14 +318,9 @@ def _probes(args, overrides) -> list[str]:
     from ldyn import probe_build
 
     if args.probes == "check":
-        report = probe_build.check(args.file)
-        Path(args.file + ".check.json").write_text(__import__("json").dumps(report, indent=2) + "\n")
-        return [*probe_build.check_lines(report), f"{args.file}.check.json"]
-    instructions = {}
-    if args.instructions:
-        from ldyn.schema import read_yaml
-
-        instructions = {str(k): str(v) for k, v in read_yaml(Path(args.instructions)).items()}
+        report, written = probe_build.check_file(args.file)
+        return [*probe_build.check_lines(report), str(written)]
+    instructions = probe_build.read_instructions(args.instructions) if args.instructions else {}
     settings = probe_build.BuildSettings(args.data, Path(args.out), args.n, args.split, args.test_split, args.seed,
                                          args.generator, args.generator_model, args.initial_model, instructions,
                                          args.max_new_tokens)  # fmt: skip

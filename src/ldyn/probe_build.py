@@ -161,23 +161,15 @@ def initial_samples(rows: list[dict], model_name: str, cache: GenerationCache, s
             for row in rows]  # fmt: skip
     todo = [i for i, k in enumerate(keys) if k not in cache.done]
     if todo:
-        import torch
+        from ldyn.generation import sample_texts
 
-        from ldyn.config import ModelConfig
-        from ldyn.generation import generate
-        from ldyn.models import load_model
-
-        model, tok = load_model(ModelConfig(model_name), settings.seed)
-        torch.manual_seed(settings.seed)
-        for start in range(0, len(todo), 8):
-            chunk = todo[start : start + 8]
-            ids = [tok(rows[i]["prompt"], add_special_tokens=False).input_ids[-256:] for i in chunk]
-            out = generate(model, ids, tok.pad_token_id, tok.eos_token_id, max_new_tokens=settings.max_new_tokens)
-            for i, tokens in zip(chunk, out):
-                text = tok.decode(tokens, skip_special_tokens=True).split("\n\nHuman:")[0]
-                cache.put(keys[i], "chosen_initial", rows[i]["id"], text if text.strip() else None,
-                          [] if text.strip() else ["empty sample"])  # fmt: skip
-                progress.update()
+        samples = sample_texts(model_name, [rows[i]["prompt"] for i in todo], seed=settings.seed,
+                               max_new_tokens=settings.max_new_tokens)  # fmt: skip
+        for j, text in samples:
+            i, text = todo[j], text.split("\n\nHuman:")[0]
+            cache.put(keys[i], "chosen_initial", rows[i]["id"], text if text.strip() else None,
+                      [] if text.strip() else ["empty sample"])  # fmt: skip
+            progress.update()
     failed = []
     for i, (row, k) in enumerate(zip(rows, keys)):
         row["chosen_initial"] = cache.done.get(k, "")
@@ -314,6 +306,21 @@ def check(path: str | Path) -> dict:
                 report[t]["generator"] = how.get("generator")
                 report[t]["failed_rows"] = how.get("failed_rows", [])
     return report
+
+
+def check_file(path: str | Path) -> tuple[dict, Path]:
+    """`check`, and the report written beside the file as FILE.check.json."""
+    report = check(path)
+    written = Path(str(path) + ".check.json")
+    written.write_text(json.dumps(report, indent=2) + "\n")
+    return report, written
+
+
+def read_instructions(path: str | Path) -> dict[str, str]:
+    """A YAML mapping of field -> prompt template (`{chosen}`, `{rejected}`, `{words}`, `{prompt}`)."""
+    from ldyn.schema import read_yaml
+
+    return {str(k): str(v) for k, v in read_yaml(Path(path)).items()}
 
 
 def check_lines(report: dict) -> list[str]:

@@ -33,7 +33,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ldyn.config import JudgeConfig, ModelConfig, RunConfig
+from ldyn.config import JudgeConfig, RunConfig
 from ldyn.errors import LdynError
 from ldyn.judges import make_judge
 from ldyn.runs import append_rows, read_rows
@@ -79,24 +79,14 @@ def sample_responses(
             done[i] = row["response"]
     todo = [i for i in range(len(prompts)) if i not in done]
     if todo:
-        import torch
-        from tqdm.auto import tqdm
+        from ldyn.generation import sample_texts
 
-        from ldyn.generation import generate
-        from ldyn.models import load_model
-
-        model, tokenizer = load_model(ModelConfig(checkpoint), seed)
-        torch.manual_seed(seed)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        for start in tqdm(range(0, len(todo), batch_size), desc=f"sample {Path(checkpoint).name}", unit="batch"):
-            chunk = todo[start : start + batch_size]
-            ids = [tokenizer(prompts[i], add_special_tokens=False).input_ids[-max_prompt_tokens:] for i in chunk]
-            out = generate(
-                model, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, max_new_tokens=max_new_tokens, top_k=50
-            )
-            for i, tokens in zip(chunk, out):
-                done[i] = tokenizer.decode(tokens, skip_special_tokens=True)
-                append_rows(cache, [{"index": i, "prompt": prompts[i], "response": done[i]}])
+        samples = sample_texts(checkpoint, [prompts[i] for i in todo], seed=seed, max_new_tokens=max_new_tokens,
+                               max_prompt_tokens=max_prompt_tokens, batch_size=batch_size, top_k=50,
+                               desc=f"sample {Path(checkpoint).name}")  # fmt: skip
+        for j, text in samples:
+            done[todo[j]] = text
+            append_rows(cache, [{"index": todo[j], "prompt": prompts[todo[j]], "response": text}])
     return [done[i] for i in range(len(prompts))]
 
 
