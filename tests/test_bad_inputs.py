@@ -102,7 +102,7 @@ CASES = {  # name: (arguments, given the workspace root; what the error line mus
     ),
     "not UTF-8": (lambda r: tiny(r / NEW, f"data.train={r / 'latin1.jsonl'}"), "latin1.jsonl:2: not valid UTF-8"),
     "missing data file": (lambda r: tiny(r / NEW, f"data.train={r / 'nope.jsonl'}"), "nope.jsonl: cannot read"),
-    "empty data file": (lambda r: tiny(r / NEW, f"data.train={r / 'empty.jsonl'}"), "no preference pairs found"),
+    "empty data file": (lambda r: tiny(r / NEW, f"data.train={r / 'empty.jsonl'}"), "no examples found"),
     "broken recipe YAML": (lambda r: ["run", str(r / "recipe.yaml")], "recipe.yaml:"),
     "unknown recipe": (lambda r: ["run", "smollm2_sft_dpp"], "did you mean 'smollm2_sft_dpo'"),
     "plot of a broken config.yaml": (lambda r: ["plot", str(r / "broken")], "broken/config.yaml:"),

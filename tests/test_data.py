@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 
 from ldyn.data.embedded import embedded_path, embedded_rows
-from ldyn.data.preference import load_pairs, pair_from_row, split_hh
+from ldyn.data.formats import example_from_row, split_hh
+from ldyn.data.preference import load_pairs
 from ldyn.data.probesets import PAPER_TYPES, load_probe_set
+from ldyn.data.templates import render
 from ldyn.data.tokenize import IGNORE, collate, tokenize_rows
 from ldyn.errors import LdynError
 
@@ -70,18 +72,19 @@ def test_named_probe_types_must_exist(probe_file):
 def test_hh_dialogues_split_at_the_last_assistant_turn():
     text = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: like this"
     assert split_hh(text, {}) == ("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant:", " like this")
-    pair = pair_from_row({"chosen": text, "rejected": text.replace("like this", "no")}, "f", 1, "0")
-    assert (pair.chosen, pair.rejected) == (" like this", " no")
+    pair = example_from_row({"chosen": text, "rejected": text.replace("like this", "no")}, "f", 1, "0")
+    assert (pair.responses["chosen"], pair.responses["rejected"]) == (" like this", " no")
 
 
-def test_ultrafeedback_rows_use_the_last_assistant_message():
+def test_ultrafeedback_rows_as_the_paper_formats_them(tokenizer):
     row = {
         "prompt": "Name a colour.",
         "chosen": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
         "rejected": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "No."}],
     }
-    pair = pair_from_row(row, "f", 1, "0")
-    assert (pair.prompt, pair.chosen, pair.rejected) == ("Human: Name a colour.\nAssistant:", "Blue.", "No.")
+    example = example_from_row(row, "f", 1, "0")
+    prompt, responses = render(tokenizer, "Human: {prompt}\nAssistant:", example)
+    assert (prompt, responses) == ("Human: Name a colour.\nAssistant:", {"chosen": "Blue.", "rejected": "No."})
 
 
 def test_saved_hf_dataset_directory_loads(tmp_path):

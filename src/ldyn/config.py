@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 
 import yaml
 
+from ldyn.data.templates import check_template
 from ldyn.errors import LdynError, did_you_mean
 from ldyn.losses import LossConfig, get_loss
 from ldyn.schema import MISSING, apply_override, from_dict, missing_keys, read_yaml, to_dict
@@ -35,14 +36,18 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "embedded"  # preference pairs: "embedded", a JSONL (prompt/chosen/rejected), a HF dataset or its
-    # dir, or "probe": the probe set's file (the paper's train_using_prob)
+    train: str = "embedded"  # training rows: "embedded", a JSONL, a HF dataset or its save_to_disk dir, in any of
+    # TRL's formats (data/formats.py), or "probe": the probe set's file (the paper's train_using_prob)
     split: str = "train"  # split to read from a HF dataset
     n_train: int = 0  # use the first N training pairs (0 = all)
     skip_empty: bool = False  # drop pairs with an empty prompt or response instead of failing on them
     max_length: int = 512  # prompt + response tokens; longer rows are truncated as in the paper's code
     max_prompt_length: int = 256  # prompt tokens kept when a row is too long
     truncation_mode: Literal["keep_end", "keep_start"] = "keep_end"  # which end of a long prompt to keep (HH: end)
+    # how prompts and responses become text (data/templates.py): auto (chat for conversational rows, hh for text) |
+    # hh (the paper's format) | chat (the tokenizer's chat template) | a string with {prompt}, e.g.
+    # "Human: {prompt}\nAssistant:" (the paper's UltraFeedback format)
+    template: str = "auto"
 
 
 @dataclass
@@ -125,6 +130,19 @@ class StageConfig:
             return f"{self.loss.name.upper()} on {self.target}"
         return f"{self.loss.name.upper()} (y⁺, y⁻)"
 
+    def needs(self) -> dict[str, str]:
+        """The response fields every training row must have for this stage, each with why (for errors)."""
+        what = f"stage '{self.name}' ({self.signal()})"
+        if not get_loss(self.loss.name).needs_rejected:
+            fields = {self.target: f"{what} trains on it"}
+            return fields | ({"rejected": f"{what} trains on it too"} if self.extend else {})
+        if self.sample.responses == "rejected":
+            return {"chosen": f"{what} takes y⁺ from the data (y⁻ is sampled)"}
+        if self.sample.responses == "both" and self.sample.rank == "judge":
+            return {}
+        why = "ranks its samples by overlap with them" if self.sample.responses == "both" else "trains on them"
+        return {"chosen": f"{what} {why}", "rejected": f"{what} {why}"}
+
     def describe(self) -> str:
         """One line: "dpo: dpo, sampled rejected from the policy, 20 updates × 4, adamw lr 1e-05"."""
         loss = self.loss.name
@@ -206,6 +224,7 @@ def check(cfg: RunConfig) -> None:
     _bounds([("judge.time_limit", cfg.judge.time_limit, 0)])
     for stage in cfg.stages:
         _check_stage(stage)
+    check_template(d.template)
     if d.max_prompt_length >= d.max_length:
         raise LdynError("must be smaller than data.max_length", field="data.max_prompt_length")
 

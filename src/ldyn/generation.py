@@ -43,20 +43,22 @@ def generate(
 
 
 def sample_texts(model_name: str, prompts: list[str], *, seed: int, max_new_tokens: int, max_prompt_tokens: int = 256,
-                 batch_size: int = 8, top_k: int = 0, desc: str | None = None):  # fmt: skip
-    """Load `model_name` and sample one continuation per prompt text (the text as it is, its last
-    `max_prompt_tokens` tokens, no chat template), a batch at a time; yields (index, decoded text) as each batch is
-    done, so that callers can cache every sample as soon as it exists. `desc` shows a progress bar over batches."""
+                 batch_size: int = 8, top_k: int = 0, desc: str | None = None, template: str = "hh"):  # fmt: skip
+    """Load `model_name` and sample one continuation per prompt (rendered by `template` as training renders it,
+    `data/templates.py`: "hh" keeps a text as it is; its last `max_prompt_tokens` tokens), a batch at a time;
+    yields (index, decoded text) as each batch is done, so that callers can cache every sample as soon as it
+    exists. `desc` shows a progress bar over batches."""
     from tqdm.auto import tqdm
 
     from ldyn.config import ModelConfig
+    from ldyn.data.templates import render_prompt
     from ldyn.models import load_model
 
     model, tokenizer = load_model(ModelConfig(model_name), seed)
     torch.manual_seed(seed)
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=desc is None):
-        ids = [tokenizer(p, add_special_tokens=False).input_ids[-max_prompt_tokens:]
-               for p in prompts[start : start + batch_size]]  # fmt: skip
+        texts = [render_prompt(tokenizer, template, p) for p in prompts[start : start + batch_size]]
+        ids = [tokenizer(t, add_special_tokens=False).input_ids[-max_prompt_tokens:] for t in texts]
         out = generate(model, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, max_new_tokens=max_new_tokens,
                        top_k=top_k)  # fmt: skip
         for offset, tokens in enumerate(out):

@@ -68,7 +68,8 @@ def embedded_smollm2() -> Path:
 
 
 def byte_tokenizer():
-    """A byte-level tokenizer (256 byte tokens + <eos> + <pad>) built in code: any text, no download."""
+    """A byte-level tokenizer (256 byte tokens + <eos> + <pad>, and a chat template) built in code: any text, no
+    download."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -76,7 +77,16 @@ def byte_tokenizer():
     backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>")
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+# A ChatML-like template for the tiny tokenizer, so that tests exercise `data.template=chat` as real models do.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<eos>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 def tiny_model(

@@ -111,7 +111,8 @@ def plot_groups(run: Run, tables) -> plt.Figure:
         mark_stages(ax, spans)
         ax.set_title(f"{group} group")
         ax.set_ylabel("mean Δ log π since step 0 (nats)")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a probe set without this group's types leaves it empty
+            ax.legend(fontsize=8)
     ax = axes.flat[5]
     if "chosen" in tables and "rejected" in tables:
         steps, _, chosen = tables["chosen"]

@@ -3,7 +3,8 @@
 Following the paper's code (eric-mitchell's DPO repo): prompt and response are tokenised separately, an EOS token is
 appended to every response (never to the prompt), and labels are -100 on prompt and padding positions. When the
 prompt plus the row's *longest* response exceeds `max_length`, the prompt is cut to `max_prompt_length` tokens
-(keeping its end for HH-style dialogues); if still too long, every response is cut to fit.
+(keeping its end for HH-style dialogues); if still too long, every response is cut to fit. A row without a prompt
+(language-modelling text) takes its first token as the prompt: no model scores a sequence's first token.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from ldyn.data.formats import Example
+from ldyn.data.templates import render
+from ldyn.errors import LdynError
 
 IGNORE = -100  # label of positions that are not scored
 
@@ -51,7 +56,9 @@ def tokenize_rows(
     for (row_id, _, _), prompt, ks in zip(rows, prompts, names):
         responses = {k: flat[i + j] + [eos] for j, k in enumerate(ks)}
         i += len(ks)
-        longest = max(len(r) for r in responses.values())
+        if not prompt:  # language-modelling text: its first token is the context of the rest (never scored)
+            prompt, responses = _first_token_as_prompt(row_id, responses)
+        longest = max((len(r) for r in responses.values()), default=0)
         truncated = len(prompt) + longest > max_length
         if truncated:
             prompt = prompt[-max_prompt_length:] if mode == "keep_end" else prompt[:max_prompt_length]
@@ -59,6 +66,20 @@ def tokenize_rows(
                 responses = {k: r[: max_length - len(prompt)] for k, r in responses.items()}
         out.append(TokenizedRow(row_id, prompt, responses, truncated))
     return out
+
+
+def tokenize_examples(tokenizer, examples: list[Example], data) -> list[TokenizedRow]:
+    """Examples (`formats.py`) rendered by `data.template` and tokenised with `data`'s lengths and truncation: the
+    one route from a row to tokens, for training and probing alike."""
+    rendered = [(e.id, *render(tokenizer, data.template, e)) for e in examples]
+    return tokenize_rows(tokenizer, rendered, data.max_length, data.max_prompt_length, data.truncation_mode)
+
+
+def _first_token_as_prompt(row_id: str, responses: dict[str, list[int]]) -> tuple[list[int], dict]:
+    firsts = {r[0] for r in responses.values()}
+    if len(firsts) != 1:
+        raise LdynError(f"row '{row_id}' has no prompt and responses that start differently: give it a prompt")
+    return [firsts.pop()], {k: r[1:] for k, r in responses.items()}
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:

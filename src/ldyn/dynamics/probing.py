@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ldyn.config import DataConfig
 from ldyn.data.probesets import load_probe_set
-from ldyn.data.tokenize import TokenizedRow, collate, tokenize_rows
+from ldyn.data.tokenize import TokenizedRow, collate, tokenize_examples
 from ldyn.distributed import gather_to_main, max_over_ranks, rank_and_world
 from ldyn.logprobs import (
     STAT_NAMES,
@@ -52,11 +52,11 @@ def probe_items(rows: list[TokenizedRow]) -> list[ProbeItem]:
 
 def load_probe_items(source, types, n: int, seed: int, tokenizer, data: DataConfig,
                      n_key: str = "probe.n") -> tuple[list[ProbeItem], dict]:  # fmt: skip
-    """A probe set (`data.probesets.load_probe_set`) tokenised as training data is (`data`'s lengths and truncation):
+    """A probe set (`data.probesets.load_probe_set`) tokenised as training data is (`data`'s template, lengths and
+    truncation):
     its items, and what was loaded for data.json (prompts, types, empty responses left out, truncated rows)."""
     examples, types = load_probe_set(source, types, n, seed, n_key)
-    rows = tokenize_rows(tokenizer, [(e.id, e.prompt, e.responses) for e in examples], data.max_length,
-                         data.max_prompt_length, data.truncation_mode)  # fmt: skip
+    rows = tokenize_examples(tokenizer, examples, data)
     report = {"probe_prompts": len(rows), "probe_types": types,
               "probe_empty_skipped": sum(len(types) - len(r.responses) for r in rows),
               "probe_truncated": sum(r.truncated for r in rows)}  # fmt: skip

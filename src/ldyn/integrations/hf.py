@@ -41,6 +41,7 @@ from ldyn.config import (
     StageConfig,
     dump_config,
 )
+from ldyn.data.templates import check_template
 from ldyn.distributed import barrier, rank_and_world
 from ldyn.dynamics.akg import begin_update, decompose_update
 from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items, probe_across_ranks
@@ -61,7 +62,9 @@ class LearningDynamicsCallback(TrainerCallback):
     Face dataset (hub name or `save_to_disk` folder), or the rows themselves. `types`: fields to probe ("auto" =
     every paper type present); `n`: the first n prompts (0 = all); `every`: probe every k optimizer steps (and at
     step 0 and the end). `output_dir`: the run directory (default `<args.output_dir>/ldyn`). `max_length`,
-    `max_prompt_length`, `truncation_mode` tokenise the probes as `ldyn run` does. `observe_every`: record the
+    `max_prompt_length`, `truncation_mode` tokenise the probes as `ldyn run` does; `template` renders them
+    (`data/templates.py`: "auto" applies the tokenizer's chat template to conversational probe sets, as TRL does to
+    conversational training data; "chat" to text ones too). `observe_every`: record the
     observed and predicted change of every k-th update on the first `observe_n` prompts (0 = never).
     """
 
@@ -77,6 +80,7 @@ class LearningDynamicsCallback(TrainerCallback):
         max_length: int = 512,
         max_prompt_length: int = 256,
         truncation_mode: str = "keep_end",
+        template: str = "auto",
         observe_every: int = 0,
         observe_n: int = 2,
         predict: bool = True,
@@ -92,7 +96,9 @@ class LearningDynamicsCallback(TrainerCallback):
             max_length=max_length,
             max_prompt_length=max_prompt_length,
             truncation_mode=truncation_mode,
+            template=template,
         )
+        check_template(template)
         self.decompose = DecomposeConfig(every=observe_every, n=observe_n, predict=predict)
         self.run: RunDir | None = None
         self.items: list[ProbeItem] = []

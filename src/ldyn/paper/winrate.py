@@ -70,8 +70,10 @@ def sample_responses(
     max_prompt_tokens: int = 256,
     batch_size: int = 8,
     seed: int = 0,
+    template: str = "hh",
 ) -> list[str]:
-    """One sampled response per prompt from `checkpoint` (a model name or directory); cached in `cache`."""
+    """One sampled response per prompt from `checkpoint` (a model name or directory), the prompt rendered by
+    `template`; cached in `cache`."""
     done = {}
     for row in read_rows(cache):  # a cached response counts only for the same prompt at the same index
         i = row.get("index")
@@ -83,7 +85,7 @@ def sample_responses(
 
         samples = sample_texts(checkpoint, [prompts[i] for i in todo], seed=seed, max_new_tokens=max_new_tokens,
                                max_prompt_tokens=max_prompt_tokens, batch_size=batch_size, top_k=50,
-                               desc=f"sample {Path(checkpoint).name}")  # fmt: skip
+                               desc=f"sample {Path(checkpoint).name}", template=template)  # fmt: skip
         for j, text in samples:
             done[todo[j]] = text
             append_rows(cache, [{"index": todo[j], "prompt": prompts[todo[j]], "response": text}])
@@ -198,8 +200,10 @@ def evaluate(
     max_new_tokens: int = 64,
     seed: int = 0,
     both_orders: bool = True,
+    template: str = "hh",
 ) -> list[WinRate]:
-    """Each (A, B) pair of checkpoint directories: sample, judge, and write winrate.json into `out`."""
+    """Each (A, B) pair of checkpoint directories: sample (prompts rendered by `template`: `data/templates.py`),
+    judge, and write winrate.json into `out`."""
     results = []
     for a, b in checkpoints:
         responses = [
@@ -209,6 +213,7 @@ def evaluate(
                 out / f"responses_{_label(c).replace('/', '_')}_{sampling_key(c, seed, max_new_tokens)}.jsonl",
                 max_new_tokens=max_new_tokens,
                 seed=seed,
+                template=template,
             )
             for c in (a, b)
         ]
@@ -305,16 +310,21 @@ def check_suite_winrate(spec: WinrateSpec, cfgs: dict[str, RunConfig]) -> None:
 def suite_winrate(spec: WinrateSpec, cfgs: dict[str, RunConfig], root: Path) -> list[WinRate]:
     """Held-out prompts: pairs [start, start + n) of the first compared run's training data as its runs load it
     (empty rows skipped when data.skip_empty), or of its `split`."""
-    from ldyn.data.preference import load_pairs
+    from ldyn.data.formats import is_messages, load_examples
+    from ldyn.data.templates import render_prompt
 
     first = cfgs[spec.pairs[0][0].partition("/")[0]]
     start, n = spec.prompts.start, spec.prompts.n
-    pairs, _ = load_pairs(first.data.train, spec.prompts.split or first.data.split, start + n, True, (), first.seed)
-    prompts = [p.prompt for p in pairs[start:]]
+    examples, _ = load_examples(first.data.train, spec.prompts.split or first.data.split, start + n, {}, True,
+                                first.seed)  # fmt: skip
+    template = first.data.template
+    chat = template == "chat" or (template == "auto" and any(is_messages(e.prompt) for e in examples))
+    # the judge reads the prompt as text (an HH dialogue for chat data); the sampler renders it as the runs did
+    prompts = [render_prompt(None, "hh" if chat else template, e.prompt) for e in examples[start:]]
     if not prompts:
         raise LdynError(f"winrate: no held-out prompts after pair {start}", file=first.data.train)
     judge = make_judge(first.judge, first.seed)
     checkpoints = [tuple(str(root / r.partition("/")[0] / "checkpoints" / r.partition("/")[2]) for r in pair)
                    for pair in spec.pairs]  # fmt: skip
     return evaluate(checkpoints, prompts, judge, root / "winrate", max_new_tokens=spec.max_new_tokens,
-                    seed=first.seed, both_orders=spec.both_orders)  # fmt: skip
+                    seed=first.seed, both_orders=spec.both_orders, template="chat" if chat else "hh")  # fmt: skip

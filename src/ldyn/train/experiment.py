@@ -16,8 +16,8 @@ from accelerate import Accelerator
 
 from ldyn import __version__, distributed
 from ldyn.config import ModelConfig, RunConfig, StageConfig, check, dump_config, read_config
-from ldyn.data.preference import load_pairs
-from ldyn.data.tokenize import TokenizedRow, tokenize_rows
+from ldyn.data.formats import load_examples
+from ldyn.data.tokenize import TokenizedRow, tokenize_examples
 from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items
 from ldyn.errors import LdynError, did_you_mean
 from ldyn.losses import LossSpec, get_loss
@@ -37,23 +37,21 @@ from ldyn.train.trainer import Trainer, TrainExample, batches
 
 @dataclass
 class Inputs:
-    train: list[TokenizedRow]  # responses: {"chosen", "rejected"} and any SFT target field
+    train: list[TokenizedRow]  # responses: every field the rows have (the stages' needs are checked at load)
     probes: list[ProbeItem]
     report: dict  # what was loaded, for data.json and the console
 
 
 def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
     data, pcfg = cfg.data, cfg.probe
-    targets = tuple(dict.fromkeys(s.target for s in cfg.stages if s.target not in ("chosen", "rejected")))
+    needs = {}
+    for stage in cfg.stages:  # the fields every row needs, each with the first stage that needs it
+        needs = stage.needs() | needs
     source = pcfg.path if data.train == "probe" else data.train  # train on the probe set (train_using_prob)
-    pairs, skipped = load_pairs(source, data.split, data.n_train, data.skip_empty, targets, cfg.seed)
-    train = tokenize_rows(
-        tokenizer,
-        [(p.id, p.prompt, {"chosen": p.chosen, "rejected": p.rejected} | p.extra) for p in pairs],
-        data.max_length,
-        data.max_prompt_length,
-        data.truncation_mode,
-    )
+    examples, skipped = load_examples(source, data.split, data.n_train, needs, data.skip_empty, cfg.seed)
+    keep = {"chosen", "rejected", *needs}  # other fields would change how long rows are truncated
+    examples = [replace(e, responses={k: v for k, v in e.responses.items() if k in keep}) for e in examples]
+    train = tokenize_examples(tokenizer, examples, data)
     items, loaded = [], {"probe_prompts": 0, "probe_types": [], "probe_empty_skipped": 0, "probe_truncated": 0}
     if pcfg.every or cfg.decompose.every:
         n, key = (pcfg.n, "probe.n") if pcfg.every else (cfg.decompose.n, "decompose.n")  # without probing: only
@@ -64,9 +62,10 @@ def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
 
 
 def stage_examples(rows: list[TokenizedRow], spec: LossSpec, stage: StageConfig) -> list[TrainExample]:
-    """Pairs for preference losses; for SFT the stage's target field, plus the rejected ones when `extend`."""
+    """Pairs for preference losses (a response the stage samples may be absent: None until sampled); for SFT the
+    stage's target field, plus the rejected ones when `extend`."""
     if spec.needs_rejected:
-        return [TrainExample(r.id, r.prompt, r.responses["chosen"], r.responses["rejected"]) for r in rows]
+        return [TrainExample(r.id, r.prompt, r.responses.get("chosen"), r.responses.get("rejected")) for r in rows]
     examples = [TrainExample(r.id, r.prompt, r.responses[stage.target], None) for r in rows]
     if stage.extend:
         examples += [TrainExample(f"{r.id}/rejected", r.prompt, r.responses["rejected"], None) for r in rows]
