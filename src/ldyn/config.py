@@ -28,10 +28,22 @@ __all__ = ["LossConfig", "MISSING", "RunConfig", "StageConfig", "check", "from_d
 
 
 @dataclass
+class PeftConfig:
+    r: int = 0  # LoRA rank: train a LoRA adapter of this rank instead of every weight (0 = full finetuning)
+    alpha: float = 16.0  # LoRA scaling numerator: the adapter's update is (alpha / r) · B A
+    dropout: float = 0.0  # LoRA dropout; must be 0: ldyn trains with dropout off, as the paper does
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # module names, or all-linear (every
+    # linear layer but the output head)
+
+
+@dataclass
 class ModelConfig:
     name: str = "smollm2"  # "smollm2" (embedded SmolLM2-135M-Instruct), "tiny" (random, tests), HF id or local dir
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"  # weight dtype
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # eager also supports forward-mode autodiff
+    # LoRA (PEFT) instead of full finetuning: each stage trains a fresh adapter on the model the earlier stages
+    # left (their adapters merged in), so a DPO stage's reference is its model with the adapter switched off
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
 
 @dataclass
@@ -194,7 +206,8 @@ class RunConfig:
 
     def describe(self) -> str:
         """The model and every stage in one line (report and console)."""
-        return f"{self.model.name}; " + "; ".join(s.describe() for s in self.stages)
+        lora = f" + LoRA r={self.model.peft.r}" if self.model.peft.r else ""
+        return f"{self.model.name}{lora}; " + "; ".join(s.describe() for s in self.stages)
 
 
 # ---------------------------------------------------------------- the rules between fields
@@ -225,8 +238,22 @@ def check(cfg: RunConfig) -> None:
     for stage in cfg.stages:
         _check_stage(stage)
     check_template(d.template)
+    _check_peft(cfg.model.peft)
     if d.max_prompt_length >= d.max_length:
         raise LdynError("must be smaller than data.max_length", field="data.max_prompt_length")
+
+
+def _check_peft(p: PeftConfig) -> None:
+    _bounds([("model.peft.r", p.r, 0)])
+    if not p.r:
+        return
+    _positive([("model.peft.alpha", p.alpha)])
+    if p.dropout != 0:
+        raise LdynError(f"must be 0, got {p.dropout}: ldyn trains with dropout off (the paper's setting, and the "
+                        "deterministic forward the decomposition needs)", field="model.peft.dropout")  # fmt: skip
+    if not p.target_modules:
+        raise LdynError("names no module: give module names (q_proj, v_proj, ...) or all-linear",
+                        field="model.peft.target_modules")  # fmt: skip
 
 
 def _bounds(values: list[tuple[str, float, float]]) -> None:

@@ -123,6 +123,10 @@ def tiny_model(
 def load_model(cfg: ModelConfig, seed: int = 0):
     """(model, tokenizer) for `cfg`, prepared for learning-dynamics work (see the module docstring)."""
     dtype = getattr(torch, cfg.dtype)
+    if cfg.name not in ("tiny", "smollm2") and (Path(cfg.name) / "adapter_config.json").is_file():
+        from ldyn.adapters import load_adapter_checkpoint  # a LoRA run's checkpoint: its base, adapters merged
+
+        return load_adapter_checkpoint(Path(cfg.name), cfg, seed)
     if cfg.name == "tiny":
         tokenizer = byte_tokenizer()
         model = tiny_model(tokenizer, dtype, cfg.attn_implementation, seed)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from itertools import zip_longest
 
 import torch
 
+from ldyn.adapters import write_chain
 from ldyn.distributed import gather_to_main
 from ldyn.dynamics.akg import begin_update, decompose_update
 from ldyn.dynamics.probing import ProbeItem, probe_across_ranks
@@ -119,10 +121,11 @@ class DecompositionCallback:
 
 class Checkpointer:
     """Resumable checkpoints: `last-<step>/` every `every` updates (model + optimizer), and at each stage's end
-    the model as a Hugging Face checkpoint in `checkpoints/<stage>/` (usable as `model.name` of a later run)."""
+    the model as a Hugging Face checkpoint in `checkpoints/<stage>/` (usable as `model.name` of a later run). A LoRA
+    run saves its adapter, with the chain of earlier adapters it applies after (`adapters.py`)."""
 
-    def __init__(self, run: RunDir, tokenizer, every: int):
-        self.run, self.tokenizer, self.every = run, tokenizer, every
+    def __init__(self, run: RunDir, tokenizer, every: int, chain: Callable[[int], dict] | None = None):
+        self.run, self.tokenizer, self.every, self.chain = run, tokenizer, every, chain  # chain: LoRA runs
 
     def on_step_end(self, state: StepState) -> None:
         if self.every and state.step % self.every == 0 and state.stage_step < state.stage_steps:
@@ -139,6 +142,8 @@ class Checkpointer:
         shutil.rmtree(partial, ignore_errors=True)
         state.accelerator.unwrap_model(state.model).save_pretrained(partial)
         self.tokenizer.save_pretrained(partial)
+        if self.chain is not None:
+            write_chain(partial, self.chain(state.stage_index))
         if optimizer:
             torch.save(state.optimizer.state_dict(), partial / "optimizer.pt")
         shutil.rmtree(target, ignore_errors=True)

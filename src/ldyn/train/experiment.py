@@ -15,6 +15,7 @@ import torch
 from accelerate import Accelerator
 
 from ldyn import __version__, distributed
+from ldyn.adapters import AdapterOff, chain_for, has_adapter, load_adapter_checkpoint, new_adapter
 from ldyn.config import ModelConfig, RunConfig, StageConfig, check, dump_config, read_config
 from ldyn.data.formats import load_examples
 from ldyn.data.tokenize import TokenizedRow, tokenize_examples
@@ -81,6 +82,8 @@ def run(cfg: RunConfig, *, overwrite: bool = False) -> RunDir:
     processes.wait_for_everyone()  # every process looked before the main one writes
     check_output_dir(out, existed, overwrite)
     model, tokenizer = load_model(cfg.model, cfg.seed)
+    if cfg.model.peft.r:  # the first stage's adapter, attached before anything is written (bad target modules)
+        model = new_adapter(model, cfg.model.peft, cfg.seed * 1000)
     inputs = load_inputs(cfg, tokenizer)
     if processes.is_main_process:
         out.lock()  # held for the run's life (released by the OS if the process dies): a second writer is refused
@@ -145,7 +148,9 @@ def resume(run_dir: str) -> RunDir:
     cfg = read_config(out.path / CONFIG)
     check(cfg)
     state = read_resume_state(out)
-    if state is not None:
+    if state is not None and cfg.model.peft.r:  # mid-stage: that stage's adapter, still training
+        model, tokenizer = load_adapter_checkpoint(state["model_dir"], cfg.model, cfg.seed, state["stage_step"] > 0)
+    elif state is not None:
         model, tokenizer = load_model(
             ModelConfig(str(state["model_dir"]), cfg.model.dtype, cfg.model.attn_implementation), cfg.seed
         )
@@ -165,7 +170,10 @@ def resume(run_dir: str) -> RunDir:
 
 
 def _reference_for(cfg: RunConfig, out: RunDir, stage_index: int, model, resumed: bool):
-    """The frozen reference of a stage: the model at the stage's start (re-loaded when resuming mid-stage)."""
+    """The frozen reference of a stage: the model at the stage's start (re-loaded when resuming mid-stage; with
+    LoRA, the model with its adapter switched off)."""
+    if cfg.model.peft.r:
+        return AdapterOff(model)
     if not resumed:
         return frozen_copy(model)
     if stage_index == 0:
@@ -182,15 +190,20 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
     print(f"ldyn: {_loaded(inputs.report)} -> {out.path}", file=sys.stderr)
     torch.manual_seed(cfg.seed)
     accelerator = Accelerator()
-    model = accelerator.prepare_model(model)
     trackers = open_trackers(cfg.report_to, out.path, cfg.name, to_dict(cfg)) if accelerator.is_main_process \
         else Trackers([])  # fmt: skip
     callbacks = _callbacks(cfg, out, tokenizer, inputs, trackers)
     step = resume["step"] if resume else 0
     first_stage = resume["stage_index"] if resume else 0
+    prepared = None
     for index in range(first_stage, len(cfg.stages)):
         start = resume["stage_step"] if resume and index == first_stage else 0
-        step = _train_stage(cfg, out, index, model, tokenizer, inputs, accelerator, callbacks, step, start, resume)
+        if cfg.model.peft.r and not (index == first_stage and has_adapter(model)):  # a fresh adapter per stage
+            model, prepared = new_adapter(model, cfg.model.peft, cfg.seed * 1000 + index), None
+        if prepared is None:
+            prepared = accelerator.prepare_model(model)
+        step = _train_stage(cfg, out, index, prepared, tokenizer, inputs, accelerator, callbacks, step, start, resume)
+        model = accelerator.unwrap_model(prepared)
     if accelerator.is_main_process:
         from ldyn.plots import plot_run
 
@@ -213,10 +226,12 @@ def _loaded(r: dict) -> str:
 def _callbacks(cfg: RunConfig, out: RunDir, tokenizer, inputs: Inputs, trackers: Trackers) -> list:
     """Metrics, probes, checkpoints and (when asked) the decomposition: the trainer knows none of them."""
     pad, done = tokenizer.pad_token_id, out.probed_steps()
+    names = [s.name for s in cfg.stages]  # a LoRA checkpoint says which earlier adapters it applies after
+    chain = (lambda stage_index: chain_for(cfg.model, cfg.seed, names[:stage_index])) if cfg.model.peft.r else None
     callbacks = [
         MetricsLogger(out, trackers),
         ProbeCallback(out, inputs.probes, pad, cfg.probe.every, cfg.probe.batch_tokens, done, trackers),
-        Checkpointer(out, tokenizer, cfg.checkpoint_every),
+        Checkpointer(out, tokenizer, cfg.checkpoint_every, chain),
     ]
     if cfg.decompose.every:
         d = cfg.decompose

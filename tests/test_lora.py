@@ -1,0 +1,108 @@
+"""LoRA adapters in ldyn's trainer: the adapter's tangent kernel, the reference with the adapter off, checkpoints
+that hold adapters, and resuming mid-stage."""
+
+import json
+
+import pytest
+import torch
+from test_akg import OBSERVED, UPDATE, reference_logps
+from test_cli import ldyn, tiny_run_args
+
+from ldyn.config import LossConfig, ModelConfig
+from ldyn.data.tokenize import IGNORE, collate, collate_pairs
+from ldyn.dynamics.akg import logit_jvp, loss_logit_gradient, parameters, update_directions
+from ldyn.dynamics.entk import entk, predicted_logit_change
+from ldyn.losses import get_loss
+from ldyn.models import load_model, prepare, tiny_model
+from ldyn.runs import RunDir
+
+LORA = ["model.peft.r=4", "model.peft.alpha=8"]
+
+
+@pytest.fixture
+def lora64(tokenizer):
+    """A float64 tiny Llama with a random (not zero-initialised) LoRA adapter on every linear layer."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = prepare(tiny_model(tokenizer, torch.float64, "sdpa", seed=2, hidden_size=16), tokenizer)
+    torch.manual_seed(0)
+    config = LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", init_lora_weights=False)
+    return get_peft_model(model, config).to(torch.float64).eval()
+
+
+def test_decomposition_runs_over_the_adapter_and_equals_its_explicit_kernel(lora64):
+    theta = parameters(lora64)
+    assert theta and all("lora_" in name for name in theta)  # K is the adapter's tangent kernel
+    spec, cfg, eta = get_loss("dpo"), LossConfig(beta=0.5), 1e-3
+    reference = reference_logps(lora64, UPDATE)
+    dirs = update_directions(lora64, spec, cfg, UPDATE, 0, reference)
+    tangent = {k: -eta * (dirs.positive[k] + dirs.negative[k]) for k in dirs.positive}
+    observed = collate(OBSERVED, 0)
+    _, labels, dz = logit_jvp(lora64, theta, tangent, observed)
+    upd = collate_pairs(UPDATE, 0, True)  # the slow twin: explicit Jacobians over the adapter's parameters
+    [(_, labels_u, grad)] = loss_logit_gradient(lora64, spec, cfg, [upd], len(UPDATE), reference)
+    kernel = entk(lora64, theta, observed, upd)
+    dz_explicit = predicted_logit_change(kernel, grad[labels_u != IGNORE].detach(), eta)
+    assert torch.allclose(dz[labels != IGNORE], dz_explicit, atol=1e-8, rtol=0)
+    assert dz_explicit.abs().max() > 1e-4  # a non-trivial change
+
+
+def test_lora_run_trains_adapters_with_the_adapter_off_as_reference(tmp_path, capsys):
+    code, _, err = ldyn(capsys, *tiny_run_args(tmp_path / "run", *LORA, "decompose.every=2", "decompose.n=1"))
+    assert code == 0, err
+    run = RunDir(tmp_path / "run")
+    metrics = run.read("metrics.jsonl")
+    first_dpo = next(m for m in metrics if m["stage"] == "dpo")
+    assert first_dpo["loss"] == pytest.approx(0.693147, abs=1e-5)  # a fresh adapter: policy == reference
+    for stage in ("sft", "dpo"):
+        folder = run.path / "checkpoints" / stage
+        assert (folder / "adapter_model.safetensors").is_file() and not (folder / "model.safetensors").exists()
+    chain = json.loads((run.path / "checkpoints" / "dpo" / "ldyn_adapter_chain.json").read_text())
+    assert chain == {"base": "tiny", "seed": 0, "merged": ["../sft"]}
+    assert {r["stage"] for r in run.read("decomposition.jsonl")} >= {"sft", "dpo"}
+    # the checkpoint loads as the trained model: its log-probs are the last probe round's
+    model, tokenizer = load_model(ModelConfig(str(run.path / "checkpoints" / "dpo"), attn_implementation="eager"))
+    last = max(p["step"] for p in run.read("probes.jsonl"))
+    rows = {(p["example_id"], p["type"]): p["logp_sum"] for p in run.read("probes.jsonl") if p["step"] == last}
+    from ldyn.dynamics.probing import load_probe_items
+    from ldyn.logprobs import sequence_logps
+    from ldyn.runs import load_run
+
+    cfg = load_run(run.path).config
+    items, _ = load_probe_items(cfg.probe.path, cfg.probe.types, cfg.probe.n, cfg.seed, tokenizer, cfg.data)
+    item = next(it for it in items if it.type == "chosen")
+    with torch.no_grad():
+        logp = sequence_logps(model, collate([(item.prompt, item.response)], tokenizer.pad_token_id)).sum.item()
+    assert logp == pytest.approx(rows[(item.example_id, "chosen")], abs=1e-4)
+
+
+def test_lora_run_resumes_mid_stage_to_the_same_result(tmp_path, capsys, monkeypatch):
+    args = ["checkpoint_every=1", *LORA]
+    assert ldyn(capsys, *tiny_run_args(tmp_path / "full", *args))[0] == 0
+    from ldyn.train import experiment
+
+    class Killed(experiment.MetricsLogger):
+        def on_step_end(self, state):
+            super().on_step_end(state)
+            if state.step == 4:  # in the middle of the DPO stage
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "MetricsLogger", Killed)
+    assert ldyn(capsys, *tiny_run_args(tmp_path / "cut", *args))[0] == 130
+    monkeypatch.undo()
+    code, _, err = ldyn(capsys, "resume", str(tmp_path / "cut"))
+    assert code == 0, err
+    full, cut = RunDir(tmp_path / "full"), RunDir(tmp_path / "cut")
+    losses = lambda run: [(m["step"], round(m["loss"], 5)) for m in run.read("metrics.jsonl")]  # noqa: E731
+    assert losses(cut) == losses(full)
+    key = lambda run: sorted((p["step"], p["example_id"], p["type"], round(p["logp_sum"], 4))  # noqa: E731
+                             for p in run.read("probes.jsonl"))  # fmt: skip
+    assert key(cut) == key(full)
+
+
+def test_bad_lora_settings_are_one_line(tmp_path, capsys):
+    code, _, err = ldyn(capsys, *tiny_run_args(tmp_path / "run", "model.peft.r=4", "model.peft.dropout=0.1"))
+    assert code == 2 and "model.peft.dropout" in err and err.count("\n") == 1
+    code, _, err = ldyn(capsys, *tiny_run_args(tmp_path / "run", "model.peft.r=4", "model.peft.target_modules=qq"))
+    assert code == 2 and "model.peft.target_modules" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
