@@ -67,6 +67,32 @@ def test_a_few_real_steps_of_sft_then_dpo(tmp_path):
     assert sorted(chosen) == [0, 2, 4] and chosen[2] != chosen[0]
 
 
+def test_lora_sft_then_dpo_on_smollm2_in_its_chat_template(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "smollm2_sft_dpo", f"output_dir={out}", "stages.sft.steps=2", "stages.dpo.steps=2", "probe.n=2",
+            "probe.every=2", "data.n_train=8", "data.template=chat", "model.peft.r=8", "stages.*.optim.lr=1e-4",
+            "decompose.every=3", "decompose.n=1"]  # fmt: skip
+    assert cli.main(args) == 0
+    run = RunDir(out)
+    metrics = run.read("metrics.jsonl")
+    assert metrics[2]["loss"] == pytest.approx(0.6931, abs=1e-4)  # the reference is the SFT model, adapter off
+    assert (out / "checkpoints" / "dpo" / "adapter_model.safetensors").is_file()
+    decomposition = run.read("decomposition.jsonl")
+    assert decomposition and all(torch.isfinite(torch.tensor(r["predicted"])) for r in decomposition)
+    # the adapter checkpoint (SFT adapter merged, then the DPO one) is the trained model
+    model, tokenizer = load_model(ModelConfig(str(out / "checkpoints" / "dpo")))
+    probes = [p for p in run.read("probes.jsonl") if p["step"] == 4 and p["type"] == "chosen"]
+    from ldyn.dynamics.probing import load_probe_items
+    from ldyn.runs import load_run
+
+    cfg = load_run(out).config
+    items, _ = load_probe_items(cfg.probe.path, ["chosen"], 2, cfg.seed, tokenizer, cfg.data)
+    assert tokenizer.decode(items[0].prompt).endswith("<|im_start|>assistant\n")  # SmolLM2's chat format
+    again = {r["example_id"]: r["logp_sum"] for r in probe(model, items, tokenizer.pad_token_id, progress=False)}
+    for p in probes:
+        assert again[p["example_id"]] == pytest.approx(p["logp_sum"], abs=1e-3)
+
+
 def test_smollm2_samples_readable_answers_and_judges_them(smollm2, tmp_path):
     """On-policy samples from the real model are text in the chat format's language, and the local judge, shown
     the same pair in both orders, names the same response when one is plainly unhelpful."""
