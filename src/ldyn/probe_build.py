@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ldyn.data.embedded import shuffle_words
 from ldyn.data.preference import load_pairs
+from ldyn.data.templates import render_prompt
 from ldyn.errors import LdynError
 from ldyn.runs import append_rows, read_rows
 
@@ -114,8 +115,9 @@ def generate_field(name: str, rows: list[dict], template: str, chat, cache: Gene
     """Fill `name` in every row by `chat` (cached); returns the indices of the rows it failed on."""
     requests, keys = [], []
     for row in rows:
+        prompt = render_prompt(None, "hh", row["prompt"])  # a conversational prompt as its HH dialogue
         user = template.format(chosen=row["chosen"].strip(), rejected=row["rejected"].strip(),
-                               words=len(row["chosen"].split()), prompt=row["prompt"])  # fmt: skip
+                               words=len(row["chosen"].split()), prompt=prompt)  # fmt: skip
         keys.append(cache.key(name, chat.id, template, user, seed))
         requests.append((SYSTEM, user))
     todo = [i for i, k in enumerate(keys) if k not in cache.done]
