@@ -106,3 +106,20 @@ def test_bad_lora_settings_are_one_line(tmp_path, capsys):
     code, _, err = ldyn(capsys, *tiny_run_args(tmp_path / "run", "model.peft.r=4", "model.peft.target_modules=qq"))
     assert code == 2 and "model.peft.target_modules" in err and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_compare_puts_lora_and_full_runs_side_by_side(tmp_path, capsys):
+    assert ldyn(capsys, *tiny_run_args(tmp_path / "full"))[0] == 0
+    assert ldyn(capsys, *tiny_run_args(tmp_path / "lora", *LORA))[0] == 0
+    code, out, err = ldyn(capsys, "compare", str(tmp_path / "full"), str(tmp_path / "lora"),
+                          "--out", str(tmp_path / "cmp.png"))  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "cmp.png").stat().st_size > 10_000
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "cmp.csv")))
+    assert {(r["run"], r["panel"]) for r in rows} == {
+        (run, panel) for run in ("full", "lora") for panel in ("chosen", "rejected", "others", "argmax")
+    }
+    full = {(r["panel"], int(r["step"])): float(r["mean_change"]) for r in rows if r["run"] == "full"}
+    assert full[("chosen", 0)] == 0.0 and full[("chosen", 5)] != 0.0

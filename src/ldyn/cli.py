@@ -6,6 +6,7 @@
     ldyn decompose RECIPE [--stage NAME] [key=value ...]         one update, decomposed into A·K·G terms
     ldyn plot RUN_DIR [RUN_DIR ...]                              redraw a run's figures from its files
     ldyn influence RUN_DIR ... [--out FILE]                      accumulated-influence heatmap across runs
+    ldyn compare RUN_DIR ... [--out FILE]                        runs' probe curves side by side
     ldyn export RUN_DIR [--format parquet|csv]                   the probe records as one long table
     ldyn report RUN_DIR ... [--out FILE]                         HTML page: figures and the paper's claims checked
     ldyn winrate CKPT_A CKPT_B --prompts FILE [...]              sample from two checkpoints, judge, count
@@ -75,6 +76,9 @@ def _add_training(sub) -> None:
 def _add_reading(sub) -> None:
     plot = sub.add_parser("plot", help="redraw a run's figures from its files alone")
     plot.add_argument("run_dirs", nargs="+")
+    compare = sub.add_parser("compare", help="runs' probe curves side by side (chosen, rejected, others, argmax)")
+    compare.add_argument("run_dirs", nargs="+")
+    compare.add_argument("--out", default="compare.png", help="PNG to write (a CSV is written beside it)")
     influence = sub.add_parser("influence", help="heatmap of accumulated influence across decomposed runs")
     influence.add_argument("run_dirs", nargs="+")
     influence.add_argument("--out", default="influence.png", help="PNG to write (a CSV is written beside it)")
@@ -257,6 +261,12 @@ def _influence(args, overrides) -> list[str]:
     return [str(path) for path in influence_figure(args.run_dirs, args.out)]
 
 
+def _compare(args, overrides) -> list[str]:
+    from ldyn.plots import compare_figure
+
+    return [str(path) for path in compare_figure(args.run_dirs, args.out)]
+
+
 def _export(args, overrides) -> list[str]:
     from ldyn.export import export_run
 
@@ -346,6 +356,7 @@ COMMANDS = {
     "config": _config,
     "plot": _plot,
     "influence": _influence,
+    "compare": _compare,
     "export": _export,
     "report": _report,
     "run": _run,

@@ -51,7 +51,7 @@ class DataConfig:
     train: str = "embedded"  # training rows: "embedded", a JSONL, a HF dataset or its save_to_disk dir, in any of
     # TRL's formats (data/formats.py), or "probe": the probe set's file (the paper's train_using_prob)
     split: str = "train"  # split to read from a HF dataset
-    n_train: int = 0  # use the first N training pairs (0 = all)
+    n_train: int = 0  # use the first N training rows (0 = all)
     skip_empty: bool = False  # drop pairs with an empty prompt or response instead of failing on them
     max_length: int = 512  # prompt + response tokens; longer rows are truncated as in the paper's code
     max_prompt_length: int = 256  # prompt tokens kept when a row is too long

@@ -9,7 +9,8 @@
 - decomposition.png predicted (first-order A·K·G) against observed Δ log π per response type, and the SGD-kernel
                     split into positive- and negative-gradient contributions (runs with decomposition records)
 - decomposition_summary.csv  the numbers behind it, one row per response type
-`influence_figure(RUN_DIRS, OUT)` (the CLI's `ldyn influence`) draws the paper's appendix heatmap across runs.
+`influence_figure(RUN_DIRS, OUT)` (the CLI's `ldyn influence`) draws the paper's appendix heatmap across runs;
+`compare_figure(RUN_DIRS, OUT)` (`ldyn compare`) puts runs' probe curves side by side (e.g. LoRA against full).
 Dashed vertical lines mark where one training stage (e.g. SFT) ends and the next (e.g. DPO) begins.
 """
 
@@ -394,3 +395,59 @@ def influence_figure(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------- figures across runs (the report's)
+
+COMPARED = {"chosen": ("chosen",), "rejected": ("rejected",), "argmax": ("argmax",)}  # and "others": the rest
+
+
+def run_labels(runs: list[Run]) -> list[str]:
+    """The runs' labels, or their folder names when labels repeat (two runs of one recipe)."""
+    labels = [run.label for run in runs]
+    return labels if len(set(labels)) == len(labels) else [str(run.path.name) for run in runs]
+
+
+def compare_table(runs: list[Run]) -> list[dict]:
+    """Per run, panel and probed step: the mean change of log π since step 0 (panels: chosen, rejected, argmax,
+    and "others" = the mean over every other probed type, each type averaged over prompts first)."""
+    rows = []
+    for run, name in zip(runs, run_labels(runs)):
+        tables = probe_table(run)
+        named = {t for types in COMPARED.values() for t in types} | {"except_argmax"}
+        panels = dict(COMPARED) | {"others": tuple(t for t in tables if t not in named)}
+        for panel, types in panels.items():
+            present = [t for t in types if t in tables]
+            if not present:
+                continue
+            steps = tables[present[0]][0]
+            means = np.nanmean([np.nanmean(tables[t][2] - tables[t][2][0], axis=1) for t in present], axis=0)
+            rows += [{"run": name, "panel": panel, "step": int(s), "mean_change": float(m)}
+                     for s, m in zip(steps, means)]  # fmt: skip
+    return rows
+
+
+def compare_figure(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
+    """Runs side by side (`ldyn compare`): one panel each for chosen, rejected, the other probed types and the
+    argmax, one line per run, the mean change of log π(y | x_u) since step 0; the numbers in a CSV beside it."""
+    runs = [load_run(d) for d in run_dirs]
+    rows = compare_table(runs)
+    if not rows:
+        raise LdynError("none of these runs has probe records (run with probe.every > 0)")
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2), sharex=True)
+    titles = {"chosen": "y_u⁺ chosen", "rejected": "y_u⁻ rejected", "others": "every other probed type (mean)",
+              "argmax": "y* argmax (teacher-forced along chosen)"}  # fmt: skip
+    for ax, panel in zip(axes, ("chosen", "rejected", "others", "argmax")):
+        for i, name in enumerate(run_labels(runs)):
+            points = [(r["step"], r["mean_change"]) for r in rows if r["run"] == name and r["panel"] == panel]
+            if points:
+                ax.plot(*zip(*points), marker="o", ms=3, color=plt.get_cmap("tab10")(i), label=name)
+        ax.axhline(0, color="0.8", linewidth=0.8)
+        mark_stages(ax, stage_spans(runs[0]))
+        ax.set_title(titles[panel], fontsize=10)
+        ax.set_xlabel("update")
+    axes[0].set_ylabel("mean Δ log π since step 0 (nats)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    write_rows(rows, out.with_suffix(".csv"))
+    return [out, out.with_suffix(".csv")]

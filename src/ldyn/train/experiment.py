@@ -217,7 +217,7 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
 
 def _loaded(r: dict) -> str:
     return (
-        f"{r['train_pairs']} training pairs ({r['train_truncated']} truncated, {r['train_skipped_empty']} "
+        f"{r['train_pairs']} training rows ({r['train_truncated']} truncated, {r['train_skipped_empty']} "
         f"empty skipped), {r['probe_prompts']} probe prompts x {len(r['probe_types'])} types ({r['probe_truncated']} "
         f"truncated, {r['probe_empty_skipped']} empty responses left out)"
     )
