@@ -5,7 +5,11 @@ exactly as `decompose.every` does in a run: the update directions g⁺ and g⁻ 
 JVP per parameter step (the optimizer's real step and the SGD kernel's y⁺ and y⁻ parts), the observed change (a
 forward at θ_{t+1}) and the mass statistics. The probe batch is the first N probe prompts with the given response
 types: by default chosen and rejected of 4 prompts, 8 sequences, the size of the update batch itself.
-A breakdown times each part once more on its own.
+Three variants decompose every update side by side: forward-mode with g⁻ from a backward of its own (the method
+before round two), forward-mode with g⁻ taken from the training step's own gradient (the default), and central
+differences (`decompose.method=central`, g⁻ from the step too); the accuracy of the central differences is
+reported against the forward-mode predictions of the same updates. A breakdown times each part once more on its
+own.
 
     python benchmarks/decompose_speed.py --data ../shared/data/hh/probe_train.jsonl
 """
@@ -25,10 +29,27 @@ from ldyn.dynamics.probing import whole_prompt_batches
 from ldyn.logprobs import SharedRows, rows_logits
 from ldyn.losses import get_loss
 from ldyn.models import frozen_copy
-from ldyn.runs import DECOMPOSITION_TIMES, RunDir
+from ldyn.runs import DECOMPOSITION, DECOMPOSITION_TIMES, RunDir
 from ldyn.train.callbacks import DecompositionCallback
 from ldyn.train.experiment import stage_examples
 from ldyn.train.trainer import Trainer, batches
+
+
+class OwnBackward(DecompositionCallback):
+    """The decomposition as it was before: g⁻ from a backward of its own, not from the training step."""
+
+    def on_step_start(self, state) -> None:
+        shared, state.batch_gradient = state.batch_gradient, False
+        super().on_step_start(state)
+        state.batch_gradient = shared
+
+
+VARIANTS = {"own_backward": OwnBackward, "jvp": DecompositionCallback, "central": DecompositionCallback}
+LABELS = {
+    "own_backward": "decomposition: JVPs, g⁻ by its own backward",
+    "jvp": "decomposition: JVPs, g⁻ from the step's gradient",
+    "central": "decomposition: central differences, g⁻ from step",
+}
 
 
 def main() -> None:
@@ -60,8 +81,9 @@ def main() -> None:
     items = inputs.probes
     observed_tokens = sum(len(it.prompt) + len(it.response) for it in items)
     with tempfile.TemporaryDirectory() as tmp:
-        run = RunDir(tmp)
-        callback = DecompositionCallback(run, items, pad, every=1, batch_tokens=cfg.decompose.batch_tokens)
+        runs = {name: RunDir(f"{tmp}/{name}") for name in VARIANTS}
+        callbacks = [VARIANTS[name](runs[name], items, pad, 1, cfg.decompose.batch_tokens, True,
+                                    "central" if name == "central" else "jvp") for name in VARIANTS]  # fmt: skip
         trainer = Trainer(
             model,
             spec,
@@ -70,27 +92,33 @@ def main() -> None:
             accelerator=Accelerator(cpu=args.device == "cpu"),
             pad_id=pad,
             ref_model=frozen_copy(model),
-            callbacks=[callback],
+            callbacks=callbacks,
         )
         for e in examples:  # the reference log-probs are cached in a run's steady state
             trainer.reference_logps([e], torch.float32)
         data = batches(examples, stage.batch_size, seed=0)
         trainer.fit(data, args.updates)
-        rows = run.read(DECOMPOSITION_TIMES)[1:]
-    update = [r["update_seconds"] for r in rows]
-    decomposition = [r["seconds"] for r in rows]
+        times = {name: run.read(DECOMPOSITION_TIMES)[1:] for name, run in runs.items()}
+        records = {name: run.read(DECOMPOSITION) for name, run in runs.items()}
+    update = [r["update_seconds"] for r in times["jvp"]]
     print(
         f"{machine()}; model {args.random_init or args.model} on {args.device}, fp32; update: DPO, "
         f"{stage.batch_size} HH pairs; probe batch: {len(items)} sequences ({args.prompts} prompts × "
-        f"{args.types}), {observed_tokens} tokens; medians over {len(rows)} updates after warm-up"
+        f"{args.types}), {observed_tokens} tokens; medians over {len(update)} updates after warm-up"
     )
     print(f"{'what':<52}{'seconds median [range]':>26}{'× update':>10}")
     u = statistics.median(update)
     print(f"{'training update (forward, backward, AdamW)':<52}{median_range(update):>26}{1.0:>10.2f}")
-    print(
-        f"{'decomposition of the update (DecompositionCallback)':<52}{median_range(decomposition):>26}"
-        f"{statistics.median(decomposition) / u:>10.2f}"
-    )
+    ratios = {}
+    for name, label in LABELS.items():
+        seconds = [r["seconds"] for r in times[name]]
+        ratios[name] = statistics.median(seconds) / u
+        print(f"{label:<52}{median_range(seconds):>26}{ratios[name]:>10.2f}")
+    print("central differences against forward-mode, same updates (|Δ| / |forward-mode|, over every observed row):")
+    for column in ("predicted", "sgd_positive", "sgd_negative"):
+        rel = [abs(c[column] - j[column]) / max(abs(j[column]), 1e-12)
+               for c, j in zip(records["central"], records["jvp"])]  # fmt: skip
+        print(f"  {column:<14} median {statistics.median(rel):.2e}   max {max(rel):.2e}")
 
     # the parts, once each, on the state the run ended in
     device = args.device
@@ -118,15 +146,7 @@ def main() -> None:
     parts["decompose(): 3 JVPs + observed + statistics"] = t_all
     for name, seconds in parts.items():
         print(f"  {name:<50}{seconds:>26.3f}{seconds / u:>10.2f}")
-    print(
-        json.dumps(
-            {
-                "update_s": u,
-                "decomposition_s": statistics.median(decomposition),
-                "ratio": statistics.median(decomposition) / u,
-            }
-        )
-    )
+    print(json.dumps({"update_s": u} | {f"ratio_{name}": ratio for name, ratio in ratios.items()}))
 
 
 if __name__ == "__main__":

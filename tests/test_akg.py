@@ -8,6 +8,7 @@ import torch
 from ldyn.config import LossConfig
 from ldyn.data.tokenize import IGNORE, collate, collate_pairs
 from ldyn.dynamics.akg import (
+    central_difference,
     change_statistics,
     decompose,
     delta_log_prob,
@@ -90,6 +91,38 @@ def test_positive_and_negative_directions_sum_to_the_loss_gradient(small64):
         masked[rows] = grad[rows]
         for name, g in zip(names, torch.autograd.grad(logits, params, masked, retain_graph=True)):
             assert torch.allclose(part[name], g, atol=1e-12), name
+
+
+def test_negative_direction_from_the_steps_own_gradient(small64):
+    spec, cfg = get_loss("dpo"), LossConfig()
+    reference = reference_logps(small64, UPDATE)
+    both = update_directions(small64, spec, cfg, UPDATE, 0, reference)
+    one = update_directions(small64, spec, cfg, UPDATE, 0, reference, negative=False)
+    assert one.awaiting_negative and one.negative is None and one.g_norm_sq == pytest.approx(both.g_norm_sq)
+    small64.zero_grad()  # the training step's gradient: the joint batch's mean loss, one backward
+    logps = sequence_logps(small64, collate_pairs(UPDATE, 0, True))
+    policy = PairLogps(logps.sum[:2], logps.sum[2:], logps.n_tokens[:2], logps.n_tokens[2:])
+    spec.fn(policy, reference, cfg).losses.mean().backward()
+    one.from_gradient({n: p.grad for n, p in small64.named_parameters()})
+    for name, g in both.negative.items():
+        assert torch.allclose(one.negative[name], g, atol=1e-12), name
+
+
+def test_central_difference_equals_the_jvp_up_to_third_order(small64):
+    spec, cfg = get_loss("dpo"), LossConfig(beta=0.5)
+    dirs = update_directions(small64, spec, cfg, UPDATE, 0, reference_logps(small64, UPDATE))
+    theta, observed = parameters(small64), collate(OBSERVED, 0)
+    errors = []
+    for eta in (0.02, 0.01, 0.005):
+        tangent = {k: -eta * (dirs.positive[k] + dirs.negative[k]) for k in dirs.positive}
+        _, labels, exact = logit_jvp(small64, theta, tangent, observed)
+        with torch.no_grad():
+            central = central_difference(small64, theta, tangent, observed)
+        mask = labels != IGNORE
+        assert exact[mask].abs().max() > 1e-3
+        errors.append(float((central - exact)[mask].abs().max()))
+    # the error is O(‖v‖³): halving the step divides it by about 8
+    assert 6 < errors[0] / errors[1] < 10 and 6 < errors[1] / errors[2] < 10, errors
 
 
 def test_dpo_G_from_autograd_is_beta_one_minus_a_times_pi_minus_y(small64):
@@ -224,6 +257,34 @@ def test_decompose_command_records_predicted_against_observed(tmp_path):
     assert (run.figures / "decomposition.png").is_file() and (run.figures / "decomposition_summary.csv").is_file()
     times = run.read("decomposition_times.jsonl")
     assert times[0]["seconds"] > 0 and times[0]["update_seconds"] > 0
+
+
+def decompose_rows(out, *extra) -> list[dict]:
+    """One DPO update of the tiny model in float64, decomposed as `ldyn decompose` does."""
+    from ldyn import cli
+    from ldyn.runs import RunDir
+
+    args = ["decompose", "smollm2_sft_dpo", "--stage", "dpo", "model.name=tiny", f"output_dir={out}",
+            "data.n_train=2", "stages.dpo.batch_size=2", "decompose.n=2", "data.max_length=48",
+            "data.max_prompt_length=24", "model.dtype=float64", "stages.dpo.optim.name=sgd",
+            "stages.dpo.optim.lr=1e-4", *extra]  # fmt: skip
+    assert cli.main(args) == 0
+    return sorted(RunDir(out).read("decomposition.jsonl"), key=lambda r: (r["example_id"], r["type"]))
+
+
+def test_central_differences_and_the_steps_gradient_give_the_jvp_decomposition(tmp_path, monkeypatch):
+    reused = decompose_rows(tmp_path / "reused")  # g⁻ from the step's own gradient (one process, fp32 or wider)
+    central = decompose_rows(tmp_path / "central", "decompose.method=central")
+    import ldyn.train.callbacks as callbacks
+
+    own = callbacks.begin_update  # g⁻ from a backward of its own, as with several processes or autocast
+    monkeypatch.setattr(callbacks, "begin_update", lambda *a, negative_from_step, **k: own(*a, **k))
+    separate = decompose_rows(tmp_path / "separate")
+    for a, b, c in zip(reused, separate, central):
+        for column in ("predicted", "sgd_positive", "sgd_negative"):
+            assert a[column] == pytest.approx(b[column], rel=1e-9, abs=1e-12)
+            assert c[column] == pytest.approx(b[column], rel=1e-4, abs=1e-9)  # O(η³) apart
+        assert a["observed"] == b["observed"] == pytest.approx(c["observed"], rel=1e-9, abs=1e-12)
 
 
 def test_influence_heatmap_across_training_signals(tmp_path, probe_file):

@@ -78,6 +78,9 @@ class DecomposeConfig:
     batch_tokens: int = 1024  # padded tokens per forward-mode (JVP) batch; it holds about 3 forwards' memory
     predict: bool = True  # also the first-order A·K·G predictions (forward-mode JVPs: most of the cost); false keeps
     # the observed changes, LBK and SignDelta only
+    # how the predictions take the first-order change along a step v: jvp (forward-mode, exact) | central
+    # ((z(θ+v) − z(θ−v))/2 from plain forwards: cheaper, error O(‖v‖³))
+    method: Literal["jvp", "central"] = "jvp"
 
 
 @dataclass

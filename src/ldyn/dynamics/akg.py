@@ -14,6 +14,10 @@
 Two parameter steps are used: the paper's SGD kernel Δθ = −η g (η = the stage's learning rate), split into its
 y⁺ and y⁻ parts, and the optimizer's real step θ_{t+1} − θ_t (Adam, RMSprop or SGD, after clipping).
 
+Two ways to take the first-order change along a step v: forward-mode (`logit_jvp`, exact: J·v) or the central
+difference (z(θ+v) − z(θ−v))/2 (`central_difference`: two plain forwards, one when z(θ+v) is already known, as
+for the real step whose θ+v is θ_{t+1}; error O(‖v‖³), tested against the JVP in float64).
+
 Any trainer uses it in two calls around one optimizer step: `begin_update` before it (θ_t, and g⁺/g⁻ when the
 update batch and its loss are known), `decompose_update` after it (one row per observed response, with its final
 column names). Without the update batch only the real step is predicted.
@@ -62,15 +66,25 @@ class UpdateDirections:
     positive: dict[str, torch.Tensor]  # g⁺ = J⁺ᵀ G⁺: the loss gradient flowing through the y⁺ (or SFT) rows
     negative: dict[str, torch.Tensor] | None  # g⁻ = J⁻ᵀ G⁻: through the y⁻ rows (None for one-sided losses)
     g_norm_sq: float  # ‖G‖_F² over every update position (the LBK normaliser)
+    awaiting_negative: bool = False  # g⁻ will come from the training step's own gradient (`from_gradient`)
+
+    def from_gradient(self, gradient: dict[str, torch.Tensor | None]) -> None:
+        """g⁻ = ∇_θ L − g⁺, with ∇_θ L the training step's own gradient of the same batch and loss: the backward
+        the step already ran, instead of a second one here."""
+        self.negative = {k: (-g if gradient[k] is None else gradient[k] - g) for k, g in self.positive.items()}
+        self.awaiting_negative = False
 
 
 def update_directions(
-    model, spec: LossSpec, cfg: LossConfig, examples, pad_id: int, reference: PairLogps | None
-) -> UpdateDirections:
+    model, spec: LossSpec, cfg: LossConfig, examples, pad_id: int, reference: PairLogps | None,
+    negative: bool = True,
+) -> UpdateDirections:  # fmt: skip
     """∇_θ L = g⁺ + g⁻, each part from one backward pass of its rows' G through the model.
 
     The y⁺ rows and the y⁻ rows run as two forward passes, so each backward traverses its own rows only: half
-    the work of backpropagating a masked G through the joint batch (the slow twin in the tests).
+    the work of backpropagating a masked G through the joint batch (the slow twin in the tests). With `negative`
+    false only g⁺ is back-propagated (both sides still run forward: G⁺ depends on them); g⁻ is then expected from
+    the training step's gradient (`UpdateDirections.from_gradient`).
     """
     names, params = zip(*((n, p) for n, p in model.named_parameters() if p.requires_grad))
     device = params[0].device
@@ -82,11 +96,12 @@ def update_directions(
             model, spec, cfg, [collate(s, pad_id).to(device) for s in sides], len(examples), reference
         )
         parts = []
-        for logits, _, grad in outs:
+        for logits, _, grad in outs[: None if negative else 1]:
             vjp = torch.autograd.grad(logits, params, grad_outputs=grad, retain_graph=True, allow_unused=True)
             parts.append({k: (torch.zeros_like(p) if v is None else v) for k, p, v in zip(names, params, vjp)})
     g_norm_sq = sum(float((grad.double() ** 2).sum()) for _, _, grad in outs)
-    return UpdateDirections(parts[0], parts[1] if len(parts) > 1 else None, g_norm_sq)
+    awaiting = len(outs) > 1 and not negative
+    return UpdateDirections(parts[0], parts[1] if len(parts) > 1 else None, g_norm_sq, awaiting)
 
 
 def logit_jvp(
@@ -103,6 +118,17 @@ def logit_jvp(
             lambda p: rows_logits(model, rows, pad_id, p), (theta,), (tangent,), has_aux=True
         )
     return logits, labels, dlogits
+
+
+def central_difference(
+    model, theta: dict, tangent: dict, rows: Batch | SharedRows, pad_id: int = 0, plus: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(z(θ+v) − z(θ−v)) / 2: the observed rows' first-order logit change along v from plain forwards, equal to
+    J_o·v up to O(‖v‖³) (`logit_jvp` is its exact twin). `plus` is z(θ+v) when already known."""
+    if plus is None:
+        plus = rows_logits(model, rows, pad_id, {k: theta[k] + v for k, v in tangent.items()})[0]
+    minus = rows_logits(model, rows, pad_id, {k: theta[k] - v for k, v in tangent.items()})[0]
+    return (plus - minus) / 2
 
 
 def log_prob_change(logits: torch.Tensor, dlogits: torch.Tensor) -> torch.Tensor:
@@ -173,25 +199,29 @@ def change_statistics(
 
 @torch.no_grad()
 def decompose(
-    model, theta: dict, theta_after: dict, tangents: dict[str, dict], rows: Batch | SharedRows, pad_id: int = 0
-) -> dict:
+    model, theta: dict, theta_after: dict, tangents: dict[str, dict], rows: Batch | SharedRows, pad_id: int = 0,
+    method: str = "jvp",
+) -> dict:  # fmt: skip
     """Predicted against observed, per sequence of an observed batch, for one update θ → θ_after.
 
     tangents: name -> parameter step; each gives "predicted/<name>" = first-order Δ log π(y|x_o) (none: only the
-    observed quantities, without any forward-mode pass). The tangent
+    observed quantities), by forward-mode (`method="jvp"`) or by central differences (`"central"`). The tangent
     named "step" (the real θ_after − θ) also gives the predicted mass split. "observed" is the exact change
     log π_{θ_after}(y|x_o) − log π_θ(y|x_o), with "observed/<statistic>" from `change_statistics`.
     """
     out = {}
-    if not tangents:  # observed only: the logits before the step, without forward-mode
+    after, labels = rows_logits(model, rows, pad_id, theta_after)
+    if not tangents or method == "central":  # the logits before the step from a plain forward
         logits, labels = rows_logits(model, rows, pad_id, theta)
     for name, tangent in tangents.items():
-        logits, labels, dlogits = logit_jvp(model, theta, tangent, rows, pad_id)
+        if method == "central":  # the real step's θ + v is θ_after: its forward is the observed one
+            dlogits = central_difference(model, theta, tangent, rows, pad_id, after if name == "step" else None)
+        else:
+            logits, labels, dlogits = logit_jvp(model, theta, tangent, rows, pad_id)
         out[f"predicted/{name}"] = delta_log_prob(logits, labels, dlogits)
         if name == "step":
             first_order = change_statistics(logits, labels, dlogits=dlogits)
             out |= {f"predicted/{k}": v for k, v in first_order.items() if k.startswith("mass")}
-    after, labels = rows_logits(model, rows, pad_id, theta_after)
     out["observed"] = logps_from_logits(after, labels).sum - logps_from_logits(logits, labels).sum
     stats = change_statistics(logits, labels, after=after)
     out |= {f"observed/{k}": v for k, v in stats.items()}
@@ -220,14 +250,17 @@ def begin_update(
     examples=(),
     pad_id: int = 0,
     reference: PairLogps | None = None,
+    negative_from_step: bool = False,
 ) -> UpdateStart:
     """Before the optimizer step: θ_t, and the loss directions of the update's `examples` (`TrainExample`s: prompt,
     chosen, rejected token ids) under `loss` when they are given. `reference` holds the reference log-probs of the
-    examples for losses that need one."""
+    examples for losses that need one. `negative_from_step`: the caller hands the step's own gradient of the same
+    batch and loss to `start.directions.from_gradient` before `decompose_update`, which saves one backward."""
     directions = None
     if loss is not None and examples:
         with measurement_mode(model):
-            directions = update_directions(model, loss, loss_cfg or LossConfig(), list(examples), pad_id, reference)
+            directions = update_directions(model, loss, loss_cfg or LossConfig(), list(examples), pad_id, reference,
+                                           negative=not negative_from_step)  # fmt: skip
     return UpdateStart({k: v.clone() for k, v in parameters(model).items()}, lr, directions)
 
 
@@ -237,18 +270,28 @@ COLUMNS = {"predicted/step": "predicted", "predicted/sgd_positive": "sgd_positiv
 
 
 def decompose_update(
-    model, start: UpdateStart, items: list[ProbeItem], pad_id: int, *, batch_tokens: int = 1024, predict: bool = True
+    model,
+    start: UpdateStart,
+    items: list[ProbeItem],
+    pad_id: int,
+    *,
+    batch_tokens: int = 1024,
+    predict: bool = True,
+    method: str = "jvp",
 ) -> list[dict]:
     """After the optimizer step: one row per observed (prompt, response type) with the observed change and, when
     `predict`, the first-order predictions along the real step ("predicted") and the SGD kernel's y⁺ and y⁻ parts
-    ("sgd_positive", "sgd_negative"), the mass split, LBK ("observed/lbk") and SignDelta ("observed/sign_delta")."""
+    ("sgd_positive", "sgd_negative"), the mass split, LBK ("observed/lbk") and SignDelta ("observed/sign_delta").
+    `method`: "jvp" (forward-mode) or "central" (central differences, `central_difference`)."""
+    if start.directions is not None and start.directions.awaiting_negative:
+        raise ValueError("g⁻ was left to the training step's gradient: call start.directions.from_gradient first")
     after = parameters(model)
     tangents = _tangents(start, after) if predict else {}
     shared = shares_prompts(next(model.parameters()).device)
     rows = []
     for group in (whole_prompt_batches if shared else length_batches)(items, batch_tokens):
         with measurement_mode(model):
-            out = _decompose_group(model, start, after, tangents, group, pad_id, shared)
+            out = _decompose_group(model, start, after, tangents, group, pad_id, shared, method)
         out = {COLUMNS.get(k, k): v.tolist() for k, v in out.items()}
         for i, item in enumerate(group):
             row = {"example_id": item.example_id, "type": item.type, "lr": start.lr}
@@ -274,8 +317,8 @@ def _tangents(start: UpdateStart, after: dict) -> dict[str, dict]:
 
 
 def _decompose_group(model, start: UpdateStart, after: dict, tangents: dict, group: list[ProbeItem], pad_id: int,
-                     shared: bool) -> dict:  # fmt: skip
+                     shared: bool, method: str) -> dict:  # fmt: skip
     pairs = [(it.example_id, it.prompt, it.response) for it in group]
     device = next(model.parameters()).device
     observed = SharedRows.of(pairs) if shared else collate([p[1:] for p in pairs], pad_id).to(device)
-    return decompose(model, start.theta, after, tangents, observed, pad_id)
+    return decompose(model, start.theta, after, tangents, observed, pad_id, method)

@@ -65,7 +65,8 @@ class LearningDynamicsCallback(TrainerCallback):
     `max_prompt_length`, `truncation_mode` tokenise the probes as `ldyn run` does; `template` renders them
     (`data/templates.py`: "auto" applies the tokenizer's chat template to conversational probe sets, as TRL does to
     conversational training data; "chat" to text ones too). `observe_every`: record the
-    observed and predicted change of every k-th update on the first `observe_n` prompts (0 = never).
+    observed and predicted change of every k-th update on the first `observe_n` prompts (0 = never), the
+    predictions by forward-mode (`observe_method="jvp"`) or central differences ("central").
     """
 
     def __init__(
@@ -84,11 +85,14 @@ class LearningDynamicsCallback(TrainerCallback):
         observe_every: int = 0,
         observe_n: int = 2,
         predict: bool = True,
+        observe_method: str = "jvp",
         seed: int = 0,
         figures: bool = True,
     ):
         if every < 0 or observe_every < 0 or n < 0:
             raise LdynError("every, observe_every and n must be >= 0")
+        if observe_method not in ("jvp", "central"):
+            raise LdynError(f"observe_method must be jvp or central, got {observe_method!r}")
         self.source, self.every, self.n, self.types, self.output_dir = probes, every, n, list(types), output_dir
         self.batch_tokens, self.seed, self.figures = batch_tokens, seed, figures
         self.data = DataConfig(
@@ -99,7 +103,7 @@ class LearningDynamicsCallback(TrainerCallback):
             template=template,
         )
         check_template(template)
-        self.decompose = DecomposeConfig(every=observe_every, n=observe_n, predict=predict)
+        self.decompose = DecomposeConfig(every=observe_every, n=observe_n, predict=predict, method=observe_method)
         self.run: RunDir | None = None
         self.items: list[ProbeItem] = []
         self.done: set[int] = set()
@@ -146,6 +150,7 @@ class LearningDynamicsCallback(TrainerCallback):
             self.pad_id,
             batch_tokens=self.decompose.batch_tokens,
             predict=self.decompose.predict,
+            method=self.decompose.method,
         )
         self.pending = None
         self.run.append(DECOMPOSITION, [{"step": step, "stage": self.stage, **row} for row in rows])

@@ -84,11 +84,10 @@ class DecompositionCallback:
     process.
     """
 
-    def __init__(
-        self, run: RunDir, items: list[ProbeItem], pad_id: int, every: int, batch_tokens: int, predict: bool = True
-    ):
+    def __init__(self, run: RunDir, items: list[ProbeItem], pad_id: int, every: int, batch_tokens: int,
+                 predict: bool = True, method: str = "jvp"):  # fmt: skip
         self.run, self.items, self.pad_id, self.every, self.batch_tokens = run, items, pad_id, every, batch_tokens
-        self.predict, self.pending, self.seconds = predict, None, 0.0
+        self.predict, self.method, self.pending, self.seconds = predict, method, None, 0.0
 
     def on_step_start(self, state: StepState) -> None:
         if not self.every or state.step % self.every or not state.accelerator.is_main_process:
@@ -101,8 +100,20 @@ class DecompositionCallback:
             reference = state.reference_logps(
                 examples, torch.promote_types(next(model.parameters()).dtype, torch.float32)
             )
-        self.pending = begin_update(model, state.lr, state.loss, state.loss_cfg, examples, self.pad_id, reference)
+        # g⁻ from the step's own gradient when that is exactly the batch's mean-loss gradient (`on_gradients`)
+        reuse = self.predict and state.batch_gradient and len(state.batch) == 1
+        self.pending = begin_update(model, state.lr, state.loss, state.loss_cfg, examples, self.pad_id, reference,
+                                    negative_from_step=reuse)  # fmt: skip
         self.seconds = time.perf_counter() - started
+
+    def on_gradients(self, state: StepState) -> None:
+        pending = self.pending
+        if pending is None or pending.directions is None or not pending.directions.awaiting_negative:
+            return
+        started = time.perf_counter()
+        model = state.accelerator.unwrap_model(state.model)
+        pending.directions.from_gradient({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+        self.seconds += time.perf_counter() - started
 
     def on_step_end(self, state: StepState) -> None:
         if self.pending is None:
@@ -110,7 +121,7 @@ class DecompositionCallback:
         started = time.perf_counter()
         model = state.accelerator.unwrap_model(state.model)
         rows = decompose_update(model, self.pending, self.items, self.pad_id, batch_tokens=self.batch_tokens,
-                                predict=self.predict)  # fmt: skip
+                                predict=self.predict, method=self.method)  # fmt: skip
         self.pending = None
         self.run.append(DECOMPOSITION, [{"step": state.step, "stage": state.stage, **row} for row in rows])
         seconds = self.seconds + time.perf_counter() - started

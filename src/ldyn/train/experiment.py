@@ -236,7 +236,7 @@ def _callbacks(cfg: RunConfig, out: RunDir, tokenizer, inputs: Inputs, trackers:
     if cfg.decompose.every:
         d = cfg.decompose
         items = first_prompts(inputs.probes, d.n)
-        callbacks.append(DecompositionCallback(out, items, pad, d.every, d.batch_tokens, d.predict))
+        callbacks.append(DecompositionCallback(out, items, pad, d.every, d.batch_tokens, d.predict, d.method))
     return callbacks
 
 

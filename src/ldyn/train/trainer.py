@@ -65,6 +65,9 @@ class StepState:
     lr: float = 0.0  # the learning rate of the update about to be taken (on_step_start) or just taken
     batch: list[list[TrainExample]] = field(default_factory=list)  # micro-batches of the current update
     metrics: dict[str, float] = field(default_factory=dict)  # of the last update
+    # at on_gradients: the parameters' .grad is exactly the gradient of the batch's mean loss (one process, no
+    # autocast), so an instrument may use it in place of a backward of its own
+    batch_gradient: bool = False
 
 
 def batches(
@@ -116,6 +119,7 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = accelerator.prepare_optimizer(OPTIMIZERS[optim_cfg.name](params, optim_cfg))
         self.reference_cache: dict[str, tuple[float, float]] = {}  # example id -> (log π_ref(y⁺), log π_ref(y⁻))
+        self.hook_seconds = 0.0  # callbacks' time inside the last update (on_gradients), not counted as its own
 
     def fit(
         self,
@@ -130,6 +134,7 @@ class Trainer:
         """Run updates `start..steps-1` of this stage; `step` is the global update count before the first."""
         state = StepState(step, stage, stage_index, start, steps, self.model, self.ref_model, self.optimizer,
                           self.accelerator, self.loss, self.loss_cfg, self.reference_logps)  # fmt: skip
+        state.batch_gradient = self.accelerator.num_processes == 1 and self.autocast_dtype is None
         self._emit("on_train_start", state)
         bar = tqdm(
             range(start, steps),
@@ -146,10 +151,10 @@ class Trainer:
             self._emit("on_step_start", state)
             started = time.perf_counter()
             try:
-                state.metrics = self.update(state.batch, state.stage_step)
+                state.metrics = self.update(state.batch, state.stage_step, state)
             except Diverged as e:
                 raise Diverged(f"stage {stage}, step {state.step + 1}: {e.message}") from None
-            seconds = time.perf_counter() - started
+            seconds = time.perf_counter() - started - self.hook_seconds
             n_examples = sum(len(b) for b in state.batch) * self.accelerator.num_processes
             state.metrics |= {"time/update_s": seconds, "examples_per_s": n_examples / seconds}
             state.step += 1
@@ -164,8 +169,9 @@ class Trainer:
         """Linear warmup min(1, (t+1)/(warmup+1)) as in the paper's code, then constant."""
         return self.optim_cfg.lr * min(1.0, (t + 1) / (self.optim_cfg.warmup_steps + 1))
 
-    def update(self, micro_batches: list[list[TrainExample]], t: int) -> dict[str, float]:
-        """Update number `t` of the stage over the micro-batches; returns the averaged metrics."""
+    def update(self, micro_batches: list[list[TrainExample]], t: int, state: StepState | None = None) -> dict:
+        """Update number `t` of the stage over the micro-batches; returns the averaged metrics. With `state`,
+        callbacks see the gradient before it is clipped and applied (`on_gradients`)."""
         totals: dict[str, float] = {"lr": self.lr_at(t)}
         for group in self.optimizer.param_groups:
             group["lr"] = totals["lr"]
@@ -176,6 +182,10 @@ class Trainer:
                 self.accelerator.backward(loss / len(micro_batches))
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v / len(micro_batches)
+        if state is not None:  # the instruments' time there is not the update's
+            hooks = time.perf_counter()
+            self._emit("on_gradients", state)
+            self.hook_seconds = time.perf_counter() - hooks
         max_norm = self.optim_cfg.max_grad_norm if self.optim_cfg.max_grad_norm > 0 else float("inf")
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
         totals = self.mean_over_processes(totals)  # the same on every process, so all stop or none
