@@ -16,7 +16,8 @@ y⁺ and y⁻ parts, and the optimizer's real step θ_{t+1} − θ_t (Adam, RMSp
 
 Two ways to take the first-order change along a step v: forward-mode (`logit_jvp`, exact: J·v) or the central
 difference (z(θ+v) − z(θ−v))/2 (`central_difference`: two plain forwards, one when z(θ+v) is already known, as
-for the real step whose θ+v is θ_{t+1}; error O(‖v‖³), tested against the JVP in float64).
+for the real step whose θ+v is θ_{t+1}; error O(‖v‖³), tested against the JVP in float64). The SGD kernel's
+steps are evaluated at the real step's length and scaled back, so that float rounding does not swamp them.
 
 Any trainer uses it in two calls around one optimizer step: `begin_update` before it (θ_t, and g⁺/g⁻ when the
 update batch and its loss are known), `decompose_update` after it (one row per observed response, with its final
@@ -25,6 +26,7 @@ column names). Without the update batch only the real step is predicted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +34,17 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ldyn.data.tokenize import IGNORE, Batch, collate
 from ldyn.dynamics.probing import ProbeItem, length_batches, whole_prompt_batches
-from ldyn.logprobs import STAT_CHUNK, SharedRows, logps_from_logits, response_logits, rows_logits, shares_prompts
+from ldyn.logprobs import (
+    STAT_CHUNK,
+    SharedRows,
+    encode_prompts,
+    length_groups,
+    logps_from_logits,
+    response_logits,
+    rows_logits,
+    shared_prompt_logits,
+    shares_prompts,
+)
 from ldyn.losses import LossConfig, LossSpec, PairLogps
 from ldyn.models import measurement_mode
 
@@ -88,20 +100,51 @@ def update_directions(
     """
     names, params = zip(*((n, p) for n, p in model.named_parameters() if p.requires_grad))
     device = params[0].device
-    sides = [[(e.prompt, e.chosen) for e in examples]]
-    if spec.needs_rejected:
-        sides.append([(e.prompt, e.rejected) for e in examples])
     with torch.enable_grad():
-        outs = loss_logit_gradient(
-            model, spec, cfg, [collate(s, pad_id).to(device) for s in sides], len(examples), reference
-        )
+        if spec.needs_rejected and shares_prompts(device):  # as the training step runs pairs
+            sides = _shared_sides_gradient(model, spec, cfg, examples, pad_id, reference)
+        else:
+            rows = [[(e.prompt, e.chosen) for e in examples]]
+            if spec.needs_rejected:
+                rows.append([(e.prompt, e.rejected) for e in examples])
+            batches = [collate(s, pad_id).to(device) for s in rows]
+            sides = [[out] for out in loss_logit_gradient(model, spec, cfg, batches, len(examples), reference)]
         parts = []
-        for logits, _, grad in outs[: None if negative else 1]:
-            vjp = torch.autograd.grad(logits, params, grad_outputs=grad, retain_graph=True, allow_unused=True)
+        for side in sides[: None if negative else 1]:  # one backward per side, through its own rows only
+            vjp = torch.autograd.grad([logits for logits, _, _ in side], params,
+                                      grad_outputs=[grad for _, _, grad in side], retain_graph=True,
+                                      allow_unused=True)  # fmt: skip
             parts.append({k: (torch.zeros_like(p) if v is None else v) for k, p, v in zip(names, params, vjp)})
-    g_norm_sq = sum(float((grad.double() ** 2).sum()) for _, _, grad in outs)
-    awaiting = len(outs) > 1 and not negative
+    g_norm_sq = sum(float((grad.double() ** 2).sum()) for side in sides for _, _, grad in side)
+    awaiting = len(sides) > 1 and not negative
     return UpdateDirections(parts[0], parts[1] if len(parts) > 1 else None, g_norm_sq, awaiting)
+
+
+def _shared_sides_gradient(model, spec: LossSpec, cfg: LossConfig, examples, pad_id: int,
+                           reference: PairLogps | None) -> list[list[tuple]]:  # fmt: skip
+    """G of a pair batch run as the training step runs it on a CPU: each prompt once, each side's responses in
+    length groups against the prompts' cache. Returns per side (y⁺, y⁻) its groups' (logits, labels, G); a
+    side's backward then traverses its own groups and the prompts. The plain per-side batches of
+    `loss_logit_gradient` are its slow twin (tested in float64)."""
+    encoded = encode_prompts(model, [e.prompt for e in examples], pad_id)
+    sides, sums, counts = [], [], []
+    for responses in ([e.chosen for e in examples], [e.rejected for e in examples]):
+        groups, total, n_tokens = [], [None] * len(responses), [None] * len(responses)
+        for group in length_groups([len(r) for r in responses]):
+            logits, labels = shared_prompt_logits(model, encoded, [(i, responses[i]) for i in group], pad_id)
+            logps = logps_from_logits(logits, labels)
+            for j, i in enumerate(group):
+                total[i], n_tokens[i] = logps.sum[j], logps.n_tokens[j]
+            groups.append((logits, labels))
+        sides.append(groups)
+        sums += total
+        counts += n_tokens
+    policy = PairLogps.from_rows(torch.stack(sums), torch.stack(counts), len(examples))
+    loss = spec.fn(policy, reference, cfg).losses.mean()
+    flat = [g for side in sides for g in side]
+    grads = torch.autograd.grad(loss, [logits for logits, _ in flat], retain_graph=True)
+    it = iter(grads)
+    return [[(logits, labels, next(it)) for logits, labels in side] for side in sides]
 
 
 def logit_jvp(
@@ -121,14 +164,20 @@ def logit_jvp(
 
 
 def central_difference(
-    model, theta: dict, tangent: dict, rows: Batch | SharedRows, pad_id: int = 0, plus: torch.Tensor | None = None
-) -> torch.Tensor:
-    """(z(θ+v) − z(θ−v)) / 2: the observed rows' first-order logit change along v from plain forwards, equal to
-    J_o·v up to O(‖v‖³) (`logit_jvp` is its exact twin). `plus` is z(θ+v) when already known."""
+    model, theta: dict, tangent: dict, rows: Batch | SharedRows, pad_id: int = 0, plus: torch.Tensor | None = None,
+    scale: float = 1.0,
+) -> torch.Tensor:  # fmt: skip
+    """(z(θ+sv) − z(θ−sv)) / 2s: the observed rows' first-order logit change along v from plain forwards, equal to
+    J_o·v up to O(s²‖v‖³) (`logit_jvp` is its exact twin). `plus` is z(θ+v) when already known (s = 1). A larger
+    `scale` s lifts a short step out of float rounding (J_o·v is linear in v; the error is relative to (s‖v‖)²)."""
     if plus is None:
-        plus = rows_logits(model, rows, pad_id, {k: theta[k] + v for k, v in tangent.items()})[0]
-    minus = rows_logits(model, rows, pad_id, {k: theta[k] - v for k, v in tangent.items()})[0]
-    return (plus - minus) / 2
+        plus = rows_logits(model, rows, pad_id, {k: theta[k] + scale * v for k, v in tangent.items()})[0]
+    minus = rows_logits(model, rows, pad_id, {k: theta[k] - scale * v for k, v in tangent.items()})[0]
+    return (plus - minus) / (2 * scale)
+
+
+def _norm(tangent: dict) -> float:
+    return math.sqrt(sum(float((v.double() ** 2).sum()) for v in tangent.values()))
 
 
 def log_prob_change(logits: torch.Tensor, dlogits: torch.Tensor) -> torch.Tensor:
@@ -213,9 +262,14 @@ def decompose(
     after, labels = rows_logits(model, rows, pad_id, theta_after)
     if not tangents or method == "central":  # the logits before the step from a plain forward
         logits, labels = rows_logits(model, rows, pad_id, theta)
+    step = _norm(tangents["step"]) if method == "central" and "step" in tangents else 0.0
     for name, tangent in tangents.items():
-        if method == "central":  # the real step's θ + v is θ_after: its forward is the observed one
-            dlogits = central_difference(model, theta, tangent, rows, pad_id, after if name == "step" else None)
+        if method == "central" and name == "step":  # θ + step is θ_after: its forward is the observed one
+            dlogits = central_difference(model, theta, tangent, rows, pad_id, plus=after)
+        elif method == "central":  # the SGD kernel's −ηg is far shorter than a real (Adam) step: evaluate it there
+            length = _norm(tangent)
+            scale = step / length if step > 0 and length > 0 else 1.0
+            dlogits = central_difference(model, theta, tangent, rows, pad_id, scale=scale)
         else:
             logits, labels, dlogits = logit_jvp(model, theta, tangent, rows, pad_id)
         out[f"predicted/{name}"] = delta_log_prob(logits, labels, dlogits)
