@@ -66,8 +66,8 @@ def test_plot_redraws_from_the_files_alone(tmp_path, capsys):
     assert (tmp_path / "run" / "figures" / "probe_groups.png").is_file()
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatch):
-    args = ["checkpoint_every=1", "mixed_precision=no"]
+def cut_and_resume_equals_uninterrupted(tmp_path, capsys, monkeypatch, args) -> None:
+    """A run interrupted after update 4 (mid-DPO), then resumed, records what the uninterrupted run records."""
     assert ldyn(capsys, *tiny_run_args(tmp_path / "full", *args))[0] == 0
     from ldyn.train import experiment
 
@@ -92,6 +92,10 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatc
         for p in run.read("probes.jsonl")
     )
     assert key(cut) == key(full)
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatch):
+    cut_and_resume_equals_uninterrupted(tmp_path, capsys, monkeypatch, ["checkpoint_every=1", "mixed_precision=no"])
 
 
 def digest(path):

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from test_akg import OBSERVED, UPDATE, reference_logps
-from test_cli import ldyn, tiny_run_args
+from test_cli import cut_and_resume_equals_uninterrupted, ldyn, tiny_run_args
 
 from ldyn.config import LossConfig, ModelConfig
 from ldyn.data.tokenize import IGNORE, collate, collate_pairs
@@ -77,27 +77,7 @@ def test_lora_run_trains_adapters_with_the_adapter_off_as_reference(tmp_path, ca
 
 
 def test_lora_run_resumes_mid_stage_to_the_same_result(tmp_path, capsys, monkeypatch):
-    args = ["checkpoint_every=1", *LORA]
-    assert ldyn(capsys, *tiny_run_args(tmp_path / "full", *args))[0] == 0
-    from ldyn.train import experiment
-
-    class Killed(experiment.MetricsLogger):
-        def on_step_end(self, state):
-            super().on_step_end(state)
-            if state.step == 4:  # in the middle of the DPO stage
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(experiment, "MetricsLogger", Killed)
-    assert ldyn(capsys, *tiny_run_args(tmp_path / "cut", *args))[0] == 130
-    monkeypatch.undo()
-    code, _, err = ldyn(capsys, "resume", str(tmp_path / "cut"))
-    assert code == 0, err
-    full, cut = RunDir(tmp_path / "full"), RunDir(tmp_path / "cut")
-    losses = lambda run: [(m["step"], round(m["loss"], 5)) for m in run.read("metrics.jsonl")]  # noqa: E731
-    assert losses(cut) == losses(full)
-    key = lambda run: sorted((p["step"], p["example_id"], p["type"], round(p["logp_sum"], 4))  # noqa: E731
-                             for p in run.read("probes.jsonl"))  # fmt: skip
-    assert key(cut) == key(full)
+    cut_and_resume_equals_uninterrupted(tmp_path, capsys, monkeypatch, ["checkpoint_every=1", *LORA])
 
 
 def test_bad_lora_settings_are_one_line(tmp_path, capsys):
