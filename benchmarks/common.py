@@ -82,6 +82,13 @@ def median_range(seconds: list[float]) -> str:
     return f"{statistics.median(seconds):.3f} [{min(seconds):.3f}-{max(seconds):.3f}]"
 
 
+def result(**figures) -> None:
+    """The benchmark's headline figures as one machine-readable line (`run_all.py` collects them)."""
+    import json
+
+    print("RESULT " + json.dumps(figures), flush=True)
+
+
 def machine() -> str:
     import platform
 

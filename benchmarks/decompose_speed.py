@@ -17,12 +17,11 @@ own.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 
 import torch
-from common import add_common_arguments, machine, median_range, setup, timed
+from common import add_common_arguments, machine, median_range, result, setup, timed
 
 from ldyn.dynamics.akg import decompose, logit_jvp, parameters, update_directions
 from ldyn.dynamics.probing import whole_prompt_batches
@@ -146,7 +145,7 @@ def main() -> None:
     parts["decompose(): 3 JVPs + observed + statistics"] = t_all
     for name, seconds in parts.items():
         print(f"  {name:<50}{seconds:>26.3f}{seconds / u:>10.2f}")
-    print(json.dumps({"update_s": u} | {f"ratio_{name}": ratio for name, ratio in ratios.items()}))
+    result(update_s=u, **{f"ratio_{name}": ratio for name, ratio in ratios.items()})
 
 
 if __name__ == "__main__":

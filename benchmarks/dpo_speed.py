@@ -19,7 +19,7 @@ import copy
 import tempfile
 
 import torch
-from common import add_common_arguments, machine, median_range, setup, sync, timed
+from common import add_common_arguments, machine, median_range, result, setup, sync, timed
 
 from ldyn.losses import get_loss
 from ldyn.models import frozen_copy
@@ -168,6 +168,8 @@ def main() -> None:
         f"speed-up, reference in the step: {med[keys[2]] / med[keys[0]]:.2f}x; "
         f"reference precomputed/cached: {med[keys[3]] / med[keys[1]]:.2f}x"
     )
+    result(speedup_in_step=med[keys[2]] / med[keys[0]], speedup_cached=med[keys[3]] / med[keys[1]],
+           ldyn_s=med[keys[0]], trl_s=med[keys[2]])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import add_common_arguments, machine, setup, timed
+from common import add_common_arguments, machine, result, setup, timed
 
 from ldyn.dynamics.probing import probe, records_for
 from ldyn.logprobs import shares_prompts, token_statistics
@@ -66,6 +66,9 @@ def main() -> None:
     for name, (records, seconds) in results.items():
         diff = max(abs(r["logp_sum"] - reference[(r["example_id"], r["type"])]) for r in records)
         print(f"{name:<34}{seconds:>9.2f}{len(items) / seconds:>8.1f}{base / seconds:>9.2f}×{diff:>14.2e}")
+    default = next(name for name in results if name.endswith("*"))
+    result(probe_speedup=base / results[default][1], token_ratio=tokens / computed, original_s=base,
+           ldyn_s=results[default][1])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import argparse
 import statistics
 
 import torch
-from common import add_common_arguments, machine, median_range, setup, timed
+from common import add_common_arguments, machine, median_range, result, setup, timed
 
 from ldyn.losses import get_loss
 from ldyn.models import frozen_copy
@@ -96,6 +96,7 @@ def main() -> None:
     print(f"{'matmul peak, ' + str(dtype).removeprefix('torch.') + f' {size}²':<40}{peak / 1e9:>12.1f} GFLOP/s")
     print(f"{'training update (s) median [range]':<40}{median_range(seconds):>28}")
     print(f"{'training, useful matmul work':<40}{achieved / 1e9:>12.1f} GFLOP/s = {achieved / peak:.0%} of peak")
+    result(loss=args.loss, fraction=achieved / peak, peak_gflops=peak / 1e9, update_s=statistics.median(seconds))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""Every benchmark in one run, one after the other (never two at once), and the table of docs/benchmarks.md.
+
+Each script runs in its own process with the same data, model and device; its tables print as they come, and its
+`RESULT` line feeds the summary at the end: the targets of the speed issues against what this machine measured.
+
+    python benchmarks/run_all.py --data ../shared/data/hh/probe_train.jsonl        # about 25 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from common import add_common_arguments
+
+HERE = Path(__file__).parent
+# (name, script, extra arguments): the order of docs/benchmarks.md
+BENCHMARKS = [
+    ("probing", "probe_speed.py", ["--n", "16"]),
+    ("dpo", "dpo_speed.py", []),
+    ("decomposition", "decompose_speed.py", []),
+    ("throughput_dpo", "train_throughput.py", ["--loss", "dpo"]),
+    ("throughput_sft", "train_throughput.py", ["--loss", "sft"]),
+]
+
+
+def run(script: str, arguments: list[str]) -> tuple[dict | None, float]:
+    """Run one benchmark, echoing its output; returns its RESULT figures (None if it failed) and its seconds."""
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, str(HERE / script), *arguments], stdout=subprocess.PIPE, text=True)
+    figures = None
+    for line in process.stdout:
+        if line.startswith("RESULT "):
+            figures = json.loads(line.removeprefix("RESULT "))
+        else:
+            print(line, end="", flush=True)
+    if process.wait() != 0:
+        print(f"run_all: {script} failed (exit {process.returncode})", file=sys.stderr)
+        figures = None
+    return figures, time.perf_counter() - started
+
+
+def summary(results: dict[str, dict | None]) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) rows; a benchmark that failed or was skipped shows as not measured."""
+
+    def get(name, key):
+        return (results.get(name) or {}).get(key)
+
+    rows = []
+    probe = get("probing", "probe_speedup")
+    if probe is not None:
+        rows.append(
+            (
+                "probing ≥ 4× the original method",
+                f"{probe:.2f}× (token ratio {get('probing', 'token_ratio'):.2f}×)",
+                _verdict(probe >= 4),
+            )
+        )
+    in_step, cached = get("dpo", "speedup_in_step"), get("dpo", "speedup_cached")
+    if in_step is not None:
+        rows.append(
+            (
+                "DPO update ≥ 1.5× TRL's DPOTrainer",
+                f"{in_step:.2f}× / {cached:.2f}× (in step / cached)",
+                _verdict(min(in_step, cached) >= 1.5),
+            )
+        )
+    for key, label in (("ratio_jvp", "JVP"), ("ratio_central", "central differences")):
+        ratio = get("decomposition", key)
+        if ratio is not None:
+            rows.append((f"decomposition ≤ 2× an update ({label})", f"{ratio:.2f}×", _verdict(ratio <= 2)))
+    for name in ("throughput_dpo", "throughput_sft"):
+        fraction = get(name, "fraction")
+        if fraction is not None:
+            loss = get(name, "loss").upper()
+            rows.append(
+                (
+                    f"{loss} training ≥ 60% of the matmul peak (useful work)",
+                    f"{fraction:.0%} of {get(name, 'peak_gflops'):.0f} GFLOP/s",
+                    _verdict(fraction >= 0.6),
+                )
+            )
+    return rows  # fmt: skip
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "missed"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser)
+    parser.add_argument("--skip", default="", help="comma-separated benchmarks to leave out: "
+                        + ", ".join(name for name, _, _ in BENCHMARKS))  # fmt: skip
+    args = parser.parse_args()
+    common = ["--data", args.data, "--model", args.model, "--device", args.device]
+    common += ["--random-init", args.random_init] if args.random_init else []
+    common += ["--threads", str(args.threads)] if args.threads else []
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = skip - {name for name, _, _ in BENCHMARKS}
+    if unknown:
+        parser.error(f"unknown benchmark in --skip: {', '.join(sorted(unknown))}")
+    cpu = platform.processor() or platform.machine()
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"
+    print(f"# run_all: {device}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}; data {args.data}")
+    results, seconds = {}, {}
+    for name, script, extra in BENCHMARKS:
+        if name in skip:
+            continue
+        print(f"\n## {name}: {script} {' '.join(extra)}", flush=True)
+        results[name], seconds[name] = run(script, [*common, *extra])
+    print(f"\n## Targets at a glance ({device})\n")
+    print("| target | measured | |\n|---|---|---|")
+    for target, measured, verdict in summary(results):
+        print(f"| {target} | {measured} | **{verdict}** |")
+    failed = [name for name, figures in results.items() if figures is None]
+    print("\n" + ", ".join(f"{name} {s / 60:.1f} min" for name, s in seconds.items()))
+    if failed:
+        sys.exit(f"run_all: failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
