@@ -408,10 +408,9 @@ def run_labels(runs: list[Run]) -> list[str]:
 def compare_table(runs: list[Run]) -> list[dict]:
     """Per run, panel and probed step: the mean change of log π since step 0 (panels: chosen, rejected, argmax,
     and "others" = the mean over every other probed type, each type averaged over prompts first)."""
-    rows = []
+    rows, named = [], {t for types in COMPARED.values() for t in types} | {"except_argmax"}
     for run, name in zip(runs, run_labels(runs)):
         tables = probe_table(run)
-        named = {t for types in COMPARED.values() for t in types} | {"except_argmax"}
         panels = dict(COMPARED) | {"others": tuple(t for t in tables if t not in named)}
         for panel, types in panels.items():
             present = [t for t in types if t in tables]

@@ -34,12 +34,7 @@ def check_template(template: str) -> None:
 
 def render(tokenizer, template: str, example: Example) -> tuple[str, dict[str, str]]:
     """(prompt text, {name: response text without EOS}) of `example` under `template`."""
-    kind = template
-    if example.prompt == "":  # language-modelling text: no prompt to put in a template
-        kind = "hh"
-    elif template == "auto":
-        conversational = is_messages(example.prompt) or any(is_messages(r) for r in example.responses.values())
-        kind = "chat" if conversational else "hh"
+    kind = resolve(template, example)
     try:
         if kind == "chat":
             return _chat(tokenizer, example)
@@ -50,6 +45,16 @@ def render(tokenizer, template: str, example: Example) -> tuple[str, dict[str, s
         }
     except LdynError as e:
         raise LdynError(e.message, file=example.file or None, line=example.line, field=e.field) from None
+
+
+def resolve(template: str, example: Example) -> str:
+    """What `template` means for this row: "chat", "hh" or the template string itself (`auto` decides per row)."""
+    if example.prompt == "":  # language-modelling text: no prompt to put in a template
+        return "hh"
+    if template == "auto":
+        conversational = is_messages(example.prompt) or any(is_messages(r) for r in example.responses.values())
+        return "chat" if conversational else "hh"
+    return template
 
 
 def render_prompt(tokenizer, template: str, prompt: str | list[dict]) -> str:

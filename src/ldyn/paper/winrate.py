@@ -310,15 +310,15 @@ def check_suite_winrate(spec: WinrateSpec, cfgs: dict[str, RunConfig]) -> None:
 def suite_winrate(spec: WinrateSpec, cfgs: dict[str, RunConfig], root: Path) -> list[WinRate]:
     """Held-out prompts: pairs [start, start + n) of the first compared run's training data as its runs load it
     (empty rows skipped when data.skip_empty), or of its `split`."""
-    from ldyn.data.formats import is_messages, load_examples
-    from ldyn.data.templates import render_prompt
+    from ldyn.data.formats import load_examples
+    from ldyn.data.templates import render_prompt, resolve
 
     first = cfgs[spec.pairs[0][0].partition("/")[0]]
     start, n = spec.prompts.start, spec.prompts.n
     examples, _ = load_examples(first.data.train, spec.prompts.split or first.data.split, start + n, {}, True,
                                 first.seed)  # fmt: skip
     template = first.data.template
-    chat = template == "chat" or (template == "auto" and any(is_messages(e.prompt) for e in examples))
+    chat = any(resolve(template, e) == "chat" for e in examples)  # as the runs rendered them
     # the judge reads the prompt as text (an HH dialogue for chat data); the sampler renders it as the runs did
     prompts = [render_prompt(None, "hh" if chat else template, e.prompt) for e in examples[start:]]
     if not prompts:
