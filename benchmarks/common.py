@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from ldyn.allocator import keep_freed_memory
 from ldyn.config import RunConfig, load_config
 from ldyn.errors import LdynError
 from ldyn.models import load_model, prepare
@@ -35,15 +36,30 @@ def add_common_arguments(parser) -> None:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="leave malloc as glibc sets it (the `ldyn` command keeps freed memory: ldyn.allocator)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe override applied last, e.g. --set data.max_length=128 (repeatable)",
+    )
 
 
 def setup(args, recipe: str, overrides: list[str]) -> tuple[RunConfig, torch.nn.Module, object, Inputs]:
     """(config, model on args.device, tokenizer, tokenized inputs) for `recipe` pointed at args.data."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.glibc_defaults:  # what the `ldyn` command does (ldyn.allocator)
+        keep_freed_memory()
     try:
         cfg = load_config(
-            recipe, [f"data.train={args.data}", f"probe.path={args.data}", f"model.name={args.model}", *overrides]
+            recipe,
+            [f"data.train={args.data}", f"probe.path={args.data}", f"model.name={args.model}", *overrides, *args.set],
         )
         model, tokenizer = load(args, cfg)
         inputs = load_inputs(cfg, tokenizer)

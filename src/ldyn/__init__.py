@@ -36,6 +36,7 @@ _API = {
     "begin_update": "ldyn.dynamics.akg",
     "decompose_update": "ldyn.dynamics.akg",
     "LdynError": "ldyn.errors",
+    "keep_freed_memory": "ldyn.allocator",
 }
 __all__ = sorted(_API)
 

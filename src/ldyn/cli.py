@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ldyn.allocator import keep_freed_memory
 from ldyn.errors import LdynError
 
 
@@ -225,6 +226,7 @@ def _dispatch(args, overrides: list[str]) -> int:
     handler = COMMANDS[args.command]
     if args.command in HEAVY:
         _quiet_libraries()
+        keep_freed_memory()  # a CPU step reuses its pages rather than faulting in new ones (ldyn.allocator)
     for line in handler(args, overrides):
         print(line)
     return 0
