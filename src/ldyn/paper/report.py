@@ -30,6 +30,8 @@ from ldyn.paper.stages import (
     spin,
     stages_where,
 )
+from ldyn.paper.trajectories import Peak, csv_rows, summarise, trajectories
+from ldyn.plots import write_rows
 from ldyn.runs import CONFIG, SUITE_LOG, Run, load_run, read_rows
 
 
@@ -172,7 +174,7 @@ code { background: #f5f5f5; padding: 1px 4px; }
 CLASS = {HOLDS: "holds", FAILS: "fails", NA: "na"}
 
 
-def render(c: Collected, verdicts: list[Verdict], figs: list[tuple[str, str, str]]) -> str:
+def render(c: Collected, verdicts: list[Verdict], figs: list[tuple[str, str, str]], peaks: list[Peak] = ()) -> str:
     e = html.escape
     counts = {v: sum(x.verdict == v for x in verdicts) for v in (HOLDS, FAILS, NA)}
     parts = [
@@ -184,6 +186,7 @@ def render(c: Collected, verdicts: list[Verdict], figs: list[tuple[str, str, str
         _claims_table(verdicts),
         "<p>Changes are means over the probed prompts of the teacher-forced summed log-probability, from a stage's "
         "first probe to its last; each rule is in <code>ldyn/paper/claims_*.py</code> and written in the row.</p>",
+        _trajectory_table(peaks),
         _winrate_table(c.winrates),
         "<h2>Figures</h2>",
         *(f"<figure><h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{png}'>"
@@ -207,6 +210,38 @@ def _claims_table(verdicts: list[Verdict]) -> str:
     )
     return ("<h2>Claims (paper.md §7)</h2><table id='claims'><tr><th>#</th><th>the paper</th><th>measured here</th>"
             f"<th>verdict</th></tr>{rows}</table>")  # fmt: skip
+
+
+def _trajectory_table(peaks: list[Peak]) -> str:
+    """The rise-then-fall curves: the mean's peak and fall, what the prompts did, and every prompt in a fold."""
+    if not peaks:
+        return ""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(s.mean.claims)}</td><td>{e(s.mean.stage)}</td><td>{e(s.mean.response)}</td>"
+        f"<td>{s.mean.start:.1f} → {s.mean.peak:.1f} (step {s.mean.peak_step}) → {s.mean.end:.1f} (step "
+        f"{s.mean.end_step})</td><td>{s.mean.rise:+.1f}</td><td>{-s.mean.fall:+.1f}</td><td>{s.mean.net:+.1f}</td>"
+        f"<td>{s.peaked_before_end:.0%}</td><td>{s.median_peak_step:g}</td><td>{-s.median_fall:+.1f}</td>"
+        f"<td>{s.ended_below_start:.0%}</td></tr>"
+        for s in summarise(peaks)
+    )
+    each = "".join(
+        f"<tr><td>{e(p.stage)}</td><td>{e(p.response)}</td><td>{e(p.prompt)}</td><td>{p.start:.1f}</td>"
+        f"<td>{p.peak:.1f}</td><td>{p.peak_step}</td><td>{p.end:.1f}</td><td>{p.rise:+.1f}</td><td>{-p.fall:+.1f}</td>"
+        f"<td>{p.net:+.1f}</td></tr>"
+        for p in peaks
+        if p.prompt != "mean"
+    )
+    return ("<h2>Trajectories: where the curves peak</h2><p>The curves behind the rise-then-fall claims, from the "
+            "stage's first probe through its highest to its last (log-probability summed over the response). "
+            "<i>After the peak</i> is the change from the peak to the last probe (0: still rising at the end); "
+            "the prompt columns take each prompt's own curve. Data: <code>trajectories.csv</code>.</p>"
+            "<table id='trajectories'><tr><th>claims</th><th>stage</th><th>response</th><th>mean: start → peak → end"
+            "</th><th>rise to peak</th><th>after the peak</th><th>net</th><th>prompts peaking before the end</th>"
+            "<th>median peak step</th><th>median after own peak</th><th>prompts ending below start</th></tr>"
+            f"{rows}</table><details><summary>Every prompt</summary><table id='trajectory-prompts'><tr><th>stage"
+            "</th><th>response</th><th>prompt</th><th>start</th><th>peak</th><th>peak step</th><th>end</th>"
+            f"<th>rise</th><th>after the peak</th><th>net</th></tr>{each}</table></details>")  # fmt: skip
 
 
 def _winrate_table(winrates: list[dict]) -> str:
@@ -245,7 +280,10 @@ def write_report(paths: list[str | Path], out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(render(c, verdicts, figures(c)), encoding="utf-8")
+    peaks = trajectories(c.runs)
+    tmp.write_text(render(c, verdicts, figures(c), peaks), encoding="utf-8")
     tmp.replace(out)
+    if peaks:  # the trajectory table's data, every prompt's curve with the mean's
+        write_rows(csv_rows(peaks), out.with_name("trajectories.csv"))
     (out.with_suffix(".json")).write_text(json.dumps([vars(v) for v in verdicts], indent=1, ensure_ascii=False))
     return out
