@@ -3,7 +3,7 @@
 Each script runs in its own process with the same data, model and device; its tables print as they come, and its
 `RESULT` line feeds the summary at the end: the targets of the speed issues against what this machine measured.
 
-    python benchmarks/run_all.py --data ../shared/data/hh/probe_train.jsonl        # about 25 minutes on 2 cores
+    python benchmarks/run_all.py --data ../shared/data/hh/probe_train.jsonl        # about 45 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ BENCHMARKS = [
     ("decomposition", "decompose_speed.py", []),
     ("throughput_dpo", "train_throughput.py", ["--loss", "dpo"]),
     ("throughput_sft", "train_throughput.py", ["--loss", "sft"]),
+    ("dpo_horizon", "dpo_horizon.py", []),  # the longest: a 500-update run, about 20 minutes
 ]
 
 
@@ -86,6 +87,15 @@ def summary(results: dict[str, dict | None]) -> list[tuple[str, str, str]]:
                     _verdict(fraction >= 0.6),
                 )
             )
+    wall, updates = get("dpo_horizon", "wall_s"), get("dpo_horizon", "updates")
+    if wall is not None:
+        rows.append(
+            (
+                "a 500-update DPO run (batch 2, ≤128 tokens) under 20 minutes",
+                f"{wall / 60:.1f} min for {updates} updates ({get('dpo_horizon', 'update_s'):.2f} s per update)",
+                _verdict(wall < 1200 * updates / 500),
+            )
+        )
     return rows  # fmt: skip
 
 
@@ -102,10 +112,14 @@ def main() -> None:
     common = ["--data", args.data, "--model", args.model, "--device", args.device]
     common += ["--random-init", args.random_init] if args.random_init else []
     common += ["--threads", str(args.threads)] if args.threads else []
+    common += ["--glibc-defaults"] if args.glibc_defaults else []
+    common += [f"--set={s}" for s in args.set]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     unknown = skip - {name for name, _, _ in BENCHMARKS}
     if unknown:
         parser.error(f"unknown benchmark in --skip: {', '.join(sorted(unknown))}")
+    if args.random_init:  # the long run loads its model by name
+        skip.add("dpo_horizon")
     cpu = platform.processor() or platform.machine()
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"
     print(f"# run_all: {device}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}; data {args.data}")
