@@ -5,10 +5,11 @@ exactly as `decompose.every` does in a run: the update directions g⁺ and g⁻ 
 JVP per parameter step (the optimizer's real step and the SGD kernel's y⁺ and y⁻ parts), the observed change (a
 forward at θ_{t+1}) and the mass statistics. The probe batch is the first N probe prompts with the given response
 types: by default chosen and rejected of 4 prompts, 8 sequences, the size of the update batch itself.
-Three variants decompose every update side by side: forward-mode with g⁻ from a backward of its own (the method
-before round two), forward-mode with g⁻ taken from the training step's own gradient (the default), and central
-differences (`decompose.method=central`, g⁻ from the step too); the accuracy of the central differences is
-reported against the forward-mode predictions of the same updates. A breakdown times each part once more on its
+Four variants decompose every update side by side: forward-mode with g⁻ from a backward of its own (the method
+before round two), forward-mode with g⁻ taken from the training step's own gradient (the default), central
+differences (`decompose.method=central`, g⁻ from the step too) and one-sided differences for the SGD kernel's
+parts (`decompose.method=one_sided`); the accuracy of the differences is reported against the forward-mode
+predictions of the same updates. A breakdown times each part once more on its
 own.
 
     python benchmarks/decompose_speed.py --data ../shared/data/hh/probe_train.jsonl
@@ -43,11 +44,13 @@ class OwnBackward(DecompositionCallback):
         state.batch_gradient = shared
 
 
-VARIANTS = {"own_backward": OwnBackward, "jvp": DecompositionCallback, "central": DecompositionCallback}
+VARIANTS = {"own_backward": OwnBackward, "jvp": DecompositionCallback, "central": DecompositionCallback,
+            "one_sided": DecompositionCallback}  # fmt: skip
 LABELS = {
     "own_backward": "decomposition: JVPs, g⁻ by its own backward",
     "jvp": "decomposition: JVPs, g⁻ from the step's gradient",
     "central": "decomposition: central differences, g⁻ from step",
+    "one_sided": "decomposition: y± parts one-sided, g⁻ from step",
 }
 
 
@@ -82,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = {name: RunDir(f"{tmp}/{name}") for name in VARIANTS}
         callbacks = [VARIANTS[name](runs[name], items, pad, 1, cfg.decompose.batch_tokens, True,
-                                    "central" if name == "central" else "jvp") for name in VARIANTS]  # fmt: skip
+                                    "jvp" if name == "own_backward" else name) for name in VARIANTS]  # fmt: skip
         trainer = Trainer(
             model,
             spec,
@@ -113,11 +116,12 @@ def main() -> None:
         seconds = [r["seconds"] for r in times[name]]
         ratios[name] = statistics.median(seconds) / u
         print(f"{label:<52}{median_range(seconds):>26}{ratios[name]:>10.2f}")
-    print("central differences against forward-mode, same updates (|Δ| / |forward-mode|, over every observed row):")
-    for column in ("predicted", "sgd_positive", "sgd_negative"):
-        rel = [abs(c[column] - j[column]) / max(abs(j[column]), 1e-12)
-               for c, j in zip(records["central"], records["jvp"])]  # fmt: skip
-        print(f"  {column:<14} median {statistics.median(rel):.2e}   max {max(rel):.2e}")
+    for method in ("central", "one_sided"):
+        print(f"{method} against forward-mode, same updates (|Δ| / |forward-mode|, over every observed row):")
+        for column in ("predicted", "sgd_positive", "sgd_negative"):
+            rel = [abs(c[column] - j[column]) / max(abs(j[column]), 1e-12)
+                   for c, j in zip(records[method], records["jvp"])]  # fmt: skip
+            print(f"  {column:<14} median {statistics.median(rel):.2e}   max {max(rel):.2e}")
 
     # the parts, once each, on the state the run ended in
     device = args.device

@@ -72,7 +72,8 @@ def summary(results: dict[str, dict | None]) -> list[tuple[str, str, str]]:
                 _verdict(min(in_step, cached) >= 1.5),
             )
         )
-    for key, label in (("ratio_jvp", "JVP"), ("ratio_central", "central differences")):
+    for key, label in (("ratio_jvp", "JVP"), ("ratio_central", "central differences"),
+                       ("ratio_one_sided", "y± parts one-sided")):  # fmt: skip
         ratio = get("decomposition", key)
         if ratio is not None:
             rows.append((f"decomposition ≤ 2× an update ({label})", f"{ratio:.2f}×", _verdict(ratio <= 2)))

@@ -14,6 +14,7 @@ from ldyn.dynamics.akg import (
     delta_log_prob,
     logit_jvp,
     loss_logit_gradient,
+    one_sided_difference,
     parameters,
     update_directions,
 )
@@ -123,6 +124,23 @@ def test_central_difference_equals_the_jvp_up_to_third_order(small64):
         errors.append(float((central - exact)[mask].abs().max()))
     # the error is O(‖v‖³): halving the step divides it by about 8
     assert 6 < errors[0] / errors[1] < 10 and 6 < errors[1] / errors[2] < 10, errors
+
+
+def test_one_sided_difference_equals_the_jvp_up_to_second_order(small64):
+    spec, cfg = get_loss("dpo"), LossConfig(beta=0.5)
+    dirs = update_directions(small64, spec, cfg, UPDATE, 0, reference_logps(small64, UPDATE))
+    theta, observed = parameters(small64), collate(OBSERVED, 0)
+    errors = []
+    for eta in (0.02, 0.01, 0.005):
+        tangent = {k: -eta * dirs.negative[k] for k in dirs.negative}
+        base, labels, exact = logit_jvp(small64, theta, tangent, observed)
+        with torch.no_grad():
+            one_sided = one_sided_difference(small64, theta, tangent, observed, base)
+        mask = labels != IGNORE
+        assert exact[mask].abs().max() > 1e-3
+        errors.append(float((one_sided - exact)[mask].abs().max()))
+    # the error is O(‖v‖²): halving the step divides it by about 4
+    assert 3 < errors[0] / errors[1] < 5 and 3 < errors[1] / errors[2] < 5, errors
 
 
 def test_dpo_G_from_autograd_is_beta_one_minus_a_times_pi_minus_y(small64):
@@ -272,18 +290,22 @@ def decompose_rows(out, *extra) -> list[dict]:
     return sorted(RunDir(out).read("decomposition.jsonl"), key=lambda r: (r["example_id"], r["type"]))
 
 
-def test_central_differences_and_the_steps_gradient_give_the_jvp_decomposition(tmp_path, monkeypatch):
+def test_finite_differences_and_the_steps_gradient_give_the_jvp_decomposition(tmp_path, monkeypatch):
     reused = decompose_rows(tmp_path / "reused")  # g⁻ from the step's own gradient (one process, fp32 or wider)
     central = decompose_rows(tmp_path / "central", "decompose.method=central")
+    one_sided = decompose_rows(tmp_path / "one_sided", "decompose.method=one_sided")
     import ldyn.train.callbacks as callbacks
 
     own = callbacks.begin_update  # g⁻ from a backward of its own, as with several processes or autocast
     monkeypatch.setattr(callbacks, "begin_update", lambda *a, negative_from_step, **k: own(*a, **k))
     separate = decompose_rows(tmp_path / "separate")
-    for a, b, c in zip(reused, separate, central):
+    for a, b, c, d in zip(reused, separate, central, one_sided):
         for column in ("predicted", "sgd_positive", "sgd_negative"):
             assert a[column] == pytest.approx(b[column], rel=1e-9, abs=1e-12)
             assert c[column] == pytest.approx(b[column], rel=1e-4, abs=1e-9)  # O(η³) apart
+        assert d["predicted"] == c["predicted"]  # the real step stays central
+        for column in ("sgd_positive", "sgd_negative"):  # O(η²) apart, so further than central
+            assert d[column] == pytest.approx(b[column], rel=1e-2, abs=1e-9)
         assert a["observed"] == b["observed"] == pytest.approx(c["observed"], rel=1e-9, abs=1e-12)
 
 

@@ -79,8 +79,9 @@ class DecomposeConfig:
     predict: bool = True  # also the first-order A·K·G predictions (forward-mode JVPs: most of the cost); false keeps
     # the observed changes, LBK and SignDelta only
     # how the predictions take the first-order change along a step v: jvp (forward-mode, exact) | central
-    # ((z(θ+v) − z(θ−v))/2 from plain forwards: cheaper, error O(‖v‖³))
-    method: Literal["jvp", "central"] = "jvp"
+    # ((z(θ+v) − z(θ−v))/2 from plain forwards: cheaper, error O(‖v‖³)) | one_sided (the SGD kernel's parts as
+    # z(θ+v) − z(θ), error O(‖v‖²); the real step stays central: the cheapest)
+    method: Literal["jvp", "central", "one_sided"] = "jvp"
 
 
 @dataclass

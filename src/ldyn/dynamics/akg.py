@@ -17,7 +17,10 @@ y⁺ and y⁻ parts, and the optimizer's real step θ_{t+1} − θ_t (Adam, RMSp
 Two ways to take the first-order change along a step v: forward-mode (`logit_jvp`, exact: J·v) or the central
 difference (z(θ+v) − z(θ−v))/2 (`central_difference`: two plain forwards, one when z(θ+v) is already known, as
 for the real step whose θ+v is θ_{t+1}; error O(‖v‖³), tested against the JVP in float64). The SGD kernel's
-steps are evaluated at a set fraction of the real step's length and scaled back (`CENTRAL_LENGTH`).
+steps are evaluated at a set fraction of the real step's length and scaled back (`CENTRAL_LENGTH`). The cheapest,
+`method="one_sided"`, takes the SGD kernel's two parts as (z(θ+v) − z(θ))/1 from the forward at θ it has anyway
+(`one_sided_difference`: one forward each, error O(‖v‖²), first order in the relative error) and keeps the real
+step central (a one-sided real step would be the observed change itself, and predict nothing).
 
 Any trainer uses it in two calls around one optimizer step: `begin_update` before it (θ_t, and g⁺/g⁻ when the
 update batch and its loss are known), `decompose_update` after it (one row per observed response, with its final
@@ -180,6 +183,16 @@ def central_difference(
     return (plus - minus) / (2 * scale)
 
 
+def one_sided_difference(
+    model, theta: dict, tangent: dict, rows: Batch | SharedRows, base: torch.Tensor, pad_id: int = 0,
+    scale: float = 1.0,
+) -> torch.Tensor:  # fmt: skip
+    """(z(θ+sv) − z(θ)) / s, with `base` = z(θ): one plain forward, equal to J_o·v up to O(s‖v‖²)
+    (`central_difference` is second order at one more forward; `logit_jvp` is the exact twin of both)."""
+    plus = rows_logits(model, rows, pad_id, {k: theta[k] + scale * v for k, v in tangent.items()})[0]
+    return (plus - base) / scale
+
+
 def _norm(tangent: dict) -> float:
     return math.sqrt(sum(float((v.double() ** 2).sum()) for v in tangent.values()))
 
@@ -258,22 +271,27 @@ def decompose(
     """Predicted against observed, per sequence of an observed batch, for one update θ → θ_after.
 
     tangents: name -> parameter step; each gives "predicted/<name>" = first-order Δ log π(y|x_o) (none: only the
-    observed quantities), by forward-mode (`method="jvp"`) or by central differences (`"central"`). The tangent
+    observed quantities), by forward-mode (`method="jvp"`), by central differences (`"central"`) or with the SGD
+    kernel's parts one-sided (`"one_sided"`; the real step stays central). The tangent
     named "step" (the real θ_after − θ) also gives the predicted mass split. "observed" is the exact change
     log π_{θ_after}(y|x_o) − log π_θ(y|x_o), with "observed/<statistic>" from `change_statistics`.
     """
     out = {}
     after, labels = rows_logits(model, rows, pad_id, theta_after)
-    if not tangents or method == "central":  # the logits before the step from a plain forward
+    differences = method in ("central", "one_sided")
+    if not tangents or differences:  # the logits before the step from a plain forward
         logits, labels = rows_logits(model, rows, pad_id, theta)
-    step = _norm(tangents["step"]) if method == "central" and "step" in tangents else 0.0
+    step = _norm(tangents["step"]) if differences and "step" in tangents else 0.0
     for name, tangent in tangents.items():
-        if method == "central" and name == "step":  # θ + step is θ_after: its forward is the observed one
+        if differences and name == "step":  # θ + step is θ_after: its forward is the observed one
             dlogits = central_difference(model, theta, tangent, rows, pad_id, plus=after)
-        elif method == "central":
+        elif differences:
             length = _norm(tangent)
             scale = CENTRAL_LENGTH * step / length if step > 0 and length > 0 else 1.0
-            dlogits = central_difference(model, theta, tangent, rows, pad_id, scale=scale)
+            if method == "central":
+                dlogits = central_difference(model, theta, tangent, rows, pad_id, scale=scale)
+            else:
+                dlogits = one_sided_difference(model, theta, tangent, rows, logits, pad_id, scale=scale)
         else:
             logits, labels, dlogits = logit_jvp(model, theta, tangent, rows, pad_id)
         out[f"predicted/{name}"] = delta_log_prob(logits, labels, dlogits)
@@ -340,7 +358,8 @@ def decompose_update(
     """After the optimizer step: one row per observed (prompt, response type) with the observed change and, when
     `predict`, the first-order predictions along the real step ("predicted") and the SGD kernel's y⁺ and y⁻ parts
     ("sgd_positive", "sgd_negative"), the mass split, LBK ("observed/lbk") and SignDelta ("observed/sign_delta").
-    `method`: "jvp" (forward-mode) or "central" (central differences, `central_difference`)."""
+    `method`: "jvp" (forward-mode), "central" (central differences, `central_difference`) or "one_sided" (the SGD
+    kernel's parts by `one_sided_difference`, the real step central)."""
     if start.directions is not None and start.directions.awaiting_negative:
         raise ValueError("g⁻ was left to the training step's gradient: call start.directions.from_gradient first")
     after = parameters(model)

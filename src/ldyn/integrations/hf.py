@@ -66,7 +66,8 @@ class LearningDynamicsCallback(TrainerCallback):
     (`data/templates.py`: "auto" applies the tokenizer's chat template to conversational probe sets, as TRL does to
     conversational training data; "chat" to text ones too). `observe_every`: record the
     observed and predicted change of every k-th update on the first `observe_n` prompts (0 = never), the
-    predictions by forward-mode (`observe_method="jvp"`) or central differences ("central").
+    predictions by forward-mode (`observe_method="jvp"`), central differences ("central") or, cheapest, with the
+    SGD kernel's parts one-sided ("one_sided").
     """
 
     def __init__(
@@ -91,8 +92,8 @@ class LearningDynamicsCallback(TrainerCallback):
     ):
         if every < 0 or observe_every < 0 or n < 0:
             raise LdynError("every, observe_every and n must be >= 0")
-        if observe_method not in ("jvp", "central"):
-            raise LdynError(f"observe_method must be jvp or central, got {observe_method!r}")
+        if observe_method not in ("jvp", "central", "one_sided"):
+            raise LdynError(f"observe_method must be jvp, central or one_sided, got {observe_method!r}")
         self.source, self.every, self.n, self.types, self.output_dir = probes, every, n, list(types), output_dir
         self.batch_tokens, self.seed, self.figures = batch_tokens, seed, figures
         self.data = DataConfig(
