@@ -39,6 +39,18 @@ def test_gpu_suite_builds_with_the_paper_settings_offline(probe_file, tmp_path):
     assert len(cfgs) == len(load_suite("paper_cpu").runs)  # the same experiments as the CPU suite
 
 
+def test_long_suite_trains_the_papers_eight_passes_with_its_optimizer(probe_file, tmp_path):
+    cfgs = configs(load_suite("paper_cpu_long"), [f"data.train={probe_file}", f"probe.path={probe_file}"], tmp_path)
+    assert set(cfgs) == {"long_sft_dpo", "long_extend", "long_dpo", "long_dpo_onpolicy"}
+    for name, cfg in cfgs.items():
+        assert cfg.data.max_length == 128 and cfg.probe.n == 12 and cfg.data.n_train == 64
+        for stage in cfg.stages:
+            assert (stage.optim.name, stage.optim.lr) == ("rmsprop", 1e-5)
+            rows = cfg.data.n_train * (2 if stage.extend else 1)  # extend trains chosen ∪ rejected
+            passes = stage.steps * stage.batch_size / rows
+            assert passes == (4 if stage.extend or name == "long_dpo_onpolicy" else 8), (name, stage.name)
+
+
 def test_star_sets_every_stage(probe_file):
     cfg = load_config(
         "paper_sft_dpo", [f"data.train={probe_file}", f"probe.path={probe_file}", "stages.*.batch_size=3"]
