@@ -52,10 +52,7 @@ def add_common_arguments(parser) -> None:
 
 def setup(args, recipe: str, overrides: list[str]) -> tuple[RunConfig, torch.nn.Module, object, Inputs]:
     """(config, model on args.device, tokenizer, tokenized inputs) for `recipe` pointed at args.data."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not args.glibc_defaults:  # what the `ldyn` command does (ldyn.allocator)
-        keep_freed_memory()
+    prepare_process(args)
     try:
         cfg = load_config(
             recipe,
@@ -66,6 +63,15 @@ def setup(args, recipe: str, overrides: list[str]) -> tuple[RunConfig, torch.nn.
     except LdynError as e:  # bad input: one line naming the file, as the CLI prints it
         sys.exit(f"benchmark: error: {e}")
     return cfg, model.to(args.device), tokenizer, inputs
+
+
+def prepare_process(args) -> None:
+    """The process settings every benchmark runs under: torch's thread count, and freed memory kept as the `ldyn`
+    command keeps it (ldyn.allocator) unless --glibc-defaults."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.glibc_defaults:
+        keep_freed_memory()
 
 
 def load(args, cfg: RunConfig):

@@ -19,10 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from common import add_common_arguments, machine, result
+from common import add_common_arguments, machine, prepare_process, result
 
-from ldyn.allocator import keep_freed_memory
 from ldyn.config import load_config
 from ldyn.errors import LdynError
 from ldyn.train.experiment import run
@@ -36,10 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.random_init:
         sys.exit("dpo_horizon: --random-init is not supported: the run loads its model by name")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not args.glibc_defaults:
-        keep_freed_memory()
+    prepare_process(args)
     pairs = max(1, args.updates * 2 // 8)  # 8 passes at batch 2
     with tempfile.TemporaryDirectory() as out:
         overrides = [
