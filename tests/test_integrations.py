@@ -119,8 +119,8 @@ def test_example_script_runs_on_the_tiny_model(tmp_path):
 
 def launch(tmp_path, name, world, *command):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    runner = ["torchrun", "--nproc_per_node", str(world), "--master_port", str(29500 + world)] if world > 1 \
-        else [sys.executable]  # fmt: skip
+    # --standalone: a free port of its own, so two runs of the suite on one machine never meet
+    runner = ["torchrun", "--standalone", "--nproc_per_node", str(world)] if world > 1 else [sys.executable]
     out = subprocess.run([*runner, *command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return RunDir(tmp_path / name)
