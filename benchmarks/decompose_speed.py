@@ -64,7 +64,15 @@ def main() -> None:
         help="their response types (comma-separated; 'auto' for all of the paper's)",
     )
     parser.add_argument("--updates", type=int, default=4, help="decomposed updates (the first is warm-up)")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"which to run side by side (comma-separated, of {','.join(VARIANTS)}; accuracy needs jvp)",
+    )
     args = parser.parse_args()
+    variants = [name for name in args.variants.split(",") if name]
+    if not variants or set(variants) - set(VARIANTS):
+        parser.error(f"--variants: choose from {', '.join(VARIANTS)}")
     cfg, model, tokenizer, inputs = setup(
         args,
         "hh_probe_dpo",
@@ -83,9 +91,9 @@ def main() -> None:
     items = inputs.probes
     observed_tokens = sum(len(it.prompt) + len(it.response) for it in items)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {name: RunDir(f"{tmp}/{name}") for name in VARIANTS}
+        runs = {name: RunDir(f"{tmp}/{name}") for name in variants}
         callbacks = [VARIANTS[name](runs[name], items, pad, 1, cfg.decompose.batch_tokens, True,
-                                    "jvp" if name == "own_backward" else name) for name in VARIANTS]  # fmt: skip
+                                    "jvp" if name == "own_backward" else name) for name in variants]  # fmt: skip
         trainer = Trainer(
             model,
             spec,
@@ -102,7 +110,7 @@ def main() -> None:
         trainer.fit(data, args.updates)
         times = {name: run.read(DECOMPOSITION_TIMES)[1:] for name, run in runs.items()}
         records = {name: run.read(DECOMPOSITION) for name, run in runs.items()}
-    update = [r["update_seconds"] for r in times["jvp"]]
+    update = [r["update_seconds"] for r in times[variants[0]]]
     print(
         f"{machine()}; model {args.random_init or args.model} on {args.device}, fp32; update: DPO, "
         f"{stage.batch_size} HH pairs; probe batch: {len(items)} sequences ({args.prompts} prompts × "
@@ -112,11 +120,12 @@ def main() -> None:
     u = statistics.median(update)
     print(f"{'training update (forward, backward, AdamW)':<52}{median_range(update):>26}{1.0:>10.2f}")
     ratios = {}
-    for name, label in LABELS.items():
+    for name in variants:
+        label = LABELS[name]
         seconds = [r["seconds"] for r in times[name]]
         ratios[name] = statistics.median(seconds) / u
         print(f"{label:<52}{median_range(seconds):>26}{ratios[name]:>10.2f}")
-    for method in ("central", "one_sided"):
+    for method in [m for m in ("central", "one_sided") if m in variants and "jvp" in variants]:
         print(f"{method} against forward-mode, same updates (|Δ| / |forward-mode|, over every observed row):")
         for column in ("predicted", "sgd_positive", "sgd_negative"):
             rel = [abs(c[column] - j[column]) / max(abs(j[column]), 1e-12)

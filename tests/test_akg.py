@@ -8,9 +8,11 @@ import torch
 from ldyn.config import LossConfig
 from ldyn.data.tokenize import IGNORE, collate, collate_pairs
 from ldyn.dynamics.akg import (
+    begin_update,
     central_difference,
     change_statistics,
     decompose,
+    decompose_update,
     delta_log_prob,
     logit_jvp,
     loss_logit_gradient,
@@ -19,6 +21,7 @@ from ldyn.dynamics.akg import (
     update_directions,
 )
 from ldyn.dynamics.entk import entk, kernel_norm, predicted_logit_change
+from ldyn.dynamics.probing import ProbeItem
 from ldyn.logprobs import SharedRows, sequence_logps
 from ldyn.losses import PairLogps, get_loss
 from ldyn.models import prepare, tiny_model
@@ -220,6 +223,40 @@ def test_observed_rows_sharing_their_prompt_decompose_as_the_plain_batch(small64
     assert fast.keys() == slow.keys()
     for key in slow:
         assert torch.allclose(fast[key], slow[key], rtol=1e-9, atol=1e-12), key
+
+
+def test_the_observed_forward_is_the_next_updates_forward_at_theta(small64):
+    """Decomposing every update: update t's forward at θ_{t+1} stands in for update t+1's forward at θ, with the
+    same rows as computing it again; it is not used once anything else moved the parameters."""
+    spec, cfg, lr = get_loss("dpo"), LossConfig(beta=0.5), 1e-3
+    reference = reference_logps(small64, UPDATE)
+    items = [ProbeItem(str(i), "chosen", prompt, response) for i, (prompt, response) in enumerate(OBSERVED)]
+
+    def sgd_step(start):
+        with torch.no_grad():
+            for name, p in small64.named_parameters():
+                p -= lr * (start.directions.positive[name] + start.directions.negative[name])
+
+    first = begin_update(small64, lr, spec, cfg, UPDATE, 0, reference)
+    sgd_step(first)
+    decompose_update(small64, first, items, 0, method="one_sided", keep=True)
+    assert first.observed is not None
+    kept = begin_update(small64, lr, spec, cfg, UPDATE, 0, reference, previous=first.observed)
+    fresh = begin_update(small64, lr, spec, cfg, UPDATE, 0, reference)
+    assert kept.before is first.observed and fresh.before is None
+    sgd_step(kept)
+    with_kept = decompose_update(small64, kept, items, 0, method="one_sided")
+    again = decompose_update(small64, fresh, items, 0, method="one_sided")
+    assert [r.keys() for r in with_kept] == [r.keys() for r in again]
+    for a, b in zip(with_kept, again):
+        for key in a:
+            assert a[key] == (b[key] if isinstance(b[key], str) else pytest.approx(b[key], rel=1e-12, abs=1e-15)), key
+    # parameters moved since (another step, a reload): the kept forward is stale and is not used
+    assert begin_update(small64, lr, previous=first.observed).before is None
+    # forward-mode takes the logits at θ from its own primal pass: nothing to keep
+    jvp = begin_update(small64, lr, spec, cfg, UPDATE, 0, reference)
+    decompose_update(small64, jvp, items, 0, keep=True)
+    assert jvp.observed is None
 
 
 def test_decompose_command_records_predicted_against_observed(tmp_path):

@@ -75,13 +75,16 @@ def test_dpo_trainer_writes_a_run_that_ldyn_reads(tokenizer, tmp_path, capsys):
     assert "probe/a_norm/chosen" in events.Tags()["scalars"] and "ldyn/probe_groups" in events.Tags()["images"]
 
 
-def test_the_callback_does_not_change_training(tokenizer, tmp_path):
+@pytest.mark.parametrize("method", ["jvp", "one_sided"])  # one_sided: each update's observed forward is kept
+def test_the_callback_does_not_change_training(tokenizer, tmp_path, method):
     plain = dpo_trainer(tokenizer, tmp_path / "plain")
     plain.train()
-    callback = LearningDynamicsCallback("embedded", every=1, n=2, observe_every=1, max_length=128)
+    callback = LearningDynamicsCallback("embedded", every=1, n=2, observe_every=1, max_length=128,
+                                        observe_method=method)  # fmt: skip
     probed = dpo_trainer(tokenizer, tmp_path / "probed", [callback])
     probed.train()
     assert losses(probed) == losses(plain) and len(losses(plain)) == 4
+    assert {r["step"] for r in RunDir(tmp_path / "probed" / "ldyn").read("decomposition.jsonl")} == {1, 2, 3, 4}
 
 
 def test_sft_trainer_and_plain_trainer(tokenizer, tmp_path):

@@ -24,7 +24,9 @@ step central (a one-sided real step would be the observed change itself, and pre
 
 Any trainer uses it in two calls around one optimizer step: `begin_update` before it (θ_t, and g⁺/g⁻ when the
 update batch and its loss are known), `decompose_update` after it (one row per observed response, with its final
-column names). Without the update batch only the real step is predicted.
+column names). Without the update batch only the real step is predicted. Decomposing every update, the observed
+forward at θ_{t+1} is the next update's forward at θ: `decompose_update(keep=True)` keeps it (`ObservedForward`)
+and `begin_update(previous=)` takes it when the parameters are still exactly θ_{t+1}.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ TOP_K = 10  # "top-k" in the mass split: the pre-update argmax, the next TOP_K -
 # in fp32 (an Adam step of lr 1e-5): at their own length (~1/800 of it) float rounding gives ~1e-2 relative error
 # against the JVP; at the real step's length the third-order term does; at 1/30 both are ~1e-4 or less.
 CENTRAL_LENGTH = 1 / 30
+# The most logits an observed forward keeps for the next update (`ObservedForward`): SmolLM2's 49,152-word
+# vocabulary makes 1 GiB about 5,400 observed tokens (4 probe prompts with all 13 response types is ~8,000).
+KEEP_BYTES = 2**30
 
 
 def parameters(model) -> dict[str, torch.Tensor]:
@@ -178,8 +183,8 @@ def central_difference(
     J_o·v up to O(s²‖v‖³) (`logit_jvp` is its exact twin). `plus` is z(θ+v) when already known (s = 1). A larger
     `scale` s lifts a short step out of float rounding (J_o·v is linear in v; the error is relative to (s‖v‖)²)."""
     if plus is None:
-        plus = rows_logits(model, rows, pad_id, {k: theta[k] + scale * v for k, v in tangent.items()})[0]
-    minus = rows_logits(model, rows, pad_id, {k: theta[k] - scale * v for k, v in tangent.items()})[0]
+        plus = rows_logits(model, rows, pad_id, _shifted(theta, tangent, scale))[0]
+    minus = rows_logits(model, rows, pad_id, _shifted(theta, tangent, -scale))[0]
     return (plus - minus) / (2 * scale)
 
 
@@ -189,12 +194,18 @@ def one_sided_difference(
 ) -> torch.Tensor:  # fmt: skip
     """(z(θ+sv) − z(θ)) / s, with `base` = z(θ): one plain forward, equal to J_o·v up to O(s‖v‖²)
     (`central_difference` is second order at one more forward; `logit_jvp` is the exact twin of both)."""
-    plus = rows_logits(model, rows, pad_id, {k: theta[k] + scale * v for k, v in tangent.items()})[0]
+    plus = rows_logits(model, rows, pad_id, _shifted(theta, tangent, scale))[0]
     return (plus - base) / scale
 
 
+def _shifted(theta: dict, tangent: dict, scale: float) -> dict:
+    """θ + scale·v, one new tensor per parameter."""
+    names = list(tangent)
+    return dict(zip(names, torch._foreach_add([theta[k] for k in names], [tangent[k] for k in names], alpha=scale)))
+
+
 def _norm(tangent: dict) -> float:
-    return math.sqrt(sum(float((v.double() ** 2).sum()) for v in tangent.values()))
+    return math.sqrt(sum(float(torch.linalg.vector_norm(v, dtype=torch.float64)) ** 2 for v in tangent.values()))
 
 
 def log_prob_change(logits: torch.Tensor, dlogits: torch.Tensor) -> torch.Tensor:
@@ -266,7 +277,7 @@ def change_statistics(
 @torch.no_grad()
 def decompose(
     model, theta: dict, theta_after: dict, tangents: dict[str, dict], rows: Batch | SharedRows, pad_id: int = 0,
-    method: str = "jvp",
+    method: str = "jvp", before: tuple | None = None, observed: tuple | None = None,
 ) -> dict:  # fmt: skip
     """Predicted against observed, per sequence of an observed batch, for one update θ → θ_after.
 
@@ -274,13 +285,15 @@ def decompose(
     observed quantities), by forward-mode (`method="jvp"`), by central differences (`"central"`) or with the SGD
     kernel's parts one-sided (`"one_sided"`; the real step stays central). The tangent
     named "step" (the real θ_after − θ) also gives the predicted mass split. "observed" is the exact change
-    log π_{θ_after}(y|x_o) − log π_θ(y|x_o), with "observed/<statistic>" from `change_statistics`.
+    log π_{θ_after}(y|x_o) − log π_θ(y|x_o), with "observed/<statistic>" from `change_statistics`. `before` and
+    `observed`: the rows' (logits, labels) at θ and at θ_after when already computed (forward-mode takes the logits
+    at θ from its own primal pass and does not need `before`).
     """
     out = {}
-    after, labels = rows_logits(model, rows, pad_id, theta_after)
+    after, labels = rows_logits(model, rows, pad_id, theta_after) if observed is None else observed
     differences = method in ("central", "one_sided")
-    if not tangents or differences:  # the logits before the step from a plain forward
-        logits, labels = rows_logits(model, rows, pad_id, theta)
+    if not tangents or differences:  # the logits before the step from a plain forward, unless already known
+        logits, labels = rows_logits(model, rows, pad_id, theta) if before is None else before
     step = _norm(tangents["step"]) if differences and "step" in tangents else 0.0
     for name, tangent in tangents.items():
         if differences and name == "step":  # θ + step is θ_after: its forward is the observed one
@@ -310,12 +323,24 @@ def decompose(
 
 
 @dataclass
+class ObservedForward:
+    """The observed batches' logits at θ_{t+1}, with θ_{t+1} itself: the next update's forward at θ when it starts
+    from exactly these parameters (decomposing every update)."""
+
+    theta: dict[str, torch.Tensor]  # θ_{t+1}, cloned
+    items: list[tuple[str, str]]  # the observed (example id, response type)s, in order
+    logits: list[tuple[torch.Tensor, torch.Tensor]]  # (logits, labels) per observed batch, in order
+
+
+@dataclass
 class UpdateStart:
     """What the decomposition keeps from before an update."""
 
     theta: dict[str, torch.Tensor]  # θ_t, cloned
     lr: float  # η of the update (the SGD-kernel predictions use it)
     directions: UpdateDirections | None  # g⁺ and g⁻ of the update batch; None when the batch is not known
+    before: ObservedForward | None = None  # the observed batches' logits at θ_t, when a forward there was kept
+    observed: ObservedForward | None = None  # set by `decompose_update(keep=True)`: for the next update's start
 
 
 def begin_update(
@@ -327,17 +352,27 @@ def begin_update(
     pad_id: int = 0,
     reference: PairLogps | None = None,
     negative_from_step: bool = False,
+    previous: ObservedForward | None = None,
 ) -> UpdateStart:
     """Before the optimizer step: θ_t, and the loss directions of the update's `examples` (`TrainExample`s: prompt,
     chosen, rejected token ids) under `loss` when they are given. `reference` holds the reference log-probs of the
     examples for losses that need one. `negative_from_step`: the caller hands the step's own gradient of the same
-    batch and loss to `start.directions.from_gradient` before `decompose_update`, which saves one backward."""
+    batch and loss to `start.directions.from_gradient` before `decompose_update`, which saves one backward.
+    `previous`: the last decomposed update's `ObservedForward`; used (its θ and its logits) only when the model's
+    parameters are exactly its θ, i.e. nothing moved them since."""
     directions = None
     if loss is not None and examples:
         with measurement_mode(model):
             directions = update_directions(model, loss, loss_cfg or LossConfig(), list(examples), pad_id, reference,
                                            negative=not negative_from_step)  # fmt: skip
-    return UpdateStart({k: v.clone() for k, v in parameters(model).items()}, lr, directions)
+    now = parameters(model)
+    if (
+        previous is not None
+        and previous.theta.keys() == now.keys()
+        and all(torch.equal(previous.theta[k], v) for k, v in now.items())
+    ):
+        return UpdateStart(previous.theta, lr, directions, before=previous)
+    return UpdateStart({k: v.clone() for k, v in now.items()}, lr, directions)
 
 
 # columns of a decomposition row, from the names `decompose` gives its outputs
@@ -354,21 +389,31 @@ def decompose_update(
     batch_tokens: int = 1024,
     predict: bool = True,
     method: str = "jvp",
+    keep: bool = False,
 ) -> list[dict]:
     """After the optimizer step: one row per observed (prompt, response type) with the observed change and, when
     `predict`, the first-order predictions along the real step ("predicted") and the SGD kernel's y⁺ and y⁻ parts
     ("sgd_positive", "sgd_negative"), the mass split, LBK ("observed/lbk") and SignDelta ("observed/sign_delta").
     `method`: "jvp" (forward-mode), "central" (central differences, `central_difference`) or "one_sided" (the SGD
-    kernel's parts by `one_sided_difference`, the real step central)."""
+    kernel's parts by `one_sided_difference`, the real step central). `keep`: leave the observed forward at θ_{t+1}
+    in `start.observed` for the next update's `begin_update(previous=)` (when it uses a plain forward at θ and its
+    logits fit in `KEEP_BYTES`)."""
     if start.directions is not None and start.directions.awaiting_negative:
         raise ValueError("g⁻ was left to the training step's gradient: call start.directions.from_gradient first")
     after = parameters(model)
     tangents = _tangents(start, after) if predict else {}
     shared = shares_prompts(next(model.parameters()).device)
+    groups = list((whole_prompt_batches if shared else length_batches)(items, batch_tokens))
+    keys = [(it.example_id, it.type) for it in items]
+    known = start.before is not None and start.before.items == keys and len(start.before.logits) == len(groups)
+    before = start.before.logits if known else [None] * len(groups)
+    kept = [] if keep and (method != "jvp" or not tangents) else None
     rows = []
-    for group in (whole_prompt_batches if shared else length_batches)(items, batch_tokens):
+    for group, logits_before in zip(groups, before):
         with measurement_mode(model):
-            out = _decompose_group(model, start, after, tangents, group, pad_id, shared, method)
+            out = _decompose_group(model, start, after, tangents, group, pad_id, shared, method, logits_before, kept)
+        if kept is not None and sum(logits.numel() * logits.element_size() for logits, _ in kept) > KEEP_BYTES:
+            kept = None
         out = {COLUMNS.get(k, k): v.tolist() for k, v in out.items()}
         for i, item in enumerate(group):
             row = {"example_id": item.example_id, "type": item.type, "lr": start.lr}
@@ -380,6 +425,8 @@ def decompose_update(
                     row["observed/a_norm_sq"] * start.directions.g_norm_sq
                 )
             rows.append(row)
+    if kept is not None:
+        start.observed = ObservedForward({k: v.clone() for k, v in after.items()}, keys, kept)
     return rows
 
 
@@ -394,8 +441,12 @@ def _tangents(start: UpdateStart, after: dict) -> dict[str, dict]:
 
 
 def _decompose_group(model, start: UpdateStart, after: dict, tangents: dict, group: list[ProbeItem], pad_id: int,
-                     shared: bool, method: str) -> dict:  # fmt: skip
+                     shared: bool, method: str, before: tuple | None, kept: list | None) -> dict:  # fmt: skip
     pairs = [(it.example_id, it.prompt, it.response) for it in group]
     device = next(model.parameters()).device
-    observed = SharedRows.of(pairs) if shared else collate([p[1:] for p in pairs], pad_id).to(device)
-    return decompose(model, start.theta, after, tangents, observed, pad_id, method)
+    rows = SharedRows.of(pairs) if shared else collate([p[1:] for p in pairs], pad_id).to(device)
+    with torch.no_grad():
+        observed = rows_logits(model, rows, pad_id, after)
+    if kept is not None:
+        kept.append(observed)
+    return decompose(model, start.theta, after, tangents, rows, pad_id, method, before, observed)

@@ -108,7 +108,7 @@ class LearningDynamicsCallback(TrainerCallback):
         self.run: RunDir | None = None
         self.items: list[ProbeItem] = []
         self.done: set[int] = set()
-        self.pending = None
+        self.pending = self.previous = None  # previous: observing every update, the last observed forward
         self.baseline: dict[str, float] = {}
         self.trackers = Trackers([])
 
@@ -138,7 +138,8 @@ class LearningDynamicsCallback(TrainerCallback):
         k = self.decompose.every
         if k and state.global_step % k == 0 and state.is_world_process_zero:
             lr = optimizer.param_groups[0]["lr"] if optimizer is not None else args.learning_rate
-            self.pending = begin_update(model, lr)
+            self.pending = begin_update(model, lr, previous=self.previous)
+            self.previous = None
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         if self.pending is None:
@@ -152,8 +153,9 @@ class LearningDynamicsCallback(TrainerCallback):
             batch_tokens=self.decompose.batch_tokens,
             predict=self.decompose.predict,
             method=self.decompose.method,
+            keep=self.decompose.every == 1,  # the next update starts where this one's observed forward ran
         )
-        self.pending = None
+        self.pending, self.previous = None, self.pending.observed
         self.run.append(DECOMPOSITION, [{"step": step, "stage": self.stage, **row} for row in rows])
         seconds = round(time.perf_counter() - started, 3)  # after the step: the forward-mode passes and the observed
         self.run.append(DECOMPOSITION_TIMES, [{"step": step, "seconds": seconds, "items": len(self.observed)}])

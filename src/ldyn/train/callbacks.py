@@ -88,6 +88,7 @@ class DecompositionCallback:
                  predict: bool = True, method: str = "jvp"):  # fmt: skip
         self.run, self.items, self.pad_id, self.every, self.batch_tokens = run, items, pad_id, every, batch_tokens
         self.predict, self.method, self.pending, self.seconds = predict, method, None, 0.0
+        self.previous = None  # decomposing every update: the last observed forward, the next one's forward at θ
 
     def on_step_start(self, state: StepState) -> None:
         if not self.every or state.step % self.every or not state.accelerator.is_main_process:
@@ -103,7 +104,8 @@ class DecompositionCallback:
         # g⁻ from the step's own gradient when that is exactly the batch's mean-loss gradient (`on_gradients`)
         reuse = self.predict and state.batch_gradient and len(state.batch) == 1
         self.pending = begin_update(model, state.lr, state.loss, state.loss_cfg, examples, self.pad_id, reference,
-                                    negative_from_step=reuse)  # fmt: skip
+                                    negative_from_step=reuse, previous=self.previous)  # fmt: skip
+        self.previous = None
         self.seconds = time.perf_counter() - started
 
     def on_gradients(self, state: StepState) -> None:
@@ -121,8 +123,8 @@ class DecompositionCallback:
         started = time.perf_counter()
         model = state.accelerator.unwrap_model(state.model)
         rows = decompose_update(model, self.pending, self.items, self.pad_id, batch_tokens=self.batch_tokens,
-                                predict=self.predict, method=self.method)  # fmt: skip
-        self.pending = None
+                                predict=self.predict, method=self.method, keep=self.every == 1)  # fmt: skip
+        self.pending, self.previous = None, self.pending.observed
         self.run.append(DECOMPOSITION, [{"step": state.step, "stage": state.stage, **row} for row in rows])
         seconds = self.seconds + time.perf_counter() - started
         timing = {"step": state.step, "seconds": round(seconds, 3), "items": len(self.items),
