@@ -27,8 +27,20 @@ from ldyn.errors import LdynError
 from ldyn.logprobs import SeqLogps, sequence_logps, shared_prompt_logps, shares_prompts
 from ldyn.losses import LossConfig, LossSpec, PairLogps
 
+
+def _fusable(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW kernel takes these parameters: plain floating tensors on a CPU or CUDA device
+    (not sharded DTensors). One kernel over all of them, without the foreach path's temporaries: 0.08 against 0.25 s
+    for SmolLM2's 135M parameters on this CPU, ~0.5 s less per DPO update in a paired A/B (docs/benchmarks.md)."""
+    return bool(params) and all(
+        type(p.data) is torch.Tensor and p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
+    )
+
+
 OPTIMIZERS = {  # the names OptimConfig.name allows
-    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
+    "adamw": lambda params, c: torch.optim.AdamW(
+        params, lr=c.lr, weight_decay=c.weight_decay, fused=_fusable(params) or None
+    ),  # fmt: skip
     "rmsprop": lambda params, c: torch.optim.RMSprop(params, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum),
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum),
 }
