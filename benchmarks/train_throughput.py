@@ -14,7 +14,9 @@ backward run under bf16 autocast and the peak is the bf16 peak (probes would sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
+from collections import Counter
 
 import torch
 from common import add_common_arguments, machine, median_range, result, setup, timed
@@ -59,6 +61,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="examples (pairs for DPO) per update")
     parser.add_argument("--updates", type=int, default=6, help="timed updates (after one warm-up)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast, measured against the bf16 peak")
+    parser.add_argument(
+        "--operators",
+        action="store_true",
+        help="profile the timed updates by operator: the time in matrix products, the bound it sets on useful "
+        "work (every other operator at zero cost), and the largest other operators",
+    )
     args = parser.parse_args()
     from accelerate import Accelerator
 
@@ -79,12 +87,16 @@ def main() -> None:
     if spec.needs_reference:  # a run's steady state: reference log-probs cached
         trainer.reference_logps(examples, torch.float32)
     groups = [examples[i : i + args.batch] for i in range(0, n, args.batch)]
-    seconds, rates = [], []
+    seconds, rates, operators, flops = [], [], Counter(), 0.0
     for t, group in enumerate(groups):
-        _, s = timed(lambda g=group, t=t: trainer.update([g], t), args.device)
+        with torch.profiler.profile() if args.operators and t else contextlib.nullcontext() as prof:
+            _, s = timed(lambda g=group, t=t: trainer.update([g], t), args.device)
         if t:
             seconds.append(s)
+            flops += update_flops(model, group, spec.needs_rejected)
             rates.append(update_flops(model, group, spec.needs_rejected) / s)
+        if prof is not None:
+            operators.update({e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()})
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     peak, size = matmul_peak(dtype, args.device)
     achieved = statistics.median(rates)
@@ -96,7 +108,24 @@ def main() -> None:
     print(f"{'matmul peak, ' + str(dtype).removeprefix('torch.') + f' {size}²':<40}{peak / 1e9:>12.1f} GFLOP/s")
     print(f"{'training update (s) median [range]':<40}{median_range(seconds):>28}")
     print(f"{'training, useful matmul work':<40}{achieved / 1e9:>12.1f} GFLOP/s = {achieved / peak:.0%} of peak")
+    if operators:
+        print_operators(operators, sum(seconds), flops, peak)
     result(loss=args.loss, fraction=achieved / peak, peak_gflops=peak / 1e9, update_s=statistics.median(seconds))
+
+
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def print_operators(operators: Counter, seconds: float, flops: float, peak: float) -> None:
+    """Where the timed updates went (profiler self time, which adds a little overhead of its own)."""
+    total = sum(operators.values())
+    in_matmuls = sum(operators[k] for k in MATMULS)
+    print(f"by operator (profiled, {total:.1f} s of self time over {seconds:.1f} s of updates):")
+    print(f"  matrix products: {in_matmuls:.1f} s ({in_matmuls / total:.0%}); useful work over their time alone "
+          f"= {flops / in_matmuls / peak:.0%} of peak (the bound with every other operator free)")  # fmt: skip
+    for key, s in operators.most_common(10):
+        if key not in MATMULS:
+            print(f"  {key:<60}{s:>8.2f} s ({s / total:.0%})")
 
 
 if __name__ == "__main__":
