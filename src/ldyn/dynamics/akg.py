@@ -42,12 +42,11 @@ from ldyn.dynamics.probing import ProbeItem, length_batches, whole_prompt_batche
 from ldyn.logprobs import (
     STAT_CHUNK,
     SharedRows,
-    encode_prompts,
     length_groups,
     logps_from_logits,
     response_logits,
     rows_logits,
-    shared_prompt_logits,
+    shared_prompt_passes,
     shares_prompts,
 )
 from ldyn.losses import LossConfig, LossSpec, PairLogps
@@ -138,12 +137,16 @@ def _shared_sides_gradient(model, spec: LossSpec, cfg: LossConfig, examples, pad
     length groups against the prompts' cache. Returns per side (y⁺, y⁻) its groups' (logits, labels, G); a
     side's backward then traverses its own groups and the prompts. The plain per-side batches of
     `loss_logit_gradient` are its slow twin (tested in float64)."""
-    encoded = encode_prompts(model, [e.prompt for e in examples], pad_id)
+    sides_responses = ([e.chosen for e in examples], [e.rejected for e in examples])
+    sides_groups = [length_groups([len(r) for r in responses]) for responses in sides_responses]
+    rows = [[(i, responses[i]) for i in group] for responses, groups in zip(sides_responses, sides_groups)
+            for group in groups]  # fmt: skip
+    passes = iter(shared_prompt_passes(model, [e.prompt for e in examples], rows, pad_id))
     sides, sums, counts = [], [], []
-    for responses in ([e.chosen for e in examples], [e.rejected for e in examples]):
+    for responses, side_groups in zip(sides_responses, sides_groups):
         groups, total, n_tokens = [], [None] * len(responses), [None] * len(responses)
-        for group in length_groups([len(r) for r in responses]):
-            logits, labels = shared_prompt_logits(model, encoded, [(i, responses[i]) for i in group], pad_id)
+        for group in side_groups:
+            logits, labels = next(passes)
             logps = logps_from_logits(logits, labels)
             for j, i in enumerate(group):
                 total[i], n_tokens[i] = logps.sum[j], logps.n_tokens[j]
