@@ -9,17 +9,16 @@ from ldyn.config import LossConfig
 from ldyn.data.tokenize import IGNORE, collate, collate_pairs
 from ldyn.dynamics.akg import (
     begin_update,
-    central_difference,
     change_statistics,
     decompose,
     decompose_update,
     delta_log_prob,
     logit_jvp,
     loss_logit_gradient,
-    one_sided_difference,
     parameters,
     update_directions,
 )
+from ldyn.dynamics.differences import central_difference, one_sided_difference
 from ldyn.dynamics.entk import entk, kernel_norm, predicted_logit_change
 from ldyn.dynamics.probing import ProbeItem
 from ldyn.logprobs import SharedRows, sequence_logps

@@ -15,7 +15,7 @@ Two parameter steps are used: the paper's SGD kernel Δθ = −η g (η = the st
 y⁺ and y⁻ parts, and the optimizer's real step θ_{t+1} − θ_t (Adam, RMSprop or SGD, after clipping).
 
 Two ways to take the first-order change along a step v: forward-mode (`logit_jvp`, exact: J·v) or the central
-difference (z(θ+v) − z(θ−v))/2 (`central_difference`: two plain forwards, one when z(θ+v) is already known, as
+difference (z(θ+v) − z(θ−v))/2 (`differences.central_difference`: two plain forwards, one when z(θ+v) is already known, as
 for the real step whose θ+v is θ_{t+1}; error O(‖v‖³), tested against the JVP in float64). The SGD kernel's
 steps are evaluated at a set fraction of the real step's length and scaled back (`CENTRAL_LENGTH`). The cheapest,
 `method="one_sided"`, takes the SGD kernel's two parts as (z(θ+v) − z(θ))/1 from the forward at θ it has anyway
@@ -31,13 +31,13 @@ and `begin_update(previous=)` takes it when the parameters are still exactly θ_
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ldyn.data.tokenize import IGNORE, Batch, collate
+from ldyn.dynamics.differences import CENTRAL_LENGTH, central_difference, norm, one_sided_difference
 from ldyn.dynamics.probing import ProbeItem, length_batches, whole_prompt_batches
 from ldyn.logprobs import (
     STAT_CHUNK,
@@ -53,10 +53,6 @@ from ldyn.losses import LossConfig, LossSpec, PairLogps
 from ldyn.models import measurement_mode
 
 TOP_K = 10  # "top-k" in the mass split: the pre-update argmax, the next TOP_K - 1 tokens, and the tail
-# Central differences take the SGD kernel's steps at this fraction of the real step's length. Measured on SmolLM2
-# in fp32 (an Adam step of lr 1e-5): at their own length (~1/800 of it) float rounding gives ~1e-2 relative error
-# against the JVP; at the real step's length the third-order term does; at 1/30 both are ~1e-4 or less.
-CENTRAL_LENGTH = 1 / 30
 # The most logits an observed forward keeps for the next update (`ObservedForward`): SmolLM2's 49,152-word
 # vocabulary makes 1 GiB about 5,400 observed tokens (4 probe prompts with all 13 response types is ~8,000).
 KEEP_BYTES = 2**30
@@ -178,39 +174,6 @@ def logit_jvp(
     return logits, labels, dlogits
 
 
-def central_difference(
-    model, theta: dict, tangent: dict, rows: Batch | SharedRows, pad_id: int = 0, plus: torch.Tensor | None = None,
-    scale: float = 1.0,
-) -> torch.Tensor:  # fmt: skip
-    """(z(θ+sv) − z(θ−sv)) / 2s: the observed rows' first-order logit change along v from plain forwards, equal to
-    J_o·v up to O(s²‖v‖³) (`logit_jvp` is its exact twin). `plus` is z(θ+v) when already known (s = 1). A larger
-    `scale` s lifts a short step out of float rounding (J_o·v is linear in v; the error is relative to (s‖v‖)²)."""
-    if plus is None:
-        plus = rows_logits(model, rows, pad_id, _shifted(theta, tangent, scale))[0]
-    minus = rows_logits(model, rows, pad_id, _shifted(theta, tangent, -scale))[0]
-    return (plus - minus) / (2 * scale)
-
-
-def one_sided_difference(
-    model, theta: dict, tangent: dict, rows: Batch | SharedRows, base: torch.Tensor, pad_id: int = 0,
-    scale: float = 1.0,
-) -> torch.Tensor:  # fmt: skip
-    """(z(θ+sv) − z(θ)) / s, with `base` = z(θ): one plain forward, equal to J_o·v up to O(s‖v‖²)
-    (`central_difference` is second order at one more forward; `logit_jvp` is the exact twin of both)."""
-    plus = rows_logits(model, rows, pad_id, _shifted(theta, tangent, scale))[0]
-    return (plus - base) / scale
-
-
-def _shifted(theta: dict, tangent: dict, scale: float) -> dict:
-    """θ + scale·v, one new tensor per parameter."""
-    names = list(tangent)
-    return dict(zip(names, torch._foreach_add([theta[k] for k in names], [tangent[k] for k in names], alpha=scale)))
-
-
-def _norm(tangent: dict) -> float:
-    return math.sqrt(sum(float(torch.linalg.vector_norm(v, dtype=torch.float64)) ** 2 for v in tangent.values()))
-
-
 def log_prob_change(logits: torch.Tensor, dlogits: torch.Tensor) -> torch.Tensor:
     """A applied to a logit change, over the last dimension: Δ log π_v = Δz_v − Σ_w π_w Δz_w (first order)."""
     return dlogits - (logits.softmax(-1) * dlogits).sum(-1, keepdim=True)
@@ -297,12 +260,12 @@ def decompose(
     differences = method in ("central", "one_sided")
     if not tangents or differences:  # the logits before the step from a plain forward, unless already known
         logits, labels = rows_logits(model, rows, pad_id, theta) if before is None else before
-    step = _norm(tangents["step"]) if differences and "step" in tangents else 0.0
+    step = norm(tangents["step"]) if differences and "step" in tangents else 0.0
     for name, tangent in tangents.items():
         if differences and name == "step":  # θ + step is θ_after: its forward is the observed one
             dlogits = central_difference(model, theta, tangent, rows, pad_id, plus=after)
         elif differences:
-            length = _norm(tangent)
+            length = norm(tangent)
             scale = CENTRAL_LENGTH * step / length if step > 0 and length > 0 else 1.0
             if method == "central":
                 dlogits = central_difference(model, theta, tangent, rows, pad_id, scale=scale)
