@@ -14,13 +14,13 @@
 Two parameter steps are used: the paper's SGD kernel Δθ = −η g (η = the stage's learning rate), split into its
 y⁺ and y⁻ parts, and the optimizer's real step θ_{t+1} − θ_t (Adam, RMSprop or SGD, after clipping).
 
-Two ways to take the first-order change along a step v: forward-mode (`logit_jvp`, exact: J·v) or the central
-difference (z(θ+v) − z(θ−v))/2 (`differences.central_difference`: two plain forwards, one when z(θ+v) is already known, as
-for the real step whose θ+v is θ_{t+1}; error O(‖v‖³), tested against the JVP in float64). The SGD kernel's
-steps are evaluated at a set fraction of the real step's length and scaled back (`CENTRAL_LENGTH`). The cheapest,
-`method="one_sided"`, takes the SGD kernel's two parts as (z(θ+v) − z(θ))/1 from the forward at θ it has anyway
-(`one_sided_difference`: one forward each, error O(‖v‖²), first order in the relative error) and keeps the real
-step central (a one-sided real step would be the observed change itself, and predict nothing).
+Two ways to take the first-order change along a step v: forward-mode (`logit_jvp`, exact: J·v) or finite
+differences (`differences.py`). The central difference (z(θ+v) − z(θ−v))/2 costs two plain forwards, one when
+z(θ+v) is already known, as for the real step whose θ+v is θ_{t+1}; error O(‖v‖³), tested against the JVP in
+float64. The SGD kernel's steps are evaluated at a set fraction of the real step's length and scaled back
+(`CENTRAL_LENGTH`). The cheapest, `method="one_sided"`, takes the SGD kernel's two parts as (z(θ+v) − z(θ))/1 from
+the forward at θ it has anyway (one forward each, error O(‖v‖²), first order in the relative error) and keeps the
+real step central (a one-sided real step would be the observed change itself, and predict nothing).
 
 Any trainer uses it in two calls around one optimizer step: `begin_update` before it (θ_t, and g⁺/g⁻ when the
 update batch and its loss are known), `decompose_update` after it (one row per observed response, with its final
