@@ -294,7 +294,7 @@ class ObservedForward:
     from exactly these parameters (decomposing every update)."""
 
     theta: dict[str, torch.Tensor]  # θ_{t+1}, cloned
-    items: list[tuple[str, str]]  # the observed (example id, response type)s, in order
+    items: list[list[tuple[str, str]]]  # per observed batch, its (example id, response type)s in order
     logits: list[tuple[torch.Tensor, torch.Tensor]]  # (logits, labels) per observed batch, in order
 
 
@@ -370,9 +370,8 @@ def decompose_update(
     tangents = _tangents(start, after) if predict else {}
     shared = shares_prompts(next(model.parameters()).device)
     groups = list((whole_prompt_batches if shared else length_batches)(items, batch_tokens))
-    keys = [(it.example_id, it.type) for it in items]
-    known = start.before is not None and start.before.items == keys and len(start.before.logits) == len(groups)
-    before = start.before.logits if known else [None] * len(groups)
+    keys = [[(it.example_id, it.type) for it in group] for group in groups]
+    before = start.before.logits if start.before is not None and start.before.items == keys else [None] * len(groups)
     kept = [] if keep and (method != "jvp" or not tangents) else None
     rows = []
     for group, logits_before in zip(groups, before):
