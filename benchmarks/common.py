@@ -8,6 +8,7 @@ be copied (e.g. a GPU machine without the embedded model's package).
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -34,6 +35,14 @@ def add_common_arguments(parser) -> None:
         help="use a random-weight model with the config and "
         "tokenizer found in DIR instead of --model (same shapes, same timings)",
     )
+    parser.add_argument(
+        "--config-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --random-init: a config field changed before the model is built, e.g. num_hidden_layers=16 "
+        "(repeatable; VALUE as JSON, so a larger model of the same family can be timed)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument(
@@ -48,6 +57,12 @@ def add_common_arguments(parser) -> None:
         metavar="KEY=VALUE",
         help="a recipe override applied last, e.g. --set data.max_length=128 (repeatable)",
     )
+
+
+def add_compile_argument(parser) -> None:
+    """--compile: the training forward's decoder layers compiled in this mode (a run's `compile`, models.compiled)."""
+    parser.add_argument("--compile", default="no", choices=["no", "default", "reduce-overhead", "max-autotune"],
+                        help="compile the training forward's decoder layers in this torch.compile mode")  # fmt: skip
 
 
 def setup(args, recipe: str, overrides: list[str]) -> tuple[RunConfig, torch.nn.Module, object, Inputs]:
@@ -80,6 +95,9 @@ def load(args, cfg: RunConfig):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(args.random_init)
+    for item in args.config_set:
+        key, _, value = item.partition("=")
+        setattr(config, key, json.loads(value))
     config._attn_implementation = cfg.model.attn_implementation
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, cfg.model.dtype))
@@ -106,8 +124,6 @@ def median_range(seconds: list[float]) -> str:
 
 def result(**figures) -> None:
     """The benchmark's headline figures as one machine-readable line (`run_all.py` collects them)."""
-    import json
-
     print("RESULT " + json.dumps(figures), flush=True)
 
 

@@ -19,7 +19,7 @@ import copy
 import tempfile
 
 import torch
-from common import add_common_arguments, machine, median_range, result, setup, sync, timed
+from common import add_common_arguments, add_compile_argument, machine, median_range, result, setup, sync, timed
 
 from ldyn.losses import get_loss
 from ldyn.models import frozen_copy
@@ -27,27 +27,36 @@ from ldyn.train.experiment import stage_examples
 from ldyn.train.trainer import Trainer
 
 
-def ldyn_times(model, examples, batch: int, stage, pad_id: int, device: str, bf16: bool, passes: int) -> list:
-    """Seconds per update over `passes` passes of the batches; the first pass fills the reference cache."""
+def ldyn_times(
+    model, examples, batch: int, stage, pad_id: int, device: str, bf16: bool, passes: int, compile: str = "no"
+) -> list:
+    """Seconds per update over `passes` passes of the batches; the first pass fills the reference cache. A compiled
+    forward is compiled in a pass of its own first, from which the timed passes start again at the same weights."""
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")
-    trainer = Trainer(
-        model,
-        get_loss("dpo"),
-        stage.loss,
-        stage.optim,
-        accelerator=accelerator,
-        pad_id=pad_id,
-        ref_model=frozen_copy(model),
-        mixed_precision="bf16" if bf16 else "no",
-    )
+    def trainer(forward_model=None):
+        made = Trainer(model, get_loss("dpo"), stage.loss, stage.optim,
+                       accelerator=Accelerator(cpu=device == "cpu", mixed_precision="no"), pad_id=pad_id,
+                       ref_model=frozen_copy(model), mixed_precision="bf16" if bf16 else "no",
+                       compile="no" if forward_model is not None else compile)  # fmt: skip
+        if forward_model is not None:
+            made.forward_model = forward_model
+        return made
+
     groups = [examples[i : i + batch] for i in range(0, len(examples), batch)]
+    training = trainer()
+    if compile != "no":
+        start = copy.deepcopy(model.state_dict())
+        for t, g in enumerate(groups):
+            _, seconds = timed(lambda g=g, t=t: training.update([g], t), device)
+            print(f"compiling ({compile}): update {t + 1} took {seconds:.1f} s", flush=True)
+        model.load_state_dict(start)
+        training = trainer(training.forward_model)
     out, losses = [], []
     for p in range(passes):
         out.append([])
         for t, g in enumerate(groups, start=p * len(groups)):
-            metrics, seconds = timed(lambda g=g, t=t: trainer.update([g], t), device)
+            metrics, seconds = timed(lambda g=g, t=t: training.update([g], t), device)
             out[-1].append(seconds)
             losses.append(metrics["loss"])
     return out, losses[: len(groups)]
@@ -128,6 +137,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="pairs per update")
     parser.add_argument("--updates", type=int, default=6, help="updates per pass (the first is warm-up)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides")
+    add_compile_argument(parser)  # ldyn's side
     args = parser.parse_args()
     n = args.batch * args.updates
     cfg, model, tokenizer, inputs = setup(args, "hh_probe_dpo", [f"data.n_train={n}", "probe.every=0"])
@@ -140,11 +150,15 @@ def main() -> None:
     ]
     print(
         f"{machine()}; model {args.random_init or args.model} on {args.device}, "
-        f"{'bf16 autocast' if args.bf16 else 'fp32'}; {args.updates} updates of {args.batch} HH pairs "
+        f"{'bf16 autocast' if args.bf16 else 'fp32'}, ldyn compiled: {args.compile}; "
+        f"{args.updates} updates of {args.batch} HH pairs "
         f"(padded tokens per update: {min(shapes)}-{max(shapes)}); medians over updates 2..{args.updates}"
     )
     start = copy.deepcopy(model.state_dict())
-    (first, cached), losses = ldyn_times(model, examples, args.batch, stage, pad, args.device, args.bf16, passes=2)
+    (first, cached), losses = ldyn_times(
+        model, examples, args.batch, stage, pad, args.device, args.bf16, passes=2, compile=args.compile
+    )
+    print(f"ldyn: reference in the step {median_range(first[1:])} s, cached {median_range(cached[1:])} s", flush=True)
     rows, trl_losses = {}, {}
     rows["ldyn, reference in the step (first pass)"] = first[1:]
     rows["ldyn, reference cached (later passes)"] = cached[1:]

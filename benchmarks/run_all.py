@@ -29,6 +29,14 @@ BENCHMARKS = [
     ("throughput_sft", "train_throughput.py", ["--loss", "sft"]),
     ("dpo_horizon", "dpo_horizon.py", []),  # the longest: a 500-update run, about 20 minutes
 ]
+# On a GPU: ldyn's DPO update with its decoder layers compiled (a 135M model is bound by kernel launches there),
+# and training throughput in bf16 for a model large enough to be compute-bound -- Llama-3.2-1B's shapes (with the
+# tokenizer's vocabulary) at random weights, 64 examples (32 pairs) per update, batched by length
+GPU_EXTRA = {"dpo": ["--compile", "default"]}
+LLAMA_1B = [f"--config-set={k}={v}" for k, v in (("hidden_size", 2048), ("intermediate_size", 8192),
+            ("num_hidden_layers", 16), ("num_attention_heads", 32), ("num_key_value_heads", 8))]  # fmt: skip
+GPU_THROUGHPUT = ["--bf16", "--group-by-length", "--compile", "default", "--warmup", "2"]
+GPU_BATCH = {"throughput_dpo": ["--batch", "32"], "throughput_sft": ["--batch", "64"]}
 
 
 def run(script: str, arguments: list[str]) -> tuple[dict | None, float]:
@@ -47,8 +55,19 @@ def run(script: str, arguments: list[str]) -> tuple[dict | None, float]:
     return figures, time.perf_counter() - started
 
 
-def summary(results: dict[str, dict | None]) -> list[tuple[str, str, str]]:
-    """(target, measured, verdict) rows; a benchmark that failed or was skipped shows as not measured."""
+def extra_arguments(name: str, gpu: bool, random_init: bool) -> list[str]:
+    """A benchmark's arguments beyond the common ones: on a GPU, the compiled update and the large bf16 model."""
+    if not gpu:
+        return []
+    if name.startswith("throughput"):
+        return GPU_THROUGHPUT + GPU_BATCH[name] + (LLAMA_1B if random_init else [])
+    return GPU_EXTRA.get(name, [])
+
+
+def summary(results: dict[str, dict | None], gpu: bool = False) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) rows; a benchmark that failed or was skipped shows as not measured. The targets
+    are issue 18's for the device: on a GPU the decomposition within 3 updates and bf16 training at 40% of the
+    peak (model FLOPs utilisation, useful work only), on a CPU within 2 updates and 60% of the fp32 peak."""
 
     def get(name, key):
         return (results.get(name) or {}).get(key)
@@ -76,16 +95,19 @@ def summary(results: dict[str, dict | None]) -> list[tuple[str, str, str]]:
                        ("ratio_one_sided", "y± parts one-sided")):  # fmt: skip
         ratio = get("decomposition", key)
         if ratio is not None:
-            rows.append((f"decomposition ≤ 2× an update ({label})", f"{ratio:.2f}×", _verdict(ratio <= 2)))
+            bound = 3 if gpu else 2
+            rows.append((f"decomposition ≤ {bound}× an update ({label})", f"{ratio:.2f}×", _verdict(ratio <= bound)))
     for name in ("throughput_dpo", "throughput_sft"):
         fraction = get(name, "fraction")
         if fraction is not None:
-            loss = get(name, "loss").upper()
+            loss, bound = get(name, "loss").upper(), 0.4 if gpu else 0.6
+            size = f", {get(name, 'params') / 1e9:.2f}B parameters" if get(name, "params") else ""
             rows.append(
                 (
-                    f"{loss} training ≥ 60% of the matmul peak (useful work)",
+                    f"{loss} training ≥ {bound:.0%} of the {'bf16' if get(name, 'bf16') else 'fp32'} matmul peak "
+                    f"(useful work{size})",
                     f"{fraction:.0%} of {get(name, 'peak_gflops'):.0f} GFLOP/s",
-                    _verdict(fraction >= 0.6),
+                    _verdict(fraction >= bound),
                 )
             )
     wall, updates = get("dpo_horizon", "wall_s"), get("dpo_horizon", "updates")
@@ -114,7 +136,7 @@ def main() -> None:
     common += ["--random-init", args.random_init] if args.random_init else []
     common += ["--threads", str(args.threads)] if args.threads else []
     common += ["--glibc-defaults"] if args.glibc_defaults else []
-    common += [f"--set={s}" for s in args.set]
+    common += [f"--set={s}" for s in args.set] + [f"--config-set={s}" for s in args.config_set]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     unknown = skip - {name for name, _, _ in BENCHMARKS}
     if unknown:
@@ -128,11 +150,12 @@ def main() -> None:
     for name, script, extra in BENCHMARKS:
         if name in skip:
             continue
+        extra = [*extra, *extra_arguments(name, args.device == "cuda", bool(args.random_init))]
         print(f"\n## {name}: {script} {' '.join(extra)}", flush=True)
         results[name], seconds[name] = run(script, [*common, *extra])
     print(f"\n## Targets at a glance ({device})\n")
     print("| target | measured | |\n|---|---|---|")
-    for target, measured, verdict in summary(results):
+    for target, measured, verdict in summary(results, gpu=args.device == "cuda"):
         print(f"| {target} | {measured} | **{verdict}** |")
     failed = [name for name, figures in results.items() if figures is None]
     print("\n" + ", ".join(f"{name} {s / 60:.1f} min" for name, s in seconds.items()))

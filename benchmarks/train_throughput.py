@@ -19,7 +19,7 @@ import statistics
 from collections import Counter
 
 import torch
-from common import add_common_arguments, machine, median_range, result, setup, timed
+from common import add_common_arguments, add_compile_argument, machine, median_range, result, setup, timed
 
 from ldyn.losses import get_loss
 from ldyn.models import frozen_copy
@@ -61,6 +61,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="examples (pairs for DPO) per update")
     parser.add_argument("--updates", type=int, default=6, help="timed updates (after one warm-up)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast, measured against the bf16 peak")
+    add_compile_argument(parser)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed updates first (compiling takes several)")
+    parser.add_argument(
+        "--group-by-length",
+        action="store_true",
+        help="batch examples of similar length together (transformers' group_by_length), so that little of "
+        "each batch is padding",
+    )
     parser.add_argument(
         "--operators",
         action="store_true",
@@ -70,10 +78,12 @@ def main() -> None:
     args = parser.parse_args()
     from accelerate import Accelerator
 
-    n = args.batch * (args.updates + 1)
+    n = args.batch * (args.updates + args.warmup)
     cfg, model, tokenizer, inputs = setup(args, "hh_probe_dpo", [f"data.n_train={n}", "probe.every=0"])
     stage, spec = cfg.stages[0], get_loss(args.loss)
     examples = stage_examples(inputs.train, spec, stage)[:n]
+    if args.group_by_length:
+        examples.sort(key=lambda e: len(e.prompt) + max(len(e.chosen), len(e.rejected) if spec.needs_rejected else 0))
     trainer = Trainer(
         model,
         spec,
@@ -83,15 +93,19 @@ def main() -> None:
         pad_id=tokenizer.pad_token_id,
         ref_model=frozen_copy(model) if spec.needs_reference else None,
         mixed_precision="bf16" if args.bf16 else "no",
+        compile=args.compile,
     )
     if spec.needs_reference:  # a run's steady state: reference log-probs cached
         trainer.reference_logps(examples, torch.float32)
     groups = [examples[i : i + args.batch] for i in range(0, n, args.batch)]
     seconds, rates, operators, flops = [], [], Counter(), 0.0
     for t, group in enumerate(groups):
-        with torch.profiler.profile() if args.operators and t else contextlib.nullcontext() as prof:
+        timing = t >= args.warmup
+        with torch.profiler.profile() if args.operators and timing else contextlib.nullcontext() as prof:
             _, s = timed(lambda g=group, t=t: trainer.update([g], t), args.device)
-        if t:
+        if not timing:
+            print(f"warm-up update {t + 1}: {s:.2f} s", flush=True)
+        else:
             seconds.append(s)
             flops += update_flops(model, group, spec.needs_rejected)
             rates.append(update_flops(model, group, spec.needs_rejected) / s)
@@ -103,14 +117,18 @@ def main() -> None:
     print(
         f"{machine()}; model {args.random_init or args.model} on {args.device}; {args.loss.upper()} updates of "
         f"{args.batch} HH {'pairs' if spec.needs_rejected else 'examples'}, "
-        f"{'bf16 autocast' if args.bf16 else 'fp32'}; medians over {len(seconds)} updates"
+        f"{'bf16 autocast' if args.bf16 else 'fp32'}, compiled: {args.compile}"
+        f"{', grouped by length' if args.group_by_length else ''}; medians over {len(seconds)} updates"
     )
     print(f"{'matmul peak, ' + str(dtype).removeprefix('torch.') + f' {size}²':<40}{peak / 1e9:>12.1f} GFLOP/s")
     print(f"{'training update (s) median [range]':<40}{median_range(seconds):>28}")
     print(f"{'training, useful matmul work':<40}{achieved / 1e9:>12.1f} GFLOP/s = {achieved / peak:.0%} of peak")
     if operators:
         print_operators(operators, sum(seconds), flops, peak)
-    result(loss=args.loss, fraction=achieved / peak, peak_gflops=peak / 1e9, update_s=statistics.median(seconds))
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{'parameters':<40}{params / 1e6:>12.1f} M")
+    result(loss=args.loss, fraction=achieved / peak, peak_gflops=peak / 1e9, update_s=statistics.median(seconds),
+           params=params, bf16=args.bf16)  # fmt: skip
 
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")

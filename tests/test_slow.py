@@ -112,3 +112,14 @@ def test_smollm2_samples_readable_answers_and_judges_them(smollm2, tmp_path):
     good, bad = " The capital of France is Paris.", " banana banana banana"
     verdicts = judge.prefer(prompt, good, bad), judge.prefer(prompt, bad, good)
     assert set(verdicts) <= {"A", "B"}  # it always answers; whether it is consistent is what the win rate measures
+
+
+@pytest.mark.slow
+def test_an_inductor_compiled_training_forward_gives_the_eager_loss_and_gradients(tokenizer):
+    """Generated kernels (inductor on this CPU) against the eager model, float64: fused operators reorder sums."""
+    from test_trainer import _compiled_against_eager
+
+    (eager_loss, eager, _), (loss_value, grads, _) = _compiled_against_eager(tokenizer, "sft")
+    assert torch.allclose(eager_loss, loss_value, rtol=1e-10)
+    for a, b in zip(eager, grads):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-10)

@@ -149,3 +149,42 @@ def test_bf16_mixed_precision_trains_while_probes_stay_fp32(tokenizer):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as if called from inside a bf16 training step
         inside = probe(model, items, 0, progress=False)
     assert plain == inside
+
+
+def _compiled_against_eager(tokenizer, loss):
+    """(eager, compiled) (loss, gradients) of one micro-batch on the plain path, in float64 (sdpa: eager attention
+    takes its softmax in float32, which generated kernels round differently)."""
+    model, _ = prepare(tiny_model(tokenizer, dtype=torch.float64, attn_implementation="sdpa", seed=7), tokenizer)
+    names = list(model.state_dict())
+    out = []
+    for mode in ("no", "default"):
+        spec = get_loss(loss)
+        trainer = Trainer(model, spec, LossConfig(name=loss), OptimConfig(lr=1e-3), accelerator=Accelerator(cpu=True),
+                          pad_id=0, ref_model=frozen_copy(model) if spec.needs_reference else None,
+                          compile=mode)  # fmt: skip
+        trainer.accelerator.state.num_processes = 2  # the plain path (a CPU's DPO would share its prompts)
+        try:
+            model.zero_grad()
+            value, _ = trainer.loss_on(EXAMPLES[:3])
+            value.backward()
+        finally:
+            trainer.accelerator.state.num_processes = 1
+        out.append((value.detach(), [p.grad.clone() for p in model.parameters()], trainer.forward_model))
+    compiled_modules = [m for m in out[1][2].modules() if isinstance(m, torch._dynamo.eval_frame.OptimizedModule)]
+    assert len(compiled_modules) == model.config.num_hidden_layers  # each decoder layer, not the whole model
+    assert not any(isinstance(m, torch._dynamo.eval_frame.OptimizedModule) for m in model.modules())
+    assert list(model.state_dict()) == names  # the instruments and checkpoints see the eager model, unchanged
+    return out
+
+
+@pytest.mark.parametrize("loss", ["sft", "dpo"])
+def test_a_compiled_training_forward_gives_the_eager_loss_and_gradients(tokenizer, loss, monkeypatch):
+    """`compile` traces the decoder layers and trains through them (here with the aot_eager backend, which runs
+    the traced forward and backward graphs without generating code); the slow test compiles with inductor."""
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    (eager_loss, eager, _), (loss_value, grads, _) = _compiled_against_eager(tokenizer, loss)
+    assert torch.allclose(eager_loss, loss_value, rtol=0, atol=1e-12)
+    for a, b in zip(eager, grads):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -28,7 +28,7 @@ class SeqLogps:
 
 
 def _supports_logits_to_keep(model) -> bool:
-    fn = getattr(model, "forward", None)
+    fn = getattr(getattr(model, "_orig_mod", model), "forward", None)  # a torch.compile'd model: its original
     try:
         return "logits_to_keep" in inspect.signature(fn).parameters
     except (TypeError, ValueError):

@@ -249,7 +249,7 @@ def _train_stage(cfg, out, index, model, tokenizer, inputs, accelerator, callbac
         reference = _reference_for(cfg, out, index, accelerator.unwrap_model(model), start > 0)
     trainer = Trainer(model, spec, stage.loss, stage.optim, accelerator=accelerator, pad_id=tokenizer.pad_token_id,
                       ref_model=reference, callbacks=callbacks, grad_accum=stage.grad_accum,
-                      mixed_precision=cfg.mixed_precision)  # fmt: skip
+                      mixed_precision=cfg.mixed_precision, compile=cfg.compile)  # fmt: skip
     if start > 0 and resume.get("optimizer"):
         trainer.optimizer.load_state_dict(torch.load(resume["model_dir"] / resume["optimizer"]))
     data = batches(stage_examples(inputs.train, spec, stage), stage.batch_size, seed=cfg.seed * 1000 + index,

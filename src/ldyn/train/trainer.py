@@ -6,7 +6,9 @@ any of `on_train_start`, `on_step_start` (before the update: the model is still 
 
 Devices and processes come from accelerate's `Accelerator` (placement, DDP, backward, clipping). Mixed precision
 is applied here with an explicit autocast around the training forward only -- accelerate's own would also wrap the
-forward used by probes, which must stay in fp32.
+forward used by probes, which must stay in fp32. Likewise `compile` compiles the training forward alone
+(`models.compiled`, over the model's own parameters): the instruments keep the eager model, whose forward they
+differentiate in forward mode or run with other parameters.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ldyn.data.tokenize import collate_pairs
 from ldyn.errors import LdynError
 from ldyn.logprobs import SeqLogps, sequence_logps, shared_prompt_logps, shares_prompts
 from ldyn.losses import LossConfig, LossSpec, PairLogps
+from ldyn.models import compiled
 
 
 def _fusable(params: list[torch.Tensor]) -> bool:
@@ -121,6 +124,7 @@ class Trainer:
         callbacks=(),
         grad_accum: int = 1,
         mixed_precision: str = "no",
+        compile: str = "no",
     ):
         if loss.needs_reference and ref_model is None:
             raise ValueError(f"loss '{loss.name}' needs a reference model")
@@ -128,6 +132,7 @@ class Trainer:
         self.accelerator, self.pad_id, self.ref_model = accelerator, pad_id, ref_model
         self.callbacks, self.grad_accum = list(callbacks), grad_accum
         self.autocast_dtype = torch.bfloat16 if mixed_precision == "bf16" else None
+        self.forward_model = compiled(model, compile)  # the model itself unless compiling
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = accelerator.prepare_optimizer(OPTIMIZERS[optim_cfg.name](params, optim_cfg))
         self.reference_cache: dict[str, tuple[float, float]] = {}  # example id -> (log π_ref(y⁺), log π_ref(y⁻))
@@ -257,7 +262,8 @@ class Trainer:
         On a CPU pairs share their prompt's forward pass (`shared_prompt_logps`): the prompt is run once, not once
         per response. SFT rows, rows on a GPU (`shares_prompts`), and every row under several processes (DDP
         expects one forward per backward) take the plain path: `collate_pairs` then `sequence_logps`, which the
-        shared path is tested against.
+        shared path is tested against. With `compile` the model's plain path runs the compiled forward; the shared
+        path stays eager (its key/value cache differs per layer and per pass, so compiled layers would recompile).
         """
         device = self.accelerator.device
         with self.autocast():
@@ -265,7 +271,8 @@ class Trainer:
                 responses = [(i, e.chosen) for i, e in enumerate(examples)]
                 responses += [(i, e.rejected) for i, e in enumerate(examples)]
                 return shared_prompt_logps(model, [e.prompt for e in examples], responses, self.pad_id)
-            return sequence_logps(model, collate_pairs(examples, self.pad_id, with_rejected).to(device))
+            plain = self.forward_model if model is self.model else model
+            return sequence_logps(plain, collate_pairs(examples, self.pad_id, with_rejected).to(device))
 
     def autocast(self):
         """bf16 autocast around training forwards when mixed precision is on; a no-op otherwise."""
