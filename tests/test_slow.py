@@ -1,5 +1,7 @@
 """The real embedded SmolLM2-135M-Instruct, for a few steps (minutes on CPU). Run with `pytest -m slow`."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -115,6 +117,7 @@ def test_smollm2_samples_readable_answers_and_judges_them(smollm2, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="inductor generates C++ for a CPU: no g++ here")
 def test_an_inductor_compiled_training_forward_gives_the_eager_loss_and_gradients(tokenizer):
     """Generated kernels (inductor on this CPU) against the eager model, float64: fused operators reorder sums."""
     from test_trainer import _compiled_against_eager
