@@ -87,6 +87,23 @@ def test_the_callback_does_not_change_training(tokenizer, tmp_path, method):
     assert {r["step"] for r in RunDir(tmp_path / "probed" / "ldyn").read("decomposition.jsonl")} == {1, 2, 3, 4}
 
 
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")  # dynamo on TRL's own code
+def test_the_callback_in_a_compiled_trl_run(tokenizer, tmp_path):
+    """`torch_compile=True` (accelerate compiles the model the trainer steps; aot_eager here, for speed): the
+    instruments get the eager model -- forward-mode autodiff through it -- and training is what it is without them."""
+    plain = dpo_trainer(tokenizer, tmp_path / "plain")
+    plain.train()
+    callback = LearningDynamicsCallback("embedded", every=1, n=2, observe_every=1, max_length=128)
+    compiled = dpo_trainer(tokenizer, tmp_path / "compiled", [callback], torch_compile=True,
+                           torch_compile_backend="aot_eager")  # fmt: skip
+    compiled.train()
+    assert type(compiled.model_wrapped).__name__ == "OptimizedModule"
+    assert losses(compiled) == losses(plain)
+    run = RunDir(tmp_path / "compiled" / "ldyn")
+    assert {r["step"] for r in run.read("decomposition.jsonl")} == {1, 2, 3, 4}
+    assert {r["step"] for r in run.read("probes.jsonl")} == {0, 1, 2, 3, 4}
+
+
 def test_sft_trainer_and_plain_trainer(tokenizer, tmp_path):
     model, tokenizer = prepare(tiny_model(tokenizer, seed=0), tokenizer)
     data = Dataset.from_list([{"prompt": p["prompt"], "completion": p["chosen"]} for p in PAIRS])
