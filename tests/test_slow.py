@@ -122,7 +122,7 @@ def test_an_inductor_compiled_training_forward_gives_the_eager_loss_and_gradient
     """Generated kernels (inductor on this CPU) against the eager model, float64: fused operators reorder sums."""
     from test_trainer import _compiled_against_eager
 
-    (eager_loss, eager, _), (loss_value, grads, _) = _compiled_against_eager(tokenizer, "sft")
+    (eager_loss, eager), (loss_value, grads) = _compiled_against_eager(tokenizer, "sft")
     assert torch.allclose(eager_loss, loss_value, rtol=1e-10)
     for a, b in zip(eager, grads):
         assert torch.allclose(a, b, rtol=1e-7, atol=1e-10)
