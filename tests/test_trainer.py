@@ -76,8 +76,8 @@ def test_reference_log_probs_are_computed_once_per_example(tokenizer):
     calls = []
     trainer.ref_model.register_forward_hook(lambda m, i, o: calls.append(i))
     trainer.fit(batches(EXAMPLES, 4, seed=0), steps=6)  # three passes over 8 examples
-    # two batches of unseen examples, each one pass over its prompts and one over their responses
-    assert len(calls) == 4 and len(trainer.reference_cache) == 8
+    # two batches of unseen examples, each packed into one forward pass (`plan_passes`: short rows are one pass)
+    assert len(calls) == 2 and len(trainer.reference_cache) == 8
 
 
 @pytest.mark.parametrize("loss", ["dpo", "ipo"])
@@ -151,9 +151,9 @@ def test_bf16_mixed_precision_trains_while_probes_stay_fp32(tokenizer):
     assert plain == inside
 
 
-def _compiled_against_eager(tokenizer, loss):
-    """(eager, compiled) (loss, gradients) of one micro-batch on the plain path, in float64 (sdpa: eager attention
-    takes its softmax in float32, which generated kernels round differently)."""
+def _compiled_against_eager(tokenizer, loss, packed=False):
+    """(eager, compiled) (loss, gradients) of one micro-batch on the plain path (or packed, as a CPU runs it), in
+    float64 (sdpa: eager attention takes its softmax in float32, which generated kernels round differently)."""
     model, _ = prepare(tiny_model(tokenizer, dtype=torch.float64, attn_implementation="sdpa", seed=7), tokenizer)
     names = list(model.state_dict())
     out = []
@@ -162,7 +162,7 @@ def _compiled_against_eager(tokenizer, loss):
         trainer = Trainer(model, spec, LossConfig(name=loss), OptimConfig(lr=1e-3), accelerator=Accelerator(cpu=True),
                           pad_id=0, ref_model=frozen_copy(model) if spec.needs_reference else None,
                           compile=mode)  # fmt: skip
-        trainer.accelerator.state.num_processes = 2  # the plain path (a CPU's DPO would share its prompts)
+        trainer.accelerator.state.num_processes = 1 if packed else 2  # 2: the padded path, as under DDP
         try:
             model.zero_grad()
             value, _ = trainer.loss_on(EXAMPLES[:3])
@@ -178,14 +178,15 @@ def _compiled_against_eager(tokenizer, loss):
     return out
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("loss", ["sft", "dpo"])
-def test_a_compiled_training_forward_gives_the_eager_loss_and_gradients(tokenizer, loss, monkeypatch):
+def test_a_compiled_training_forward_gives_the_eager_loss_and_gradients(tokenizer, loss, packed, monkeypatch):
     """`compile` traces the decoder layers and trains through them (here with the aot_eager backend, which runs
     the traced forward and backward graphs without generating code); the slow test compiles with inductor."""
     import functools
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
-    (eager_loss, eager), (loss_value, grads) = _compiled_against_eager(tokenizer, loss)
+    (eager_loss, eager), (loss_value, grads) = _compiled_against_eager(tokenizer, loss, packed)
     assert torch.allclose(eager_loss, loss_value, rtol=0, atol=1e-12)
     for a, b in zip(eager, grads):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)

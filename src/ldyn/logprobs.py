@@ -1,9 +1,10 @@
 """Teacher-forced log-probabilities: the one function that knows the shift and the mask.
 
-Training losses, probes and the decomposition all measure log π(y | x) = Σ_t log π(y_t | x, y_<t) through
-`response_logits`, which runs the model and returns the logits that predict each response token, aligned with it.
-Logits are only computed from the first scored position on (`logits_to_keep`), so prompt positions never pay for
-the vocabulary projection.
+Probes and the decomposition measure log π(y | x) = Σ_t log π(y_t | x, y_<t) through `response_logits`, which runs
+the model and returns the logits that predict each response token, aligned with it; logits are only computed from
+the first scored position on (`logits_to_keep`), so prompt positions never pay for the vocabulary projection. A
+training forward needs only the scored positions' log-probs: `scored_logps` projects there alone (and
+`packing.packed_logps`, a CPU's training path, packs the rows without padding).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class SeqLogps:
     n_tokens: torch.Tensor  # (B,) scored response tokens
 
 
-def _supports_logits_to_keep(model) -> bool:
+def supports_logits_to_keep(model) -> bool:
     fn = getattr(getattr(model, "_orig_mod", model), "forward", None)  # a torch.compile'd model: its original
     try:
         return "logits_to_keep" in inspect.signature(fn).parameters
@@ -57,7 +58,7 @@ def response_logits(model, batch: Batch, params: dict | None = None) -> tuple[to
     start = first_scored(batch)
     keep = batch.input_ids.shape[1] - start
     kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-    if _supports_logits_to_keep(model):
+    if supports_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep
     logits = _forward(model, params, **kwargs).logits[:, -keep:]
     return logits[:, :-1], aligned_labels(batch)
@@ -71,10 +72,11 @@ def _forward(model, params: dict | None, **kwargs):
 def shares_prompts(device: torch.device) -> bool:
     """Whether to run each prompt once for all its responses (the shared-prompt paths) on this device by default.
 
-    Sharing saves tokens but costs passes: the prompts, then the responses (in length groups when training). On
-    a CPU the work is compute-bound and fewer tokens win (SmolLM2, 2 cores: a DPO update of 4 HH pairs 14.4 ->
-    7.7 s, probing 2.8x faster). On a GPU a model of this size is bound by kernel launches, and every extra pass
-    costs more than the tokens it saves (H100: the same DPO update 0.40 s shared; probing 3.1 s shared against
+    Sharing saves tokens but costs passes: probes run the prompts, then the responses against their key/value
+    cache; training packs each prompt with its responses into rows without padding (`packing`). On a CPU the work
+    is compute-bound and fewer tokens win (SmolLM2, 2 cores: a DPO update of 4 HH pairs 14.4 -> 7.7 s shared,
+    ~5.5 s packed; probing 2.8x faster). On a GPU a model of this size is bound by kernel launches, and every extra
+    pass costs more than the tokens it saves (H100: the same DPO update 0.40 s shared; probing 3.1 s shared against
     1.9 s plain), so the plain single pass is the default there.
     """
     return torch.device(device).type == "cpu"
@@ -211,27 +213,6 @@ def _cache_rows(cache, rows: torch.Tensor):
     return out
 
 
-def shared_prompt_logps(
-    model, prompts: list[list[int]], responses: list[tuple[int, list[int]]], pad_id: int
-) -> SeqLogps:
-    """`sequence_logps` of (prompt index, response) rows, each prompt run once (differentiable).
-
-    The training path for preference pairs: chosen and rejected share their prompt's forward pass, which the
-    plain `sequence_logps` of `collate_pairs` would run twice. The responses then run in groups of similar
-    length (`length_groups`) against the prompts' key/value cache, so a 4-token response is not padded to the
-    length of a 115-token one. Equal to the plain computation up to float rounding (tested).
-    """
-    groups = length_groups([len(r) for _, r in responses])
-    passes = shared_prompt_passes(model, prompts, [[responses[i] for i in group] for group in groups], pad_id)
-    parts = []
-    for group, out in zip(groups, passes):
-        logps = logps_from_logits(*out)
-        parts.append((torch.tensor(group, device=logps.sum.device), logps))
-    order = torch.cat([rows for rows, _ in parts]).argsort()  # back to the order of `responses`
-    total, n = (torch.cat([getattr(lp, k) for _, lp in parts])[order] for k in ("sum", "n_tokens"))
-    return SeqLogps(total, total / n.clamp(min=1), n)
-
-
 GROUP_OVERHEAD = 64  # padded tokens one more forward pass is worth (its fixed cost), when splitting by length
 
 
@@ -269,6 +250,29 @@ def logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> SeqLogps:
 def sequence_logps(model, batch: Batch) -> SeqLogps:
     """Teacher-forced log π(response | prompt) for every row of the batch (differentiable)."""
     return logps_from_logits(*response_logits(model, batch))
+
+
+def scored_logps(model, batch: Batch) -> SeqLogps:
+    """`sequence_logps` with the vocabulary projected only where a response token is scored: `logits_to_keep` as a
+    (B, T) mask (transformers slices the hidden states before the output layer), so the logits are (N, V) for the N
+    scored tokens instead of (B, T', V) over every padded and prompt position from the first scored one on. The
+    training forward of a padded batch; `sequence_logps` is its slow twin (tested)."""
+    if not supports_logits_to_keep(model):
+        return sequence_logps(model, batch)
+    scored = torch.zeros_like(batch.labels, dtype=torch.bool)
+    scored[:, :-1] = batch.labels[:, 1:] != IGNORE
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=scored).logits
+    return rows_logps(logits, batch.labels[:, 1:][scored[:, :-1]], scored.nonzero()[:, 0], batch.labels.shape[0])
+
+
+def rows_logps(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int) -> SeqLogps:
+    """Per-row sums of log π(target) from (N, V) logits of scored tokens, `rows` naming each token's row (bf16
+    logits are scored in fp32)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    token_logp = -F.cross_entropy(logits, targets, reduction="none")
+    total = torch.zeros(n_rows, dtype=token_logp.dtype, device=token_logp.device).index_add(0, rows, token_logp)
+    n = torch.bincount(rows, minlength=n_rows)
+    return SeqLogps(total, total / n.clamp(min=1), n)
 
 
 STAT_NAMES = ("logp", "argmax_logp", "except_argmax_logp", "sq_norm", "pe", "entropy")

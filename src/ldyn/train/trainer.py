@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 from ldyn.config import OptimConfig
 from ldyn.data.tokenize import collate_pairs
 from ldyn.errors import LdynError
-from ldyn.logprobs import SeqLogps, sequence_logps, shared_prompt_logps, shares_prompts
+from ldyn.logprobs import SeqLogps, scored_logps, shares_prompts
 from ldyn.losses import LossConfig, LossSpec, PairLogps
 from ldyn.models import compiled
+from ldyn.packing import packable, packed_logps
 
 
 def _fusable(params: list[torch.Tensor]) -> bool:
@@ -259,20 +260,21 @@ class Trainer:
     def row_logps(self, model, examples: list[TrainExample], with_rejected: bool) -> SeqLogps:
         """Summed log-probs of the update's rows, chosen (or the SFT target) first, then rejected.
 
-        On a CPU pairs share their prompt's forward pass (`shared_prompt_logps`): the prompt is run once, not once
-        per response. SFT rows, rows on a GPU (`shares_prompts`), and every row under several processes (DDP
-        expects one forward per backward) take the plain path: `collate_pairs` then `sequence_logps`, which the
-        shared path is tested against. With `compile` the model's plain path runs the compiled forward; the shared
-        path stays eager (its key/value cache differs per layer and per pass, so compiled layers would recompile).
+        On a CPU the rows are packed (`packing.packed_logps`): each prompt once for all its responses, no padding,
+        the vocabulary projected only where a token is scored. Rows on a GPU (`shares_prompts`; one padded pass is
+        fastest there), under several processes (DDP expects one forward per backward) or of a model that takes no
+        packed row run as one padded batch (`collate_pairs`), still projected only at scored positions
+        (`scored_logps`). With `compile` the model runs its compiled forward.
         """
         device = self.accelerator.device
+        plain = self.forward_model if model is self.model else model
         with self.autocast():
-            if with_rejected and self.accelerator.num_processes == 1 and shares_prompts(device):
+            if self.accelerator.num_processes == 1 and shares_prompts(device) and packable(model):
                 responses = [(i, e.chosen) for i, e in enumerate(examples)]
-                responses += [(i, e.rejected) for i, e in enumerate(examples)]
-                return shared_prompt_logps(model, [e.prompt for e in examples], responses, self.pad_id)
-            plain = self.forward_model if model is self.model else model
-            return sequence_logps(plain, collate_pairs(examples, self.pad_id, with_rejected).to(device))
+                if with_rejected:
+                    responses += [(i, e.rejected) for i, e in enumerate(examples)]
+                return packed_logps(plain, [e.prompt for e in examples], responses)
+            return scored_logps(plain, collate_pairs(examples, self.pad_id, with_rejected).to(device))
 
     def autocast(self):
         """bf16 autocast around training forwards when mixed precision is on; a no-op otherwise."""
