@@ -40,7 +40,6 @@ from ldyn.data.tokenize import IGNORE, Batch, collate
 from ldyn.dynamics.differences import CENTRAL_LENGTH, central_difference, norm, one_sided_difference
 from ldyn.dynamics.probing import ProbeItem, length_batches, whole_prompt_batches
 from ldyn.logprobs import (
-    STAT_CHUNK,
     SharedRows,
     length_groups,
     logps_from_logits,
@@ -48,6 +47,7 @@ from ldyn.logprobs import (
     rows_logits,
     shared_prompt_passes,
     shares_prompts,
+    stat_chunk,
 )
 from ldyn.losses import LossConfig, LossSpec, PairLogps
 from ldyn.models import measurement_mode
@@ -186,10 +186,11 @@ def delta_log_prob(logits: torch.Tensor, labels: torch.Tensor, dlogits: torch.Te
     z, dz, y = logits[mask], dlogits[mask], labels[mask]
     dtype = torch.promote_types(z.dtype, torch.float32)
     out = torch.zeros(labels.shape[0], dtype=dtype, device=labels.device)
-    for lo in range(0, z.shape[0], STAT_CHUNK):
-        change = log_prob_change(z[lo : lo + STAT_CHUNK].to(dtype), dz[lo : lo + STAT_CHUNK].to(dtype))
-        per_token = change.gather(-1, y[lo : lo + STAT_CHUNK, None]).squeeze(-1)
-        out.index_add_(0, seq[lo : lo + STAT_CHUNK], per_token)
+    chunk = stat_chunk(z.device)
+    for lo in range(0, z.shape[0], chunk):
+        change = log_prob_change(z[lo : lo + chunk].to(dtype), dz[lo : lo + chunk].to(dtype))
+        per_token = change.gather(-1, y[lo : lo + chunk, None]).squeeze(-1)
+        out.index_add_(0, seq[lo : lo + chunk], per_token)
     return out
 
 
@@ -216,14 +217,15 @@ def change_statistics(
     out = {k: torch.zeros(labels.shape[0], dtype=dtype, device=labels.device) for k in names}
     other = after[mask] if after is not None else dlogits[mask]
     vocab = z.shape[-1]
-    for lo in range(0, z.shape[0], STAT_CHUNK):
-        logp = z[lo : lo + STAT_CHUNK].to(dtype).log_softmax(-1)
+    chunk = stat_chunk(z.device)
+    for lo in range(0, z.shape[0], chunk):
+        logp = z[lo : lo + chunk].to(dtype).log_softmax(-1)
         p = logp.exp()
         if after is not None:
-            dlogp = other[lo : lo + STAT_CHUNK].to(dtype).log_softmax(-1) - logp
+            dlogp = other[lo : lo + chunk].to(dtype).log_softmax(-1) - logp
             dp = dlogp.exp() * p - p  # π' − π, exact
         else:
-            d = other[lo : lo + STAT_CHUNK].to(dtype)
+            d = other[lo : lo + chunk].to(dtype)
             dp = p * log_prob_change(logp, d)  # first order: Δπ_v = π_v Δ log π_v
         top = p.topk(TOP_K, dim=-1).indices
         stats = {
@@ -235,7 +237,7 @@ def change_statistics(
         if after is not None:
             stats |= {"dlogp_sq": (dlogp * dlogp).sum(-1), "dlogp_sum": dlogp.sum(-1)}
         for k, v in stats.items():
-            out[k].index_add_(0, seq[lo : lo + STAT_CHUNK], v)
+            out[k].index_add_(0, seq[lo : lo + chunk], v)
     out["n_tokens"] = mask.sum(1)
     return out
 

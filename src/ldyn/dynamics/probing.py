@@ -33,7 +33,7 @@ from ldyn.logprobs import (
     shares_prompts,
     token_statistics,
 )
-from ldyn.models import eval_mode
+from ldyn.models import eval_mode, shape_stable_attention
 
 ARGMAX_ALONG = "chosen"
 
@@ -181,7 +181,7 @@ def probe(
     groups = prompt_batches(items, batch_tokens) if share_prompt else [length_batches(items, batch_tokens)]
     bar = tqdm(total=sum(len(g) for g in groups), desc="probe", unit="batch", leave=False, disable=not progress)
     records = []
-    with torch.autocast(device.type, enabled=False), eval_mode(model), bar:
+    with torch.autocast(device.type, enabled=False), eval_mode(model), shape_stable_attention(), bar:
         for group in groups:
             records += (_probe_shared if share_prompt else _probe_plain)(model, group, pad_id, bar)
         for _ in range(passes - (0 if share_prompt else len(groups[0]))):

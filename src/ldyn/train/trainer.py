@@ -28,7 +28,7 @@ from ldyn.data.tokenize import collate_pairs
 from ldyn.errors import LdynError
 from ldyn.logprobs import SeqLogps, scored_logps, shares_prompts
 from ldyn.losses import LossConfig, LossSpec, PairLogps
-from ldyn.models import compiled
+from ldyn.models import compiled, shape_stable_attention
 from ldyn.packing import packable, packed_logps
 
 
@@ -268,7 +268,7 @@ class Trainer:
         """
         device = self.accelerator.device
         plain = self.forward_model if model is self.model else model
-        with self.autocast():
+        with self.autocast(), shape_stable_attention():
             if self.accelerator.num_processes == 1 and shares_prompts(device) and packable(model):
                 responses = [(i, e.chosen) for i, e in enumerate(examples)]
                 if with_rejected:
