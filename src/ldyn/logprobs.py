@@ -35,7 +35,10 @@ class SeqLogps:
 
 
 def supports_logits_to_keep(model) -> bool:
-    fn = getattr(getattr(model, "_orig_mod", model), "forward", None)  # a torch.compile'd model: its original
+    model = getattr(model, "_orig_mod", model)  # a torch.compile'd model: its original
+    if hasattr(model, "get_base_model"):  # a PEFT model passes its keyword arguments on to the base model
+        model = model.get_base_model()
+    fn = getattr(model, "forward", None)
     try:
         return "logits_to_keep" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -66,11 +69,11 @@ def response_logits(model, batch: Batch, params: dict | None = None) -> tuple[to
     kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     if supports_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep
-    logits = _forward(model, params, **kwargs).logits[:, -keep:]
+    logits = run_model(model, params, **kwargs).logits[:, -keep:]
     return logits[:, :-1], aligned_labels(batch)
 
 
-def _forward(model, params: dict | None, **kwargs):
+def run_model(model, params: dict | None, **kwargs):
     """The model's forward pass, with its own parameters or with `params` (name -> tensor)."""
     return model(**kwargs) if params is None else torch.func.functional_call(model, params, args=(), kwargs=kwargs)
 
@@ -110,7 +113,7 @@ def encode_prompts(
     if ids.shape[1] == 0:
         return PromptCache(None, mask, prompts)
     inputs = {"input_ids": ids} if embeds is None else {"inputs_embeds": embeds}
-    out = _forward(model, params, **inputs, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    out = run_model(model, params, **inputs, attention_mask=mask, use_cache=True, logits_to_keep=1)
     return PromptCache(out.cache, mask, prompts)
 
 
@@ -171,7 +174,7 @@ def shared_prompt_logits(
     cache = None if prompts.cache is None else _cache_rows(prompts.cache, rows)
     mask = torch.cat([prompts.mask[rows], batch.attention_mask], dim=1)
     inputs = {"input_ids": batch.input_ids} if embeds is None else {"inputs_embeds": embeds}
-    logits = _forward(
+    logits = run_model(
         model,
         params,
         **inputs,
@@ -203,9 +206,15 @@ class SharedRows:
 
 
 def rows_logits(model, rows: Batch | SharedRows, pad_id: int, params: dict | None = None):
-    """(logits, labels) aligned as in `response_logits`, for a plain batch or for shared-prompt rows."""
+    """(logits, labels) aligned as in `response_logits`, for a plain batch or for shared-prompt rows: packed
+    (`packing.packed_rows_logits`: each prompt once, no padding) when the model takes a packed row, else each prompt
+    run once into a key/value cache the responses are scored against."""
+    from ldyn.packing import packable, packed_rows_logits  # packing builds on this module
+
     if isinstance(rows, Batch):
         return response_logits(model, rows, params)
+    if packable(model):
+        return packed_rows_logits(model, rows.prompts, rows.responses, params)
     encoded = encode_prompts(model, rows.prompts, pad_id, params)
     return shared_prompt_logits(model, encoded, rows.responses, pad_id, params)
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ldyn.logprobs import SeqLogps, embed_once, rows_logps, supports_logits_to_keep
+from ldyn.data.tokenize import IGNORE
+from ldyn.logprobs import SeqLogps, embed_once, rows_logps, run_model, supports_logits_to_keep
 
 # A pass's fixed cost in tokens (launching every layer's kernels, the per-pass bookkeeping), as `GROUP_OVERHEAD`
 # prices it for length groups.
@@ -36,6 +37,7 @@ class PackedPass:
     keep: torch.Tensor  # (N,) the positions whose logits predict a response token
     targets: torch.Tensor  # (N,) the tokens they predict
     rows: torch.Tensor  # (N,) which response each belongs to (an index into `responses`)
+    columns: torch.Tensor  # (N,) its place in that response
 
 
 def packable(model) -> bool:
@@ -89,7 +91,7 @@ def plan_passes(sizes: list[int], kappa: float, overhead: int | None = None) -> 
 
 def pack(prompts: list[list[int]], responses: list[tuple[int, list[int]]], units: list[int]) -> PackedPass:
     """The row of the prompts numbered `units`, each followed by its responses (`responses`: (prompt index, ids))."""
-    ids, positions, tree, branch, keep, targets, rows = [], [], [], [], [], [], []
+    ids, positions, tree, branch, keep, targets, rows, columns = [], [], [], [], [], [], [], []
     for unit in units:
         prompt = prompts[unit]
         last = len(ids) + len(prompt) - 1  # its output predicts each response's first token
@@ -104,6 +106,7 @@ def pack(prompts: list[list[int]], responses: list[tuple[int, list[int]]], units
             keep += [last] + list(range(start, start + len(response) - 1))
             targets += response
             rows += [row] * len(response)
+            columns += range(len(response))
             ids += response
             positions += range(len(prompt), len(prompt) + len(response))
             tree += [unit] * len(response)
@@ -115,7 +118,7 @@ def pack(prompts: list[list[int]], responses: list[tuple[int, list[int]]], units
     visible &= order[:, None] >= order[None, :]
     as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731 (an empty list is a long tensor too)
     return PackedPass(as_long([ids]), as_long([positions]), visible[None, None], as_long(keep), as_long(targets),
-                      as_long(rows))  # fmt: skip
+                      as_long(rows), as_long(columns))  # fmt: skip
 
 
 def packed_passes(model, prompts: list[list[int]], responses: list[tuple[int, list[int]]]) -> list[PackedPass]:
@@ -128,26 +131,48 @@ def packed_passes(model, prompts: list[list[int]], responses: list[tuple[int, li
     return [pack(prompts, responses, [units[i] for i in group]) for group in plan]
 
 
-def packed_logits(model, passes: list[PackedPass]) -> list[torch.Tensor]:
-    """(N, V) logits of each pass at its kept positions (differentiable), every pass's tokens embedded by one
-    lookup (`embed_once`: one dense embedding gradient, not one per pass)."""
+def packed_logits(model, passes: list[PackedPass], params: dict | None = None) -> list[torch.Tensor]:
+    """(N, V) logits of each pass at its kept positions (differentiable). With the model's own parameters every
+    pass's tokens are embedded by one lookup (`embed_once`: one dense embedding gradient, not one per pass); with
+    `params` (name -> tensor, `torch.func.functional_call`) the model runs with those instead, as forward-mode and
+    the finite differences of the decomposition run it."""
     device = next(model.parameters()).device
-    embeds = embed_once(model, [p.input_ids.to(device) for p in passes])
-    dtype = embeds[0].dtype
+    if params is None:
+        inputs = [{"inputs_embeds": e} for e in embed_once(model, [p.input_ids.to(device) for p in passes])]
+    else:
+        inputs = [{"input_ids": p.input_ids.to(device)} for p in passes]
+    dtype = next(iter(params.values())).dtype if params else next(model.parameters()).dtype
     out = []
-    for p, embedded in zip(passes, embeds):
+    for p, kwargs in zip(passes, inputs):
         visible = p.visible.to(device)
         if model.config._attn_implementation == "eager":  # eager attention adds its mask to the scores
             mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, torch.finfo(dtype).min)
         else:
             mask = visible
         keep = p.keep.to(device)
-        kwargs = {"inputs_embeds": embedded, "attention_mask": mask, "position_ids": p.position_ids.to(device)}
+        kwargs |= {"attention_mask": mask, "position_ids": p.position_ids.to(device), "use_cache": False}
         if supports_logits_to_keep(model):
-            out.append(model(**kwargs, use_cache=False, logits_to_keep=keep).logits[0])
+            out.append(run_model(model, params, **kwargs, logits_to_keep=keep).logits[0])
         else:
-            out.append(model(**kwargs, use_cache=False).logits[0, keep])
+            out.append(run_model(model, params, **kwargs).logits[0, keep])
     return out
+
+
+def packed_rows_logits(model, prompts: list[list[int]], responses: list[tuple[int, list[int]]],
+                       params: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(logits, labels) of (prompt index, response) rows laid out as `response_logits` gives them -- (R, L, V),
+    logits[:, i] predicting labels[:, i], labels IGNORE past each response (whose logits are 0) -- from packed
+    passes. The instruments' forward of shared-prompt rows; `shared_prompt_logits` is its twin (tested)."""
+    passes = packed_passes(model, prompts, responses)
+    device = next(model.parameters()).device
+    labels = torch.full((len(responses), max((len(r) for _, r in responses), default=0)), IGNORE, device=device)
+    for row, (_, response) in enumerate(responses):
+        labels[row, : len(response)] = torch.tensor(response, device=device)
+    logits = torch.cat(packed_logits(model, passes, params)) if passes else None
+    if logits is None:
+        return torch.zeros(*labels.shape, model.get_output_embeddings().weight.shape[0], device=device), labels
+    rows, columns = (torch.cat([getattr(p, k) for p in passes]).to(device) for k in ("rows", "columns"))
+    return logits.new_zeros(*labels.shape, logits.shape[-1]).index_put((rows, columns), logits), labels
 
 
 def packed_logps(model, prompts: list[list[int]], responses: list[tuple[int, list[int]]]) -> SeqLogps:

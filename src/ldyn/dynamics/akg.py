@@ -45,12 +45,14 @@ from ldyn.logprobs import (
     logps_from_logits,
     response_logits,
     rows_logits,
+    rows_logps,
     shared_prompt_passes,
     shares_prompts,
     stat_chunk,
 )
 from ldyn.losses import LossConfig, LossSpec, PairLogps
 from ldyn.models import measurement_mode
+from ldyn.packing import packable, packed_logits, packed_passes
 
 TOP_K = 10  # "top-k" in the mass split: the pre-update argmax, the next TOP_K - 1 tokens, and the tail
 # The most logits an observed forward keeps for the next update (`ObservedForward`): SmolLM2's 49,152-word
@@ -108,7 +110,9 @@ def update_directions(
     names, params = zip(*((n, p) for n, p in model.named_parameters() if p.requires_grad))
     device = params[0].device
     with torch.enable_grad():
-        if spec.needs_rejected and shares_prompts(device):  # as the training step runs pairs
+        if spec.needs_rejected and shares_prompts(device) and packable(model):  # as the training step runs pairs
+            sides = _packed_sides_gradient(model, spec, cfg, examples, reference)
+        elif spec.needs_rejected and shares_prompts(device):
             sides = _shared_sides_gradient(model, spec, cfg, examples, pad_id, reference)
         else:
             rows = [[(e.prompt, e.chosen) for e in examples]]
@@ -125,6 +129,23 @@ def update_directions(
     g_norm_sq = sum(float((grad.double() ** 2).sum()) for side in sides for _, _, grad in side)
     awaiting = len(sides) > 1 and not negative
     return UpdateDirections(parts[0], parts[1] if len(parts) > 1 else None, g_norm_sq, awaiting)
+
+
+def _packed_sides_gradient(model, spec: LossSpec, cfg: LossConfig, examples,
+                           reference: PairLogps | None) -> list[list[tuple]]:  # fmt: skip
+    """G of a pair batch packed as the training step packs it (`packing`): per side (y⁺, y⁻) the passes' (logits,
+    None, G restricted to that side's rows). A side's backward then runs through every pass (its rows share them
+    with the other side's), the cost of the step's own backward."""
+    responses = [(i, e.chosen) for i, e in enumerate(examples)] + [(i, e.rejected) for i, e in enumerate(examples)]
+    passes = packed_passes(model, [e.prompt for e in examples], responses)
+    logits = packed_logits(model, passes)
+    targets, rows = (torch.cat([getattr(p, k) for p in passes]).to(logits[0].device) for k in ("targets", "rows"))
+    logps = rows_logps(torch.cat(logits), targets, rows, len(responses))
+    loss = spec.fn(PairLogps.from_rows(logps.sum, logps.n_tokens, len(examples)), reference, cfg).losses.mean()
+    grads = torch.autograd.grad(loss, logits, retain_graph=True)
+    chosen = [(p.rows < len(examples)).to(g.device)[:, None] for p, g in zip(passes, grads)]
+    return [[(z, None, g * c) for z, g, c in zip(logits, grads, chosen)],
+            [(z, None, g * ~c) for z, g, c in zip(logits, grads, chosen)]]  # fmt: skip
 
 
 def _shared_sides_gradient(model, spec: LossSpec, cfg: LossConfig, examples, pad_id: int,
