@@ -90,6 +90,8 @@ def prepare_process(args) -> None:
 
 
 def load(args, cfg: RunConfig):
+    if args.config_set and not args.random_init:  # a trained checkpoint's shapes are its own
+        sys.exit("benchmark: error: --config-set changes a random-weight model's config: give --random-init DIR")
     if not args.random_init:
         return load_model(cfg.model)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
