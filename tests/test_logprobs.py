@@ -84,27 +84,3 @@ def test_a_norm_identity():
         p = torch.softmax(torch.randn(v, dtype=torch.float64) * 3, -1)
         a = torch.eye(v, dtype=torch.float64) - torch.ones(v, 1, dtype=torch.float64) @ p[None]
         assert abs((a**2).sum().item() - (v - 2 + v * (p @ p).item())) < 1e-10
-
-
-def test_length_groups_minimise_padding_plus_overhead():
-    import itertools
-    import random
-
-    from ldyn.logprobs import length_groups
-
-    def cost(groups, lengths, overhead):
-        return sum(len(g) * max(lengths[i] for i in g) + overhead for g in groups)
-
-    rng = random.Random(0)
-    for _ in range(30):
-        lengths = [rng.randint(1, 120) for _ in range(rng.randint(1, 7))]
-        groups = length_groups(lengths, overhead=32)
-        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        best = min(
-            cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))], lengths, 32)
-            for r in range(len(order))
-            for cuts in itertools.combinations(range(1, len(order)), r)
-        )
-        assert cost(groups, lengths, 32) == best
-    assert length_groups([5, 5, 5]) == [[0, 1, 2]]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from ldyn import logprobs
+from ldyn import packing
 from ldyn.config import LossConfig, OptimConfig
 from ldyn.losses import get_loss
 from ldyn.models import frozen_copy, prepare, tiny_model
@@ -82,15 +82,16 @@ def test_reference_log_probs_are_computed_once_per_example(tokenizer):
 
 @pytest.mark.parametrize("loss", ["dpo", "ipo"])
 def test_pairs_sharing_their_prompt_train_exactly_as_the_plain_path(tokenizer, loss, monkeypatch):
-    """The fast path (prompt run once for chosen and rejected) against its slow twin, in float64: the same loss
-    and the same gradient for every parameter (sdpa: eager attention takes its softmax in float32)."""
+    """The fast path (packed: prompt run once for chosen and rejected) against its slow twin, in float64: the same
+    loss and the same gradient for every parameter (sdpa: eager attention takes its softmax in float32)."""
     model, _ = prepare(tiny_model(tokenizer, dtype=torch.float64, attn_implementation="sdpa", seed=5), tokenizer)
     trainer = make_trainer(model, loss)
-    monkeypatch.setattr(logprobs, "GROUP_OVERHEAD", 0)  # responses of different lengths run in separate groups
+    monkeypatch.setattr(packing, "PASS_OVERHEAD", 0)  # the prompts run in separate passes
     examples = [
         TrainExample(str(i), [1 + i] * (2 + i), [4, 5 + i, 6] * (1 + 2 * i), [7, 8 + i] * (3 - i)) for i in range(3)
     ]
-    assert len(logprobs.length_groups([len(e.chosen) for e in examples] + [len(e.rejected) for e in examples])) > 2
+    responses = [(i, e.chosen) for i, e in enumerate(examples)] + [(i, e.rejected) for i, e in enumerate(examples)]
+    assert len(packing.packed_passes(model, [e.prompt for e in examples], responses)) > 1
     grads = []
     for shared in (True, False):
         model.zero_grad()

@@ -100,20 +100,16 @@ class PromptCache:
     prompts: list[list[int]]  # the prompts' token ids
 
 
-def encode_prompts(
-    model, prompts: list[list[int]], pad_id: int, params: dict | None = None, embeds: torch.Tensor | None = None
-) -> PromptCache:
+def encode_prompts(model, prompts: list[list[int]], pad_id: int, params: dict | None = None) -> PromptCache:
     """Run every prompt but its last token once (right-padded, so no attention row is ever fully masked).
 
     The last prompt token is fed with the responses instead, so that the logits predicting each response's
-    first token come out of the same forward pass as the rest, already aligned. `embeds`: the input embeddings
-    of those tokens when already looked up (`embed_once`).
+    first token come out of the same forward pass as the rest, already aligned.
     """
     ids, mask = _prompt_ids(prompts, pad_id, next(model.parameters()).device)
     if ids.shape[1] == 0:
         return PromptCache(None, mask, prompts)
-    inputs = {"input_ids": ids} if embeds is None else {"inputs_embeds": embeds}
-    out = run_model(model, params, **inputs, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    out = run_model(model, params, input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
     return PromptCache(out.cache, mask, prompts)
 
 
@@ -140,31 +136,15 @@ def embed_once(model, ids: list[torch.Tensor]) -> list[torch.Tensor]:
     return [part.reshape(*t.shape, -1) for part, t in zip(flat.split([t.numel() for t in ids]), ids)]
 
 
-def shared_prompt_passes(
-    model, prompts: list[list[int]], groups: list[list[tuple[int, list[int]]]], pad_id: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Every prompt once, then each group of (prompt index, response) rows against them, every token embedded by
-    one lookup (`embed_once`): (logits, labels) per group, as `shared_prompt_logits` gives them. The training
-    paths' passes (differentiable); `encode_prompts` and `shared_prompt_logits` one by one are its twin."""
-    device = next(model.parameters()).device
-    ids = [_prompt_ids(prompts, pad_id, device)[0]]
-    ids += [_response_batch(prompts, group, pad_id).input_ids.to(device) for group in groups]
-    embeds = embed_once(model, ids)
-    encoded = encode_prompts(model, prompts, pad_id, embeds=embeds[0])
-    return [shared_prompt_logits(model, encoded, group, pad_id, embeds=e) for group, e in zip(groups, embeds[1:])]
-
-
 def shared_prompt_logits(
-    model, prompts: PromptCache, responses: list[tuple[int, list[int]]], pad_id: int, params: dict | None = None,
-    embeds: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    model, prompts: PromptCache, responses: list[tuple[int, list[int]]], pad_id: int, params: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Like `response_logits`, but scoring responses against already encoded prompts.
 
     responses: (index of its prompt in `prompts`, token ids). Returns (logits, labels) aligned as in
     `response_logits`: logits (N, L, V) with logits[:, i] predicting labels[:, i], labels IGNORE on padding.
     Positions continue each prompt's own length. Equal to the plain computation up to float rounding (tested);
-    `response_logits` on full sequences is its slow twin. `embeds`: the rows' input embeddings when already looked
-    up (`embed_once`).
+    `response_logits` on full sequences is its slow twin.
     """
     device = prompts.mask.device
     rows = torch.tensor([i for i, _ in responses], device=device)
@@ -173,11 +153,10 @@ def shared_prompt_logits(
     positions = starts[:, None] + torch.arange(batch.input_ids.shape[1], device=device)
     cache = None if prompts.cache is None else _cache_rows(prompts.cache, rows)
     mask = torch.cat([prompts.mask[rows], batch.attention_mask], dim=1)
-    inputs = {"input_ids": batch.input_ids} if embeds is None else {"inputs_embeds": embeds}
     logits = run_model(
         model,
         params,
-        **inputs,
+        input_ids=batch.input_ids,
         attention_mask=mask,
         position_ids=positions,
         cache=cache,
@@ -226,28 +205,6 @@ def _cache_rows(cache, rows: torch.Tensor):
     out.layers = [copy.copy(layer) for layer in cache.layers]
     out.batch_select_indices(rows)
     return out
-
-
-GROUP_OVERHEAD = 64  # padded tokens one more forward pass is worth (its fixed cost), when splitting by length
-
-
-def length_groups(lengths: list[int], overhead: int | None = None) -> list[list[int]]:
-    """Indices split into groups of similar length that minimise Σ_groups (size × longest + overhead): the padded
-    tokens plus a fixed cost per forward pass. Exact, by dynamic programming over the sorted lengths."""
-    overhead = GROUP_OVERHEAD if overhead is None else overhead
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of the j shortest
-    cut = [0] * (len(order) + 1)
-    for j in range(1, len(order) + 1):
-        for i in range(j):  # the last group is order[i:j], its longest is order[j - 1]
-            cost = best[i] + (j - i) * lengths[order[j - 1]] + overhead
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    groups, j = [], len(order)
-    while j:
-        groups.append(order[cut[j] : j])
-        j = cut[j]
-    return groups[::-1]
 
 
 def logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> SeqLogps:

@@ -22,8 +22,8 @@ import torch
 from ldyn.data.tokenize import IGNORE
 from ldyn.logprobs import SeqLogps, embed_once, rows_logps, run_model, supports_logits_to_keep
 
-# A pass's fixed cost in tokens (launching every layer's kernels, the per-pass bookkeeping), as `GROUP_OVERHEAD`
-# prices it for length groups.
+# A pass's fixed cost in tokens (launching every layer's kernels, the per-pass bookkeeping): the price the training
+# path's length groups put on a pass before packing (paired on SmolLM2's DPO updates: 2 passes beat 1 and 3).
 PASS_OVERHEAD = 64
 
 

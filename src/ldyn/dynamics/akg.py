@@ -41,12 +41,10 @@ from ldyn.dynamics.differences import CENTRAL_LENGTH, central_difference, norm, 
 from ldyn.dynamics.probing import ProbeItem, length_batches, whole_prompt_batches
 from ldyn.logprobs import (
     SharedRows,
-    length_groups,
     logps_from_logits,
     response_logits,
     rows_logits,
     rows_logps,
-    shared_prompt_passes,
     shares_prompts,
     stat_chunk,
 )
@@ -102,8 +100,10 @@ def update_directions(
 ) -> UpdateDirections:  # fmt: skip
     """∇_θ L = g⁺ + g⁻, each part from one backward pass of its rows' G through the model.
 
-    The y⁺ rows and the y⁻ rows run as two forward passes, so each backward traverses its own rows only: half
-    the work of backpropagating a masked G through the joint batch (the slow twin in the tests). With `negative`
+    Pairs on a CPU run packed, as the training step runs them (`_packed_sides_gradient`); each side's backward
+    then runs through every pass. Elsewhere the y⁺ rows and the y⁻ rows run as two forward passes, so each backward
+    traverses its own rows only: half the work of backpropagating a masked G through the joint batch (the slow twin
+    in the tests). With `negative`
     false only g⁺ is back-propagated (both sides still run forward: G⁺ depends on them); g⁻ is then expected from
     the training step's gradient (`UpdateDirections.from_gradient`).
     """
@@ -112,8 +112,6 @@ def update_directions(
     with torch.enable_grad():
         if spec.needs_rejected and shares_prompts(device) and packable(model):  # as the training step runs pairs
             sides = _packed_sides_gradient(model, spec, cfg, examples, reference)
-        elif spec.needs_rejected and shares_prompts(device):
-            sides = _shared_sides_gradient(model, spec, cfg, examples, pad_id, reference)
         else:
             rows = [[(e.prompt, e.chosen) for e in examples]]
             if spec.needs_rejected:
@@ -121,7 +119,7 @@ def update_directions(
             batches = [collate(s, pad_id).to(device) for s in rows]
             sides = [[out] for out in loss_logit_gradient(model, spec, cfg, batches, len(examples), reference)]
         parts = []
-        for side in sides[: None if negative else 1]:  # one backward per side, through its own rows only
+        for side in sides[: None if negative else 1]:  # one backward per side
             vjp = torch.autograd.grad([logits for logits, _, _ in side], params,
                                       grad_outputs=[grad for _, _, grad in side], retain_graph=True,
                                       allow_unused=True)  # fmt: skip
@@ -146,37 +144,6 @@ def _packed_sides_gradient(model, spec: LossSpec, cfg: LossConfig, examples,
     chosen = [(p.rows < len(examples)).to(g.device)[:, None] for p, g in zip(passes, grads)]
     return [[(z, None, g * c) for z, g, c in zip(logits, grads, chosen)],
             [(z, None, g * ~c) for z, g, c in zip(logits, grads, chosen)]]  # fmt: skip
-
-
-def _shared_sides_gradient(model, spec: LossSpec, cfg: LossConfig, examples, pad_id: int,
-                           reference: PairLogps | None) -> list[list[tuple]]:  # fmt: skip
-    """G of a pair batch run as the training step runs it on a CPU: each prompt once, each side's responses in
-    length groups against the prompts' cache. Returns per side (y⁺, y⁻) its groups' (logits, labels, G); a
-    side's backward then traverses its own groups and the prompts. The plain per-side batches of
-    `loss_logit_gradient` are its slow twin (tested in float64)."""
-    sides_responses = ([e.chosen for e in examples], [e.rejected for e in examples])
-    sides_groups = [length_groups([len(r) for r in responses]) for responses in sides_responses]
-    rows = [[(i, responses[i]) for i in group] for responses, groups in zip(sides_responses, sides_groups)
-            for group in groups]  # fmt: skip
-    passes = iter(shared_prompt_passes(model, [e.prompt for e in examples], rows, pad_id))
-    sides, sums, counts = [], [], []
-    for responses, side_groups in zip(sides_responses, sides_groups):
-        groups, total, n_tokens = [], [None] * len(responses), [None] * len(responses)
-        for group in side_groups:
-            logits, labels = next(passes)
-            logps = logps_from_logits(logits, labels)
-            for j, i in enumerate(group):
-                total[i], n_tokens[i] = logps.sum[j], logps.n_tokens[j]
-            groups.append((logits, labels))
-        sides.append(groups)
-        sums += total
-        counts += n_tokens
-    policy = PairLogps.from_rows(torch.stack(sums), torch.stack(counts), len(examples))
-    loss = spec.fn(policy, reference, cfg).losses.mean()
-    flat = [g for side in sides for g in side]
-    grads = torch.autograd.grad(loss, [logits for logits, _ in flat], retain_graph=True)
-    it = iter(grads)
-    return [[(logits, labels, next(it)) for logits, labels in side] for side in sides]
 
 
 def logit_jvp(
