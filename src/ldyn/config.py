@@ -192,8 +192,8 @@ class RunConfig:
     output_dir: str = ""  # run directory ("" = runs/<name>)
     seed: int = 0  # seeds data order, derived probe types and tiny-model init
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16: autocast for training; probes always run in fp32
-    # torch.compile the decoder layers of training's plain forward (models.compiled: SFT anywhere, every loss on a
-    # GPU; a CPU's shared-prompt DPO path stays eager); probes and the decomposition keep the eager model
+    # torch.compile the decoder layers of the training forward (models.compiled; packed or padded, any loss);
+    # probes and the decomposition keep the eager model
     compile: Literal["no", "default", "reduce-overhead", "max-autotune"] = "no"
     checkpoint_every: int = 0  # save a resumable checkpoint every k updates (0 = only at stage ends)
     # experiment trackers, local or offline by default: tensorboard (runs/<name>/tensorboard), wandb (offline unless

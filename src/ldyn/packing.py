@@ -168,20 +168,24 @@ def packed_rows_logits(model, prompts: list[list[int]], responses: list[tuple[in
     labels = torch.full((len(responses), max((len(r) for _, r in responses), default=0)), IGNORE, device=device)
     for row, (_, response) in enumerate(responses):
         labels[row, : len(response)] = torch.tensor(response, device=device)
-    logits = torch.cat(packed_logits(model, passes, params)) if passes else None
-    if logits is None:
+    if not passes:  # no response has a token
         return torch.zeros(*labels.shape, model.get_output_embeddings().weight.shape[0], device=device), labels
+    logits = torch.cat(packed_logits(model, passes, params))
     rows, columns = (torch.cat([getattr(p, k) for p in passes]).to(device) for k in ("rows", "columns"))
     return logits.new_zeros(*labels.shape, logits.shape[-1]).index_put((rows, columns), logits), labels
+
+
+def passes_logps(passes: list[PackedPass], logits: list[torch.Tensor], n_rows: int) -> SeqLogps:
+    """Per-row log-probs from the passes' logits (`packed_logits`)."""
+    if not passes:  # no response has a token
+        empty = torch.zeros(0, dtype=torch.long)
+        return rows_logps(torch.zeros(0, 1), empty, empty, n_rows)
+    device = logits[0].device
+    targets, rows = (torch.cat([getattr(p, k) for p in passes]).to(device) for k in ("targets", "rows"))
+    return rows_logps(torch.cat(logits), targets, rows, n_rows)
 
 
 def packed_logps(model, prompts: list[list[int]], responses: list[tuple[int, list[int]]]) -> SeqLogps:
     """`sequence_logps` of (prompt index, response) rows, packed: each prompt once, no padding (differentiable)."""
     passes = packed_passes(model, prompts, responses)
-    if not passes:  # no response has a token
-        return rows_logps(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                          len(responses))  # fmt: skip
-    logits = packed_logits(model, passes)
-    device = logits[0].device
-    targets, rows = (torch.cat([getattr(p, k) for p in passes]).to(device) for k in ("targets", "rows"))
-    return rows_logps(torch.cat(logits), targets, rows, len(responses))
+    return passes_logps(passes, packed_logits(model, passes), len(responses))

@@ -44,13 +44,12 @@ from ldyn.logprobs import (
     logps_from_logits,
     response_logits,
     rows_logits,
-    rows_logps,
     shares_prompts,
     stat_chunk,
 )
 from ldyn.losses import LossConfig, LossSpec, PairLogps
 from ldyn.models import measurement_mode
-from ldyn.packing import packable, packed_logits, packed_passes
+from ldyn.packing import packable, packed_logits, packed_passes, passes_logps
 
 TOP_K = 10  # "top-k" in the mass split: the pre-update argmax, the next TOP_K - 1 tokens, and the tail
 # The most logits an observed forward keeps for the next update (`ObservedForward`): SmolLM2's 49,152-word
@@ -137,8 +136,7 @@ def _packed_sides_gradient(model, spec: LossSpec, cfg: LossConfig, examples,
     responses = [(i, e.chosen) for i, e in enumerate(examples)] + [(i, e.rejected) for i, e in enumerate(examples)]
     passes = packed_passes(model, [e.prompt for e in examples], responses)
     logits = packed_logits(model, passes)
-    targets, rows = (torch.cat([getattr(p, k) for p in passes]).to(logits[0].device) for k in ("targets", "rows"))
-    logps = rows_logps(torch.cat(logits), targets, rows, len(responses))
+    logps = passes_logps(passes, logits, len(responses))
     loss = spec.fn(PairLogps.from_rows(logps.sum, logps.n_tokens, len(examples)), reference, cfg).losses.mean()
     grads = torch.autograd.grad(loss, logits, retain_graph=True)
     chosen = [(p.rows < len(examples)).to(g.device)[:, None] for p, g in zip(passes, grads)]
