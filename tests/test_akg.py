@@ -8,10 +8,8 @@ import torch
 from ldyn.config import LossConfig
 from ldyn.data.tokenize import IGNORE, collate, collate_pairs
 from ldyn.dynamics.akg import (
-    begin_update,
     change_statistics,
     decompose,
-    decompose_update,
     delta_log_prob,
     logit_jvp,
     loss_logit_gradient,
@@ -21,6 +19,7 @@ from ldyn.dynamics.akg import (
 from ldyn.dynamics.differences import central_difference, one_sided_difference
 from ldyn.dynamics.entk import entk, kernel_norm, predicted_logit_change
 from ldyn.dynamics.probing import ProbeItem
+from ldyn.dynamics.update import begin_update, decompose_update
 from ldyn.logprobs import SharedRows, sequence_logps
 from ldyn.losses import PairLogps, get_loss
 from ldyn.models import prepare, tiny_model

@@ -33,8 +33,8 @@ _API = {
     "probe": "ldyn.dynamics.probing",
     "probe_items": "ldyn.dynamics.probing",
     "ProbeItem": "ldyn.dynamics.probing",
-    "begin_update": "ldyn.dynamics.akg",
-    "decompose_update": "ldyn.dynamics.akg",
+    "begin_update": "ldyn.dynamics.update",
+    "decompose_update": "ldyn.dynamics.update",
     "LdynError": "ldyn.errors",
     "keep_freed_memory": "ldyn.allocator",
 }

@@ -43,8 +43,8 @@ from ldyn.config import (
 )
 from ldyn.data.templates import check_template
 from ldyn.distributed import barrier, rank_and_world
-from ldyn.dynamics.akg import begin_update, decompose_update
 from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items, probe_across_ranks
+from ldyn.dynamics.update import begin_update, decompose_update
 from ldyn.errors import LdynError
 from ldyn.losses import LossConfig
 from ldyn.runs import CONFIG, DATA, DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, ROW_FILES, RunDir

@@ -15,8 +15,8 @@ import torch
 
 from ldyn.adapters import write_chain
 from ldyn.distributed import gather_to_main
-from ldyn.dynamics.akg import begin_update, decompose_update
 from ldyn.dynamics.probing import ProbeItem, probe_across_ranks
+from ldyn.dynamics.update import begin_update, decompose_update
 from ldyn.runs import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, STATE, RunDir
 from ldyn.trackers import Trackers, baseline_of, probe_scalars, train_scalars
 from ldyn.train.trainer import StepState
@@ -74,7 +74,7 @@ class ProbeCallback:
 
 
 class DecompositionCallback:
-    """Decompose the update after step 0 and after every `every`-th step (`dynamics.akg.decompose_update`): the
+    """Decompose the update after step 0 and after every `every`-th step (`dynamics.update.decompose_update`): the
     predicted (first-order A·K·G) and the observed change of log π(y | x_o) for every observed (example, response
     type), into decomposition.jsonl.
 

@@ -1,0 +1,155 @@
+"""The decomposition of one update, from any trainer: two calls around its optimizer step.
+
+`begin_update` before the step keeps θ_t and, when the update batch and its loss are known, the directions g⁺ and
+g⁻ (`akg.update_directions`); `decompose_update` after it gives one row per observed (prompt, response type) with
+the observed change and the first-order predictions (`akg.decompose`), under their final column names. Without
+the update batch only the real step is predicted. Decomposing every update, the observed forward at θ_{t+1} is the
+next update's forward at θ: `decompose_update(keep=True)` keeps it (`ObservedForward`) and `begin_update(previous=)`
+takes it when the parameters are still exactly θ_{t+1}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ldyn.data.tokenize import collate
+from ldyn.dynamics.akg import UpdateDirections, decompose, parameters, update_directions
+from ldyn.dynamics.probing import ProbeItem, length_batches, whole_prompt_batches
+from ldyn.logprobs import SharedRows, rows_logits, shares_prompts
+from ldyn.losses import LossConfig, LossSpec, PairLogps
+from ldyn.models import measurement_mode
+
+# The most logits an observed forward keeps for the next update (`ObservedForward`): SmolLM2's 49,152-word
+# vocabulary makes 1 GiB about 5,400 observed tokens (4 probe prompts with all 13 response types is ~8,000).
+KEEP_BYTES = 2**30
+
+
+@dataclass
+class ObservedForward:
+    """The observed batches' logits at θ_{t+1}, with θ_{t+1} itself: the next update's forward at θ when it starts
+    from exactly these parameters (decomposing every update)."""
+
+    theta: dict[str, torch.Tensor]  # θ_{t+1}, cloned
+    items: list[list[tuple[str, str]]]  # per observed batch, its (example id, response type)s in order
+    logits: list[tuple[torch.Tensor, torch.Tensor]]  # (logits, labels) per observed batch, in order
+
+
+@dataclass
+class UpdateStart:
+    """What the decomposition keeps from before an update."""
+
+    theta: dict[str, torch.Tensor]  # θ_t, cloned
+    lr: float  # η of the update (the SGD-kernel predictions use it)
+    directions: UpdateDirections | None  # g⁺ and g⁻ of the update batch; None when the batch is not known
+    before: ObservedForward | None = None  # the observed batches' logits at θ_t, when a forward there was kept
+    observed: ObservedForward | None = None  # set by `decompose_update(keep=True)`: for the next update's start
+
+
+def begin_update(
+    model,
+    lr: float,
+    loss: LossSpec | None = None,
+    loss_cfg: LossConfig | None = None,
+    examples=(),
+    pad_id: int = 0,
+    reference: PairLogps | None = None,
+    negative_from_step: bool = False,
+    previous: ObservedForward | None = None,
+) -> UpdateStart:
+    """Before the optimizer step: θ_t, and the loss directions of the update's `examples` (`TrainExample`s: prompt,
+    chosen, rejected token ids) under `loss` when they are given. `reference` holds the reference log-probs of the
+    examples for losses that need one. `negative_from_step`: the caller hands the step's own gradient of the same
+    batch and loss to `start.directions.from_gradient` before `decompose_update`, which saves one backward.
+    `previous`: the last decomposed update's `ObservedForward`; used (its θ and its logits) only when the model's
+    parameters are exactly its θ, i.e. nothing moved them since."""
+    directions = None
+    if loss is not None and examples:
+        with measurement_mode(model):
+            directions = update_directions(model, loss, loss_cfg or LossConfig(), list(examples), pad_id, reference,
+                                           negative=not negative_from_step)  # fmt: skip
+    now = parameters(model)
+    if (
+        previous is not None
+        and previous.theta.keys() == now.keys()
+        and all(torch.equal(previous.theta[k], v) for k, v in now.items())
+    ):
+        return UpdateStart(previous.theta, lr, directions, before=previous)
+    return UpdateStart({k: v.clone() for k, v in now.items()}, lr, directions)
+
+
+# columns of a decomposition row, from the names `decompose` gives its outputs
+COLUMNS = {"predicted/step": "predicted", "predicted/sgd_positive": "sgd_positive",
+           "predicted/sgd_negative": "sgd_negative"}  # fmt: skip
+
+
+def decompose_update(
+    model,
+    start: UpdateStart,
+    items: list[ProbeItem],
+    pad_id: int,
+    *,
+    batch_tokens: int = 1024,
+    predict: bool = True,
+    method: str = "jvp",
+    keep: bool = False,
+) -> list[dict]:
+    """After the optimizer step: one row per observed (prompt, response type) with the observed change and, when
+    `predict`, the first-order predictions along the real step ("predicted") and the SGD kernel's y⁺ and y⁻ parts
+    ("sgd_positive", "sgd_negative"), the mass split, LBK ("observed/lbk") and SignDelta ("observed/sign_delta").
+    `method`: "jvp" (forward-mode), "central" (central differences, `central_difference`) or "one_sided" (the SGD
+    kernel's parts by `one_sided_difference`, the real step central). `keep`: leave the observed forward at θ_{t+1}
+    in `start.observed` for the next update's `begin_update(previous=)` (when it uses a plain forward at θ and its
+    logits fit in `KEEP_BYTES`)."""
+    if start.directions is not None and start.directions.awaiting_negative:
+        raise ValueError("g⁻ was left to the training step's gradient: call start.directions.from_gradient first")
+    after = parameters(model)
+    tangents = _tangents(start, after) if predict else {}
+    shared = shares_prompts(next(model.parameters()).device)
+    groups = list((whole_prompt_batches if shared else length_batches)(items, batch_tokens))
+    keys = [[(it.example_id, it.type) for it in group] for group in groups]
+    before = start.before.logits if start.before is not None and start.before.items == keys else [None] * len(groups)
+    kept = [] if keep and (method != "jvp" or not tangents) else None
+    rows = []
+    for group, logits_before in zip(groups, before):
+        with measurement_mode(model):
+            out = _decompose_group(model, start, after, tangents, group, pad_id, shared, method, logits_before, kept)
+        if kept is not None and sum(logits.numel() * logits.element_size() for logits, _ in kept) > KEEP_BYTES:
+            kept = None
+        out = {COLUMNS.get(k, k): v.tolist() for k, v in out.items()}
+        for i, item in enumerate(group):
+            row = {"example_id": item.example_id, "type": item.type, "lr": start.lr}
+            if start.directions is not None:
+                row["g_norm_sq"] = start.directions.g_norm_sq
+            row |= {k: v[i] for k, v in out.items()}
+            if start.directions is not None:  # LBK: ‖Δ log π‖² / (‖A‖_F² ‖G‖²)
+                row["observed/lbk"] = row["observed/dlogp_sq"] / (
+                    row["observed/a_norm_sq"] * start.directions.g_norm_sq
+                )
+            rows.append(row)
+    if kept is not None:
+        start.observed = ObservedForward({k: v.clone() for k, v in after.items()}, keys, kept)
+    return rows
+
+
+def _tangents(start: UpdateStart, after: dict) -> dict[str, dict]:
+    """The parameter steps to predict along: the real one, and −η g⁺, −η g⁻ when the directions are known."""
+    tangents = {"step": {k: after[k] - start.theta[k] for k in start.theta}}
+    if start.directions is not None:
+        tangents["sgd_positive"] = {k: -start.lr * g for k, g in start.directions.positive.items()}
+        if start.directions.negative is not None:
+            tangents["sgd_negative"] = {k: -start.lr * g for k, g in start.directions.negative.items()}
+    return tangents
+
+
+def _decompose_group(model, start: UpdateStart, after: dict, tangents: dict, group: list[ProbeItem], pad_id: int,
+                     shared: bool, method: str, before: tuple | None, kept: list | None) -> dict:  # fmt: skip
+    pairs = [(it.example_id, it.prompt, it.response) for it in group]
+    device = next(model.parameters()).device
+    rows = SharedRows.of(pairs) if shared else collate([p[1:] for p in pairs], pad_id).to(device)
+    with torch.no_grad():
+        observed = rows_logits(model, rows, pad_id, after)
+    if kept is not None:
+        kept.append(observed)
+    return decompose(model, start.theta, after, tangents, rows, pad_id, method, before, observed)
