@@ -12,6 +12,7 @@ import json
 import statistics
 import sys
 import time
+from typing import get_args, get_type_hints
 
 import torch
 
@@ -61,7 +62,8 @@ def add_common_arguments(parser) -> None:
 
 def add_compile_argument(parser) -> None:
     """--compile: the training forward's decoder layers compiled in this mode (a run's `compile`, models.compiled)."""
-    parser.add_argument("--compile", default="no", choices=["no", "default", "reduce-overhead", "max-autotune"],
+    modes = get_args(get_type_hints(RunConfig)["compile"])  # the modes a run's config allows
+    parser.add_argument("--compile", default="no", choices=modes,
                         help="compile the training forward's decoder layers in this torch.compile mode")  # fmt: skip
 
 
