@@ -1,16 +1,16 @@
 """The A·K·G decomposition of one update against a probe batch, as a ratio to the update itself.
 
 A DPO update of 4 HH pairs (ldyn's trainer, reference log-probs cached) is decomposed by `DecompositionCallback`
-exactly as `decompose.every` does in a run: the update directions g⁺ and g⁻ (one backward each), one forward-mode
-JVP per parameter step (the optimizer's real step and the SGD kernel's y⁺ and y⁻ parts), the observed change (a
-forward at θ_{t+1}) and the mass statistics. The probe batch is the first N probe prompts with the given response
-types: by default chosen and rejected of 4 prompts, 8 sequences, the size of the update batch itself.
-Four variants decompose every update side by side: forward-mode with g⁻ from a backward of its own (the method
-before round two), forward-mode with g⁻ taken from the training step's own gradient (the default), central
-differences (`decompose.method=central`, g⁻ from the step too) and one-sided differences for the SGD kernel's
+exactly as `decompose.every` does in a run: the update directions g⁺ and g⁻, one forward-mode JVP per parameter
+step (the optimizer's real step and the SGD kernel's y⁺ and y⁻ parts), the observed change (a forward at θ_{t+1})
+and the mass statistics. The probe batch is the first N probe prompts with the given response types: by default
+chosen and rejected of 4 prompts, 8 sequences, the size of the update batch itself.
+Four variants decompose every update side by side: forward-mode with g± from a forward and backward of their own
+(`update_directions`, as under several processes, autocast or a compiled forward), forward-mode with g± from the
+training step's own graph and gradient (`UpdateDirections.from_step`: the default in one eager process), central
+differences (`decompose.method=central`, g± from the step too) and one-sided differences for the SGD kernel's
 parts (`decompose.method=one_sided`); the accuracy of the differences is reported against the forward-mode
-predictions of the same updates. A breakdown times each part once more on its
-own.
+predictions of the same updates. A breakdown times each part once more on its own.
 
     python benchmarks/decompose_speed.py --data ../shared/data/hh/probe_train.jsonl
 """
@@ -36,21 +36,22 @@ from ldyn.train.trainer import Trainer, batches
 
 
 class OwnBackward(DecompositionCallback):
-    """The decomposition as it was before: g⁻ from a backward of its own, not from the training step."""
+    """g⁺ and g⁻ from a forward and backward of their own (`update_directions`), not from the training step's graph
+    and gradient: as under several processes, autocast or a compiled forward."""
 
     def on_step_start(self, state) -> None:
-        shared, state.batch_gradient = state.batch_gradient, False
+        shared, state.step_graph = state.step_graph, False
         super().on_step_start(state)
-        state.batch_gradient = shared
+        state.step_graph = shared
 
 
 VARIANTS = {"own_backward": OwnBackward, "jvp": DecompositionCallback, "central": DecompositionCallback,
             "one_sided": DecompositionCallback}  # fmt: skip
 LABELS = {
-    "own_backward": "decomposition: JVPs, g⁻ by its own backward",
-    "jvp": "decomposition: JVPs, g⁻ from the step's gradient",
-    "central": "decomposition: central differences, g⁻ from step",
-    "one_sided": "decomposition: y± parts one-sided, g⁻ from step",
+    "own_backward": "decomposition: JVPs, g± by their own backward",
+    "jvp": "decomposition: JVPs, g± from the step",
+    "central": "decomposition: central differences, g± from step",
+    "one_sided": "decomposition: y± parts one-sided, g± from step",
 }
 
 

@@ -8,6 +8,7 @@ import torch
 from ldyn.config import LossConfig
 from ldyn.data.tokenize import IGNORE, collate, collate_pairs
 from ldyn.dynamics.akg import (
+    UpdateDirections,
     change_statistics,
     decompose,
     delta_log_prob,
@@ -20,9 +21,10 @@ from ldyn.dynamics.differences import central_difference, one_sided_difference
 from ldyn.dynamics.entk import entk, kernel_norm, predicted_logit_change
 from ldyn.dynamics.probing import ProbeItem
 from ldyn.dynamics.update import begin_update, decompose_update
-from ldyn.logprobs import SharedRows, sequence_logps
+from ldyn.logprobs import SharedRows, scored_logps, sequence_logps
 from ldyn.losses import PairLogps, get_loss
 from ldyn.models import prepare, tiny_model
+from ldyn.packing import packed_logps
 from ldyn.train.trainer import TrainExample
 
 UPDATE = [TrainExample("u0", [5, 6, 7], [8, 9, 10], [11, 12]), TrainExample("u1", [1, 2], [3, 4], [5, 6, 7])]
@@ -95,19 +97,31 @@ def test_positive_and_negative_directions_sum_to_the_loss_gradient(small64):
             assert torch.allclose(part[name], g, atol=1e-12), name
 
 
-def test_negative_direction_from_the_steps_own_gradient(small64):
-    spec, cfg = get_loss("dpo"), LossConfig()
-    reference = reference_logps(small64, UPDATE)
-    both = update_directions(small64, spec, cfg, UPDATE, 0, reference)
-    one = update_directions(small64, spec, cfg, UPDATE, 0, reference, negative=False)
-    assert one.awaiting_negative and one.negative is None and one.g_norm_sq == pytest.approx(both.g_norm_sq)
-    small64.zero_grad()  # the training step's gradient: the joint batch's mean loss, one backward
-    logps = sequence_logps(small64, collate_pairs(UPDATE, 0, True))
-    policy = PairLogps(logps.sum[:2], logps.sum[2:], logps.n_tokens[:2], logps.n_tokens[2:])
-    spec.fn(policy, reference, cfg).losses.mean().backward()
-    one.from_gradient({n: p.grad for n, p in small64.named_parameters()})
-    for name, g in both.negative.items():
-        assert torch.allclose(one.negative[name], g, atol=1e-12), name
+@pytest.mark.parametrize("loss", ["dpo", "sft"])
+@pytest.mark.parametrize("forward", ["padded", "scored", "packed"])
+def test_directions_from_the_steps_own_graph_and_gradient(small64, loss, forward):
+    spec, cfg, n = get_loss(loss), LossConfig(beta=0.5), len(UPDATE)
+    reference = reference_logps(small64, UPDATE) if spec.needs_reference else None
+    own = update_directions(small64, spec, cfg, UPDATE, 0, reference)
+    # the training step: its forward (each way the trainer runs one), the directions from its graph, its backward
+    small64.zero_grad()
+    batch = collate_pairs(UPDATE, 0, spec.needs_rejected)
+    if forward == "packed":
+        responses = [(i, e.chosen) for i, e in enumerate(UPDATE)]
+        responses += [(i, e.rejected) for i, e in enumerate(UPDATE)] if spec.needs_rejected else []
+        logps = packed_logps(small64, [e.prompt for e in UPDATE], responses)
+    else:
+        logps = (sequence_logps if forward == "padded" else scored_logps)(small64, batch)
+    step_loss = spec.fn(PairLogps.from_rows(logps.sum, logps.n_tokens, n), reference, cfg).losses.mean()
+    step = UpdateDirections.from_step(small64, step_loss, logps, n)
+    assert step.awaiting_gradient and step.g_norm_sq == pytest.approx(own.g_norm_sq, rel=1e-10)
+    step_loss.backward()
+    step.from_gradient({name: p.grad for name, p in small64.named_parameters()})
+    assert not step.awaiting_gradient and (step.negative is None) == (own.negative is None)
+    for part in ("positive", "negative") if spec.needs_rejected else ("positive",):
+        for name, g in getattr(own, part).items():
+            assert torch.allclose(getattr(step, part)[name], g, atol=1e-12), (part, name)
+    assert any(g.abs().max() > 1e-6 for g in step.positive.values())
 
 
 @pytest.mark.parametrize("method, order", [("central", 3), ("one_sided", 2)])
@@ -314,14 +328,27 @@ def decompose_rows(out, *extra) -> list[dict]:
 
 
 def test_finite_differences_and_the_steps_gradient_give_the_jvp_decomposition(tmp_path, monkeypatch):
-    reused = decompose_rows(tmp_path / "reused")  # g⁻ from the step's own gradient (one process, fp32 or wider)
+    reused = decompose_rows(tmp_path / "reused")  # g± from the step's own graph and gradient (one process, no autocast)
     central = decompose_rows(tmp_path / "central", "decompose.method=central")
     one_sided = decompose_rows(tmp_path / "one_sided", "decompose.method=one_sided")
-    import ldyn.train.callbacks as callbacks
+    from ldyn.train.callbacks import DecompositionCallback
 
-    own = callbacks.begin_update  # g⁻ from a backward of its own, as with several processes or autocast
-    monkeypatch.setattr(callbacks, "begin_update", lambda *a, negative_from_step, **k: own(*a, **k))
+    steps_start = DecompositionCallback.on_step_start
+
+    def own_backward(self, state):  # the directions by a forward and backward of their own, as with several
+        state.step_graph = False  # processes, autocast or a compiled forward
+        steps_start(self, state)
+
+    monkeypatch.setattr(DecompositionCallback, "on_step_start", own_backward)
     separate = decompose_rows(tmp_path / "separate")
+    monkeypatch.undo()
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    compiled = decompose_rows(tmp_path / "compiled", "compile=default")  # takes its own forward and backward
+    for a, b in zip(reused, compiled):
+        for column in ("predicted", "sgd_positive", "sgd_negative", "observed"):
+            assert a[column] == pytest.approx(b[column], rel=1e-9, abs=1e-12)
     for a, b, c, d in zip(reused, separate, central, one_sided):
         for column in ("predicted", "sgd_positive", "sgd_negative"):
             assert a[column] == pytest.approx(b[column], rel=1e-9, abs=1e-12)

@@ -97,7 +97,7 @@ def test_pairs_sharing_their_prompt_train_exactly_as_the_plain_path(tokenizer, l
         model.zero_grad()
         if not shared:  # the plain path is what runs under several processes
             monkeypatch.setattr(trainer.accelerator.state, "num_processes", 2)
-        loss_value, _ = trainer.loss_on(examples)
+        loss_value, *_ = trainer.loss_on(examples)
         loss_value.backward()
         grads.append((loss_value.detach(), [p.grad.clone() for p in model.parameters()]))
     (fast_loss, fast), (slow_loss, slow) = grads
@@ -166,7 +166,7 @@ def _compiled_against_eager(tokenizer, loss, packed=False):
         trainer.accelerator.state.num_processes = 1 if packed else 2  # 2: the padded path, as under DDP
         try:
             model.zero_grad()
-            value, _ = trainer.loss_on(EXAMPLES[:3])
+            value, *_ = trainer.loss_on(EXAMPLES[:3])
             value.backward()
         finally:
             trainer.accelerator.state.num_processes = 1

@@ -32,6 +32,10 @@ class SeqLogps:
     sum: torch.Tensor  # (B,) Σ_t log π(y_t | x, y_<t)
     mean: torch.Tensor  # (B,) sum / n_tokens
     n_tokens: torch.Tensor  # (B,) scored response tokens
+    # what the sums were taken from, as the forward gave it (still attached to its graph when it has one): an
+    # instrument differentiates the training step's own graph from these (`UpdateDirections.from_step`)
+    logits: torch.Tensor | None = None  # (N, V) the scored tokens' logits
+    rows: torch.Tensor | None = None  # (N,) the row each belongs to
 
 
 def supports_logits_to_keep(model) -> bool:
@@ -210,13 +214,13 @@ def _cache_rows(cache, rows: torch.Tensor):
 def logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> SeqLogps:
     """(B, T, V) logits and aligned (B, T) labels -> per-sequence summed and mean log-probs."""
     mask = labels != IGNORE
-    rows = logits[mask]
-    rows = rows.to(torch.promote_types(rows.dtype, torch.float32))  # bf16 logits are scored in fp32
+    scored = logits[mask]
+    rows = scored.to(torch.promote_types(scored.dtype, torch.float32))  # bf16 logits are scored in fp32
     token_logp = -F.cross_entropy(rows, labels[mask], reduction="none")  # (N,)
     seq = mask.nonzero()[:, 0]
     total = torch.zeros(labels.shape[0], dtype=token_logp.dtype, device=labels.device).index_add(0, seq, token_logp)
     n = mask.sum(1)
-    return SeqLogps(total, total / n.clamp(min=1), n)
+    return SeqLogps(total, total / n.clamp(min=1), n, scored, seq)
 
 
 def sequence_logps(model, batch: Batch) -> SeqLogps:
@@ -240,11 +244,11 @@ def scored_logps(model, batch: Batch) -> SeqLogps:
 def rows_logps(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int) -> SeqLogps:
     """Per-row sums of log π(target) from (N, V) logits of scored tokens, `rows` naming each token's row (bf16
     logits are scored in fp32)."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    token_logp = -F.cross_entropy(logits, targets, reduction="none")
+    scored = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    token_logp = -F.cross_entropy(scored, targets, reduction="none")
     total = torch.zeros(n_rows, dtype=token_logp.dtype, device=token_logp.device).index_add(0, rows, token_logp)
     n = torch.bincount(rows, minlength=n_rows)
-    return SeqLogps(total, total / n.clamp(min=1), n)
+    return SeqLogps(total, total / n.clamp(min=1), n, logits, rows)
 
 
 STAT_NAMES = ("logp", "argmax_logp", "except_argmax_logp", "sq_norm", "pe", "entropy")

@@ -6,9 +6,10 @@
   from the same function that trains (`loss_logit_gradient`). It is kept apart for the y⁺ rows and the y⁻ rows,
   so the positive- and negative-gradient contributions can be reported separately.
 - K·G is never formed. One backward pass turns each part of G into a parameter direction g^± = J_u^±ᵀ G^±
-  (`update_directions`); one forward-mode JVP per observed batch turns a parameter step Δθ into the first-order
-  logit change Δz_o = J_o Δθ (`logit_jvp`). With Δθ = −η g this is exactly −η K G; `entk.py` forms K explicitly
-  for small models, the slow twin the tests compare against.
+  (`update_directions`, or `UpdateDirections.from_step` through the training step's own graph); one forward-mode
+  JVP per observed batch turns a parameter step Δθ into the first-order logit change Δz_o = J_o Δθ (`logit_jvp`).
+  With Δθ = −η g this is exactly −η K G; `entk.py` forms K explicitly for small models, the slow twin the tests
+  compare against.
 - A = I − 1πᵀ is applied analytically per token: Δ log π_v = Δz_v − Σ_w π_w Δz_w.
 
 Two parameter steps are used: the paper's SGD kernel Δθ = −η g (η = the stage's learning rate), split into its
@@ -36,6 +37,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ldyn.data.tokenize import IGNORE, Batch, collate
 from ldyn.dynamics.differences import CENTRAL_LENGTH, central_difference, norm, one_sided_difference
 from ldyn.logprobs import (
+    SeqLogps,
     SharedRows,
     logps_from_logits,
     response_logits,
@@ -73,30 +75,53 @@ def loss_logit_gradient(
 
 @dataclass
 class UpdateDirections:
-    positive: dict[str, torch.Tensor]  # g⁺ = J⁺ᵀ G⁺: the loss gradient flowing through the y⁺ (or SFT) rows
+    positive: dict[str, torch.Tensor] | None  # g⁺ = J⁺ᵀ G⁺: the loss gradient flowing through the y⁺ (or SFT) rows
     negative: dict[str, torch.Tensor] | None  # g⁻ = J⁻ᵀ G⁻: through the y⁻ rows (None for one-sided losses)
     g_norm_sq: float  # ‖G‖_F² over every update position (the LBK normaliser)
-    awaiting_negative: bool = False  # g⁻ will come from the training step's own gradient (`from_gradient`)
+    awaiting_gradient: bool = False  # a part still comes from the training step's own gradient (`from_gradient`)
 
-    def from_gradient(self, gradient: dict[str, torch.Tensor | None]) -> None:
-        """g⁻ = ∇_θ L − g⁺, with ∇_θ L the training step's own gradient of the same batch and loss: the backward
-        the step already ran, instead of a second one here."""
-        self.negative = {k: (-g if gradient[k] is None else gradient[k] - g) for k, g in self.positive.items()}
-        self.awaiting_negative = False
+    @classmethod
+    def from_step(cls, model, loss: torch.Tensor, logps: SeqLogps, n: int) -> UpdateDirections:
+        """The directions from the training step's own graph, between its forward and its backward: `loss` the
+        step's mean loss, `logps` its rows' log-probs with their scored logits (`SeqLogps.logits`, rows [0, n) y⁺
+        or the SFT target, [n, 2n) y⁻). G = ∂loss/∂z of those logits; for pairs g⁺ is one VJP of G's y⁺ rows
+        through the step's graph (kept for the step's backward) and g⁻ is left to the step's gradient; for a
+        one-sided loss g⁺ is the step's gradient itself. Against `update_directions` this saves the forward pass
+        of the update batch (and for SFT its backward too)."""
+        (grad,) = torch.autograd.grad(loss, logps.logits, retain_graph=True)
+        g_norm_sq = float((grad.double() ** 2).sum())
+        if logps.sum.shape[0] == n:  # one-sided: every row is a y⁺ row
+            return cls(None, None, g_norm_sq, awaiting_gradient=True)
+        names, params = zip(*((k, p) for k, p in model.named_parameters() if p.requires_grad))
+        chosen = (logps.rows < n)[:, None]
+        vjp = torch.autograd.grad(logps.logits, params, grad_outputs=grad * chosen, retain_graph=True,
+                                  allow_unused=True)  # fmt: skip
+        positive = {k: (torch.zeros_like(p) if v is None else v) for k, p, v in zip(names, params, vjp)}
+        return cls(positive, None, g_norm_sq, awaiting_gradient=True)
+
+    def from_gradient(self, gradient: dict[str, torch.Tensor]) -> None:
+        """The part left to the training step: ∇_θ L, its own gradient of the same batch and loss (name -> tensor,
+        zeros where a parameter got none), is g⁺ for a one-sided loss and g⁺ + g⁻ for pairs (so g⁻ = ∇_θ L − g⁺)."""
+        names = list(gradient if self.positive is None else self.positive)
+        total = [gradient[k].detach() for k in names]
+        if self.positive is None:
+            self.positive = dict(zip(names, torch._foreach_mul(total, 1.0)))  # a copy: clipping scales .grad in place
+        else:
+            self.negative = dict(zip(names, torch._foreach_sub(total, [self.positive[k] for k in names])))
+        self.awaiting_gradient = False
 
 
 def update_directions(
-    model, spec: LossSpec, cfg: LossConfig, examples, pad_id: int, reference: PairLogps | None,
-    negative: bool = True,
-) -> UpdateDirections:  # fmt: skip
-    """∇_θ L = g⁺ + g⁻, each part from one backward pass of its rows' G through the model.
+    model, spec: LossSpec, cfg: LossConfig, examples, pad_id: int, reference: PairLogps | None
+) -> UpdateDirections:
+    """∇_θ L = g⁺ + g⁻, each part from one backward pass of its rows' G through the model: the directions of an
+    update batch without the training step's graph (several processes, autocast, another trainer), whose slow twin
+    (G of the joint batch masked to a side's rows) the tests compare against. `UpdateDirections.from_step` takes
+    them from the step itself when it can.
 
     Pairs on a CPU run packed, as the training step runs them (`_packed_sides_gradient`); each side's backward
     then runs through every pass. Elsewhere the y⁺ rows and the y⁻ rows run as two forward passes, so each backward
-    traverses its own rows only: half the work of backpropagating a masked G through the joint batch (the slow twin
-    in the tests). With `negative`
-    false only g⁺ is back-propagated (both sides still run forward: G⁺ depends on them); g⁻ is then expected from
-    the training step's gradient (`UpdateDirections.from_gradient`).
+    traverses its own rows only: half the work of backpropagating a masked G through the joint batch.
     """
     names, params = zip(*((n, p) for n, p in model.named_parameters() if p.requires_grad))
     device = params[0].device
@@ -110,14 +135,13 @@ def update_directions(
             batches = [collate(s, pad_id).to(device) for s in rows]
             sides = [[out] for out in loss_logit_gradient(model, spec, cfg, batches, len(examples), reference)]
         parts = []
-        for side in sides[: None if negative else 1]:  # one backward per side
+        for side in sides:  # one backward per side
             vjp = torch.autograd.grad([logits for logits, _, _ in side], params,
                                       grad_outputs=[grad for _, _, grad in side], retain_graph=True,
                                       allow_unused=True)  # fmt: skip
             parts.append({k: (torch.zeros_like(p) if v is None else v) for k, p, v in zip(names, params, vjp)})
     g_norm_sq = sum(float((grad.double() ** 2).sum()) for side in sides for _, _, grad in side)
-    awaiting = len(sides) > 1 and not negative
-    return UpdateDirections(parts[0], parts[1] if len(parts) > 1 else None, g_norm_sq, awaiting)
+    return UpdateDirections(parts[0], parts[1] if len(parts) > 1 else None, g_norm_sq)
 
 
 def _packed_sides_gradient(model, spec: LossSpec, cfg: LossConfig, examples,

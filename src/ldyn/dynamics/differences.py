@@ -11,8 +11,6 @@ Both are tested against the JVP in float64 for the order of their error (tests/t
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ldyn.data.tokenize import Batch
@@ -54,5 +52,10 @@ def shifted(theta: dict, tangent: dict, scale: float) -> dict:
 
 
 def norm(tangent: dict) -> float:
-    """‖v‖ over every parameter, accumulated in float64 (without a float64 copy of v)."""
-    return math.sqrt(sum(float(torch.linalg.vector_norm(v, dtype=torch.float64)) ** 2 for v in tangent.values()))
+    """‖v‖ over every parameter: each tensor's norm in its own precision, in one multi-tensor kernel, combined in
+    float64 with one synchronisation (it sets a difference's step length s, which cancels exactly: s shifts θ and
+    divides the difference, so its rounding does not reach the result). A float64 norm per tensor took 0.1-0.4 s
+    for SmolLM2 on this CPU, ~0.04 s this way, and a GPU waits once instead of once per tensor."""
+    if not tangent:
+        return 0.0
+    return float(torch.stack(torch._foreach_norm(list(tangent.values()))).double().pow(2).sum().sqrt())

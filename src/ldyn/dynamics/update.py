@@ -55,20 +55,19 @@ def begin_update(
     examples=(),
     pad_id: int = 0,
     reference: PairLogps | None = None,
-    negative_from_step: bool = False,
     previous: ObservedForward | None = None,
 ) -> UpdateStart:
     """Before the optimizer step: θ_t, and the loss directions of the update's `examples` (`TrainExample`s: prompt,
-    chosen, rejected token ids) under `loss` when they are given. `reference` holds the reference log-probs of the
-    examples for losses that need one. `negative_from_step`: the caller hands the step's own gradient of the same
-    batch and loss to `start.directions.from_gradient` before `decompose_update`, which saves one backward.
+    chosen, rejected token ids) under `loss` when they are given (`update_directions`). `reference` holds the
+    reference log-probs of the examples for losses that need one. A trainer that can hand over its step's own graph
+    and gradient leaves `examples` out and sets `start.directions` itself, which saves the update batch's forward:
+    `UpdateDirections.from_step` between the step's forward and backward, then `from_gradient` after the backward.
     `previous`: the last decomposed update's `ObservedForward`; used (its θ and its logits) only when the model's
     parameters are exactly its θ, i.e. nothing moved them since."""
     directions = None
     if loss is not None and examples:
         with measurement_mode(model):
-            directions = update_directions(model, loss, loss_cfg or LossConfig(), list(examples), pad_id, reference,
-                                           negative=not negative_from_step)  # fmt: skip
+            directions = update_directions(model, loss, loss_cfg or LossConfig(), list(examples), pad_id, reference)
     now = parameters(model)
     if (
         previous is not None
@@ -102,8 +101,9 @@ def decompose_update(
     kernel's parts by `one_sided_difference`, the real step central). `keep`: leave the observed forward at θ_{t+1}
     in `start.observed` for the next update's `begin_update(previous=)` (when it uses a plain forward at θ and its
     logits fit in `KEEP_BYTES`)."""
-    if start.directions is not None and start.directions.awaiting_negative:
-        raise ValueError("g⁻ was left to the training step's gradient: call start.directions.from_gradient first")
+    if start.directions is not None and start.directions.awaiting_gradient:
+        raise ValueError("a direction was left to the training step's gradient: call start.directions.from_gradient "
+                         "first")  # fmt: skip
     after = parameters(model)
     tangents = _tangents(start, after) if predict else {}
     shared = shares_prompts(next(model.parameters()).device)
@@ -135,11 +135,15 @@ def decompose_update(
 
 def _tangents(start: UpdateStart, after: dict) -> dict[str, dict]:
     """The parameter steps to predict along: the real one, and −η g⁺, −η g⁻ when the directions are known."""
-    tangents = {"step": {k: after[k] - start.theta[k] for k in start.theta}}
-    if start.directions is not None:
-        tangents["sgd_positive"] = {k: -start.lr * g for k, g in start.directions.positive.items()}
-        if start.directions.negative is not None:
-            tangents["sgd_negative"] = {k: -start.lr * g for k, g in start.directions.negative.items()}
+    names = list(start.theta)
+    tangents = {
+        "step": dict(zip(names, torch._foreach_sub([after[k] for k in names], [start.theta[k] for k in names])))
+    }
+    if start.directions is not None:  # multi-tensor kernels: on a GPU one launch per group, not one per tensor
+        parts = {"sgd_positive": start.directions.positive, "sgd_negative": start.directions.negative}
+        for name, g in parts.items():
+            if g is not None:
+                tangents[name] = dict(zip(g, torch._foreach_mul(list(g.values()), -start.lr)))
     return tangents
 
 

@@ -15,6 +15,7 @@ import torch
 
 from ldyn.adapters import write_chain
 from ldyn.distributed import gather_to_main
+from ldyn.dynamics.akg import UpdateDirections
 from ldyn.dynamics.probing import ProbeItem, probe_across_ranks
 from ldyn.dynamics.update import begin_update, decompose_update
 from ldyn.runs import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, STATE, RunDir
@@ -88,6 +89,7 @@ class DecompositionCallback:
                  predict: bool = True, method: str = "jvp"):  # fmt: skip
         self.run, self.items, self.pad_id, self.every, self.batch_tokens = run, items, pad_id, every, batch_tokens
         self.predict, self.method, self.pending, self.seconds = predict, method, None, 0.0
+        self.from_step = False  # this update's directions come from the training step (`on_forward_end`)
         self.previous = None  # decomposing every update: the last observed forward, the next one's forward at θ
 
     def on_step_start(self, state: StepState) -> None:
@@ -96,25 +98,40 @@ class DecompositionCallback:
         started = time.perf_counter()
         model = state.accelerator.unwrap_model(state.model)
         examples = [e for micro in state.batch for e in micro]
+        # the directions from the step itself when its graph and gradient are exactly the batch's mean loss's (one
+        # process, no autocast, an eager forward, one micro-batch): `on_forward_end`, `on_gradients`; else a forward
+        # and backward here
+        self.from_step = state.step_graph and len(state.batch) == 1
         reference = None
-        if state.loss.needs_reference:
+        if state.loss.needs_reference and not self.from_step:
             reference = state.reference_logps(
                 examples, torch.promote_types(next(model.parameters()).dtype, torch.float32)
             )
-        # g⁻ from the step's own gradient when that is exactly the batch's mean-loss gradient (`on_gradients`)
-        reuse = self.predict and state.batch_gradient and len(state.batch) == 1
-        self.pending = begin_update(model, state.lr, state.loss, state.loss_cfg, examples, self.pad_id, reference,
-                                    negative_from_step=reuse, previous=self.previous)  # fmt: skip
+        own = () if self.from_step else examples
+        self.pending = begin_update(model, state.lr, state.loss, state.loss_cfg, own, self.pad_id, reference,
+                                    previous=self.previous)  # fmt: skip
         self.previous = None
         self.seconds = time.perf_counter() - started
 
-    def on_gradients(self, state: StepState) -> None:
-        pending = self.pending
-        if pending is None or pending.directions is None or not pending.directions.awaiting_negative:
+    def on_forward_end(self, state: StepState) -> None:
+        if self.pending is None or not self.from_step:
             return
         started = time.perf_counter()
         model = state.accelerator.unwrap_model(state.model)
-        pending.directions.from_gradient({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+        step = state.forward
+        self.pending.directions = UpdateDirections.from_step(model, step.loss, step.logps, len(step.examples))
+        self.seconds += time.perf_counter() - started
+
+    def on_gradients(self, state: StepState) -> None:
+        pending = self.pending
+        if pending is None or pending.directions is None or not pending.directions.awaiting_gradient:
+            return
+        started = time.perf_counter()
+        model = state.accelerator.unwrap_model(state.model)
+        grads = {
+            n: torch.zeros_like(p) if p.grad is None else p.grad for n, p in model.named_parameters() if p.requires_grad
+        }
+        pending.directions.from_gradient(grads)
         self.seconds += time.perf_counter() - started
 
     def on_step_end(self, state: StepState) -> None:

@@ -1,8 +1,10 @@
-"""The training loop: optimizer, warmup, clipping, gradient accumulation, and four callback events.
+"""The training loop: optimizer, warmup, clipping, gradient accumulation, and the callback events.
 
 The trainer knows nothing about probing, decomposition, logging or checkpoints: those are callbacks, objects with
 any of `on_train_start`, `on_step_start` (before the update: the model is still θ_t and the batch is known),
-`on_step_end` (after the update: the model is θ_{t+1}) and `on_train_end`, each given the `StepState`.
+`on_forward_end` (a micro-batch's loss and row log-probs, before its backward: `StepState.forward`),
+`on_gradients` (the gradient, before it is clipped and applied), `on_step_end` (after the update: the model is
+θ_{t+1}) and `on_train_end`, each given the `StepState`.
 
 Devices and processes come from accelerate's `Accelerator` (placement, DDP, backward, clipping). Mixed precision
 is applied here with an explicit autocast around the training forward only -- accelerate's own would also wrap the
@@ -63,6 +65,16 @@ class TrainExample:
 
 
 @dataclass
+class StepForward:
+    """A micro-batch's forward at `on_forward_end`, still attached to its graph: an instrument may differentiate it
+    (its backward keeps the graph for the step's own backward)."""
+
+    loss: torch.Tensor  # the micro-batch's mean loss (its backward takes it divided by the number of micro-batches)
+    logps: SeqLogps  # its rows' log-probs, chosen (or the SFT target) first, then rejected, with their logits
+    examples: list[TrainExample]
+
+
+@dataclass
 class StepState:
     """What callbacks see. `step` counts updates over all stages; `stage_step` within the current stage."""
 
@@ -84,6 +96,10 @@ class StepState:
     # at on_gradients: the parameters' .grad is exactly the gradient of the batch's mean loss (one process, no
     # autocast), so an instrument may use it in place of a backward of its own
     batch_gradient: bool = False
+    # at on_forward_end: moreover the forward ran eagerly, so an instrument may differentiate its graph before the
+    # step's own backward (inductor's compiled backward, run after one that kept the graph, gave wrong gradients)
+    step_graph: bool = False
+    forward: StepForward | None = None  # at on_forward_end only
 
 
 def batches(
@@ -137,7 +153,7 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = accelerator.prepare_optimizer(OPTIMIZERS[optim_cfg.name](params, optim_cfg))
         self.reference_cache: dict[str, tuple[float, float]] = {}  # example id -> (log π_ref(y⁺), log π_ref(y⁻))
-        self.hook_seconds = 0.0  # callbacks' time inside the last update (on_gradients), not counted as its own
+        self.hook_seconds = 0.0  # callbacks' time inside the last update (its events), not counted as its own
 
     def fit(
         self,
@@ -153,6 +169,7 @@ class Trainer:
         state = StepState(step, stage, stage_index, start, steps, self.model, self.ref_model, self.optimizer,
                           self.accelerator, self.loss, self.loss_cfg, self.reference_logps)  # fmt: skip
         state.batch_gradient = self.accelerator.num_processes == 1 and self.autocast_dtype is None
+        state.step_graph = state.batch_gradient and self.forward_model is self.model
         self._emit("on_train_start", state)
         bar = tqdm(
             range(start, steps),
@@ -189,21 +206,26 @@ class Trainer:
 
     def update(self, micro_batches: list[list[TrainExample]], t: int, state: StepState | None = None) -> dict:
         """Update number `t` of the stage over the micro-batches; returns the averaged metrics. With `state`,
-        callbacks see the gradient before it is clipped and applied (`on_gradients`)."""
+        callbacks see each micro-batch's forward before its backward (`on_forward_end`) and the gradient before it
+        is clipped and applied (`on_gradients`); their time there is not the update's (`hook_seconds`)."""
         totals: dict[str, float] = {"lr": self.lr_at(t)}
         for group in self.optimizer.param_groups:
             group["lr"] = totals["lr"]
+        self.hook_seconds = 0.0
         for i, examples in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
-                loss, metrics = self.loss_on(examples)
+                loss, metrics, logps = self.loss_on(examples)
+                if state is not None:
+                    state.forward = StepForward(loss, logps, examples)
+                    self._emit_timed("on_forward_end", state)
+                    state.forward = None  # the logits are not kept through the backward
+                del logps
                 self.accelerator.backward(loss / len(micro_batches))
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v / len(micro_batches)
-        if state is not None:  # the instruments' time there is not the update's
-            hooks = time.perf_counter()
-            self._emit("on_gradients", state)
-            self.hook_seconds = time.perf_counter() - hooks
+        if state is not None:
+            self._emit_timed("on_gradients", state)
         max_norm = self.optim_cfg.max_grad_norm if self.optim_cfg.max_grad_norm > 0 else float("inf")
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
         totals = self.mean_over_processes(totals)  # the same on every process, so all stop or none
@@ -224,8 +246,9 @@ class Trainer:
         values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
         return dict(zip(keys, self.accelerator.reduce(values, reduction="mean").tolist()))
 
-    def loss_on(self, examples: list[TrainExample]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean loss of a micro-batch (chosen and rejected together, `row_logps`) and its metrics."""
+    def loss_on(self, examples: list[TrainExample]) -> tuple[torch.Tensor, dict[str, float], SeqLogps]:
+        """Mean loss of a micro-batch (chosen and rejected together, `row_logps`), its metrics and its rows'
+        log-probs."""
         pairs = self.loss.needs_rejected
         logps = self.row_logps(self.model, examples, pairs)
         policy = PairLogps.from_rows(logps.sum, logps.n_tokens, len(examples))
@@ -237,7 +260,7 @@ class Trainer:
             metrics["logps/rejected"] = policy.rejected.mean().item()
             metrics["logps/margin"] = (policy.chosen - policy.rejected).mean().item()
         metrics |= {k: v.float().mean().item() for k, v in out.metrics.items()}
-        return loss, metrics
+        return loss, metrics, logps
 
     @torch.no_grad()
     def reference_logps(self, examples: list[TrainExample], dtype: torch.dtype) -> PairLogps:
@@ -283,6 +306,12 @@ class Trainer:
             dtype=self.autocast_dtype or torch.float32,
             enabled=self.autocast_dtype is not None,
         )
+
+    def _emit_timed(self, event: str, state: StepState) -> None:
+        """`_emit` inside an update, its time added to `hook_seconds`."""
+        started = time.perf_counter()
+        self._emit(event, state)
+        self.hook_seconds += time.perf_counter() - started
 
     def _emit(self, event: str, state: StepState) -> None:
         for callback in self.callbacks:
