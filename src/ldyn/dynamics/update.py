@@ -117,7 +117,7 @@ def decompose_update(
             out = _decompose_group(model, start, after, tangents, group, pad_id, shared, method, logits_before, kept)
         if kept is not None and sum(logits.numel() * logits.element_size() for logits, _ in kept) > KEEP_BYTES:
             kept = None
-        out = {COLUMNS.get(k, k): v.tolist() for k, v in out.items()}
+        out = {COLUMNS.get(k, k): (-start.lr * v if k in SGD_PARTS else v).tolist() for k, v in out.items()}
         for i, item in enumerate(group):
             row = {"example_id": item.example_id, "type": item.type, "lr": start.lr}
             if start.directions is not None:
@@ -134,17 +134,21 @@ def decompose_update(
 
 
 def _tangents(start: UpdateStart, after: dict) -> dict[str, dict]:
-    """The parameter steps to predict along: the real one, and −η g⁺, −η g⁻ when the directions are known."""
+    """The parameter steps to predict along: the real one, and g⁺, g⁻ when the directions are known. The SGD
+    kernel's steps are −η g±, but the first-order change is linear in the step, so its predictions along g± are
+    scaled by −η afterwards (`SGD_PARTS`) rather than every parameter before."""
     names = list(start.theta)
     tangents = {
         "step": dict(zip(names, torch._foreach_sub([after[k] for k in names], [start.theta[k] for k in names])))
     }
-    if start.directions is not None:  # multi-tensor kernels: on a GPU one launch per group, not one per tensor
+    if start.directions is not None:
         parts = {"sgd_positive": start.directions.positive, "sgd_negative": start.directions.negative}
-        for name, g in parts.items():
-            if g is not None:
-                tangents[name] = dict(zip(g, torch._foreach_mul(list(g.values()), -start.lr)))
+        tangents |= {name: g for name, g in parts.items() if g is not None}
     return tangents
+
+
+# the predictions made along g± (`_tangents`), to be scaled by −η: the SGD kernel's steps
+SGD_PARTS = ("predicted/sgd_positive", "predicted/sgd_negative")
 
 
 def _decompose_group(model, start: UpdateStart, after: dict, tangents: dict, group: list[ProbeItem], pad_id: int,
