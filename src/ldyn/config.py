@@ -75,7 +75,8 @@ class ProbeConfig:
 class DecomposeConfig:
     every: int = 0  # decompose the update after step 0 and after every k-th step (0 = never)
     n: int = 4  # observed prompts: the first N of the probe set, with all their response types
-    batch_tokens: int = 1024  # padded tokens per forward-mode (JVP) batch; it holds about 3 forwards' memory
+    batch_tokens: int = 1024  # a batch's responses × its longest response (whole prompts per batch): the logits' rows
+    # a forward-mode (JVP) batch holds about 3 times; on a GPU larger batches mean fewer kernel launches
     predict: bool = True  # also the first-order A·K·G predictions (forward-mode JVPs: most of the cost); false keeps
     # the observed changes, LBK and SignDelta only
     # how the predictions take the first-order change along a step v: jvp (forward-mode, exact) | central

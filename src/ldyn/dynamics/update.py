@@ -16,7 +16,7 @@ import torch
 
 from ldyn.data.tokenize import collate
 from ldyn.dynamics.akg import UpdateDirections, decompose, parameters, update_directions
-from ldyn.dynamics.probing import ProbeItem, length_batches, whole_prompt_batches
+from ldyn.dynamics.probing import ProbeItem, whole_prompt_batches
 from ldyn.logprobs import SharedRows, rows_logits, shares_prompts
 from ldyn.losses import LossConfig, LossSpec, PairLogps
 from ldyn.models import measurement_mode
@@ -107,7 +107,10 @@ def decompose_update(
     after = parameters(model)
     tangents = _tangents(start, after) if predict else {}
     shared = shares_prompts(next(model.parameters()).device)
-    groups = list((whole_prompt_batches if shared else length_batches)(items, batch_tokens))
+    # whole prompts on either path: the logits' rows (responses × longest response) bound a batch's memory, and a
+    # GPU's padded path, bound by kernel launches, then runs the fewest batches (the probe set by length took 3
+    # where 1 holds it: 3x the forwards)
+    groups = whole_prompt_batches(items, batch_tokens)
     keys = [[(it.example_id, it.type) for it in group] for group in groups]
     before = start.before.logits if start.before is not None and start.before.items == keys else [None] * len(groups)
     kept = [] if keep and (method != "jvp" or not tangents) else None
