@@ -124,6 +124,22 @@ def test_directions_from_the_steps_own_graph_and_gradient(small64, loss, forward
     assert any(g.abs().max() > 1e-6 for g in step.positive.values())
 
 
+@pytest.mark.parametrize("method", ["jvp", "central", "one_sided"])
+def test_the_real_step_left_to_decompose_gives_the_rows_of_the_formed_step(small64, method):
+    """`tangents["step"] = None`: forward-mode forms θ_after − θ itself, the differences never do (θ − step as
+    2θ − θ_after, every shifted set in one buffer); the rows equal those of the step handed over formed."""
+    dirs = update_directions(small64, get_loss("dpo"), LossConfig(), UPDATE, 0, reference_logps(small64, UPDATE))
+    theta = {k: v.clone() for k, v in parameters(small64).items()}
+    after = {k: v - 1e-2 * (dirs.positive[k] + 0.5 * dirs.negative[k]) for k, v in theta.items()}
+    formed = {"step": {k: after[k] - theta[k] for k in theta}, "sgd_positive": dirs.positive}
+    rows = collate(OBSERVED, 0)
+    want = decompose(small64, theta, after, formed, rows, 0, method)
+    got = decompose(small64, theta, after, formed | {"step": None}, rows, 0, method)
+    assert want.keys() == got.keys() and want["predicted/step"].abs().max() > 1e-4
+    for k, v in want.items():
+        assert torch.allclose(got[k], v, rtol=1e-10, atol=1e-13), k
+
+
 @pytest.mark.parametrize("method, order", [("central", 3), ("one_sided", 2)])
 def test_finite_differences_equal_the_jvp_up_to_their_order(small64, method, order):
     spec, cfg = get_loss("dpo"), LossConfig(beta=0.5)

@@ -172,7 +172,11 @@ def packed_rows_logits(model, prompts: list[list[int]], responses: list[tuple[in
         return torch.zeros(*labels.shape, model.get_output_embeddings().weight.shape[0], device=device), labels
     logits = torch.cat(packed_logits(model, passes, params))
     rows, columns = (torch.cat([getattr(p, k) for p in passes]).to(device) for k in ("rows", "columns"))
-    return logits.new_zeros(*labels.shape, logits.shape[-1]).index_put((rows, columns), logits), labels
+    # written in place: only the padding is zero-filled and nothing is copied whole (an out-of-place index_put
+    # fills and then clones the (R, L, V) tensor: two passes over it, on fresh pages in a decomposition)
+    out = logits.new_empty(*labels.shape, logits.shape[-1])
+    out[labels == IGNORE] = 0
+    return out.index_put_((rows, columns), logits), labels
 
 
 def passes_logps(passes: list[PackedPass], logits: list[torch.Tensor], n_rows: int) -> SeqLogps:

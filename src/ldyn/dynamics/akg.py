@@ -35,7 +35,15 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ldyn.data.tokenize import IGNORE, Batch, collate
-from ldyn.dynamics.differences import CENTRAL_LENGTH, central_difference, norm, one_sided_difference
+from ldyn.dynamics.differences import (
+    CENTRAL_LENGTH,
+    central_difference,
+    norm,
+    one_sided_difference,
+    parameter_buffer,
+    reflected_difference,
+    step_length,
+)
 from ldyn.logprobs import (
     SeqLogps,
     SharedRows,
@@ -246,36 +254,46 @@ def change_statistics(
 
 @torch.no_grad()
 def decompose(
-    model, theta: dict, theta_after: dict, tangents: dict[str, dict], rows: Batch | SharedRows, pad_id: int = 0,
-    method: str = "jvp", before: tuple | None = None, observed: tuple | None = None,
+    model, theta: dict, theta_after: dict, tangents: dict[str, dict | None], rows: Batch | SharedRows,
+    pad_id: int = 0, method: str = "jvp", before: tuple | None = None, observed: tuple | None = None,
 ) -> dict:  # fmt: skip
     """Predicted against observed, per sequence of an observed batch, for one update θ → θ_after.
 
     tangents: name -> parameter step; each gives "predicted/<name>" = first-order Δ log π(y|x_o) (none: only the
     observed quantities), by forward-mode (`method="jvp"`), by central differences (`"central"`) or with the SGD
     kernel's parts one-sided (`"one_sided"`; the real step stays central). The tangent
-    named "step" (the real θ_after − θ) also gives the predicted mass split. "observed" is the exact change
-    log π_{θ_after}(y|x_o) − log π_θ(y|x_o), with "observed/<statistic>" from `change_statistics`. `before` and
-    `observed`: the rows' (logits, labels) at θ and at θ_after when already computed (forward-mode takes the logits
-    at θ from its own primal pass and does not need `before`).
+    named "step" (the real θ_after − θ; None stands for it, formed only by forward-mode) also gives the predicted
+    mass split. "observed" is the exact change log π_{θ_after}(y|x_o) − log π_θ(y|x_o), with
+    "observed/<statistic>" from `change_statistics`. `before` and `observed`: the rows' (logits, labels) at θ and
+    at θ_after when already computed (forward-mode takes the logits at θ from its own primal pass and does not need
+    `before`). The difference methods write every shifted parameter set into one buffer (`parameter_buffer`).
     """
     out = {}
     after, labels = rows_logits(model, rows, pad_id, theta_after) if observed is None else observed
     differences = method in ("central", "one_sided")
     if not tangents or differences:  # the logits before the step from a plain forward, unless already known
         logits, labels = rows_logits(model, rows, pad_id, theta) if before is None else before
-    step = norm(tangents["step"]) if differences and "step" in tangents else 0.0
+    buffer = parameter_buffer(theta) if differences and tangents else None
+    step = 0.0  # the real step's length: the SGD kernel's are differenced at a fraction of it
+    if differences and "step" in tangents:
+        real = tangents["step"]
+        step = norm(real) if real is not None else step_length(theta, theta_after, buffer)
     for name, tangent in tangents.items():
         if differences and name == "step":  # θ + step is θ_after: its forward is the observed one
-            dlogits = central_difference(model, theta, tangent, rows, pad_id, plus=after)
+            if tangent is None:
+                dlogits = reflected_difference(model, theta, theta_after, rows, after, pad_id, buffer)
+            else:
+                dlogits = central_difference(model, theta, tangent, rows, pad_id, plus=after, out=buffer)
         elif differences:
             length = norm(tangent)
             scale = CENTRAL_LENGTH * step / length if step > 0 and length > 0 else 1.0
             if method == "central":
-                dlogits = central_difference(model, theta, tangent, rows, pad_id, scale=scale)
+                dlogits = central_difference(model, theta, tangent, rows, pad_id, scale=scale, out=buffer)
             else:
-                dlogits = one_sided_difference(model, theta, tangent, rows, logits, pad_id, scale=scale)
+                dlogits = one_sided_difference(model, theta, tangent, rows, logits, pad_id, scale=scale, out=buffer)
         else:
+            if tangent is None:
+                tangent = {k: theta_after[k] - theta[k] for k in theta}
             logits, labels, dlogits = logit_jvp(model, theta, tangent, rows, pad_id)
         out[f"predicted/{name}"] = delta_log_prob(logits, labels, dlogits)
         if name == "step":

@@ -24,31 +24,67 @@ CENTRAL_LENGTH = 1 / 30
 
 def central_difference(
     model, theta: dict, tangent: dict, rows: Batch | SharedRows, pad_id: int = 0, plus: torch.Tensor | None = None,
-    scale: float = 1.0,
+    scale: float = 1.0, out: dict | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """(z(θ+sv) − z(θ−sv)) / 2s: the observed rows' first-order logit change along v from plain forwards, equal to
     J_o·v up to O(s²‖v‖³) (`logit_jvp` is its exact twin). `plus` is z(θ+v) when already known (s = 1). A larger
-    `scale` s lifts a short step out of float rounding (J_o·v is linear in v; the error is relative to (s‖v‖)²)."""
+    `scale` s lifts a short step out of float rounding (J_o·v is linear in v; the error is relative to (s‖v‖)²).
+    `out`: a `parameter_buffer` the shifted parameters are written into."""
     if plus is None:
-        plus = rows_logits(model, rows, pad_id, shifted(theta, tangent, scale))[0]
-    minus = rows_logits(model, rows, pad_id, shifted(theta, tangent, -scale))[0]
-    return (plus - minus) / (2 * scale)
+        plus = rows_logits(model, rows, pad_id, shifted(theta, tangent, scale, out))[0]
+    minus = rows_logits(model, rows, pad_id, shifted(theta, tangent, -scale, out))[0]
+    return minus.neg_().add_(plus).div_(2 * scale)  # in place on the fresh `minus` (`plus` may be the caller's)
 
 
 def one_sided_difference(
     model, theta: dict, tangent: dict, rows: Batch | SharedRows, base: torch.Tensor, pad_id: int = 0,
-    scale: float = 1.0,
+    scale: float = 1.0, out: dict | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """(z(θ+sv) − z(θ)) / s, with `base` = z(θ): one plain forward, equal to J_o·v up to O(s‖v‖²)
     (`central_difference` is second order at one more forward; `logit_jvp` is the exact twin of both)."""
-    plus = rows_logits(model, rows, pad_id, shifted(theta, tangent, scale))[0]
-    return (plus - base) / scale
+    plus = rows_logits(model, rows, pad_id, shifted(theta, tangent, scale, out))[0]
+    return plus.sub_(base).div_(scale)  # in place on the fresh `plus`: no (R, L, V) temporaries
 
 
-def shifted(theta: dict, tangent: dict, scale: float) -> dict:
-    """θ + scale·v, one new tensor per parameter."""
+def reflected_difference(
+    model,
+    theta: dict,
+    theta_after: dict,
+    rows: Batch | SharedRows,
+    plus: torch.Tensor,
+    pad_id: int = 0,
+    out: dict | None = None,
+) -> torch.Tensor:
+    """`central_difference` along the real step v = θ_after − θ with `plus` = z(θ_after) known, without forming v:
+    θ − v = 2θ − θ_after."""
+    names = list(theta)
+    minus_params = out if out is not None else parameter_buffer(theta)
+    for k in names:  # lerp(a, b, 2) = a + 2(b − a)
+        torch.lerp(theta_after[k], theta[k], 2.0, out=minus_params[k])
+    minus = rows_logits(model, rows, pad_id, minus_params)[0]
+    return minus.neg_().add_(plus).div_(2)
+
+
+def parameter_buffer(theta: dict) -> dict:
+    """One tensor like each parameter, for the shifted parameter sets of a decomposition to be written into in turn:
+    on a CPU a fresh 0.5 GB set (SmolLM2) per forward cost a pass over newly faulted pages each time."""
+    return {k: torch.empty_like(v) for k, v in theta.items()}
+
+
+def shifted(theta: dict, tangent: dict, scale: float, out: dict | None = None) -> dict:
+    """θ + scale·v over the parameters of `tangent`: into `out` (a `parameter_buffer`) when given, else new tensors."""
     names = list(tangent)
-    return dict(zip(names, torch._foreach_add([theta[k] for k in names], [tangent[k] for k in names], alpha=scale)))
+    if out is None:
+        return dict(zip(names, torch._foreach_add([theta[k] for k in names], [tangent[k] for k in names], alpha=scale)))
+    for k in names:
+        torch.add(theta[k], tangent[k], alpha=scale, out=out[k])
+    return {k: out[k] for k in names}
+
+
+def step_length(theta: dict, theta_after: dict, out: dict | None = None) -> float:
+    """‖θ_after − θ‖, the step formed in `out` (a `parameter_buffer`) when given."""
+    buffer = out if out is not None else parameter_buffer(theta)
+    return norm({k: torch.sub(theta_after[k], theta[k], out=buffer[k]) for k in theta})
 
 
 def norm(tangent: dict) -> float:

@@ -105,7 +105,7 @@ def decompose_update(
         raise ValueError("a direction was left to the training step's gradient: call start.directions.from_gradient "
                          "first")  # fmt: skip
     after = parameters(model)
-    tangents = _tangents(start, after) if predict else {}
+    tangents = _tangents(start) if predict else {}
     shared = shares_prompts(next(model.parameters()).device)
     # whole prompts on either path: the logits' rows (responses × longest response) bound a batch's memory, and a
     # GPU's padded path, bound by kernel launches, then runs the fewest batches (the probe set by length took 3
@@ -136,14 +136,12 @@ def decompose_update(
     return rows
 
 
-def _tangents(start: UpdateStart, after: dict) -> dict[str, dict]:
-    """The parameter steps to predict along: the real one, and g⁺, g⁻ when the directions are known. The SGD
-    kernel's steps are −η g±, but the first-order change is linear in the step, so its predictions along g± are
-    scaled by −η afterwards (`SGD_PARTS`) rather than every parameter before."""
-    names = list(start.theta)
-    tangents = {
-        "step": dict(zip(names, torch._foreach_sub([after[k] for k in names], [start.theta[k] for k in names])))
-    }
+def _tangents(start: UpdateStart) -> dict[str, dict | None]:
+    """The parameter steps to predict along: the real one (None: `decompose` forms θ_{t+1} − θ_t only where it needs
+    it), and g⁺, g⁻ when the directions are known. The SGD kernel's steps are −η g±, but the first-order change is
+    linear in the step, so its predictions along g± are scaled by −η afterwards (`SGD_PARTS`) rather than every
+    parameter before."""
+    tangents = {"step": None}
     if start.directions is not None:
         parts = {"sgd_positive": start.directions.positive, "sgd_negative": start.directions.negative}
         tangents |= {name: g for name, g in parts.items() if g is not None}
