@@ -54,7 +54,7 @@ from ldyn.logprobs import (
     stat_chunk,
 )
 from ldyn.losses import LossConfig, LossSpec, PairLogps
-from ldyn.packing import packable, packed_logits, packed_passes, passes_logps
+from ldyn.packing import packable, packed_logps
 
 TOP_K = 10  # "top-k" in the mass split: the pre-update argmax, the next TOP_K - 1 tokens, and the tail
 
@@ -100,11 +100,7 @@ class UpdateDirections:
         g_norm_sq = float((grad.double() ** 2).sum())
         if logps.sum.shape[0] == n:  # one-sided: every row is a y⁺ row
             return cls(None, None, g_norm_sq, awaiting_gradient=True)
-        names, params = zip(*((k, p) for k, p in model.named_parameters() if p.requires_grad))
-        chosen = (logps.rows < n)[:, None]
-        vjp = torch.autograd.grad(logps.logits, params, grad_outputs=grad * chosen, retain_graph=True,
-                                  allow_unused=True)  # fmt: skip
-        positive = {k: (torch.zeros_like(p) if v is None else v) for k, p, v in zip(names, params, vjp)}
+        positive = _pull_back(model, [logps.logits], [grad * (logps.rows < n)[:, None]])
         return cls(positive, None, g_norm_sq, awaiting_gradient=True)
 
     def from_gradient(self, gradient: dict[str, torch.Tensor]) -> None:
@@ -131,8 +127,7 @@ def update_directions(
     then runs through every pass. Elsewhere the y⁺ rows and the y⁻ rows run as two forward passes, so each backward
     traverses its own rows only: half the work of backpropagating a masked G through the joint batch.
     """
-    names, params = zip(*((n, p) for n, p in model.named_parameters() if p.requires_grad))
-    device = params[0].device
+    device = next(model.parameters()).device
     with torch.enable_grad():
         if spec.needs_rejected and shares_prompts(device) and packable(model):  # as the training step runs pairs
             sides = _packed_sides_gradient(model, spec, cfg, examples, reference)
@@ -142,30 +137,30 @@ def update_directions(
                 rows.append([(e.prompt, e.rejected) for e in examples])
             batches = [collate(s, pad_id).to(device) for s in rows]
             sides = [[out] for out in loss_logit_gradient(model, spec, cfg, batches, len(examples), reference)]
-        parts = []
-        for side in sides:  # one backward per side
-            vjp = torch.autograd.grad([logits for logits, _, _ in side], params,
-                                      grad_outputs=[grad for _, _, grad in side], retain_graph=True,
-                                      allow_unused=True)  # fmt: skip
-            parts.append({k: (torch.zeros_like(p) if v is None else v) for k, p, v in zip(names, params, vjp)})
+        parts = [_pull_back(model, [z for z, _, _ in side], [g for _, _, g in side]) for side in sides]
     g_norm_sq = sum(float((grad.double() ** 2).sum()) for side in sides for _, _, grad in side)
     return UpdateDirections(parts[0], parts[1] if len(parts) > 1 else None, g_norm_sq)
 
 
 def _packed_sides_gradient(model, spec: LossSpec, cfg: LossConfig, examples,
                            reference: PairLogps | None) -> list[list[tuple]]:  # fmt: skip
-    """G of a pair batch packed as the training step packs it (`packing`): per side (y⁺, y⁻) the passes' (logits,
-    None, G restricted to that side's rows). A side's backward then runs through every pass (its rows share them
-    with the other side's), the cost of the step's own backward."""
+    """G of a pair batch packed as the training step packs it (`packing.packed_logps`): per side (y⁺, y⁻) the
+    scored logits, None and G restricted to that side's rows. A side's backward then runs through every pass (its
+    rows share them with the other side's), the cost of the step's own backward."""
+    n = len(examples)
     responses = [(i, e.chosen) for i, e in enumerate(examples)] + [(i, e.rejected) for i, e in enumerate(examples)]
-    passes = packed_passes(model, [e.prompt for e in examples], responses)
-    logits = packed_logits(model, passes)
-    logps = passes_logps(passes, logits, len(responses))
-    loss = spec.fn(PairLogps.from_rows(logps.sum, logps.n_tokens, len(examples)), reference, cfg).losses.mean()
-    grads = torch.autograd.grad(loss, logits, retain_graph=True)
-    chosen = [(p.rows < len(examples)).to(g.device)[:, None] for p, g in zip(passes, grads)]
-    return [[(z, None, g * c) for z, g, c in zip(logits, grads, chosen)],
-            [(z, None, g * ~c) for z, g, c in zip(logits, grads, chosen)]]  # fmt: skip
+    logps = packed_logps(model, [e.prompt for e in examples], responses)
+    loss = spec.fn(PairLogps.from_rows(logps.sum, logps.n_tokens, n), reference, cfg).losses.mean()
+    (grad,) = torch.autograd.grad(loss, logps.logits, retain_graph=True)
+    chosen = (logps.rows < n)[:, None]
+    return [[(logps.logits, None, grad * chosen)], [(logps.logits, None, grad * ~chosen)]]
+
+
+def _pull_back(model, outputs: list[torch.Tensor], cotangents: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Σ J_outputᵀ·cotangent into every trainable parameter (zeros where one takes no part), the graph kept."""
+    names, params = zip(*((k, p) for k, p in model.named_parameters() if p.requires_grad))
+    grads = torch.autograd.grad(outputs, params, grad_outputs=cotangents, retain_graph=True, allow_unused=True)
+    return {k: (torch.zeros_like(p) if g is None else g) for k, p, g in zip(names, params, grads)}
 
 
 def logit_jvp(
@@ -261,12 +256,12 @@ def decompose(
 
     tangents: name -> parameter step; each gives "predicted/<name>" = first-order Δ log π(y|x_o) (none: only the
     observed quantities), by forward-mode (`method="jvp"`), by central differences (`"central"`) or with the SGD
-    kernel's parts one-sided (`"one_sided"`; the real step stays central). The tangent
-    named "step" (the real θ_after − θ; None stands for it, formed only by forward-mode) also gives the predicted
-    mass split. "observed" is the exact change log π_{θ_after}(y|x_o) − log π_θ(y|x_o), with
-    "observed/<statistic>" from `change_statistics`. `before` and `observed`: the rows' (logits, labels) at θ and
-    at θ_after when already computed (forward-mode takes the logits at θ from its own primal pass and does not need
-    `before`). The difference methods write every shifted parameter set into one buffer (`parameter_buffer`).
+    kernel's parts one-sided (`"one_sided"`; the real step stays central). The tangent named "step" (the real
+    θ_after − θ; None stands for it: only forward-mode forms it) also gives the predicted mass split. "observed" is
+    the exact change log π_{θ_after}(y|x_o) − log π_θ(y|x_o), with "observed/<statistic>" from `change_statistics`.
+    `before` and `observed`: the rows' (logits, labels) at θ and at θ_after when already computed (forward-mode
+    takes the logits at θ from its own primal pass and does not need `before`). The difference methods write every
+    shifted parameter set into one buffer (`parameter_buffer`).
     """
     out = {}
     after, labels = rows_logits(model, rows, pad_id, theta_after) if observed is None else observed
@@ -274,16 +269,11 @@ def decompose(
     if not tangents or differences:  # the logits before the step from a plain forward, unless already known
         logits, labels = rows_logits(model, rows, pad_id, theta) if before is None else before
     buffer = parameter_buffer(theta) if differences and tangents else None
-    step = 0.0  # the real step's length: the SGD kernel's are differenced at a fraction of it
-    if differences and "step" in tangents:
-        real = tangents["step"]
-        step = norm(real) if real is not None else step_length(theta, theta_after, buffer)
+    # the real step's length: the SGD kernel's are differenced at a fraction of it
+    step = step_length(theta, theta_after, buffer) if differences and "step" in tangents else 0.0
     for name, tangent in tangents.items():
-        if differences and name == "step":  # θ + step is θ_after: its forward is the observed one
-            if tangent is None:
-                dlogits = reflected_difference(model, theta, theta_after, rows, after, pad_id, buffer)
-            else:
-                dlogits = central_difference(model, theta, tangent, rows, pad_id, plus=after, out=buffer)
+        if differences and name == "step":  # θ + step is θ_after, the observed forward: only θ − step to run
+            dlogits = reflected_difference(model, theta, theta_after, rows, after, pad_id, buffer)
         elif differences:
             length = norm(tangent)
             scale = CENTRAL_LENGTH * step / length if step > 0 and length > 0 else 1.0

@@ -1,7 +1,7 @@
 """The first-order logit change along a parameter step from plain forwards: the finite-difference twins of
 forward-mode (`akg.logit_jvp`, exact), cheaper on a CPU where a forward costs a third of a JVP.
 
-- `central_difference`: (z(θ+sv) − z(θ−sv)) / 2s, two forwards (one when z(θ+v) is known, as for the real step
+- `central_difference`: (z(θ+sv) − z(θ−sv)) / 2s, two forwards (`reflected_difference`: one, for the real step
   whose θ+v is θ_{t+1}); error O(s²‖v‖³).
 - `one_sided_difference`: (z(θ+sv) − z(θ)) / s from the forward at θ the decomposition has anyway; one forward,
   error O(s‖v‖²).
@@ -23,17 +23,16 @@ CENTRAL_LENGTH = 1 / 30
 
 
 def central_difference(
-    model, theta: dict, tangent: dict, rows: Batch | SharedRows, pad_id: int = 0, plus: torch.Tensor | None = None,
-    scale: float = 1.0, out: dict | None = None,
+    model, theta: dict, tangent: dict, rows: Batch | SharedRows, pad_id: int = 0, scale: float = 1.0,
+    out: dict | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """(z(θ+sv) − z(θ−sv)) / 2s: the observed rows' first-order logit change along v from plain forwards, equal to
-    J_o·v up to O(s²‖v‖³) (`logit_jvp` is its exact twin). `plus` is z(θ+v) when already known (s = 1). A larger
-    `scale` s lifts a short step out of float rounding (J_o·v is linear in v; the error is relative to (s‖v‖)²).
-    `out`: a `parameter_buffer` the shifted parameters are written into."""
-    if plus is None:
-        plus = rows_logits(model, rows, pad_id, shifted(theta, tangent, scale, out))[0]
+    J_o·v up to O(s²‖v‖³) (`logit_jvp` is its exact twin). A larger `scale` s lifts a short step out of float
+    rounding (J_o·v is linear in v; the error is relative to (s‖v‖)²). `out`: a `parameter_buffer` the shifted
+    parameters are written into. Along the real step, whose z(θ+v) is already known, `reflected_difference`."""
+    plus = rows_logits(model, rows, pad_id, shifted(theta, tangent, scale, out))[0]
     minus = rows_logits(model, rows, pad_id, shifted(theta, tangent, -scale, out))[0]
-    return minus.neg_().add_(plus).div_(2 * scale)  # in place on the fresh `minus` (`plus` may be the caller's)
+    return plus.sub_(minus).div_(2 * scale)  # in place on the fresh `plus`: no (R, L, V) temporaries
 
 
 def one_sided_difference(
@@ -47,21 +46,13 @@ def one_sided_difference(
 
 
 def reflected_difference(
-    model,
-    theta: dict,
-    theta_after: dict,
-    rows: Batch | SharedRows,
-    plus: torch.Tensor,
-    pad_id: int = 0,
-    out: dict | None = None,
+    model, theta: dict, theta_after: dict, rows: Batch | SharedRows, plus: torch.Tensor, pad_id: int, out: dict
 ) -> torch.Tensor:
-    """`central_difference` along the real step v = θ_after − θ with `plus` = z(θ_after) known, without forming v:
-    θ − v = 2θ − θ_after."""
-    names = list(theta)
-    minus_params = out if out is not None else parameter_buffer(theta)
-    for k in names:  # lerp(a, b, 2) = a + 2(b − a)
-        torch.lerp(theta_after[k], theta[k], 2.0, out=minus_params[k])
-    minus = rows_logits(model, rows, pad_id, minus_params)[0]
+    """`central_difference` along the real step v = θ_after − θ, with `plus` = z(θ_after) known (the observed
+    forward; left as it is), without forming v: θ − v = 2θ − θ_after, written into `out` (a `parameter_buffer`)."""
+    for k in theta:  # lerp(a, b, 2) = a + 2(b − a)
+        torch.lerp(theta_after[k], theta[k], 2.0, out=out[k])
+    minus = rows_logits(model, rows, pad_id, out)[0]
     return minus.neg_().add_(plus).div_(2)
 
 
@@ -81,10 +72,9 @@ def shifted(theta: dict, tangent: dict, scale: float, out: dict | None = None) -
     return {k: out[k] for k in names}
 
 
-def step_length(theta: dict, theta_after: dict, out: dict | None = None) -> float:
-    """‖θ_after − θ‖, the step formed in `out` (a `parameter_buffer`) when given."""
-    buffer = out if out is not None else parameter_buffer(theta)
-    return norm({k: torch.sub(theta_after[k], theta[k], out=buffer[k]) for k in theta})
+def step_length(theta: dict, theta_after: dict, out: dict) -> float:
+    """‖θ_after − θ‖, the step formed in `out` (a `parameter_buffer`) for its norm only."""
+    return norm({k: torch.sub(theta_after[k], theta[k], out=out[k]) for k in theta})
 
 
 def norm(tangent: dict) -> float:

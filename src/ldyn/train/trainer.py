@@ -93,11 +93,10 @@ class StepState:
     lr: float = 0.0  # the learning rate of the update about to be taken (on_step_start) or just taken
     batch: list[list[TrainExample]] = field(default_factory=list)  # micro-batches of the current update
     metrics: dict[str, float] = field(default_factory=dict)  # of the last update
-    # at on_gradients: the parameters' .grad is exactly the gradient of the batch's mean loss (one process, no
-    # autocast), so an instrument may use it in place of a backward of its own
-    batch_gradient: bool = False
-    # at on_forward_end: moreover the forward ran eagerly, so an instrument may differentiate its graph before the
-    # step's own backward (inductor's compiled backward, run after one that kept the graph, gave wrong gradients)
+    # one process, no autocast, an eager forward: at on_forward_end an instrument may differentiate the step's graph
+    # before the step's own backward (inductor's compiled backward, run after one that kept the graph, gave wrong
+    # gradients), and at on_gradients the parameters' .grad is exactly the gradient of the batch's mean loss, to use
+    # in place of a backward of its own
     step_graph: bool = False
     forward: StepForward | None = None  # at on_forward_end only
 
@@ -168,8 +167,8 @@ class Trainer:
         """Run updates `start..steps-1` of this stage; `step` is the global update count before the first."""
         state = StepState(step, stage, stage_index, start, steps, self.model, self.ref_model, self.optimizer,
                           self.accelerator, self.loss, self.loss_cfg, self.reference_logps)  # fmt: skip
-        state.batch_gradient = self.accelerator.num_processes == 1 and self.autocast_dtype is None
-        state.step_graph = state.batch_gradient and self.forward_model is self.model
+        state.step_graph = (self.accelerator.num_processes == 1 and self.autocast_dtype is None
+                            and self.forward_model is self.model)  # fmt: skip
         self._emit("on_train_start", state)
         bar = tqdm(
             range(start, steps),
