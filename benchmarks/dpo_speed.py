@@ -28,30 +28,28 @@ from ldyn.train.trainer import Trainer
 
 
 def ldyn_times(
-    model, examples, batch: int, stage, pad_id: int, device: str, bf16: bool, passes: int, compile: str = "no"
+    model, examples, batch: int, stage, pad_id: int, device: str, bf16: bool, passes: int, compile="no", graphs=0
 ) -> list:
     """Seconds per update over `passes` passes of the batches; the first pass fills the reference cache. A compiled
-    forward is compiled in a pass of its own first, from which the timed passes start again at the same weights."""
+    forward is compiled (CUDA graphs recorded) in a pass of its own first, after which the timed passes start again
+    from the same weights (copied in place, where the graphs read them), a fresh optimizer and an empty reference
+    cache."""
     from accelerate import Accelerator
 
-    def trainer(forward_model=None):
-        made = Trainer(model, get_loss("dpo"), stage.loss, stage.optim,
+    training = Trainer(model, get_loss("dpo"), stage.loss, stage.optim,
                        accelerator=Accelerator(cpu=device == "cpu", mixed_precision="no"), pad_id=pad_id,
-                       ref_model=frozen_copy(model), mixed_precision="bf16" if bf16 else "no",
-                       compile="no" if forward_model is not None else compile)  # fmt: skip
-        if forward_model is not None:
-            made.forward_model = forward_model
-        return made
-
+                       ref_model=frozen_copy(model), mixed_precision="bf16" if bf16 else "no", compile=compile,
+                       cuda_graphs=graphs)  # fmt: skip
     groups = [examples[i : i + batch] for i in range(0, len(examples), batch)]
-    training = trainer()
-    if compile != "no":
+    if compile != "no" or graphs:
         start = copy.deepcopy(model.state_dict())
         for t, g in enumerate(groups):
             _, seconds = timed(lambda g=g, t=t: training.update([g], t), device)
-            print(f"compiling ({compile}): update {t + 1} took {seconds:.1f} s", flush=True)
+            print(f"{'recording' if graphs else f'compiling ({compile})'}: update {t + 1} took {seconds:.2f} s",
+                  flush=True)  # fmt: skip
         model.load_state_dict(start)
-        training = trainer(training.forward_model)
+        training.optimizer.state.clear()  # a fresh AdamW: its state is created again at the next step
+        training.reference_cache.clear()
     out, losses = [], []
     for p in range(passes):
         out.append([])
@@ -138,6 +136,9 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=6, help="updates per pass (the first is warm-up)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides")
     add_compile_argument(parser)  # ldyn's side
+    parser.add_argument("--cuda-graphs", type=int, default=0, metavar="N",
+                        help="ldyn's side: pad lengths to multiples of N tokens and replay each length's update as a "
+                        "CUDA graph (a run's cuda_graphs; 0 = off)")  # fmt: skip
     args = parser.parse_args()
     n = args.batch * args.updates
     cfg, model, tokenizer, inputs = setup(args, "hh_probe_dpo", [f"data.n_train={n}", "probe.every=0"])
@@ -150,13 +151,14 @@ def main() -> None:
     ]
     print(
         f"{machine()}; model {args.random_init or args.model} on {args.device}, "
-        f"{'bf16 autocast' if args.bf16 else 'fp32'}, ldyn compiled: {args.compile}; "
+        f"{'bf16 autocast' if args.bf16 else 'fp32'}, ldyn compiled: {args.compile}, "
+        f"CUDA graphs: {f'lengths padded to multiples of {args.cuda_graphs}' if args.cuda_graphs else 'no'}; "
         f"{args.updates} updates of {args.batch} HH pairs "
         f"(padded tokens per update: {min(shapes)}-{max(shapes)}); medians over updates 2..{args.updates}"
     )
     start = copy.deepcopy(model.state_dict())
     (first, cached), losses = ldyn_times(
-        model, examples, args.batch, stage, pad, args.device, args.bf16, passes=2, compile=args.compile
+        model, examples, args.batch, stage, pad, args.device, args.bf16, 2, args.compile, args.cuda_graphs
     )
     print(f"ldyn: reference in the step {median_range(first[1:])} s, cached {median_range(cached[1:])} s", flush=True)
     rows, trl_losses = {}, {}

@@ -191,3 +191,70 @@ def test_a_compiled_training_forward_gives_the_eager_loss_and_gradients(tokenize
     assert torch.allclose(eager_loss, loss_value, rtol=0, atol=1e-12)
     for a, b in zip(eager, grads):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["sft", "dpo", "ipo"])
+def test_updates_of_fixed_padded_shapes_train_exactly_as_the_eager_paths(tokenizer, loss, monkeypatch):
+    """`cuda_graphs` pads each batch to a bucket of lengths and gathers its scored positions by index, the shapes a
+    CUDA graph replays; on a CPU the same update runs eagerly. In float64, four updates (two batch shapes, each met
+    twice; the second meeting reuses the first's buffers) give every update's loss and the final parameters of the
+    packed path and of the padded one."""
+    examples = [
+        TrainExample(str(i), [1 + i] * (2 + i), [4, 5 + i, 6] * (1 + 2 * (i % 3)), [7, 8 + i] * (3 - i % 3))
+        for i in range(8)
+    ]
+    data = [examples[:4], examples[4:], examples[:4], examples[4:]]
+    runs = {}
+    for name in ("packed", "padded", "graphed"):
+        model, _ = prepare(tiny_model(tokenizer, dtype=torch.float64, attn_implementation="sdpa", seed=5), tokenizer)
+        spec = get_loss(loss)
+        trainer = Trainer(model, spec, LossConfig(name=loss), OptimConfig(name="adamw", lr=1e-2, max_grad_norm=1.0),
+                          accelerator=Accelerator(cpu=True), pad_id=0,
+                          ref_model=frozen_copy(model) if spec.needs_reference else None,
+                          cuda_graphs=4 if name == "graphed" else 0)  # fmt: skip
+        if name == "padded":
+            monkeypatch.setattr("ldyn.train.trainer.packable", lambda model: False)
+        losses = [trainer.update([batch], t)["loss"] for t, batch in enumerate(data)]
+        monkeypatch.undo()
+        runs[name] = losses, [p.detach().clone() for p in model.parameters()]
+        if name == "graphed":
+            assert len(trainer.graphed.recorded) == 2  # two shapes, each met twice
+    for name in ("padded", "graphed"):
+        assert runs[name][0] == pytest.approx(runs["packed"][0], rel=0, abs=1e-10), name
+        for a, b in zip(runs[name][1], runs["packed"][1]):
+            assert torch.allclose(a, b, rtol=1e-8, atol=1e-10), name
+
+
+def test_cuda_graphs_need_one_process_one_micro_batch_and_no_compile(tokenizer):
+    model, _ = prepare(tiny_model(tokenizer), tokenizer)
+    with pytest.raises(Exception, match="grad_accum=1"):
+        Trainer(model, get_loss("sft"), LossConfig(name="sft"), OptimConfig(name="adamw", lr=1e-2),
+                accelerator=Accelerator(cpu=True), pad_id=0, grad_accum=2, cuda_graphs=64)  # fmt: skip
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the capture itself")
+@pytest.mark.parametrize("loss", ["sft", "dpo"])
+def test_updates_replayed_as_cuda_graphs_train_as_the_eager_update(tokenizer, loss):
+    """On a GPU: the first meeting of a shape records its graph, later ones replay it (new inputs copied in, the
+    gradients hooked back after the trainer unhooked them). In fp32, with other attention kernels (no mask), so to
+    float32's rounding: every update's loss, and the parameters, against the distance they travelled."""
+    examples = [TrainExample(str(i), [1 + i] * (2 + i), [4, 5 + i, 6] * (1 + 2 * (i % 3)), [7, 8 + i] * (3 - i % 3))
+                for i in range(8)]  # fmt: skip
+    data = [examples[:4], examples[4:], examples[:4], examples[4:], examples[:4]]
+    runs = []
+    for graphs in (0, 4):
+        model, _ = prepare(tiny_model(tokenizer, attn_implementation="sdpa", seed=5), tokenizer)
+        model.cuda()
+        start = [p.detach().clone() for p in model.parameters()]
+        spec = get_loss(loss)
+        trainer = Trainer(model, spec, LossConfig(name=loss), OptimConfig(name="adamw", lr=1e-3, max_grad_norm=1.0),
+                          accelerator=Accelerator(), pad_id=0, cuda_graphs=graphs,
+                          ref_model=frozen_copy(model) if spec.needs_reference else None)  # fmt: skip
+        losses = [trainer.update([batch], t)["loss"] for t, batch in enumerate(data)]
+        runs.append((losses, torch.cat([p.detach().flatten() for p in model.parameters()])))
+        if graphs:
+            assert len(trainer.graphed.recorded) == 2
+            assert all(r.graph is not None for r in trainer.graphed.recorded.values())
+    assert runs[1][0] == pytest.approx(runs[0][0], rel=1e-4, abs=1e-5)
+    travelled = runs[0][1] - torch.cat([p.flatten() for p in start])
+    assert (runs[1][1] - runs[0][1]).norm() < 1e-3 * travelled.norm()

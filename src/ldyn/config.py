@@ -196,6 +196,11 @@ class RunConfig:
     # torch.compile the decoder layers of the training forward (models.compiled; packed or padded, any loss);
     # probes and the decomposition keep the eager model
     compile: Literal["no", "default", "reduce-overhead", "max-autotune"] = "no"
+    # on one GPU: record each batch length's training forward and backward once as a CUDA graph and replay it
+    # (train/graphs.py), against the kernel-launch bound of small models; lengths are padded up to multiples of
+    # cuda_graphs_pad_to tokens so that they repeat. Needs compile=no and grad_accum=1; no effect on a CPU
+    cuda_graphs: bool = False
+    cuda_graphs_pad_to: int = 64
     checkpoint_every: int = 0  # save a resumable checkpoint every k updates (0 = only at stage ends)
     # experiment trackers, local or offline by default: tensorboard (runs/<name>/tensorboard), wandb (offline unless
     # $WANDB_MODE), trackio; each gets the probe curves, the training metrics and the figures
@@ -245,6 +250,12 @@ def check(cfg: RunConfig) -> None:
     _bounds([("judge.time_limit", cfg.judge.time_limit, 0)])
     for stage in cfg.stages:
         _check_stage(stage)
+    if cfg.cuda_graphs:
+        _bounds([("cuda_graphs_pad_to", cfg.cuda_graphs_pad_to, 1)])
+        if cfg.compile != "no":
+            raise LdynError(f"replaces compile: set compile=no (got {cfg.compile})", field="cuda_graphs")
+        if any(s.grad_accum != 1 for s in cfg.stages):
+            raise LdynError("replays one micro-batch per update: set every stage's grad_accum=1", field="cuda_graphs")
     check_template(d.template)
     _check_peft(cfg.model.peft)
     if d.max_prompt_length >= d.max_length:

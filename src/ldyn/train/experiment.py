@@ -240,6 +240,13 @@ def _callbacks(cfg: RunConfig, out: RunDir, tokenizer, inputs: Inputs, trackers:
     return callbacks
 
 
+def _graphs(cfg, accelerator) -> bool:
+    """Whether this run replays its updates as CUDA graphs: asked for, and on a GPU."""
+    if cfg.cuda_graphs and accelerator.device.type != "cuda":
+        print("ldyn: cuda_graphs has no effect without a GPU; training runs as usual", file=sys.stderr)
+    return cfg.cuda_graphs and accelerator.device.type == "cuda"
+
+
 def _train_stage(cfg, out, index, model, tokenizer, inputs, accelerator, callbacks, step, start, resume) -> int:
     """Stage `index` from its update `start` on; returns the global step after it."""
     stage = cfg.stages[index]
@@ -249,7 +256,8 @@ def _train_stage(cfg, out, index, model, tokenizer, inputs, accelerator, callbac
         reference = _reference_for(cfg, out, index, accelerator.unwrap_model(model), start > 0)
     trainer = Trainer(model, spec, stage.loss, stage.optim, accelerator=accelerator, pad_id=tokenizer.pad_token_id,
                       ref_model=reference, callbacks=callbacks, grad_accum=stage.grad_accum,
-                      mixed_precision=cfg.mixed_precision, compile=cfg.compile)  # fmt: skip
+                      mixed_precision=cfg.mixed_precision, compile=cfg.compile,
+                      cuda_graphs=cfg.cuda_graphs_pad_to if _graphs(cfg, accelerator) else 0)  # fmt: skip
     if start > 0 and resume.get("optimizer"):
         trainer.optimizer.load_state_dict(torch.load(resume["model_dir"] / resume["optimizer"]))
     data = batches(stage_examples(inputs.train, spec, stage), stage.batch_size, seed=cfg.seed * 1000 + index,

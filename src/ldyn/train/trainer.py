@@ -32,6 +32,7 @@ from ldyn.logprobs import SeqLogps, scored_logps, shares_prompts
 from ldyn.losses import LossConfig, LossSpec, PairLogps
 from ldyn.models import compiled, shape_stable_attention
 from ldyn.packing import packable, packed_logps
+from ldyn.train.graphs import GraphedUpdate
 
 
 def _fusable(params: list[torch.Tensor]) -> bool:
@@ -141,6 +142,7 @@ class Trainer:
         grad_accum: int = 1,
         mixed_precision: str = "no",
         compile: str = "no",
+        cuda_graphs: int = 0,
     ):
         if loss.needs_reference and ref_model is None:
             raise ValueError(f"loss '{loss.name}' needs a reference model")
@@ -149,6 +151,13 @@ class Trainer:
         self.callbacks, self.grad_accum = list(callbacks), grad_accum
         self.autocast_dtype = torch.bfloat16 if mixed_precision == "bf16" else None
         self.forward_model = compiled(model, compile)  # the model itself unless compiling
+        self.graphed = None  # with cuda_graphs (a bucket of N tokens): each length's update recorded and replayed
+        if cuda_graphs:
+            if compile != "no" or grad_accum != 1 or accelerator.num_processes != 1:
+                raise LdynError(f"replays one process's whole update: it needs compile=no (got {compile}), "
+                                f"grad_accum=1 (got {grad_accum}) and one process (got {accelerator.num_processes})",
+                                field="cuda_graphs")  # fmt: skip
+            self.graphed = GraphedUpdate(self, cuda_graphs)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = accelerator.prepare_optimizer(OPTIMIZERS[optim_cfg.name](params, optim_cfg))
         self.reference_cache: dict[str, tuple[float, float]] = {}  # example id -> (log π_ref(y⁺), log π_ref(y⁻))
@@ -168,7 +177,7 @@ class Trainer:
         state = StepState(step, stage, stage_index, start, steps, self.model, self.ref_model, self.optimizer,
                           self.accelerator, self.loss, self.loss_cfg, self.reference_logps)  # fmt: skip
         state.step_graph = (self.accelerator.num_processes == 1 and self.autocast_dtype is None
-                            and self.forward_model is self.model)  # fmt: skip
+                            and self.forward_model is self.model and self.graphed is None)  # fmt: skip
         self._emit("on_train_start", state)
         bar = tqdm(
             range(start, steps),
@@ -212,15 +221,10 @@ class Trainer:
             group["lr"] = totals["lr"]
         self.hook_seconds = 0.0
         for i, examples in enumerate(micro_batches):
-            last = i == len(micro_batches) - 1
-            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
-                loss, metrics, logps = self.loss_on(examples)
-                if state is not None:
-                    state.forward = StepForward(loss, logps, examples)
-                    self._emit_timed("on_forward_end", state)
-                    state.forward = None  # the logits are not kept through the backward
-                del logps
-                self.accelerator.backward(loss / len(micro_batches))
+            if self.graphed is not None:  # one micro-batch (checked when built), its forward kept by no graph
+                metrics = self.graphed.forward_backward(examples)
+            else:
+                metrics = self.forward_backward(examples, len(micro_batches), i == len(micro_batches) - 1, state)
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v / len(micro_batches)
         if state is not None:
@@ -245,21 +249,42 @@ class Trainer:
         values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
         return dict(zip(keys, self.accelerator.reduce(values, reduction="mean").tolist()))
 
+    def forward_backward(self, examples: list[TrainExample], n_micro: int, last: bool, state: StepState | None):
+        """One of `n_micro` micro-batches: its forward, `on_forward_end`, and the backward of its share of the
+        loss (gradients synchronised across processes on the `last` only); returns its metrics."""
+        with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
+            loss, metrics, logps = self.loss_on(examples)
+            if state is not None:
+                state.forward = StepForward(loss, logps, examples)
+                self._emit_timed("on_forward_end", state)
+                state.forward = None  # the logits are not kept through the backward
+            del logps
+            self.accelerator.backward(loss / n_micro)
+        return metrics
+
     def loss_on(self, examples: list[TrainExample]) -> tuple[torch.Tensor, dict[str, float], SeqLogps]:
         """Mean loss of a micro-batch (chosen and rejected together, `row_logps`), its metrics and its rows'
         log-probs."""
-        pairs = self.loss.needs_rejected
-        logps = self.row_logps(self.model, examples, pairs)
-        policy = PairLogps.from_rows(logps.sum, logps.n_tokens, len(examples))
+        logps = self.row_logps(self.model, examples, self.loss.needs_rejected)
         reference = self.reference_logps(examples, logps.sum.dtype) if self.loss.needs_reference else None
+        loss, metrics = self.loss_from(logps.sum, logps.n_tokens, len(examples), reference)
+        values = torch.stack([v.to(loss.dtype) for v in metrics.values()]).tolist()
+        return loss, dict(zip(metrics, values)), logps
+
+    def loss_from(
+        self, sums: torch.Tensor, n_tokens: torch.Tensor, n_examples: int, reference: PairLogps | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The mean loss of a micro-batch from its rows' summed log-probs (`collate_pairs` order) and its metrics,
+        as 0-d tensors (read together: one wait for the device)."""
+        policy = PairLogps.from_rows(sums, n_tokens, n_examples)
         out = self.loss.fn(policy, reference, self.loss_cfg)
         loss = out.losses.mean()
-        metrics = {"loss": loss.item(), "logps/chosen": policy.chosen.mean().item()}
-        if pairs:
-            metrics["logps/rejected"] = policy.rejected.mean().item()
-            metrics["logps/margin"] = (policy.chosen - policy.rejected).mean().item()
-        metrics |= {k: v.float().mean().item() for k, v in out.metrics.items()}
-        return loss, metrics, logps
+        metrics = {"loss": loss.detach(), "logps/chosen": policy.chosen.detach().mean()}
+        if policy.rejected is not None:
+            metrics["logps/rejected"] = policy.rejected.detach().mean()
+            metrics["logps/margin"] = (policy.chosen - policy.rejected).detach().mean()
+        metrics |= {k: v.detach().float().mean() for k, v in out.metrics.items()}
+        return loss, metrics
 
     @torch.no_grad()
     def reference_logps(self, examples: list[TrainExample], dtype: torch.dtype) -> PairLogps:
@@ -298,12 +323,14 @@ class Trainer:
                 return packed_logps(plain, [e.prompt for e in examples], responses)
             return scored_logps(plain, collate_pairs(examples, self.pad_id, with_rejected).to(device))
 
-    def autocast(self):
-        """bf16 autocast around training forwards when mixed precision is on; a no-op otherwise."""
+    def autocast(self, cache: bool = True):
+        """bf16 autocast around training forwards when mixed precision is on; a no-op otherwise. `cache=False`
+        recasts the weights in every forward (what a CUDA graph's capture needs)."""
         return torch.autocast(
             self.accelerator.device.type,
             dtype=self.autocast_dtype or torch.float32,
             enabled=self.autocast_dtype is not None,
+            cache_enabled=cache,
         )
 
     def _emit_timed(self, event: str, state: StepState) -> None:

@@ -1,0 +1,170 @@
+"""Training updates replayed as CUDA graphs: the launch bound of a small model on a GPU, removed.
+
+A DPO update of a 135M model on an H200 is a few milliseconds of arithmetic spread over thousands of kernel
+launches, so the host's Python and the CUDA driver, not the GPU, set its pace (docs/benchmarks.md, rounds five to
+seven). `GraphedUpdate` records the zeroing of the gradients, the forward, the loss and the backward of one batch
+shape once as a CUDA graph (`torch.cuda.graph`) and replays it for every later batch of that shape: the host then
+launches one graph instead of every kernel. What a graph needs, and how each need is met here:
+
+- fixed shapes: a batch's length, and the number of scored positions per row, are padded up to multiples of
+  `pad_to` tokens, so lengths fall into a few buckets; each bucket's graph is recorded the first time it is met;
+- fixed addresses: inputs are copied into buffers the graph owns; the gradients are tensors kept here (the
+  trainer's `zero_grad(set_to_none=True)` only unhooks them from the parameters; they are hooked back before each
+  replay); if a parameter's storage moves (a `.data` swap, a device move), every graph is dropped and re-recorded;
+- nothing that waits for the GPU inside: no attention mask (rows are right-padded and attention is causal, so no
+  scored position ever sees a pad), scored positions gathered by index instead of selected by a boolean mask,
+  metrics read once after the replay, autocast's weight cache off.
+
+Clipping, the non-finite check, `on_gradients` and the optimizer step stay eager, outside the graph (a fused
+optimizer is a few launches), so every optimizer, learning-rate schedule and callback works as before.
+`on_forward_end` is not emitted: a graph keeps no forward to differentiate, and instruments take their directions
+from a backward of their own, as under a compiled forward.
+
+On a CPU nothing is captured: the same fixed-shape update runs eagerly each time. That is what the float64 test
+against the trainer's packed and padded paths checks; the capture itself is checked on a GPU
+(`benchmarks/dpo_speed.py --cuda-graphs`, which also compares every update's loss with TRL's).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ldyn.data.tokenize import IGNORE, collate_pairs
+from ldyn.logprobs import supports_logits_to_keep
+from ldyn.losses import PairLogps
+from ldyn.models import shape_stable_attention
+
+
+@dataclass
+class _Recorded:
+    inputs: dict[str, torch.Tensor]  # the buffers the graph reads, on the device
+    outputs: torch.Tensor  # the metrics it writes, in `GraphedUpdate.names` order
+    graph: torch.cuda.CUDAGraph | None  # None on a CPU: `run` again each time
+
+
+class GraphedUpdate:
+    """A trainer's forward and backward of one micro-batch, recorded per padded shape and replayed."""
+
+    def __init__(self, trainer, pad_to: int = 64):
+        self.trainer, self.pad_to = trainer, pad_to
+        self.params = [p for p in trainer.model.parameters() if p.requires_grad]
+        self.capture = trainer.accelerator.device.type == "cuda"
+        self.recorded: dict[tuple[int, int], _Recorded] = {}
+        self.grads: list[torch.Tensor | None] | None = None  # each parameter's gradient buffer, once it has one
+        self.storage: list[int] = []  # the parameters' addresses the graphs were recorded with
+        self.names: list[str] = []  # the metrics, in the order the graphs write them
+
+    def forward_backward(self, examples) -> dict[str, float]:
+        """The micro-batch's metrics; the gradient of its mean loss is left in the parameters' `.grad`."""
+        inputs = self.inputs(examples)
+        storage = [p.data_ptr() for p in self.params]
+        if storage != self.storage:  # recorded addresses are stale: record again
+            self.recorded.clear()
+            self.storage = storage
+        key = (inputs["input_ids"].shape[1], inputs["positions"].shape[1])
+        recorded = self.recorded.get(key)
+        if recorded is None:
+            recorded = self.recorded[key] = self.record(inputs)
+        else:
+            for name, value in inputs.items():
+                recorded.inputs[name].copy_(value, non_blocking=True)
+            self.hook_gradients()
+            if recorded.graph is None:
+                recorded.outputs = self.run(recorded.inputs)
+            else:
+                recorded.graph.replay()
+        return dict(zip(self.names, recorded.outputs.tolist()))
+
+    def inputs(self, examples) -> dict[str, torch.Tensor]:
+        """The padded batch (`collate_pairs`, its length rounded up to `pad_to`), each row's scored positions and
+        their targets ((rows, K): K is the most scored tokens of a row, rounded up; a row's unused slots point at
+        position 0 with target IGNORE) and, for losses with a reference, the reference's log-probs."""
+        trainer = self.trainer
+        batch = collate_pairs(examples, trainer.pad_id, trainer.loss.needs_rejected)
+        n_rows, length = batch.input_ids.shape
+        scored = batch.labels[:, 1:] != IGNORE  # position t is scored by the token at t + 1
+        rows, where = scored.nonzero(as_tuple=True)
+        counts = scored.sum(1)
+        slot = torch.arange(rows.shape[0]) - (counts.cumsum(0) - counts)[rows]  # a token's place within its row
+        positions = torch.zeros(n_rows, self.bucket(int(counts.max())), dtype=torch.long)
+        targets = torch.full_like(positions, IGNORE)
+        positions[rows, slot] = where
+        targets[rows, slot] = batch.labels[rows, where + 1]
+        input_ids = torch.full((n_rows, self.bucket(length)), trainer.pad_id, dtype=torch.long)
+        input_ids[:, :length] = batch.input_ids
+        device = trainer.accelerator.device
+        out = {"input_ids": input_ids, "positions": positions, "targets": targets}
+        out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
+        if trainer.loss.needs_reference:
+            reference = trainer.reference_logps(examples, self.dtype)
+            out |= {"ref_chosen": reference.chosen, "ref_rejected": reference.rejected,
+                    "ref_chosen_tokens": reference.chosen_tokens,
+                    "ref_rejected_tokens": reference.rejected_tokens}  # fmt: skip
+        return out
+
+    def bucket(self, n: int) -> int:
+        return max(1, math.ceil(n / self.pad_to)) * self.pad_to
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The log-probs' dtype: the model's, at least float32 (as `rows_logps` scores them)."""
+        return torch.promote_types(self.params[0].dtype, torch.float32)
+
+    def record(self, inputs: dict[str, torch.Tensor]) -> _Recorded:
+        """Buffers for a new shape, run once to warm up (lazy initialisations, the gradients' first allocation),
+        then captured and replayed: the update is computed exactly once either way."""
+        static = {name: value.clone() for name, value in inputs.items()}
+        if not self.capture:
+            self.hook_gradients()
+            return _Recorded(static, self.run(static), None)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.hook_gradients()
+            self.run(static)
+        torch.cuda.current_stream().wait_stream(side)
+        self.hook_gradients()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = self.run(static)
+        graph.replay()
+        return _Recorded(static, outputs, graph)
+
+    def hook_gradients(self) -> None:
+        """Point every parameter's `.grad` at its kept buffer (the first run allocates them)."""
+        if self.grads is None:
+            return
+        for p, grad in zip(self.params, self.grads):
+            p.grad = grad
+
+    def run(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Zero the gradients, forward, loss and backward on fixed-shape buffers; the metrics as one tensor."""
+        trainer = self.trainer
+        if self.grads is not None:
+            torch._foreach_zero_([g for g in self.grads if g is not None])
+        n_rows, k = x["positions"].shape
+        with trainer.autocast(cache=False), shape_stable_attention():
+            if supports_logits_to_keep(trainer.forward_model):
+                logits = trainer.forward_model(input_ids=x["input_ids"], logits_to_keep=x["positions"]).logits
+            else:
+                logits = trainer.forward_model(input_ids=x["input_ids"]).logits
+                logits = torch.take_along_dim(logits, x["positions"][..., None], dim=1)
+        scored = logits.flatten(0, 1).to(self.dtype)
+        token_logp = -F.cross_entropy(scored, x["targets"].flatten(), ignore_index=IGNORE, reduction="none")
+        sums = token_logp.view(n_rows, k).sum(1)
+        n_tokens = (x["targets"] != IGNORE).sum(1)
+        reference = None
+        if trainer.loss.needs_reference:
+            reference = PairLogps(x["ref_chosen"], x["ref_rejected"], x["ref_chosen_tokens"],
+                                  x["ref_rejected_tokens"])  # fmt: skip
+        n_examples = n_rows // 2 if trainer.loss.needs_rejected else n_rows
+        loss, metrics = trainer.loss_from(sums, n_tokens, n_examples, reference)
+        loss.backward()
+        if self.grads is None:
+            self.grads = [p.grad for p in self.params]
+        self.names = list(metrics)
+        return torch.stack([v.detach().to(self.dtype) for v in metrics.values()])
