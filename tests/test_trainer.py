@@ -195,31 +195,35 @@ def test_a_compiled_training_forward_gives_the_eager_loss_and_gradients(tokenize
 
 @pytest.mark.parametrize("loss", ["sft", "dpo", "ipo"])
 def test_updates_of_fixed_padded_shapes_train_exactly_as_the_eager_paths(tokenizer, loss, monkeypatch):
-    """`cuda_graphs` pads each batch to a bucket of lengths and gathers its scored positions by index, the shapes a
-    CUDA graph replays; on a CPU the same update runs eagerly. In float64, four updates (two batch shapes, each met
-    twice; the second meeting reuses the first's buffers) give every update's loss and the final parameters of the
-    packed path and of the padded one."""
+    """`cuda_graphs` lays a batch out in fixed shapes a CUDA graph can replay: the packed passes (or, for a model
+    that takes no packed row, one padded row per response) with their lengths rounded up to a bucket, and the
+    scored positions gathered by index; on a CPU the same update runs eagerly. In float64, four updates (two
+    batch shapes, each met twice; the second meeting reuses the first's buffers) give every update's loss and the
+    final parameters of the eager packed path and of the eager padded one."""
     examples = [
         TrainExample(str(i), [1 + i] * (2 + i), [4, 5 + i, 6] * (1 + 2 * (i % 3)), [7, 8 + i] * (3 - i % 3))
         for i in range(8)
     ]
     data = [examples[:4], examples[4:], examples[:4], examples[4:]]
     runs = {}
-    for name in ("packed", "padded", "graphed"):
+    for name in ("packed", "padded", "graphed", "graphed, padded rows"):
         model, _ = prepare(tiny_model(tokenizer, dtype=torch.float64, attn_implementation="sdpa", seed=5), tokenizer)
         spec = get_loss(loss)
         trainer = Trainer(model, spec, LossConfig(name=loss), OptimConfig(name="adamw", lr=1e-2, max_grad_norm=1.0),
                           accelerator=Accelerator(cpu=True), pad_id=0,
                           ref_model=frozen_copy(model) if spec.needs_reference else None,
-                          cuda_graphs=4 if name == "graphed" else 0)  # fmt: skip
+                          cuda_graphs=4 if name.startswith("graphed") else 0)  # fmt: skip
         if name == "padded":
             monkeypatch.setattr("ldyn.train.trainer.packable", lambda model: False)
+        if name == "graphed, padded rows":
+            monkeypatch.setattr("ldyn.train.graphs.packable", lambda model: False)
         losses = [trainer.update([batch], t)["loss"] for t, batch in enumerate(data)]
         monkeypatch.undo()
         runs[name] = losses, [p.detach().clone() for p in model.parameters()]
-        if name == "graphed":
+        if name.startswith("graphed"):
             assert len(trainer.graphed.recorded) == 2  # two shapes, each met twice
-    for name in ("padded", "graphed"):
+            assert "visible" in next(iter(trainer.graphed.recorded.values())).inputs or name.endswith("rows")
+    for name in ("padded", "graphed", "graphed, padded rows"):
         assert runs[name][0] == pytest.approx(runs["packed"][0], rel=0, abs=1e-10), name
         for a, b in zip(runs[name][1], runs["packed"][1]):
             assert torch.allclose(a, b, rtol=1e-8, atol=1e-10), name

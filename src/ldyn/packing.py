@@ -131,6 +131,14 @@ def packed_passes(model, prompts: list[list[int]], responses: list[tuple[int, li
     return [pack(prompts, responses, [units[i] for i in group]) for group in plan]
 
 
+def attention_mask(model, visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A packed row's 4-D mask as the model's attention takes it: sdpa the booleans, eager attention a float mask
+    added to its scores."""
+    if model.config._attn_implementation != "eager":
+        return visible
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, torch.finfo(dtype).min)
+
+
 def packed_logits(model, passes: list[PackedPass], params: dict | None = None) -> list[torch.Tensor]:
     """(N, V) logits of each pass at its kept positions (differentiable). With the model's own parameters every
     pass's tokens are embedded by one lookup (`embed_once`: one dense embedding gradient, not one per pass); with
@@ -144,11 +152,7 @@ def packed_logits(model, passes: list[PackedPass], params: dict | None = None) -
     dtype = next(iter(params.values())).dtype if params else next(model.parameters()).dtype
     out = []
     for p, kwargs in zip(passes, inputs):
-        visible = p.visible.to(device)
-        if model.config._attn_implementation == "eager":  # eager attention adds its mask to the scores
-            mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, torch.finfo(dtype).min)
-        else:
-            mask = visible
+        mask = attention_mask(model, p.visible.to(device), dtype)
         keep = p.keep.to(device)
         kwargs |= {"attention_mask": mask, "position_ids": p.position_ids.to(device), "use_cache": False}
         if supports_logits_to_keep(model):

@@ -33,10 +33,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ldyn.data.tokenize import IGNORE, collate_pairs
+from ldyn.data.tokenize import IGNORE
 from ldyn.logprobs import supports_logits_to_keep
 from ldyn.losses import PairLogps
 from ldyn.models import shape_stable_attention
+from ldyn.packing import attention_mask, pack, packable, packed_passes
 
 
 @dataclass
@@ -65,7 +66,7 @@ class GraphedUpdate:
         if storage != self.storage:  # recorded addresses are stale: record again
             self.recorded.clear()
             self.storage = storage
-        key = (inputs["input_ids"].shape[1], inputs["positions"].shape[1])
+        key = (*inputs["input_ids"].shape, inputs["keep"].shape[1])
         recorded = self.recorded.get(key)
         if recorded is None:
             recorded = self.recorded[key] = self.record(inputs)
@@ -80,24 +81,44 @@ class GraphedUpdate:
         return dict(zip(self.names, recorded.outputs.tolist()))
 
     def inputs(self, examples) -> dict[str, torch.Tensor]:
-        """The padded batch (`collate_pairs`, its length rounded up to `pad_to`), each row's scored positions and
-        their targets ((rows, K): K is the most scored tokens of a row, rounded up; a row's unused slots point at
-        position 0 with target IGNORE) and, for losses with a reference, the reference's log-probs."""
+        """The micro-batch as fixed-shape buffers: rows of token ids (`input_ids`), the positions whose logits are
+        scored in each row (`keep`), the tokens they predict (`targets`, IGNORE in unused slots) and the response
+        each belongs to (`owner`; unused slots: one past the last), each response's scored tokens (`n_tokens`)
+        and, for losses with a reference, the reference's log-probs. Rows are the trainer's packed passes
+        (`packing.packed_passes`: each prompt once, then its responses, with their `position_ids` and 4-D
+        `visible` mask; a pad sees only itself) or, for a model that takes no packed row, the padded
+        `collate_pairs` batch (attention causal, no mask). Lengths are rounded up to `pad_to`."""
         trainer = self.trainer
-        batch = collate_pairs(examples, trainer.pad_id, trainer.loss.needs_rejected)
-        n_rows, length = batch.input_ids.shape
-        scored = batch.labels[:, 1:] != IGNORE  # position t is scored by the token at t + 1
-        rows, where = scored.nonzero(as_tuple=True)
-        counts = scored.sum(1)
-        slot = torch.arange(rows.shape[0]) - (counts.cumsum(0) - counts)[rows]  # a token's place within its row
-        positions = torch.zeros(n_rows, self.bucket(int(counts.max())), dtype=torch.long)
-        targets = torch.full_like(positions, IGNORE)
-        positions[rows, slot] = where
-        targets[rows, slot] = batch.labels[rows, where + 1]
-        input_ids = torch.full((n_rows, self.bucket(length)), trainer.pad_id, dtype=torch.long)
-        input_ids[:, :length] = batch.input_ids
+        prompts = [e.prompt for e in examples]
+        responses = [(i, e.chosen) for i, e in enumerate(examples)]
+        if trainer.loss.needs_rejected:
+            responses += [(i, e.rejected) for i, e in enumerate(examples)]
+        if packable(trainer.model):
+            passes = packed_passes(trainer.model, prompts, responses)
+        else:
+            passes = [pack(prompts, [r], [r[0]]) for r in responses]
+            for row, p in enumerate(passes):
+                p.rows.fill_(row)
+        n_rows, length = len(passes), self.bucket(max(p.input_ids.shape[1] for p in passes))
+        width = self.bucket(max(p.keep.shape[0] for p in passes))
+        out = {
+            "input_ids": torch.full((n_rows, length), trainer.pad_id, dtype=torch.long),
+            "keep": torch.zeros(n_rows, width, dtype=torch.long),
+            "targets": torch.full((n_rows, width), IGNORE, dtype=torch.long),
+            "owner": torch.full((n_rows, width), len(responses), dtype=torch.long),
+            "n_tokens": torch.tensor([len(r) for _, r in responses]),
+        }
+        if packable(trainer.model):
+            out["position_ids"] = torch.zeros(n_rows, length, dtype=torch.long)
+            out["visible"] = torch.eye(length, dtype=torch.bool).repeat(n_rows, 1, 1, 1)
+        for row, p in enumerate(passes):
+            t, n = p.input_ids.shape[1], p.keep.shape[0]
+            out["input_ids"][row, :t] = p.input_ids[0]
+            out["keep"][row, :n], out["targets"][row, :n], out["owner"][row, :n] = p.keep, p.targets, p.rows
+            if "visible" in out:
+                out["position_ids"][row, :t] = p.position_ids[0]
+                out["visible"][row, 0, :t, :t] = p.visible[0, 0]
         device = trainer.accelerator.device
-        out = {"input_ids": input_ids, "positions": positions, "targets": targets}
         out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
         if trainer.loss.needs_reference:
             reference = trainer.reference_logps(examples, self.dtype)
@@ -143,26 +164,30 @@ class GraphedUpdate:
 
     def run(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """Zero the gradients, forward, loss and backward on fixed-shape buffers; the metrics as one tensor."""
-        trainer = self.trainer
+        trainer, model = self.trainer, self.trainer.forward_model
         if self.grads is not None:
             torch._foreach_zero_([g for g in self.grads if g is not None])
-        n_rows, k = x["positions"].shape
+        kwargs = {"input_ids": x["input_ids"]}
+        if "visible" in x:
+            kwargs |= {
+                "position_ids": x["position_ids"],
+                "attention_mask": attention_mask(model, x["visible"], self.dtype),
+            }
         with trainer.autocast(cache=False), shape_stable_attention():
-            if supports_logits_to_keep(trainer.forward_model):
-                logits = trainer.forward_model(input_ids=x["input_ids"], logits_to_keep=x["positions"]).logits
+            if supports_logits_to_keep(model):
+                logits = model(**kwargs, logits_to_keep=x["keep"]).logits
             else:
-                logits = trainer.forward_model(input_ids=x["input_ids"]).logits
-                logits = torch.take_along_dim(logits, x["positions"][..., None], dim=1)
+                logits = torch.take_along_dim(model(**kwargs).logits, x["keep"][..., None], dim=1)
         scored = logits.flatten(0, 1).to(self.dtype)
         token_logp = -F.cross_entropy(scored, x["targets"].flatten(), ignore_index=IGNORE, reduction="none")
-        sums = token_logp.view(n_rows, k).sum(1)
-        n_tokens = (x["targets"] != IGNORE).sum(1)
+        n_responses = x["n_tokens"].shape[0]
+        sums = token_logp.new_zeros(n_responses + 1).index_add_(0, x["owner"].flatten(), token_logp)[:n_responses]
         reference = None
         if trainer.loss.needs_reference:
             reference = PairLogps(x["ref_chosen"], x["ref_rejected"], x["ref_chosen_tokens"],
                                   x["ref_rejected_tokens"])  # fmt: skip
-        n_examples = n_rows // 2 if trainer.loss.needs_rejected else n_rows
-        loss, metrics = trainer.loss_from(sums, n_tokens, n_examples, reference)
+        n_examples = n_responses // 2 if trainer.loss.needs_rejected else n_responses
+        loss, metrics = trainer.loss_from(sums, x["n_tokens"], n_examples, reference)
         loss.backward()
         if self.grads is None:
             self.grads = [p.grad for p in self.params]
