@@ -362,6 +362,13 @@ def test_finite_differences_and_the_steps_gradient_give_the_jvp_decomposition(tm
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     compiled = decompose_rows(tmp_path / "compiled", "compile=default")  # takes its own forward and backward
+    # the update replayed from fixed shapes, as `cuda_graphs` does on a GPU (run eagerly here): its directions by a
+    # backward of their own, the step's gradient from the graph's
+    monkeypatch.setattr("ldyn.train.experiment._graphs", lambda cfg, accelerator: cfg.cuda_graphs)
+    graphed = decompose_rows(tmp_path / "graphed", "cuda_graphs=true", "cuda_graphs_pad_to=8")
+    for a, g in zip(reused, graphed):
+        for column in ("predicted", "sgd_positive", "sgd_negative", "observed"):
+            assert a[column] == pytest.approx(g[column], rel=1e-9, abs=1e-12)
     for a, b in zip(reused, compiled):
         for column in ("predicted", "sgd_positive", "sgd_negative", "observed"):
             assert a[column] == pytest.approx(b[column], rel=1e-9, abs=1e-12)

@@ -6,14 +6,20 @@ seven). `GraphedUpdate` records the zeroing of the gradients, the forward, the l
 shape once as a CUDA graph (`torch.cuda.graph`) and replays it for every later batch of that shape: the host then
 launches one graph instead of every kernel. What a graph needs, and how each need is met here:
 
-- fixed shapes: a batch's length, and the number of scored positions per row, are padded up to multiples of
-  `pad_to` tokens, so lengths fall into a few buckets; each bucket's graph is recorded the first time it is met;
-- fixed addresses: inputs are copied into buffers the graph owns; the gradients are tensors kept here (the
-  trainer's `zero_grad(set_to_none=True)` only unhooks them from the parameters; they are hooked back before each
-  replay); if a parameter's storage moves (a `.data` swap, a device move), every graph is dropped and re-recorded;
-- nothing that waits for the GPU inside: no attention mask (rows are right-padded and attention is causal, so no
-  scored position ever sees a pad), scored positions gathered by index instead of selected by a boolean mask,
-  metrics read once after the replay, autocast's weight cache off.
+- fixed shapes: the micro-batch is laid out as the trainer's packed passes (each prompt once, then its responses),
+  and their length and number of scored positions are padded up to multiples of `pad_to` tokens, so shapes fall
+  into a few buckets; each bucket's graph is recorded the first time it is met;
+- fixed addresses: inputs are copied into buffers kept outside the graphs' memory; the gradients are tensors kept
+  here (the trainer's `zero_grad(set_to_none=True)` only unhooks them from the parameters: they are hooked back
+  before each replay); if a parameter's storage moves (a `.data` swap, a device move), every graph is dropped and
+  recorded again;
+- nothing that waits for the GPU inside: the attention mask and the scored positions are built on the host and
+  copied in (the scored logits gathered by index, not selected by a boolean mask), the metrics are read once
+  after the replay, and autocast's weight cache is off.
+
+All graphs share one memory pool, so a run holds one graph's temporaries, not one set per bucket. That is safe
+because graphs replay one at a time and each one's only output, its metrics, is read before another replays (a
+later graph's temporaries may reuse an earlier one's output memory, which is never read again).
 
 Clipping, the non-finite check, `on_gradients` and the optimizer step stay eager, outside the graph (a fused
 optimizer is a few launches), so every optimizer, learning-rate schedule and callback works as before.
@@ -58,6 +64,7 @@ class GraphedUpdate:
         self.grads: list[torch.Tensor | None] | None = None  # each parameter's gradient buffer, once it has one
         self.storage: list[int] = []  # the parameters' addresses the graphs were recorded with
         self.names: list[str] = []  # the metrics, in the order the graphs write them
+        self.pool = None  # the memory pool every graph shares (one graph's temporaries at a time)
 
     def forward_backward(self, examples) -> dict[str, float]:
         """The micro-batch's metrics; the gradient of its mean loss is left in the parameters' `.grad`."""
@@ -150,7 +157,9 @@ class GraphedUpdate:
         torch.cuda.current_stream().wait_stream(side)
         self.hook_gradients()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self.pool):
             outputs = self.run(static)
         graph.replay()
         return _Recorded(static, outputs, graph)
