@@ -18,8 +18,8 @@ launches one graph instead of every kernel. What a graph needs, and how each nee
   after the replay, and autocast's weight cache is off.
 
 All graphs share one memory pool, so a run holds one graph's temporaries, not one set per bucket. That is safe
-because graphs replay one at a time and each one's only output, its metrics, is read before another replays (a
-later graph's temporaries may reuse an earlier one's output memory, which is never read again).
+because graphs replay one at a time: a graph's temporaries are dead once it has run, and its output (the metrics)
+stays allocated, so no other graph writes over it.
 
 Clipping, the non-finite check, `on_gradients` and the optimizer step stay eager, outside the graph (a fused
 optimizer is a few launches), so every optimizer, learning-rate schedule and callback works as before.
