@@ -53,14 +53,13 @@ def test_jvp_path_equals_explicit_kernel_product(small64):
     tangent = {k: -eta * (dirs.positive[k] + dirs.negative[k]) for k in dirs.positive}
     observed = collate(OBSERVED, 0)
     theta = parameters(small64)
-    logits, labels, dz = logit_jvp(small64, theta, tangent, observed)
+    logits, scored, dz = logit_jvp(small64, theta, tangent, observed)  # the scored tokens, sequence by sequence
     # the slow twin: explicit Jacobians, K = J_o J_uᵀ, Δz = −η K G
     upd = collate_pairs(UPDATE, 0, True)
     [(_, labels_u, grad)] = loss_logit_gradient(small64, spec, cfg, [upd], len(UPDATE), reference)
     kernel = entk(small64, theta, observed, upd)
     dz_explicit = predicted_logit_change(kernel, grad[labels_u != IGNORE].detach(), eta)
-    mask = labels != IGNORE
-    assert torch.allclose(dz[mask], dz_explicit, atol=1e-8, rtol=0)
+    assert torch.allclose(dz, dz_explicit, atol=1e-8, rtol=0)
     # a vocabulary subset gives the matching sub-block, and ‖K‖_F is its Frobenius norm
     vocab = torch.tensor([3, 8, 42])
     sub = entk(small64, theta, observed, upd, vocab)
@@ -68,12 +67,11 @@ def test_jvp_path_equals_explicit_kernel_product(small64):
     assert torch.allclose(kernel_norm(sub)[0, 0], (sub[0, 0] ** 2).sum().sqrt())
     # and A applied analytically equals the explicit softmax Jacobian I − 1πᵀ
     per_token = []
-    for z, d, y in zip(logits[mask], dz[mask], labels[mask]):
+    for z, d, y in zip(logits, dz, scored.targets):
         a = torch.eye(len(z), dtype=z.dtype) - torch.softmax(z, -1)[None, :].expand(len(z), -1)
         per_token.append((a @ d)[y])
-    seq = mask.nonzero()[:, 0]
-    explicit = torch.zeros(len(OBSERVED), dtype=torch.float64).index_add(0, seq, torch.stack(per_token))
-    assert torch.allclose(delta_log_prob(logits, labels, dz), explicit, atol=1e-12)
+    explicit = torch.zeros(len(OBSERVED), dtype=torch.float64).index_add(0, scored.rows, torch.stack(per_token))
+    assert torch.allclose(delta_log_prob(logits, scored, dz), explicit, atol=1e-12)
 
 
 def test_positive_and_negative_directions_sum_to_the_loss_gradient(small64):
@@ -148,15 +146,14 @@ def test_finite_differences_equal_the_jvp_up_to_their_order(small64, method, ord
     errors = []
     for eta in (0.02, 0.01, 0.005):
         tangent = {k: -eta * (dirs.positive[k] + dirs.negative[k]) for k in dirs.positive}
-        base, labels, exact = logit_jvp(small64, theta, tangent, observed)
+        base, _, exact = logit_jvp(small64, theta, tangent, observed)
         with torch.no_grad():
             if method == "central":
                 approx = central_difference(small64, theta, tangent, observed)
             else:
                 approx = one_sided_difference(small64, theta, tangent, observed, base)
-        mask = labels != IGNORE
-        assert exact[mask].abs().max() > 1e-3
-        errors.append(float((approx - exact)[mask].abs().max()))
+        assert exact.abs().max() > 1e-3
+        errors.append(float((approx - exact).abs().max()))
     # the error is O(‖v‖^order): halving the step divides it by about 2^order (8 central, 4 one-sided)
     low, high = 0.75 * 2**order, 1.25 * 2**order
     assert low < errors[0] / errors[1] < high and low < errors[1] / errors[2] < high, errors
@@ -215,19 +212,23 @@ def test_change_statistics_conserve_mass_and_match_first_order(small64):
     theta = parameters(small64)
     step = {k: -1e-5 * g for k, g in dirs.positive.items()}
     observed = collate(OBSERVED, 0)
-    logits, labels, dz = logit_jvp(small64, theta, step, observed)
-    from ldyn.logprobs import response_logits
+    logits, scored, dz = logit_jvp(small64, theta, step, observed)
+    from ldyn.logprobs import rows_logits, rows_logps
 
-    after, _ = response_logits(small64, observed, {k: theta[k] + step[k] for k in theta})
-    exact = change_statistics(logits, labels, after=after)
-    first = change_statistics(logits, labels, dlogits=dz)
+    after, _ = rows_logits(small64, observed, 0, {k: theta[k] + step[k] for k in theta})
+    exact = change_statistics(logits, scored, after=after)
+    first = change_statistics(logits, scored, dlogits=dz)
+    assert torch.allclose(first["dlogp_target"], delta_log_prob(logits, scored, dz), rtol=1e-12, atol=1e-15)
+    logps = [rows_logps(z, scored.targets, scored.rows, scored.n_rows).sum for z in (after, logits)]
+    observed_change = logps[0] - logps[1]
+    assert torch.allclose(exact["dlogp_target"], observed_change, rtol=1e-10, atol=1e-13)
     total = exact["mass_argmax"] + exact["mass_topk"] + exact["mass_tail"]
     assert total.abs().max() < 1e-12
     scale = torch.stack([exact[k].abs() for k in ("mass_argmax", "mass_topk", "mass_tail")]).amax(0)
     for key in ("mass_argmax", "mass_topk", "mass_tail"):  # first order within 2% of the mass that moved
         assert ((first[key] - exact[key]).abs() <= 0.02 * scale).all(), key
     vocab = logits.shape[-1]
-    pi = logits.softmax(-1)[labels != IGNORE]
+    pi = logits.softmax(-1)
     a_norm_sq = (vocab - 2 + vocab * (pi * pi).sum(-1)).sum()
     assert math.isclose(exact["a_norm_sq"].sum().item(), a_norm_sq.item(), rel_tol=1e-12)
 

@@ -81,24 +81,26 @@ def test_a_model_without_sdpa_or_eager_attention_is_not_packed(tokenizer):
 
 def test_the_instruments_packed_rows_equal_the_key_value_cache_path(tiny64, monkeypatch):
     """`rows_logits` of shared-prompt rows, packed, against each prompt run once into a cache (its twin), in the
-    padded layout the decomposition reads, at the model's own parameters, shifted ones, and in forward mode."""
+    same order, at the model's own parameters, shifted ones, and in forward mode."""
     from ldyn.dynamics.akg import logit_jvp, parameters
-    from ldyn.logprobs import SharedRows, encode_prompts, rows_logits, shared_prompt_logits
+    from ldyn.logprobs import Scored, SharedRows, encode_prompts, rows_logits, shared_prompt_logits
 
     rows = SharedRows(PROMPTS, RESPONSES)
     theta = parameters(tiny64)
     tangent = {k: torch.randn(v.shape, dtype=v.dtype, generator=torch.Generator().manual_seed(1)) * 1e-3
                for k, v in theta.items()}  # fmt: skip
     shifted = {k: v + tangent[k] for k, v in theta.items()}
-    longest = max(len(r) for _, r in RESPONSES)
     for params in (None, shifted):
-        fast, labels = rows_logits(tiny64, rows, 0, params)  # packed: the model takes a packed row
-        slow, slow_labels = shared_prompt_logits(tiny64, encode_prompts(tiny64, PROMPTS, 0, params), RESPONSES, 0,
-                                                 params)  # fmt: skip
-        assert labels.shape[1] == longest and torch.equal(labels, slow_labels[:, :longest])
-        scored = labels != -100
-        assert torch.allclose(fast[scored], slow[:, :longest][scored], rtol=0, atol=1e-10)
+        fast, scored = rows_logits(tiny64, rows, 0, params)  # packed: the model takes a packed row
+        slow, slow_scored = Scored.of_padded(*shared_prompt_logits(tiny64, encode_prompts(tiny64, PROMPTS, 0, params),
+                                                                   RESPONSES, 0, params))  # fmt: skip
+        order = scored.sequence_order()
+        assert torch.equal(scored.targets[order], slow_scored.targets)
+        assert torch.equal(scored.rows[order], slow_scored.rows) and torch.equal(
+            scored.columns[order], slow_scored.columns
+        )
+        assert torch.allclose(fast[order], slow, rtol=0, atol=1e-10)
     _, _, dfast = logit_jvp(tiny64, theta, tangent, rows)
     monkeypatch.setattr(packing, "packable", lambda model: False)  # the key/value cache path
     _, _, dslow = logit_jvp(tiny64, theta, tangent, rows)
-    assert torch.allclose(dfast[scored], dslow[:, :longest][scored], rtol=0, atol=1e-10)
+    assert torch.allclose(dfast[order], dslow, rtol=0, atol=1e-10)

@@ -188,18 +188,48 @@ class SharedRows:
         return cls(prompts, [(index[key], response) for key, _, response in pairs])
 
 
+@dataclass
+class Scored:
+    """What each row of a scored-token logits tensor (N, V) stands for: the token it predicts, the sequence it
+    belongs to and its place in that sequence's response. The decomposition's layout: the packed forward gives it
+    as it is (no padding, nothing copied), and per-sequence sums are one `index_add` over `rows`."""
+
+    targets: torch.Tensor  # (N,)
+    rows: torch.Tensor  # (N,) the sequence each token belongs to, of n_rows
+    columns: torch.Tensor  # (N,) its place in that sequence's response
+    n_rows: int
+
+    @classmethod
+    def of_padded(cls, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, Scored]:
+        """The scored tokens of the padded layout (`response_logits`: (B, L, V) with aligned labels), sequence by
+        sequence: one copy of their logits."""
+        mask = labels != IGNORE
+        rows, columns = mask.nonzero(as_tuple=True)
+        return logits[mask], cls(labels[mask], rows, columns, labels.shape[0])
+
+    @property
+    def n_tokens(self) -> torch.Tensor:
+        return torch.bincount(self.rows, minlength=self.n_rows)
+
+    def sequence_order(self) -> torch.Tensor:
+        """The permutation putting the tokens in the padded layout's order (by sequence, then place), in which
+        two layouts of the same rows compare."""
+        width = int(self.columns.max()) + 1 if self.columns.numel() else 1
+        return (self.rows * width + self.columns).argsort()
+
+
 def rows_logits(model, rows: Batch | SharedRows, pad_id: int, params: dict | None = None):
-    """(logits, labels) aligned as in `response_logits`, for a plain batch or for shared-prompt rows: packed
-    (`packing.packed_rows_logits`: each prompt once, no padding) when the model takes a packed row, else each prompt
-    run once into a key/value cache the responses are scored against."""
-    from ldyn.packing import packable, packed_rows_logits  # packing builds on this module
+    """(logits (N, V), `Scored`) of the scored tokens of a plain batch or of shared-prompt rows: packed
+    (`packing.packed_scored_logits`: each prompt once, no padding, the logits as the forward gives them) when the
+    model takes a packed row, else each prompt run once into a key/value cache the responses are scored against."""
+    from ldyn.packing import packable, packed_scored_logits  # packing builds on this module
 
     if isinstance(rows, Batch):
-        return response_logits(model, rows, params)
+        return Scored.of_padded(*response_logits(model, rows, params))
     if packable(model):
-        return packed_rows_logits(model, rows.prompts, rows.responses, params)
+        return packed_scored_logits(model, rows.prompts, rows.responses, params)
     encoded = encode_prompts(model, rows.prompts, pad_id, params)
-    return shared_prompt_logits(model, encoded, rows.responses, pad_id, params)
+    return Scored.of_padded(*shared_prompt_logits(model, encoded, rows.responses, pad_id, params))
 
 
 def _cache_rows(cache, rows: torch.Tensor):

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ldyn.data.tokenize import IGNORE
-from ldyn.logprobs import SeqLogps, embed_once, rows_logps, run_model, supports_logits_to_keep
+from ldyn.logprobs import Scored, SeqLogps, embed_once, rows_logps, run_model, supports_logits_to_keep
 
 # A pass's fixed cost in tokens (launching every layer's kernels, the per-pass bookkeeping): the price the training
 # path's length groups put on a pass before packing (paired on SmolLM2's DPO updates: 2 passes beat 1 and 3).
@@ -162,25 +161,21 @@ def packed_logits(model, passes: list[PackedPass], params: dict | None = None) -
     return out
 
 
-def packed_rows_logits(model, prompts: list[list[int]], responses: list[tuple[int, list[int]]],
-                       params: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(logits, labels) of (prompt index, response) rows laid out as `response_logits` gives them -- (R, L, V),
-    logits[:, i] predicting labels[:, i], labels IGNORE past each response (whose logits are 0) -- from packed
-    passes. The instruments' forward of shared-prompt rows; `shared_prompt_logits` is its twin (tested)."""
+def packed_scored_logits(model, prompts: list[list[int]], responses: list[tuple[int, list[int]]],
+                         params: dict | None = None) -> tuple[torch.Tensor, Scored]:  # fmt: skip
+    """(logits (N, V), `Scored`) of the scored tokens of (prompt index, response) rows from packed passes, pass by
+    pass. The instruments' forward of shared-prompt rows; `shared_prompt_logits` is its twin (tested)."""
     passes = packed_passes(model, prompts, responses)
     device = next(model.parameters()).device
-    labels = torch.full((len(responses), max((len(r) for _, r in responses), default=0)), IGNORE, device=device)
-    for row, (_, response) in enumerate(responses):
-        labels[row, : len(response)] = torch.tensor(response, device=device)
     if not passes:  # no response has a token
-        return torch.zeros(*labels.shape, model.get_output_embeddings().weight.shape[0], device=device), labels
-    logits = torch.cat(packed_logits(model, passes, params))
-    rows, columns = (torch.cat([getattr(p, k) for p in passes]).to(device) for k in ("rows", "columns"))
-    # written in place: only the padding is zero-filled and nothing is copied whole (an out-of-place index_put
-    # fills and then clones the (R, L, V) tensor: two passes over it, on fresh pages in a decomposition)
-    out = logits.new_empty(*labels.shape, logits.shape[-1])
-    out[labels == IGNORE] = 0
-    return out.index_put_((rows, columns), logits), labels
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        return torch.zeros(0, vocab, device=device), Scored(empty, empty, empty, len(responses))
+    logits = packed_logits(model, passes, params)
+    logits = logits[0] if len(logits) == 1 else torch.cat(logits)
+    targets, rows, columns = (torch.cat([getattr(p, k) for p in passes]).to(device)
+                              for k in ("targets", "rows", "columns"))  # fmt: skip
+    return logits, Scored(targets, rows, columns, len(responses))
 
 
 def passes_logps(passes: list[PackedPass], logits: list[torch.Tensor], n_rows: int) -> SeqLogps:

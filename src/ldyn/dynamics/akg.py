@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ldyn.data.tokenize import IGNORE, Batch, collate
+from ldyn.data.tokenize import Batch, collate
 from ldyn.dynamics.differences import (
     CENTRAL_LENGTH,
     central_difference,
@@ -45,6 +45,7 @@ from ldyn.dynamics.differences import (
     step_length,
 )
 from ldyn.logprobs import (
+    Scored,
     SeqLogps,
     SharedRows,
     logps_from_logits,
@@ -165,18 +166,22 @@ def _pull_back(model, outputs: list[torch.Tensor], cotangents: list[torch.Tensor
 
 def logit_jvp(
     model, theta: dict, tangent: dict, rows: Batch | SharedRows, pad_id: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits, labels, Δz): the observed rows' logits at θ and their first-order change J_o·tangent.
+) -> tuple[torch.Tensor, Scored, torch.Tensor]:
+    """(logits, scored, Δz): the observed rows' scored-token logits at θ (`rows_logits`) and their first-order
+    change J_o·tangent.
 
-    Forward-mode AD through the model, for a plain batch or for shared-prompt rows (each prompt run once, its
-    change carried through its key/value cache). The math SDPA backend is forced because the fused CPU attention
-    kernels have no forward-mode derivative (eager attention works as well).
+    Forward-mode AD through the model, for a plain batch or for shared-prompt rows (each prompt run once, packed
+    or with its change carried through its key/value cache). The math SDPA backend is forced because the fused CPU
+    attention kernels have no forward-mode derivative (eager attention works as well).
     """
+
+    def forward(params):  # forward-mode's auxiliary outputs are tensors only: `Scored`'s fields, rebuilt after
+        logits, scored = rows_logits(model, rows, pad_id, params)
+        return logits, (scored.targets, scored.rows, scored.columns, torch.tensor(scored.n_rows))
+
     with sdpa_kernel(SDPBackend.MATH):
-        logits, dlogits, labels = torch.func.jvp(
-            lambda p: rows_logits(model, rows, pad_id, p), (theta,), (tangent,), has_aux=True
-        )
-    return logits, labels, dlogits
+        logits, dlogits, (targets, seq, columns, n_rows) = torch.func.jvp(forward, (theta,), (tangent,), has_aux=True)
+    return logits, Scored(targets, seq, columns, int(n_rows)), dlogits
 
 
 def log_prob_change(logits: torch.Tensor, dlogits: torch.Tensor) -> torch.Tensor:
@@ -184,27 +189,27 @@ def log_prob_change(logits: torch.Tensor, dlogits: torch.Tensor) -> torch.Tensor
     return dlogits - (logits.softmax(-1) * dlogits).sum(-1, keepdim=True)
 
 
-def delta_log_prob(logits: torch.Tensor, labels: torch.Tensor, dlogits: torch.Tensor) -> torch.Tensor:
-    """A applied per token: Σ_m [Δz_{m,y_m} − π_m·Δz_m], the first-order change of log π(y|x) per sequence."""
-    mask = labels != IGNORE
-    seq = mask.nonzero()[:, 0]
-    z, dz, y = logits[mask], dlogits[mask], labels[mask]
-    dtype = torch.promote_types(z.dtype, torch.float32)
-    out = torch.zeros(labels.shape[0], dtype=dtype, device=labels.device)
-    chunk = stat_chunk(z.device)
-    for lo in range(0, z.shape[0], chunk):
-        change = log_prob_change(z[lo : lo + chunk].to(dtype), dz[lo : lo + chunk].to(dtype))
-        per_token = change.gather(-1, y[lo : lo + chunk, None]).squeeze(-1)
-        out.index_add_(0, seq[lo : lo + chunk], per_token)
+def delta_log_prob(logits: torch.Tensor, scored: Scored, dlogits: torch.Tensor) -> torch.Tensor:
+    """A applied per token: Σ_m [Δz_{m,y_m} − π_m·Δz_m], the first-order change of log π(y|x) per sequence, from
+    scored-token logits (N, V) and their change."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    out = torch.zeros(scored.n_rows, dtype=dtype, device=logits.device)
+    chunk = stat_chunk(logits.device)
+    for lo in range(0, logits.shape[0], chunk):
+        z, dz = logits[lo : lo + chunk].to(dtype), dlogits[lo : lo + chunk].to(dtype)
+        per_token = dz.gather(-1, scored.targets[lo : lo + chunk, None]).squeeze(-1) - (z.softmax(-1) * dz).sum(-1)
+        out.index_add_(0, scored.rows[lo : lo + chunk], per_token)
     return out
 
 
 def change_statistics(
-    logits: torch.Tensor, labels: torch.Tensor, after: torch.Tensor | None = None, dlogits: torch.Tensor | None = None
+    logits: torch.Tensor, scored: Scored, after: torch.Tensor | None = None, dlogits: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
-    """Per-sequence sums, over response positions, of how the whole next-token distribution moves.
+    """Per-sequence sums, over response positions, of how the whole next-token distribution moves, from
+    scored-token logits (N, V).
 
     Give `after` (logits after the real step: the observed change) or `dlogits` (first order: Δπ_v = π_v·Δlogπ_v).
+      dlogp_target  Δ log π of the token scored                        (summed: Δ log π(y|x), observed or first order)
       mass_argmax   Δπ at each position's pre-update argmax token     (the squeezing signature: it gains)
       mass_topk     Δπ summed over the next TOP_K − 1 most likely tokens
       mass_tail     Δπ summed over all other tokens                    (= −argmax − topk: mass is conserved)
@@ -212,28 +217,26 @@ def change_statistics(
       dlogp_sum     Σ_v Δ log π_v (observed only)                      (SignDelta numerator)
       a_norm_sq     ‖A‖_F² = V − 2 + V‖π‖²                             (LBK denominator)
     """
-    mask = labels != IGNORE
-    seq = mask.nonzero()[:, 0]
-    z = logits[mask]
-    dtype = torch.promote_types(z.dtype, torch.float32)
-    names = ("mass_argmax", "mass_topk", "mass_tail", "a_norm_sq") + (
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    names = ("dlogp_target", "mass_argmax", "mass_topk", "mass_tail", "a_norm_sq") + (
         ("dlogp_sq", "dlogp_sum") if after is not None else ()
     )
-    out = {k: torch.zeros(labels.shape[0], dtype=dtype, device=labels.device) for k in names}
-    other = after[mask] if after is not None else dlogits[mask]
-    vocab = z.shape[-1]
-    chunk = stat_chunk(z.device)
-    for lo in range(0, z.shape[0], chunk):
-        logp = z[lo : lo + chunk].to(dtype).log_softmax(-1)
+    out = {k: torch.zeros(scored.n_rows, dtype=dtype, device=logits.device) for k in names}
+    other = after if after is not None else dlogits
+    vocab = logits.shape[-1]
+    chunk = stat_chunk(logits.device)
+    for lo in range(0, logits.shape[0], chunk):
+        logp = logits[lo : lo + chunk].to(dtype).log_softmax(-1)
         p = logp.exp()
         if after is not None:
             dlogp = other[lo : lo + chunk].to(dtype).log_softmax(-1) - logp
             dp = dlogp.exp() * p - p  # π' − π, exact
         else:
-            d = other[lo : lo + chunk].to(dtype)
-            dp = p * log_prob_change(logp, d)  # first order: Δπ_v = π_v Δ log π_v
+            dlogp = log_prob_change(logp, other[lo : lo + chunk].to(dtype))
+            dp = p * dlogp  # first order: Δπ_v = π_v Δ log π_v
         top = p.topk(TOP_K, dim=-1).indices
         stats = {
+            "dlogp_target": dlogp.gather(-1, scored.targets[lo : lo + chunk, None]).squeeze(-1),
             "mass_argmax": dp.gather(-1, top[:, :1]).squeeze(-1),
             "mass_topk": dp.gather(-1, top[:, 1:]).sum(-1),
             "a_norm_sq": vocab - 2 + vocab * (p * p).sum(-1),
@@ -242,8 +245,8 @@ def change_statistics(
         if after is not None:
             stats |= {"dlogp_sq": (dlogp * dlogp).sum(-1), "dlogp_sum": dlogp.sum(-1)}
         for k, v in stats.items():
-            out[k].index_add_(0, seq[lo : lo + chunk], v)
-    out["n_tokens"] = mask.sum(1)
+            out[k].index_add_(0, scored.rows[lo : lo + chunk], v)
+    out["n_tokens"] = scored.n_tokens
     return out
 
 
@@ -264,10 +267,10 @@ def decompose(
     shifted parameter set into one buffer (`parameter_buffer`).
     """
     out = {}
-    after, labels = rows_logits(model, rows, pad_id, theta_after) if observed is None else observed
+    after, scored = rows_logits(model, rows, pad_id, theta_after) if observed is None else observed
     differences = method in ("central", "one_sided")
     if not tangents or differences:  # the logits before the step from a plain forward, unless already known
-        logits, labels = rows_logits(model, rows, pad_id, theta) if before is None else before
+        logits, scored = rows_logits(model, rows, pad_id, theta) if before is None else before
     buffer = parameter_buffer(theta) if differences and tangents else None
     # the real step's length: the SGD kernel's are differenced at a fraction of it
     step = step_length(theta, theta_after, buffer) if differences and "step" in tangents else 0.0
@@ -284,13 +287,15 @@ def decompose(
         else:
             if tangent is None:
                 tangent = {k: theta_after[k] - theta[k] for k in theta}
-            logits, labels, dlogits = logit_jvp(model, theta, tangent, rows, pad_id)
-        out[f"predicted/{name}"] = delta_log_prob(logits, labels, dlogits)
-        if name == "step":
-            first_order = change_statistics(logits, labels, dlogits=dlogits)
+            logits, scored, dlogits = logit_jvp(model, theta, tangent, rows, pad_id)
+        if name == "step":  # with the predicted mass split
+            first_order = change_statistics(logits, scored, dlogits=dlogits)
+            out[f"predicted/{name}"] = first_order["dlogp_target"]
             out |= {f"predicted/{k}": v for k, v in first_order.items() if k.startswith("mass")}
-    out["observed"] = logps_from_logits(after, labels).sum - logps_from_logits(logits, labels).sum
-    stats = change_statistics(logits, labels, after=after)
+        else:
+            out[f"predicted/{name}"] = delta_log_prob(logits, scored, dlogits)
+    stats = change_statistics(logits, scored, after=after)
+    out["observed"] = stats.pop("dlogp_target")  # log π_{θ_after}(y|x_o) − log π_θ(y|x_o), summed over tokens
     out |= {f"observed/{k}": v for k, v in stats.items()}
     # SignDelta (paper App. C, Eq. 26): the mean of Δ log π over vocabulary and tokens
     out["observed/sign_delta"] = stats["dlogp_sum"] / (stats["n_tokens"].clamp(min=1) * logits.shape[-1])

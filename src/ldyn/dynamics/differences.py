@@ -32,7 +32,7 @@ def central_difference(
     parameters are written into. Along the real step, whose z(θ+v) is already known, `reflected_difference`."""
     plus = rows_logits(model, rows, pad_id, shifted(theta, tangent, scale, out))[0]
     minus = rows_logits(model, rows, pad_id, shifted(theta, tangent, -scale, out))[0]
-    return plus.sub_(minus).div_(2 * scale)  # in place on the fresh `plus`: no (R, L, V) temporaries
+    return plus.sub_(minus).div_(2 * scale)  # in place on the fresh `plus`: no (N, V) temporaries
 
 
 def one_sided_difference(
@@ -42,7 +42,7 @@ def one_sided_difference(
     """(z(θ+sv) − z(θ)) / s, with `base` = z(θ): one plain forward, equal to J_o·v up to O(s‖v‖²)
     (`central_difference` is second order at one more forward; `logit_jvp` is the exact twin of both)."""
     plus = rows_logits(model, rows, pad_id, shifted(theta, tangent, scale, out))[0]
-    return plus.sub_(base).div_(scale)  # in place on the fresh `plus`: no (R, L, V) temporaries
+    return plus.sub_(base).div_(scale)  # in place on the fresh `plus`: no (N, V) temporaries
 
 
 def reflected_difference(

@@ -17,7 +17,7 @@ import torch
 from ldyn.data.tokenize import collate
 from ldyn.dynamics.akg import UpdateDirections, decompose, parameters, update_directions
 from ldyn.dynamics.probing import ProbeItem, whole_prompt_batches
-from ldyn.logprobs import SharedRows, rows_logits, shares_prompts
+from ldyn.logprobs import Scored, SharedRows, rows_logits, shares_prompts
 from ldyn.losses import LossConfig, LossSpec, PairLogps
 from ldyn.models import measurement_mode
 
@@ -33,7 +33,7 @@ class ObservedForward:
 
     theta: dict[str, torch.Tensor]  # θ_{t+1}, cloned
     items: list[list[tuple[str, str]]]  # per observed batch, its (example id, response type)s in order
-    logits: list[tuple[torch.Tensor, torch.Tensor]]  # (logits, labels) per observed batch, in order
+    logits: list[tuple[torch.Tensor, Scored]]  # (scored-token logits, `Scored`) per observed batch, in order
 
 
 @dataclass
