@@ -17,7 +17,7 @@ from ldyn.dynamics.akg import (
     parameters,
     update_directions,
 )
-from ldyn.dynamics.differences import central_difference, one_sided_difference
+from ldyn.dynamics.differences import central_difference, one_sided_difference, parameter_buffer
 from ldyn.dynamics.entk import entk, kernel_norm, predicted_logit_change
 from ldyn.dynamics.probing import ProbeItem
 from ldyn.dynamics.update import begin_update, decompose_update
@@ -114,8 +114,11 @@ def test_directions_from_the_steps_own_graph_and_gradient(small64, loss, forward
     step = UpdateDirections.from_step(small64, step_loss, logps, n)
     assert step.awaiting_gradient and step.g_norm_sq == pytest.approx(own.g_norm_sq, rel=1e-10)
     step_loss.backward()
-    step.from_gradient({name: p.grad for name, p in small64.named_parameters()})
+    out = parameter_buffer(parameters(small64)) if forward == "packed" else None  # a kept buffer, or new tensors
+    step.from_gradient({name: p.grad for name, p in small64.named_parameters()}, out)
     assert not step.awaiting_gradient and (step.negative is None) == (own.negative is None)
+    if out is not None and spec.needs_rejected:
+        assert all(step.negative[k] is out[k] for k in out)
     for part in ("positive", "negative") if spec.needs_rejected else ("positive",):
         for name, g in getattr(own, part).items():
             assert torch.allclose(getattr(step, part)[name], g, atol=1e-12), (part, name)

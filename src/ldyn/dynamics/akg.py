@@ -104,15 +104,25 @@ class UpdateDirections:
         positive = _pull_back(model, [logps.logits], [grad * (logps.rows < n)[:, None]])
         return cls(positive, None, g_norm_sq, awaiting_gradient=True)
 
-    def from_gradient(self, gradient: dict[str, torch.Tensor]) -> None:
+    def from_gradient(self, gradient: dict[str, torch.Tensor], out: dict | None = None) -> None:
         """The part left to the training step: ∇_θ L, its own gradient of the same batch and loss (name -> tensor,
-        zeros where a parameter got none), is g⁺ for a one-sided loss and g⁺ + g⁻ for pairs (so g⁻ = ∇_θ L − g⁺)."""
+        zeros where a parameter got none), is g⁺ for a one-sided loss and g⁺ + g⁻ for pairs (so g⁻ = ∇_θ L − g⁺).
+        Written into `out` (a `parameter_buffer`) when given, else into new tensors; either way a copy, since
+        clipping scales `.grad` in place."""
         names = list(gradient if self.positive is None else self.positive)
         total = [gradient[k].detach() for k in names]
-        if self.positive is None:
-            self.positive = dict(zip(names, torch._foreach_mul(total, 1.0)))  # a copy: clipping scales .grad in place
+        if out is None:
+            part = torch._foreach_mul(total, 1.0) if self.positive is None else torch._foreach_sub(
+                total, [self.positive[k] for k in names])  # fmt: skip
         else:
-            self.negative = dict(zip(names, torch._foreach_sub(total, [self.positive[k] for k in names])))
+            part = [out[k] for k in names]
+            torch._foreach_copy_(part, total)
+            if self.positive is not None:
+                torch._foreach_sub_(part, [self.positive[k] for k in names])
+        if self.positive is None:
+            self.positive = dict(zip(names, part))
+        else:
+            self.negative = dict(zip(names, part))
         self.awaiting_gradient = False
 
 
@@ -254,6 +264,7 @@ def change_statistics(
 def decompose(
     model, theta: dict, theta_after: dict, tangents: dict[str, dict | None], rows: Batch | SharedRows,
     pad_id: int = 0, method: str = "jvp", before: tuple | None = None, observed: tuple | None = None,
+    buffer: dict | None = None,
 ) -> dict:  # fmt: skip
     """Predicted against observed, per sequence of an observed batch, for one update θ → θ_after.
 
@@ -264,14 +275,15 @@ def decompose(
     the exact change log π_{θ_after}(y|x_o) − log π_θ(y|x_o), with "observed/<statistic>" from `change_statistics`.
     `before` and `observed`: the rows' (logits, labels) at θ and at θ_after when already computed (forward-mode
     takes the logits at θ from its own primal pass and does not need `before`). The difference methods write every
-    shifted parameter set into one buffer (`parameter_buffer`).
+    shifted parameter set into one buffer (`buffer`, or a new `parameter_buffer`).
     """
     out = {}
     after, scored = rows_logits(model, rows, pad_id, theta_after) if observed is None else observed
     differences = method in ("central", "one_sided")
     if not tangents or differences:  # the logits before the step from a plain forward, unless already known
         logits, scored = rows_logits(model, rows, pad_id, theta) if before is None else before
-    buffer = parameter_buffer(theta) if differences and tangents else None
+    if differences and tangents and buffer is None:
+        buffer = parameter_buffer(theta)
     # the real step's length: the SGD kernel's are differenced at a fraction of it
     step = step_length(theta, theta_after, buffer) if differences and "step" in tangents else 0.0
     for name, tangent in tangents.items():

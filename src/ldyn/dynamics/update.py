@@ -16,6 +16,7 @@ import torch
 
 from ldyn.data.tokenize import collate
 from ldyn.dynamics.akg import UpdateDirections, decompose, parameters, update_directions
+from ldyn.dynamics.differences import parameter_buffer
 from ldyn.dynamics.probing import ProbeItem, whole_prompt_batches
 from ldyn.logprobs import Scored, SharedRows, rows_logits, shares_prompts
 from ldyn.losses import LossConfig, LossSpec, PairLogps
@@ -37,6 +38,19 @@ class ObservedForward:
 
 
 @dataclass
+class Workspace:
+    """Parameter-sized buffers a decomposition writes into, kept from one update to the next by a caller that
+    decomposes every update: on a CPU fresh ones cost a pass of page faults each time (~0.3 s each for SmolLM2)."""
+
+    shifted: dict[str, torch.Tensor]  # the difference methods' shifted parameter sets, in turn
+    negative: dict[str, torch.Tensor]  # g⁻ = ∇L − g⁺, from the training step's gradient
+
+    @classmethod
+    def like(cls, theta: dict[str, torch.Tensor]) -> Workspace:
+        return cls(parameter_buffer(theta), parameter_buffer(theta))
+
+
+@dataclass
 class UpdateStart:
     """What the decomposition keeps from before an update."""
 
@@ -45,6 +59,7 @@ class UpdateStart:
     directions: UpdateDirections | None  # g⁺ and g⁻ of the update batch; None when the batch is not known
     before: ObservedForward | None = None  # the observed batches' logits at θ_t, when a forward there was kept
     observed: ObservedForward | None = None  # set by `decompose_update(keep=True)`: for the next update's start
+    workspace: Workspace | None = None  # buffers to write into instead of new ones
 
 
 def begin_update(
@@ -56,6 +71,7 @@ def begin_update(
     pad_id: int = 0,
     reference: PairLogps | None = None,
     previous: ObservedForward | None = None,
+    workspace: Workspace | None = None,
 ) -> UpdateStart:
     """Before the optimizer step: θ_t, and the loss directions of the update's `examples` (`TrainExample`s: prompt,
     chosen, rejected token ids) under `loss` when they are given (`update_directions`). `reference` holds the
@@ -63,7 +79,8 @@ def begin_update(
     and gradient leaves `examples` out and sets `start.directions` itself, which saves the update batch's forward:
     `UpdateDirections.from_step` between the step's forward and backward, then `from_gradient` after the backward.
     `previous`: the last decomposed update's `ObservedForward`; used (its θ and its logits) only when the model's
-    parameters are exactly its θ, i.e. nothing moved them since."""
+    parameters are exactly its θ, i.e. nothing moved them since. `workspace`: buffers kept by the caller across
+    updates (`Workspace.like`)."""
     directions = None
     if loss is not None and examples:
         with measurement_mode(model):
@@ -74,8 +91,8 @@ def begin_update(
         and previous.theta.keys() == now.keys()
         and all(torch.equal(previous.theta[k], v) for k, v in now.items())
     ):
-        return UpdateStart(previous.theta, lr, directions, before=previous)
-    return UpdateStart({k: v.clone() for k, v in now.items()}, lr, directions)
+        return UpdateStart(previous.theta, lr, directions, before=previous, workspace=workspace)
+    return UpdateStart({k: v.clone() for k, v in now.items()}, lr, directions, workspace=workspace)
 
 
 # columns of a decomposition row, from the names `decompose` gives its outputs
@@ -161,4 +178,5 @@ def _decompose_group(model, start: UpdateStart, after: dict, tangents: dict, gro
         observed = rows_logits(model, rows, pad_id, after)
     if kept is not None:
         kept.append(observed)
-    return decompose(model, start.theta, after, tangents, rows, pad_id, method, before, observed)
+    shifted = start.workspace.shifted if start.workspace is not None else None
+    return decompose(model, start.theta, after, tangents, rows, pad_id, method, before, observed, shifted)

@@ -15,9 +15,9 @@ import torch
 
 from ldyn.adapters import write_chain
 from ldyn.distributed import gather_to_main
-from ldyn.dynamics.akg import UpdateDirections
+from ldyn.dynamics.akg import UpdateDirections, parameters
 from ldyn.dynamics.probing import ProbeItem, probe_across_ranks
-from ldyn.dynamics.update import begin_update, decompose_update
+from ldyn.dynamics.update import Workspace, begin_update, decompose_update
 from ldyn.runs import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, STATE, RunDir
 from ldyn.trackers import Trackers, baseline_of, probe_scalars, train_scalars
 from ldyn.train.trainer import StepState
@@ -91,6 +91,7 @@ class DecompositionCallback:
         self.predict, self.method, self.pending, self.seconds = predict, method, None, 0.0
         self.from_step = False  # this update's directions come from the training step (`on_forward_end`)
         self.previous = None  # decomposing every update: the last observed forward, the next one's forward at θ
+        self.workspace = None  # decomposing every update: parameter-sized buffers kept from one to the next
 
     def on_step_start(self, state: StepState) -> None:
         if not self.every or state.step % self.every or not state.accelerator.is_main_process:
@@ -108,8 +109,10 @@ class DecompositionCallback:
                 examples, torch.promote_types(next(model.parameters()).dtype, torch.float32)
             )
         own = () if self.from_step else examples
+        if self.every == 1 and self.workspace is None:
+            self.workspace = Workspace.like(parameters(model))
         self.pending = begin_update(model, state.lr, state.loss, state.loss_cfg, own, self.pad_id, reference,
-                                    previous=self.previous)  # fmt: skip
+                                    previous=self.previous, workspace=self.workspace)  # fmt: skip
         self.previous = None
         self.seconds = time.perf_counter() - started
 
@@ -131,7 +134,7 @@ class DecompositionCallback:
         grads = {
             n: torch.zeros_like(p) if p.grad is None else p.grad for n, p in model.named_parameters() if p.requires_grad
         }
-        pending.directions.from_gradient(grads)
+        pending.directions.from_gradient(grads, pending.workspace and pending.workspace.negative)
         self.seconds += time.perf_counter() - started
 
     def on_step_end(self, state: StepState) -> None:
