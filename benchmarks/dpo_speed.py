@@ -31,7 +31,7 @@ def ldyn_times(
     model, examples, batch: int, stage, pad_id: int, device: str, bf16: bool, passes: int, compile="no", graphs=0
 ) -> list:
     """Seconds per update over `passes` passes of the batches; the first pass fills the reference cache. A compiled
-    forward is compiled (CUDA graphs recorded) in a pass of its own first, after which the timed passes start again
+    forward is compiled (CUDA graphs recorded) in two passes of its own first, after which the timed passes start again
     from the same weights (copied in place, where the graphs read them), a fresh optimizer and an empty reference
     cache."""
     from accelerate import Accelerator
@@ -43,7 +43,7 @@ def ldyn_times(
     groups = [examples[i : i + batch] for i in range(0, len(examples), batch)]
     if compile != "no" or graphs:
         start = copy.deepcopy(model.state_dict())
-        for t, g in enumerate(groups):
+        for t, g in enumerate(groups + groups):  # a pass computing the reference, and one reading its cache
             _, seconds = timed(lambda g=g, t=t: training.update([g], t), device)
             print(f"{'recording' if graphs else f'compiling ({compile})'}: update {t + 1} took {seconds:.2f} s",
                   flush=True)  # fmt: skip

@@ -30,8 +30,8 @@ BENCHMARKS = [
     ("dpo_horizon", "dpo_horizon.py", []),  # the longest: a 500-update run, about 20 minutes
 ]
 # On a GPU: ldyn's DPO update replayed as CUDA graphs (a 135M model is bound by kernel launches there; a run's
-# cuda_graphs), and training throughput in bf16 for a model large enough to be compute-bound -- Llama-3.2-1B's shapes (with the
-# tokenizer's vocabulary) at random weights, 64 examples (32 pairs) per update, batched by length
+# cuda_graphs), and training throughput in bf16 for a model large enough to be compute-bound -- Llama-3.2-1B's
+# shapes (with the tokenizer's vocabulary) at random weights, 64 examples (32 pairs) per update, batched by length
 GPU_EXTRA = {"dpo": ["--cuda-graphs", "64"]}
 LLAMA_1B = [f"--config-set={k}={v}" for k, v in (("hidden_size", 2048), ("intermediate_size", 8192),
             ("num_hidden_layers", 16), ("num_attention_heads", 32), ("num_key_value_heads", 8))]  # fmt: skip

@@ -68,12 +68,13 @@ class GraphedUpdate:
 
     def forward_backward(self, examples) -> dict[str, float]:
         """The micro-batch's metrics; the gradient of its mean loss is left in the parameters' `.grad`."""
+        trainer = self.trainer
         inputs = self.inputs(examples)
         storage = [p.data_ptr() for p in self.params]
         if storage != self.storage:  # recorded addresses are stale: record again
             self.recorded.clear()
             self.storage = storage
-        key = (*inputs["input_ids"].shape, inputs["keep"].shape[1])
+        key = (*inputs["input_ids"].shape, inputs["keep"].shape[1], "ref_known" in inputs)
         recorded = self.recorded.get(key)
         if recorded is None:
             recorded = self.recorded[key] = self.record(inputs)
@@ -85,16 +86,22 @@ class GraphedUpdate:
                 recorded.outputs = self.run(recorded.inputs)
             else:
                 recorded.graph.replay()
-        return dict(zip(self.names, recorded.outputs.tolist()))
+        values = recorded.outputs.tolist()
+        if "ref_known" in inputs:  # the reference log-probs the graph computed, cached as the trainer caches them
+            fresh, n = values[len(self.names) :], len(examples)
+            for i, e in enumerate(examples):
+                trainer.reference_cache.setdefault(e.id, (fresh[i], fresh[n + i]))
+        return dict(zip(self.names, values[: len(self.names)]))
 
     def inputs(self, examples) -> dict[str, torch.Tensor]:
         """The micro-batch as fixed-shape buffers: rows of token ids (`input_ids`), the positions whose logits are
         scored in each row (`keep`), the tokens they predict (`targets`, IGNORE in unused slots) and the response
         each belongs to (`owner`; unused slots: one past the last), each response's scored tokens (`n_tokens`)
-        and, for losses with a reference, the reference's log-probs. Rows are the trainer's packed passes
-        (`packing.packed_passes`: each prompt once, then its responses, with their `position_ids` and 4-D
-        `visible` mask; a pad sees only itself) or, for a model that takes no packed row, the padded
-        `collate_pairs` batch (attention causal, no mask). Lengths are rounded up to `pad_to`."""
+        and, for losses with a reference, its cached log-probs (`ref_chosen`, `ref_rejected`) and, while some are
+        not cached yet, which are (`ref_known`: the graph then runs the reference on the same rows). Rows are the
+        trainer's packed passes (`packing.packed_passes`: each prompt once, then its responses, with their
+        `position_ids` and 4-D `visible` mask; a pad sees only itself) or, for a model that takes no packed row,
+        one padded row per response (attention causal, no mask). Lengths are rounded up to `pad_to`."""
         trainer = self.trainer
         prompts = [e.prompt for e in examples]
         responses = [(i, e.chosen) for i, e in enumerate(examples)]
@@ -125,14 +132,15 @@ class GraphedUpdate:
             if "visible" in out:
                 out["position_ids"][row, :t] = p.position_ids[0]
                 out["visible"][row, 0, :t, :t] = p.visible[0, 0]
+        if trainer.loss.needs_reference:  # cached log-probs; those not yet known the graph computes itself
+            known = [trainer.reference_cache.get(e.id) for e in examples]
+            out["ref_chosen"], out["ref_rejected"] = (
+                torch.tensor([0.0 if k is None else k[side] for k in known], dtype=self.dtype) for side in (0, 1)
+            )
+            if None in known:
+                out["ref_known"] = torch.tensor([k is not None for k in known])
         device = trainer.accelerator.device
-        out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
-        if trainer.loss.needs_reference:
-            reference = trainer.reference_logps(examples, self.dtype)
-            out |= {"ref_chosen": reference.chosen, "ref_rejected": reference.rejected,
-                    "ref_chosen_tokens": reference.chosen_tokens,
-                    "ref_rejected_tokens": reference.rejected_tokens}  # fmt: skip
-        return out
+        return {k: v.to(device, non_blocking=True) for k, v in out.items()}
 
     def bucket(self, n: int) -> int:
         return max(1, math.ceil(n / self.pad_to)) * self.pad_to
@@ -172,17 +180,39 @@ class GraphedUpdate:
             p.grad = grad
 
     def run(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Zero the gradients, forward, loss and backward on fixed-shape buffers; the metrics as one tensor."""
-        trainer, model = self.trainer, self.trainer.forward_model
+        """Zero the gradients, forward, loss and backward on fixed-shape buffers: the metrics as one tensor, followed
+        by the reference's log-probs of every row when some were not cached (`ref_known`)."""
+        trainer = self.trainer
         if self.grads is not None:
             torch._foreach_zero_([g for g in self.grads if g is not None])
+        n_responses = x["n_tokens"].shape[0]
+        n_examples = n_responses // 2 if trainer.loss.needs_rejected else n_responses
+        sums = self.sums(trainer.forward_model, x)
+        reference, fresh = None, []
+        if trainer.loss.needs_reference:
+            chosen, rejected = x["ref_chosen"], x["ref_rejected"]
+            if "ref_known" in x:  # the reference's forward on the same rows, in the same graph
+                with torch.no_grad():
+                    fresh = [self.sums(trainer.ref_model, x)]
+                chosen = torch.where(x["ref_known"], chosen, fresh[0][:n_examples])
+                rejected = torch.where(x["ref_known"], rejected, fresh[0][n_examples:])
+            reference = PairLogps(chosen, rejected, x["n_tokens"][:n_examples], x["n_tokens"][n_examples:])
+        loss, metrics = trainer.loss_from(sums, x["n_tokens"], n_examples, reference)
+        loss.backward()
+        if self.grads is None:
+            self.grads = [p.grad for p in self.params]
+        self.names = list(metrics)
+        return torch.cat([torch.stack([v.detach().to(self.dtype) for v in metrics.values()]), *fresh])
+
+    def sums(self, model, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each response's summed log-probs under `model` (the trainer's training forward, or its reference)."""
         kwargs = {"input_ids": x["input_ids"]}
         if "visible" in x:
             kwargs |= {
                 "position_ids": x["position_ids"],
                 "attention_mask": attention_mask(model, x["visible"], self.dtype),
             }
-        with trainer.autocast(cache=False), shape_stable_attention():
+        with self.trainer.autocast(cache=False), shape_stable_attention():
             if supports_logits_to_keep(model):
                 logits = model(**kwargs, logits_to_keep=x["keep"]).logits
             else:
@@ -190,15 +220,4 @@ class GraphedUpdate:
         scored = logits.flatten(0, 1).to(self.dtype)
         token_logp = -F.cross_entropy(scored, x["targets"].flatten(), ignore_index=IGNORE, reduction="none")
         n_responses = x["n_tokens"].shape[0]
-        sums = token_logp.new_zeros(n_responses + 1).index_add_(0, x["owner"].flatten(), token_logp)[:n_responses]
-        reference = None
-        if trainer.loss.needs_reference:
-            reference = PairLogps(x["ref_chosen"], x["ref_rejected"], x["ref_chosen_tokens"],
-                                  x["ref_rejected_tokens"])  # fmt: skip
-        n_examples = n_responses // 2 if trainer.loss.needs_rejected else n_responses
-        loss, metrics = trainer.loss_from(sums, x["n_tokens"], n_examples, reference)
-        loss.backward()
-        if self.grads is None:
-            self.grads = [p.grad for p in self.params]
-        self.names = list(metrics)
-        return torch.stack([v.detach().to(self.dtype) for v in metrics.values()])
+        return token_logp.new_zeros(n_responses + 1).index_add_(0, x["owner"].flatten(), token_logp)[:n_responses]
