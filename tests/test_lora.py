@@ -103,3 +103,29 @@ def test_compare_puts_lora_and_full_runs_side_by_side(tmp_path, capsys):
     }
     full = {(r["panel"], int(r["step"])): float(r["mean_change"]) for r in rows if r["run"] == "full"}
     assert full[("chosen", 0)] == 0.0 and full[("chosen", 5)] != 0.0
+
+
+def test_an_adapter_trains_the_same_through_the_fixed_shape_update(lora64):
+    """`cuda_graphs`' fixed-shape update (run eagerly on a CPU) over a PEFT model: the adapter's parameters only,
+    the same losses and the same adapter as the trainer's packed path, in float64."""
+    import copy
+
+    from accelerate import Accelerator
+
+    from ldyn.config import OptimConfig
+    from ldyn.models import frozen_copy
+    from ldyn.train.trainer import Trainer
+
+    runs = []
+    for graphs in (0, 8):
+        model = copy.deepcopy(lora64)
+        trainer = Trainer(model, get_loss("dpo"), LossConfig(beta=0.5), OptimConfig(name="adamw", lr=1e-2),
+                          accelerator=Accelerator(cpu=True), pad_id=0, ref_model=frozen_copy(model),
+                          cuda_graphs=graphs)  # fmt: skip
+        losses = [trainer.update([UPDATE], t)["loss"] for t in range(3)]
+        runs.append((losses, {k: v.clone() for k, v in parameters(model).items()}))
+        if graphs:  # the recorder keeps a gradient for the adapter's parameters only
+            assert len(trainer.graphed.grads) == len(parameters(model)) and all("lora_" in n for n in parameters(model))
+    assert runs[1][0] == pytest.approx(runs[0][0], rel=0, abs=1e-10)
+    for name, value in runs[0][1].items():
+        assert torch.allclose(runs[1][1][name], value, rtol=1e-8, atol=1e-10), name
