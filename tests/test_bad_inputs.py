@@ -71,6 +71,18 @@ CASES = {  # name: (arguments, given the workspace root; what the error line mus
         lambda r: tiny(r / NEW, "stages.dpo.loss.name=cdpo", "stages.dpo.loss.label_smoothing=0.7"),
         "label_smoothing",
     ),
+    "CUDA graphs and compile": (
+        lambda r: tiny(r / NEW, "cuda_graphs=true", "compile=default"),
+        "field 'cuda_graphs': replaces compile",
+    ),
+    "CUDA graphs and accumulation": (
+        lambda r: tiny(r / NEW, "cuda_graphs=true", "stages.sft.grad_accum=2"),
+        "field 'cuda_graphs': replays one",
+    ),
+    "CUDA graphs' bucket 0": (
+        lambda r: tiny(r / NEW, "cuda_graphs=true", "cuda_graphs_pad_to=0"),
+        "cuda_graphs_pad_to",
+    ),
     "zero judge timeout": (lambda r: tiny(r / NEW, "judge.timeout=0"), "judge.timeout"),
     "zero temperature": (
         lambda r: tiny(r / NEW, "stages.dpo.sample.responses=rejected", "stages.dpo.sample.temperature=0"),
