@@ -49,7 +49,7 @@ from ldyn.packing import attention_mask, pack, packable, packed_passes
 @dataclass
 class _Recorded:
     inputs: dict[str, torch.Tensor]  # the buffers the graph reads, on the device
-    outputs: torch.Tensor  # the metrics it writes, in `GraphedUpdate.names` order
+    outputs: torch.Tensor  # what it writes: the metrics (`GraphedUpdate.names`), then any reference log-probs
     graph: torch.cuda.CUDAGraph | None  # None on a CPU: `run` again each time
 
 
@@ -60,7 +60,7 @@ class GraphedUpdate:
         self.trainer, self.pad_to = trainer, pad_to
         self.params = [p for p in trainer.model.parameters() if p.requires_grad]
         self.capture = trainer.accelerator.device.type == "cuda"
-        self.recorded: dict[tuple[int, int], _Recorded] = {}
+        self.recorded: dict[tuple, _Recorded] = {}  # by rows, length, scored width, reference computed
         self.grads: list[torch.Tensor | None] | None = None  # each parameter's gradient buffer, once it has one
         self.storage: list[int] = []  # the parameters' addresses the graphs were recorded with
         self.names: list[str] = []  # the metrics, in the order the graphs write them
