@@ -10,7 +10,8 @@ Devices and processes come from accelerate's `Accelerator` (placement, DDP, back
 is applied here with an explicit autocast around the training forward only -- accelerate's own would also wrap the
 forward used by probes, which must stay in fp32. Likewise `compile` compiles the training forward alone
 (`models.compiled`, over the model's own parameters): the instruments keep the eager model, whose forward they
-differentiate in forward mode or run with other parameters.
+differentiate in forward mode or run with other parameters. With `cuda_graphs` each batch shape's forward and
+backward is recorded once as a CUDA graph and replayed (`graphs.GraphedUpdate`); the rest of the update stays here.
 """
 
 from __future__ import annotations
