@@ -198,7 +198,7 @@ def test_cuda_graphs_without_a_gpu_train_as_usual_with_a_note(tmp_path, capsys):
     plain = tiny_run_args(tmp_path / "plain")
     code, _, err = ldyn(capsys, *tiny_run_args(tmp_path / "graphs", "cuda_graphs=true"))
     assert code == 0, err
-    assert "cuda_graphs has no effect without a GPU" in err
+    assert err.count("cuda_graphs has no effect without a GPU") == 1  # once per run, not per stage
     assert ldyn(capsys, *plain)[0] == 0
     losses = [[m["loss"] for m in RunDir(tmp_path / name).read("metrics.jsonl")] for name in ("plain", "graphs")]
     assert losses[0] == losses[1]

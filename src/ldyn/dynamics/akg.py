@@ -273,7 +273,7 @@ def decompose(
     kernel's parts one-sided (`"one_sided"`; the real step stays central). The tangent named "step" (the real
     θ_after − θ; None stands for it: only forward-mode forms it) also gives the predicted mass split. "observed" is
     the exact change log π_{θ_after}(y|x_o) − log π_θ(y|x_o), with "observed/<statistic>" from `change_statistics`.
-    `before` and `observed`: the rows' (logits, labels) at θ and at θ_after when already computed (forward-mode
+    `before` and `observed`: the rows' (logits, `Scored`) at θ and at θ_after when already computed (forward-mode
     takes the logits at θ from its own primal pass and does not need `before`). The difference methods write every
     shifted parameter set into one buffer (`buffer`, or a new `parameter_buffer`).
     """

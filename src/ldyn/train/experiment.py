@@ -193,6 +193,7 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
     trackers = open_trackers(cfg.report_to, out.path, cfg.name, to_dict(cfg)) if accelerator.is_main_process \
         else Trackers([])  # fmt: skip
     callbacks = _callbacks(cfg, out, tokenizer, inputs, trackers)
+    graphs = cfg.cuda_graphs_pad_to if _graphs(cfg, accelerator) else 0  # decided (and any note printed) once
     step = resume["step"] if resume else 0
     first_stage = resume["stage_index"] if resume else 0
     prepared = None
@@ -202,7 +203,8 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
             model, prepared = new_adapter(model, cfg.model.peft, cfg.seed * 1000 + index), None
         if prepared is None:
             prepared = accelerator.prepare_model(model)
-        step = _train_stage(cfg, out, index, prepared, tokenizer, inputs, accelerator, callbacks, step, start, resume)
+        step = _train_stage(cfg, out, index, prepared, tokenizer, inputs, accelerator, callbacks, step, start, resume,
+                            graphs)  # fmt: skip
         model = accelerator.unwrap_model(prepared)
     if accelerator.is_main_process:
         from ldyn.plots import plot_run
@@ -247,8 +249,10 @@ def _graphs(cfg, accelerator) -> bool:
     return cfg.cuda_graphs and accelerator.device.type == "cuda"
 
 
-def _train_stage(cfg, out, index, model, tokenizer, inputs, accelerator, callbacks, step, start, resume) -> int:
-    """Stage `index` from its update `start` on; returns the global step after it."""
+def _train_stage(cfg, out, index, model, tokenizer, inputs, accelerator, callbacks, step, start, resume,
+                 graphs: int) -> int:  # fmt: skip
+    """Stage `index` from its update `start` on; returns the global step after it. `graphs`: the trainer's
+    `cuda_graphs` (0: off)."""
     stage = cfg.stages[index]
     spec = get_loss(stage.loss.name)
     reference = None
@@ -257,7 +261,7 @@ def _train_stage(cfg, out, index, model, tokenizer, inputs, accelerator, callbac
     trainer = Trainer(model, spec, stage.loss, stage.optim, accelerator=accelerator, pad_id=tokenizer.pad_token_id,
                       ref_model=reference, callbacks=callbacks, grad_accum=stage.grad_accum,
                       mixed_precision=cfg.mixed_precision, compile=cfg.compile,
-                      cuda_graphs=cfg.cuda_graphs_pad_to if _graphs(cfg, accelerator) else 0)  # fmt: skip
+                      cuda_graphs=graphs)  # fmt: skip
     if start > 0 and resume.get("optimizer"):
         trainer.optimizer.load_state_dict(torch.load(resume["model_dir"] / resume["optimizer"]))
     data = batches(stage_examples(inputs.train, spec, stage), stage.batch_size, seed=cfg.seed * 1000 + index,

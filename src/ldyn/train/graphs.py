@@ -107,7 +107,8 @@ class GraphedUpdate:
         responses = [(i, e.chosen) for i, e in enumerate(examples)]
         if trainer.loss.needs_rejected:
             responses += [(i, e.rejected) for i, e in enumerate(examples)]
-        if packable(trainer.model):
+        packed = packable(trainer.model)
+        if packed:
             passes = packed_passes(trainer.model, prompts, responses)
         else:
             passes = [pack(prompts, [r], [r[0]]) for r in responses]
@@ -122,14 +123,14 @@ class GraphedUpdate:
             "owner": torch.full((n_rows, width), len(responses), dtype=torch.long),
             "n_tokens": torch.tensor([len(r) for _, r in responses]),
         }
-        if packable(trainer.model):
+        if packed:
             out["position_ids"] = torch.zeros(n_rows, length, dtype=torch.long)
             out["visible"] = torch.eye(length, dtype=torch.bool).repeat(n_rows, 1, 1, 1)
         for row, p in enumerate(passes):
             t, n = p.input_ids.shape[1], p.keep.shape[0]
             out["input_ids"][row, :t] = p.input_ids[0]
             out["keep"][row, :n], out["targets"][row, :n], out["owner"][row, :n] = p.keep, p.targets, p.rows
-            if "visible" in out:
+            if packed:
                 out["position_ids"][row, :t] = p.position_ids[0]
                 out["visible"][row, 0, :t, :t] = p.visible[0, 0]
         if trainer.loss.needs_reference:  # cached log-probs; those not yet known the graph computes itself
