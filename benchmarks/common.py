@@ -16,10 +16,11 @@ from typing import get_args, get_type_hints
 
 import torch
 
-from ldyn.allocator import keep_freed_memory
 from ldyn.config import RunConfig, load_config
 from ldyn.errors import LdynError
-from ldyn.models import load_model, prepare
+from ldyn.models.load import load_model
+from ldyn.models.pretrained import prepare
+from ldyn.runtime.allocator import keep_freed_memory
 from ldyn.train.experiment import Inputs, load_inputs
 
 
@@ -49,7 +50,7 @@ def add_common_arguments(parser) -> None:
     parser.add_argument(
         "--glibc-defaults",
         action="store_true",
-        help="leave malloc as glibc sets it (the `ldyn` command keeps freed memory: ldyn.allocator)",
+        help="leave malloc as glibc sets it (the `ldyn` command keeps freed memory: ldyn.runtime.allocator)",
     )
     parser.add_argument(
         "--set",
@@ -84,7 +85,7 @@ def setup(args, recipe: str, overrides: list[str]) -> tuple[RunConfig, torch.nn.
 
 def prepare_process(args) -> None:
     """The process settings every benchmark runs under: torch's thread count, and freed memory kept as the `ldyn`
-    command keeps it (ldyn.allocator) unless --glibc-defaults."""
+    command keeps it (ldyn.runtime.allocator) unless --glibc-defaults."""
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.glibc_defaults:

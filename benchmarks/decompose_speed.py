@@ -26,10 +26,11 @@ from common import add_common_arguments, machine, median_range, result, setup, t
 
 from ldyn.dynamics.akg import decompose, logit_jvp, parameters, update_directions
 from ldyn.dynamics.probing import whole_prompt_batches
-from ldyn.logprobs import SharedRows, rows_logits
+from ldyn.logprobs.choose import rows_logits
+from ldyn.logprobs.shared_prompt import SharedRows
 from ldyn.losses import get_loss
-from ldyn.models import frozen_copy
-from ldyn.runs import DECOMPOSITION, DECOMPOSITION_TIMES, RunDir
+from ldyn.models.pretrained import frozen_copy
+from ldyn.runs.directory import DECOMPOSITION, DECOMPOSITION_TIMES, RunDir
 from ldyn.train.callbacks import DecompositionCallback
 from ldyn.train.experiment import stage_examples
 from ldyn.train.trainer import Trainer, batches

@@ -17,7 +17,8 @@ import torch
 from common import add_common_arguments, machine, result, setup, timed
 
 from ldyn.dynamics.probing import probe, records_for
-from ldyn.logprobs import shares_prompts, token_statistics
+from ldyn.logprobs.choose import shares_prompts
+from ldyn.logprobs.tokens import token_statistics
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ import torch
 from common import add_common_arguments, add_compile_argument, machine, median_range, result, setup, timed
 
 from ldyn.losses import get_loss
-from ldyn.models import frozen_copy
+from ldyn.models.pretrained import frozen_copy
 from ldyn.train.experiment import stage_examples
 from ldyn.train.trainer import Trainer
 

@@ -17,7 +17,8 @@ from trl import DPOConfig, DPOTrainer
 from ldyn.config import ModelConfig
 from ldyn.data.preference import load_pairs
 from ldyn.integrations import LearningDynamicsCallback  # ldyn
-from ldyn.models import frozen_copy, load_model
+from ldyn.models.load import load_model
+from ldyn.models.pretrained import frozen_copy
 
 
 def main(argv=None):

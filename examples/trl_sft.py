@@ -13,7 +13,7 @@ from trl import SFTConfig, SFTTrainer
 from ldyn.config import ModelConfig
 from ldyn.data.preference import load_pairs
 from ldyn.integrations import LearningDynamicsCallback  # ldyn
-from ldyn.models import load_model
+from ldyn.models.load import load_model
 
 
 def main(argv=None):

@@ -10,7 +10,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from ldyn.models import byte_tokenizer, prepare, tiny_model  # noqa: E402
+from ldyn.models.pretrained import byte_tokenizer, prepare, tiny_model  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -11,7 +11,7 @@ from torch.distributed.fsdp import fully_shard
 from ldyn.data.probesets import load_probe_set
 from ldyn.data.tokenize import tokenize_rows
 from ldyn.dynamics.probing import probe, probe_across_ranks, probe_items
-from ldyn.models import byte_tokenizer, prepare, tiny_model
+from ldyn.models.pretrained import byte_tokenizer, prepare, tiny_model
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 dist.init_process_group("gloo")

@@ -21,10 +21,11 @@ from ldyn.dynamics.differences import central_difference, one_sided_difference, 
 from ldyn.dynamics.entk import entk, kernel_norm, predicted_logit_change
 from ldyn.dynamics.probing import ProbeItem
 from ldyn.dynamics.update import begin_update, decompose_update
-from ldyn.logprobs import SharedRows, scored_logps, sequence_logps
+from ldyn.logprobs.packed import packed_logps
+from ldyn.logprobs.padded import scored_logps, sequence_logps
+from ldyn.logprobs.shared_prompt import SharedRows
 from ldyn.losses import PairLogps, get_loss
-from ldyn.models import prepare, tiny_model
-from ldyn.packing import packed_logps
+from ldyn.models.pretrained import prepare, tiny_model
 from ldyn.train.trainer import TrainExample
 
 UPDATE = [TrainExample("u0", [5, 6, 7], [8, 9, 10], [11, 12]), TrainExample("u1", [1, 2], [3, 4], [5, 6, 7])]
@@ -216,7 +217,8 @@ def test_change_statistics_conserve_mass_and_match_first_order(small64):
     step = {k: -1e-5 * g for k, g in dirs.positive.items()}
     observed = collate(OBSERVED, 0)
     logits, scored, dz = logit_jvp(small64, theta, step, observed)
-    from ldyn.logprobs import rows_logits, rows_logps
+    from ldyn.logprobs.choose import rows_logits
+    from ldyn.logprobs.tokens import rows_logps
 
     after, _ = rows_logits(small64, observed, 0, {k: theta[k] + step[k] for k in theta})
     exact = change_statistics(logits, scored, after=after)
@@ -293,7 +295,7 @@ def test_the_observed_forward_is_the_next_updates_forward_at_theta(small64):
 
 def test_decompose_command_records_predicted_against_observed(tmp_path):
     from ldyn import cli
-    from ldyn.runs import RunDir
+    from ldyn.runs.directory import RunDir
 
     out = tmp_path / "dec"
     code = cli.main(
@@ -337,7 +339,7 @@ def test_decompose_command_records_predicted_against_observed(tmp_path):
 def decompose_rows(out, *extra) -> list[dict]:
     """One DPO update of the tiny model in float64, decomposed as `ldyn decompose` does."""
     from ldyn import cli
-    from ldyn.runs import RunDir
+    from ldyn.runs.directory import RunDir
 
     args = ["decompose", "smollm2_sft_dpo", "--stage", "dpo", "model.name=tiny", f"output_dir={out}",
             "data.n_train=2", "stages.dpo.batch_size=2", "decompose.n=2", "data.max_length=48",

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from ldyn.paper.claims import FAILS, HOLDS, NA, check_claims
-from ldyn.runs import load_run
+from ldyn.runs.directory import load_run
 
 OTHERS = ["chosen_gptsemantic", "irr_train", "irr_test", "irr_hum", "random_permute", "random_nonhum"]
 

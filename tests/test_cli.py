@@ -9,7 +9,7 @@ import pytest
 from conftest import write_jsonl
 
 from ldyn import cli
-from ldyn.runs import RunDir
+from ldyn.runs.directory import RunDir
 
 
 def tiny_run_args(out, *extra):

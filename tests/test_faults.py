@@ -12,9 +12,9 @@ import pytest
 from test_winrate import FakeEndpoint, endpoint  # noqa: F401 -- the loopback endpoint fixture
 
 from ldyn import cli
-from ldyn.judges import EndpointJudge
+from ldyn.generate.judges import EndpointJudge
 from ldyn.paper.winrate import compare, sampling_key
-from ldyn.runs import RunDir
+from ldyn.runs.directory import RunDir
 
 ARGS = ["model.name=tiny", "stages.sft.steps=3", "stages.dpo.steps=3", "stages.*.batch_size=2", "probe.n=2",
         "probe.every=1", "data.n_train=4", "checkpoint_every=1"]  # fmt: skip
@@ -42,7 +42,7 @@ def test_a_second_process_is_refused_and_the_lock_dies_with_its_holder(tmp_path)
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from ldyn.runs import RunDir
+        from ldyn.runs.directory import RunDir
         held = RunDir({str(run)!r}).lock()
         print("locked", flush=True)
         time.sleep(60)
@@ -90,7 +90,7 @@ def test_divergence_stops_with_one_line_keeps_the_last_finite_checkpoint(tmp_pat
 
 KILLER = """
 import os, signal, sys
-import ldyn.runs, ldyn.train.trainer, torch
+import ldyn.runs.directory, ldyn.train.trainer, torch
 point, at = sys.argv[1], int(sys.argv[2])
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 if point == "training":  # in the middle of an update
@@ -103,13 +103,13 @@ if point == "training":  # in the middle of an update
         return update(self, *a, **k)
     ldyn.train.trainer.Trainer.update = killing_update
 elif point == "probe":  # half of a probe round's rows written, then killed
-    append = ldyn.runs.append_rows
+    append = ldyn.runs.directory.append_rows
     def killing_append(path, rows):
         if path.name == "probes.jsonl" and rows and rows[0]["step"] == at:
             append(path, rows[: len(rows) // 2])
             die()
         append(path, rows)
-    ldyn.runs.append_rows = killing_append
+    ldyn.runs.directory.append_rows = killing_append
 elif point == "checkpoint":  # the model of a checkpoint written, its optimizer state not yet
     save = torch.save
     calls = [0]

@@ -13,7 +13,7 @@ from ldyn.data.probesets import load_probe_set
 from ldyn.data.templates import as_turns, render
 from ldyn.data.tokenize import tokenize_examples
 from ldyn.errors import LdynError
-from ldyn.runs import read_rows
+from ldyn.runtime.files import read_rows
 from ldyn.train.experiment import load_inputs
 
 U = [{"role": "user", "content": "Name a colour."}]
@@ -113,7 +113,7 @@ def test_template_string_and_its_errors(tokenizer):
     two_turns = example_from_row({"prompt": U + A_BLUE + U, "chosen": A_NO}, "f", 7, "0")
     with pytest.raises(LdynError, match="f:7: field 'prompt': a template string takes one user turn"):
         render(tokenizer, "Q: {prompt}\nA:", two_turns)
-    from ldyn.models import byte_tokenizer
+    from ldyn.models.pretrained import byte_tokenizer
 
     plain = byte_tokenizer()
     plain.chat_template = None

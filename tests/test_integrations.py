@@ -16,8 +16,8 @@ from ldyn.data.probesets import load_probe_set
 from ldyn.data.tokenize import tokenize_rows
 from ldyn.dynamics.probing import probe, probe_items
 from ldyn.integrations import LearningDynamicsCallback
-from ldyn.models import frozen_copy, prepare, tiny_model
-from ldyn.runs import RunDir
+from ldyn.models.pretrained import frozen_copy, prepare, tiny_model
+from ldyn.runs.directory import RunDir
 
 ROOT = Path(__file__).parents[1]
 PAIRS = [{"prompt": f"\n\nHuman: question {i}?\n\nAssistant:", "chosen": f" good answer {i}", "rejected": f" bad {i}"}

@@ -3,7 +3,8 @@
 import torch
 
 from ldyn.data.tokenize import IGNORE, collate
-from ldyn.logprobs import response_logits, sequence_logps, token_statistics
+from ldyn.logprobs.padded import response_logits, sequence_logps
+from ldyn.logprobs.tokens import token_statistics
 
 
 def loop_logps(model, prompt, response):

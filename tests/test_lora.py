@@ -13,8 +13,9 @@ from ldyn.data.tokenize import IGNORE, collate, collate_pairs
 from ldyn.dynamics.akg import logit_jvp, loss_logit_gradient, parameters, update_directions
 from ldyn.dynamics.entk import entk, predicted_logit_change
 from ldyn.losses import get_loss
-from ldyn.models import load_model, prepare, tiny_model
-from ldyn.runs import RunDir
+from ldyn.models.load import load_model
+from ldyn.models.pretrained import prepare, tiny_model
+from ldyn.runs.directory import RunDir
 
 LORA = ["model.peft.r=4", "model.peft.alpha=8"]
 
@@ -65,8 +66,8 @@ def test_lora_run_trains_adapters_with_the_adapter_off_as_reference(tmp_path, ca
     last = max(p["step"] for p in run.read("probes.jsonl"))
     rows = {(p["example_id"], p["type"]): p["logp_sum"] for p in run.read("probes.jsonl") if p["step"] == last}
     from ldyn.dynamics.probing import load_probe_items
-    from ldyn.logprobs import sequence_logps
-    from ldyn.runs import load_run
+    from ldyn.logprobs.padded import sequence_logps
+    from ldyn.runs.directory import load_run
 
     cfg = load_run(run.path).config
     items, _ = load_probe_items(cfg.probe.path, cfg.probe.types, cfg.probe.n, cfg.seed, tokenizer, cfg.data)
@@ -113,7 +114,7 @@ def test_an_adapter_trains_the_same_through_the_fixed_shape_update(lora64):
     from accelerate import Accelerator
 
     from ldyn.config import OptimConfig
-    from ldyn.models import frozen_copy
+    from ldyn.models.pretrained import frozen_copy
     from ldyn.train.trainer import Trainer
 
     runs = []

@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from ldyn import packing
 from ldyn.data.tokenize import collate
-from ldyn.logprobs import scored_logps, sequence_logps
-from ldyn.models import prepare, tiny_model
-from ldyn.packing import pack, packable, packed_logps, plan_passes
+from ldyn.logprobs import choose
+from ldyn.logprobs import packed as packing
+from ldyn.logprobs.packed import pack, packable, packed_logps, plan_passes
+from ldyn.logprobs.padded import scored_logps, sequence_logps
+from ldyn.models.pretrained import prepare, tiny_model
 
 PROMPTS = [[5, 6, 7], [1, 2], [4, 4, 4, 4, 4], [7]]
 RESPONSES = [(0, [8, 9, 10, 11]), (1, [3]), (2, [9, 8]), (3, [6, 5, 4, 3, 2, 1]), (0, [12, 13]), (2, [])]
@@ -83,7 +84,9 @@ def test_the_instruments_packed_rows_equal_the_key_value_cache_path(tiny64, monk
     """`rows_logits` of shared-prompt rows, packed, against each prompt run once into a cache (its twin), in the
     same order, at the model's own parameters, shifted ones, and in forward mode."""
     from ldyn.dynamics.akg import logit_jvp, parameters
-    from ldyn.logprobs import Scored, SharedRows, encode_prompts, rows_logits, shared_prompt_logits
+    from ldyn.logprobs.choose import rows_logits
+    from ldyn.logprobs.shared_prompt import SharedRows, encode_prompts, shared_prompt_logits
+    from ldyn.logprobs.tokens import Scored
 
     rows = SharedRows(PROMPTS, RESPONSES)
     theta = parameters(tiny64)
@@ -101,6 +104,6 @@ def test_the_instruments_packed_rows_equal_the_key_value_cache_path(tiny64, monk
         )
         assert torch.allclose(fast[order], slow, rtol=0, atol=1e-10)
     _, _, dfast = logit_jvp(tiny64, theta, tangent, rows)
-    monkeypatch.setattr(packing, "packable", lambda model: False)  # the key/value cache path
+    monkeypatch.setattr(choose, "packable", lambda model: False)  # the key/value cache path
     _, _, dslow = logit_jvp(tiny64, theta, tangent, rows)
     assert torch.allclose(dfast[order], dslow, rtol=0, atol=1e-10)

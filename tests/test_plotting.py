@@ -6,8 +6,8 @@ import json
 import matplotlib.pyplot as plt
 import pytest
 
-from ldyn.plots import plot_groups, plot_run, plot_spread, probe_table, stage_spans
-from ldyn.runs import load_run
+from ldyn.runs.directory import load_run, probe_table, stage_spans
+from ldyn.runs.figures import plot_groups, plot_run, plot_spread
 
 TYPES = ["chosen", "rejected", "irr_train", "random_permute", "argmax", "except_argmax"]
 

@@ -7,7 +7,7 @@ from test_winrate import FakeEndpoint, endpoint  # noqa: F401 -- the loopback en
 
 from ldyn import cli
 from ldyn.data.probesets import PAPER_TYPES, load_probe_set
-from ldyn.probe_build import ORDER, overlap
+from ldyn.generate.probe_build import ORDER, overlap
 
 
 def build(capsys, out, *extra):

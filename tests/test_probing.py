@@ -5,7 +5,7 @@ import torch
 
 from ldyn.data.tokenize import TokenizedRow
 from ldyn.dynamics.probing import length_batches, probe, probe_items, prompt_batches
-from ldyn.models import prepare, tiny_model
+from ldyn.models.pretrained import prepare, tiny_model
 
 ROWS = [
     TokenizedRow("a", [5, 6, 7, 8], {"chosen": [9, 10, 11], "rejected": [12, 13], "irr": [1, 2, 3, 4, 5]}, False),

@@ -4,7 +4,7 @@ import pytest
 
 from ldyn import cli
 from ldyn.config import load_config, recipe_names
-from ldyn.runs import RunDir
+from ldyn.runs.directory import RunDir
 
 
 @pytest.mark.parametrize("name", recipe_names())

@@ -7,7 +7,7 @@ import pytest
 from test_claims import DPO, SFT, make_run, paper_sft, squeeze_dpo
 
 from ldyn import cli
-from ldyn.plots import plot_run
+from ldyn.runs.figures import plot_run
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
 

@@ -6,8 +6,8 @@ import torch
 
 from ldyn import cli
 from ldyn.config import SampleConfig
-from ldyn.models import frozen_copy, prepare, tiny_model
-from ldyn.runs import RunDir
+from ldyn.models.pretrained import frozen_copy, prepare, tiny_model
+from ldyn.runs.directory import RunDir
 from ldyn.train.sampling import ResponseSampler, generate, overlap_reward, unigram_f1
 from ldyn.train.trainer import TrainExample
 

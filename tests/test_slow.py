@@ -10,8 +10,8 @@ from ldyn.config import ModelConfig
 from ldyn.data.probesets import load_probe_set
 from ldyn.data.tokenize import tokenize_rows
 from ldyn.dynamics.probing import probe, probe_items
-from ldyn.models import load_model
-from ldyn.runs import RunDir
+from ldyn.models.load import load_model
+from ldyn.runs.directory import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,7 @@ def test_lora_sft_then_dpo_on_smollm2_in_its_chat_template(tmp_path):
     model, tokenizer = load_model(ModelConfig(str(out / "checkpoints" / "dpo")))
     probes = [p for p in run.read("probes.jsonl") if p["step"] == 4 and p["type"] == "chosen"]
     from ldyn.dynamics.probing import load_probe_items
-    from ldyn.runs import load_run
+    from ldyn.runs.directory import load_run
 
     cfg = load_run(out).config
     items, _ = load_probe_items(cfg.probe.path, ["chosen"], 2, cfg.seed, tokenizer, cfg.data)
@@ -100,7 +100,7 @@ def test_lora_sft_then_dpo_on_smollm2_in_its_chat_template(tmp_path):
 def test_smollm2_samples_readable_answers_and_judges_them(smollm2, tmp_path):
     """On-policy samples from the real model are text in the chat format's language, and the local judge, shown
     the same pair in both orders, names the same response when one is plainly unhelpful."""
-    from ldyn.judges import LocalJudge
+    from ldyn.generate.judges import LocalJudge
     from ldyn.train.sampling import generate
 
     model, tokenizer = smollm2

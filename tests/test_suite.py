@@ -9,7 +9,7 @@ from ldyn import cli
 from ldyn.config import load_config, recipe_names, suite_names
 from ldyn.errors import LdynError
 from ldyn.paper.suite import configs, load_suite
-from ldyn.runs import RunDir
+from ldyn.runs.directory import RunDir
 
 
 def test_shipped_suites_expand_to_recipes(probe_file, tmp_path):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from ldyn import packing
 from ldyn.config import LossConfig, OptimConfig
+from ldyn.logprobs import packed as packing
 from ldyn.losses import get_loss
-from ldyn.models import frozen_copy, prepare, tiny_model
+from ldyn.models.pretrained import frozen_copy, prepare, tiny_model
 from ldyn.train.trainer import Trainer, TrainExample, batches
 
 EXAMPLES = [TrainExample(str(i), [1 + i, 2, 3], [4, 5 + i, 6], [7, 8 + i]) for i in range(8)]

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from ldyn import cli
-from ldyn.judges import EndpointJudge, parse_verdict
+from ldyn.generate.judges import EndpointJudge, parse_verdict
 from ldyn.paper.winrate import compare, wilson
 
 
@@ -210,8 +210,8 @@ def test_winrate_command_without_an_endpoint_url_fails_clearly(tmp_path, monkeyp
 def test_local_judge_answers_a_letter_and_is_deterministic(tokenizer):
     import torch
 
-    from ldyn.judges import LocalJudge
-    from ldyn.models import prepare, tiny_model
+    from ldyn.generate.judges import LocalJudge
+    from ldyn.models.pretrained import prepare, tiny_model
 
     model, _ = prepare(tiny_model(tokenizer, torch.float32, "sdpa", seed=0), tokenizer)
     judge = LocalJudge(model, tokenizer, "tiny")

@@ -25,18 +25,18 @@ _API = {
     "run": "ldyn.train.experiment",
     "resume": "ldyn.train.experiment",
     "decompose_step": "ldyn.train.experiment",
-    "load_run": "ldyn.runs",
+    "load_run": "ldyn.runs.directory",
     "register_loss": "ldyn.losses",
     "get_loss": "ldyn.losses",
     "LossConfig": "ldyn.losses",
-    "load_model": "ldyn.models",
+    "load_model": "ldyn.models.load",
     "probe": "ldyn.dynamics.probing",
     "probe_items": "ldyn.dynamics.probing",
     "ProbeItem": "ldyn.dynamics.probing",
     "begin_update": "ldyn.dynamics.update",
     "decompose_update": "ldyn.dynamics.update",
     "LdynError": "ldyn.errors",
-    "keep_freed_memory": "ldyn.allocator",
+    "keep_freed_memory": "ldyn.runtime.allocator",
 }
 __all__ = sorted(_API)
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ldyn.allocator import keep_freed_memory
 from ldyn.errors import LdynError
+from ldyn.runtime.allocator import keep_freed_memory
 
 
 class _Parser(argparse.ArgumentParser):
@@ -186,7 +186,7 @@ def _add_digits_options(parser) -> None:
     """One --option per field of the digits toy's config dataclass, typed by its default."""
     import dataclasses
 
-    from ldyn.toys.digits import DigitsConfig
+    from ldyn.toys.digits_data import DigitsConfig
 
     for f in dataclasses.fields(DigitsConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -226,7 +226,7 @@ def _dispatch(args, overrides: list[str]) -> int:
     handler = COMMANDS[args.command]
     if args.command in HEAVY:
         _quiet_libraries()
-        keep_freed_memory()  # a CPU step reuses its pages rather than faulting in new ones (ldyn.allocator)
+        keep_freed_memory()  # a CPU step reuses its pages rather than faulting in new ones (ldyn.runtime.allocator)
     for line in handler(args, overrides):
         print(line)
     return 0
@@ -252,25 +252,25 @@ def _config(args, overrides) -> list[str]:
 
 
 def _plot(args, overrides) -> list[str]:
-    from ldyn.plots import plot_run
+    from ldyn.runs.figures import plot_run
 
     return [str(path) for run_dir in args.run_dirs for path in plot_run(run_dir)]
 
 
 def _influence(args, overrides) -> list[str]:
-    from ldyn.plots import influence_figure
+    from ldyn.runs.compare import influence_figure
 
     return [str(path) for path in influence_figure(args.run_dirs, args.out)]
 
 
 def _compare(args, overrides) -> list[str]:
-    from ldyn.plots import compare_figure
+    from ldyn.runs.compare import compare_figure
 
     return [str(path) for path in compare_figure(args.run_dirs, args.out)]
 
 
 def _export(args, overrides) -> list[str]:
-    from ldyn.export import export_run
+    from ldyn.runs.export import export_run
 
     return [str(export_run(args.run_dir, args.format, args.out))]
 
@@ -327,7 +327,7 @@ def _winrate(args, overrides) -> list[str]:
 def _probes(args, overrides) -> list[str]:
     from pathlib import Path
 
-    from ldyn import probe_build
+    from ldyn.generate import probe_build
 
     if args.probes == "check":
         report, written = probe_build.check_file(args.file)

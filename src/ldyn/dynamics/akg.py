@@ -44,18 +44,12 @@ from ldyn.dynamics.differences import (
     reflected_difference,
     step_length,
 )
-from ldyn.logprobs import (
-    Scored,
-    SeqLogps,
-    SharedRows,
-    logps_from_logits,
-    response_logits,
-    rows_logits,
-    shares_prompts,
-    stat_chunk,
-)
+from ldyn.logprobs.choose import rows_logits, shares_prompts
+from ldyn.logprobs.packed import packable, packed_logps
+from ldyn.logprobs.padded import response_logits
+from ldyn.logprobs.shared_prompt import SharedRows
+from ldyn.logprobs.tokens import Scored, SeqLogps, logps_from_logits, stat_chunk
 from ldyn.losses import LossConfig, LossSpec, PairLogps
-from ldyn.packing import packable, packed_logps
 
 TOP_K = 10  # "top-k" in the mass split: the pre-update argmax, the next TOP_K - 1 tokens, and the tail
 
@@ -155,7 +149,7 @@ def update_directions(
 
 def _packed_sides_gradient(model, spec: LossSpec, cfg: LossConfig, examples,
                            reference: PairLogps | None) -> list[list[tuple]]:  # fmt: skip
-    """G of a pair batch packed as the training step packs it (`packing.packed_logps`): per side (y⁺, y⁻) the
+    """G of a pair batch packed as the training step packs it (`logprobs.packed.packed_logps`): per side (y⁺, y⁻) the
     scored logits, None and G restricted to that side's rows. A side's backward then runs through every pass (its
     rows share them with the other side's), the cost of the step's own backward."""
     n = len(examples)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from ldyn.data.tokenize import Batch
-from ldyn.logprobs import SharedRows, rows_logits
+from ldyn.logprobs.choose import rows_logits
+from ldyn.logprobs.shared_prompt import SharedRows
 
 # The SGD kernel's steps are taken at this fraction of the real step's length. Measured on SmolLM2 in fp32 (an
 # Adam step of lr 1e-5): at their own length (~1/800 of it) float rounding gives ~1e-2 relative error against the

@@ -12,7 +12,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ldyn.data.tokenize import IGNORE, Batch
-from ldyn.logprobs import aligned_labels, response_logits
+from ldyn.logprobs.padded import aligned_labels, response_logits
 
 
 def logit_jacobian(model, theta: dict, batch: Batch, vocab: torch.Tensor | None = None) -> torch.Tensor:

@@ -24,16 +24,12 @@ from tqdm.auto import tqdm
 from ldyn.config import DataConfig
 from ldyn.data.probesets import load_probe_set
 from ldyn.data.tokenize import TokenizedRow, collate, tokenize_examples
-from ldyn.distributed import gather_to_main, max_over_ranks, rank_and_world
-from ldyn.logprobs import (
-    STAT_NAMES,
-    encode_prompts,
-    response_logits,
-    shared_prompt_logits,
-    shares_prompts,
-    token_statistics,
-)
-from ldyn.models import eval_mode, shape_stable_attention
+from ldyn.logprobs.choose import shares_prompts
+from ldyn.logprobs.padded import response_logits
+from ldyn.logprobs.shared_prompt import encode_prompts, shared_prompt_logits
+from ldyn.logprobs.tokens import STAT_NAMES, token_statistics
+from ldyn.models.modes import eval_mode, shape_stable_attention
+from ldyn.runtime.distributed import gather_to_main, max_over_ranks, rank_and_world
 
 ARGMAX_ALONG = "chosen"
 

@@ -18,9 +18,11 @@ from ldyn.data.tokenize import collate
 from ldyn.dynamics.akg import UpdateDirections, decompose, parameters, update_directions
 from ldyn.dynamics.differences import parameter_buffer
 from ldyn.dynamics.probing import ProbeItem, whole_prompt_batches
-from ldyn.logprobs import Scored, SharedRows, rows_logits, shares_prompts
+from ldyn.logprobs.choose import rows_logits, shares_prompts
+from ldyn.logprobs.shared_prompt import SharedRows
+from ldyn.logprobs.tokens import Scored
 from ldyn.losses import LossConfig, LossSpec, PairLogps
-from ldyn.models import measurement_mode
+from ldyn.models.modes import measurement_mode
 
 # The most logits an observed forward keeps for the next update (`ObservedForward`): SmolLM2's 49,152-word
 # vocabulary makes 1 GiB about 5,400 observed tokens (4 probe prompts with all 13 response types is ~8,000).

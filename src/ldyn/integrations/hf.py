@@ -42,13 +42,13 @@ from ldyn.config import (
     dump_config,
 )
 from ldyn.data.templates import check_template
-from ldyn.distributed import barrier, rank_and_world
 from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items, probe_across_ranks
 from ldyn.dynamics.update import begin_update, decompose_update
 from ldyn.errors import LdynError
 from ldyn.losses import LossConfig
-from ldyn.runs import CONFIG, DATA, DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, ROW_FILES, RunDir
-from ldyn.trackers import Trackers, baseline_of, open_trackers, probe_scalars
+from ldyn.runs.directory import CONFIG, DATA, DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, ROW_FILES, RunDir
+from ldyn.runs.trackers import Trackers, baseline_of, open_trackers, probe_scalars
+from ldyn.runtime.distributed import barrier, rank_and_world
 
 TRL_LOSSES = {"sigmoid": "dpo", "ipo": "ipo", "hinge": "slic", "sppo_hard": "sppo"}  # TRL loss_type -> ldyn loss
 LOG_NAMES = {"rewards/margins": "rewards/margin", "rewards/accuracies": "rewards/accuracy", "learning_rate": "lr"}
@@ -172,7 +172,7 @@ class LearningDynamicsCallback(TrainerCallback):
             return
         self.run.unlock()
         if self.figures:
-            from ldyn.plots import plot_run
+            from ldyn.runs.figures import plot_run
 
             for path in plot_run(self.run.path):
                 if path.suffix == ".png":

@@ -18,7 +18,7 @@ from pathlib import Path
 from ldyn.paper import claims_dpo, claims_methods, claims_sft  # noqa: F401 -- each registers its rules, in order
 from ldyn.paper.stages import Stage
 from ldyn.paper.verdicts import CLAIMS, FAILS, HOLDS, NA, Verdict
-from ldyn.runs import Run
+from ldyn.runs.directory import Run
 
 __all__ = ["FAILS", "HOLDS", "NA", "Verdict", "check_claims", "read_toys"]
 

@@ -22,7 +22,7 @@ from ldyn.paper.stages import (
 )
 from ldyn.paper.verdicts import FAILS, HOLDS, NA, claim, signed, verdict
 from ldyn.paper.winrate import summary
-from ldyn.runs import Run
+from ldyn.runs.directory import Run
 
 
 def _extend_pair(runs):

@@ -1,12 +1,12 @@
 """Figures across runs for the claims report: the paper's Figure 5 (baseline vs extend) and run comparisons
-(on- vs off-policy, the learning-rate sweep). Per-run figures are in `ldyn/plots.py`."""
+(on- vs off-policy, the learning-rate sweep). Per-run figures are in `ldyn/runs/figures.py`."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ldyn.plots import mark_stages, plt
-from ldyn.runs import Run, probe_table, stage_spans
+from ldyn.runs.directory import Run, probe_table, stage_spans
+from ldyn.runs.style import mark_stages, plt
 
 
 def _mean_series(run: Run, types: list[str]) -> tuple[np.ndarray, np.ndarray] | None:

@@ -31,8 +31,9 @@ from ldyn.paper.stages import (
     stages_where,
 )
 from ldyn.paper.trajectories import Peak, csv_rows, summarise, trajectories
-from ldyn.plots import write_rows
-from ldyn.runs import CONFIG, SUITE_LOG, Run, load_run, read_rows
+from ldyn.runs.directory import CONFIG, SUITE_LOG, Run, load_run
+from ldyn.runs.style import write_rows
+from ldyn.runtime.files import read_rows
 
 
 @dataclass
@@ -147,7 +148,7 @@ def _lr_sweep(runs: list[Run]):
 
 
 def _influence(runs: list[Run]):
-    from ldyn.plots import plot_influence
+    from ldyn.runs.compare import plot_influence
 
     decomposed = [r for r in runs if r.decomposition]
     if not decomposed:

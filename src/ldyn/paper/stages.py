@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ldyn.config import StageConfig
-from ldyn.runs import Run, probe_table, stage_spans
+from ldyn.runs.directory import Run, probe_table, stage_spans
 
 NOT_RESPONSES = ("argmax", "except_argmax")  # measured along chosen, not response types of their own
 

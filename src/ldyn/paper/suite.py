@@ -31,7 +31,7 @@ from typing import Literal
 from ldyn.config import RunConfig, check, load_config, recipe_path
 from ldyn.errors import LdynError
 from ldyn.paper.winrate import WinrateSpec
-from ldyn.runs import SUITE_LOG, RunDir, read_resume_state
+from ldyn.runs.directory import SUITE_LOG, RunDir, read_resume_state
 from ldyn.schema import from_dict, read_yaml
 
 

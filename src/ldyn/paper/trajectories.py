@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ldyn.paper.stages import Stage, dpo_after, dpo_from_base, extend_sft, richest, sft_on_chosen, stages_where
-from ldyn.runs import Run
+from ldyn.runs.directory import Run
 
 WATCHED = (  # (the claims they serve, which stage, the response types whose shape they read)
     ("7, 8", sft_on_chosen, ("rejected", "irr_hum", "random_permute", "random_nonhum")),

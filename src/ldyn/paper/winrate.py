@@ -35,8 +35,8 @@ from pathlib import Path
 
 from ldyn.config import JudgeConfig, RunConfig
 from ldyn.errors import LdynError
-from ldyn.judges import make_judge
-from ldyn.runs import append_rows, read_rows
+from ldyn.generate.judges import make_judge
+from ldyn.runtime.files import append_rows, read_rows
 
 MAX_CHARS = 2000  # the authors skip a prompt when either response is longer
 
@@ -81,7 +81,7 @@ def sample_responses(
             done[i] = row["response"]
     todo = [i for i in range(len(prompts)) if i not in done]
     if todo:
-        from ldyn.generation import sample_texts
+        from ldyn.generate.sampling import sample_texts
 
         samples = sample_texts(checkpoint, [prompts[i] for i in todo], seed=seed, max_new_tokens=max_new_tokens,
                                max_prompt_tokens=max_prompt_tokens, batch_size=batch_size, top_k=50,

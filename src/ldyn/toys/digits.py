@@ -30,28 +30,7 @@ from ldyn.dynamics.akg import log_prob_change
 from ldyn.dynamics.entk import classifier_jacobian, kernel_from_jacobians, kernel_norm, predicted_logit_change
 from ldyn.errors import LdynError, did_you_mean
 from ldyn.toys import classification_loss
-from ldyn.toys.digits_data import CLASSES, Split, load_images, split
-
-
-def _option(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class DigitsConfig:
-    data: str = _option("digits", "digits: scikit-learn's 1,797 8×8 images (offline); mnist: 28×28")
-    mnist_path: str | None = _option(None, "folder with the MNIST idx files (else torchvision downloads them)")
-    model: str = _option("mlp", "mlp: two 128-wide ReLU layers; cnn: the notebook's LeNet, tanh")
-    n_train: int = _option(1000, "training images; the rest are held out")
-    observed_per_class: int = _option(10, "held-out images per class whose predictions are tracked")
-    epochs: int = _option(20, "passes over the training images")
-    batch_size: int = _option(32, "images per SGD update")
-    lr: float = _option(0.1, "SGD learning rate η")
-    record_every: int = _option(8, "decompose every k-th update")
-    kernel_every: int = _option(0, "measure ‖K‖ between classes every k updates (0: once per epoch)")
-    seed: int = _option(0, "split, initialisation and data order")
-    float64: bool = _option(False, "train and decompose in float64")
-
+from ldyn.toys.digits_data import CLASSES, DigitsConfig, Split, load_images, split
 
 # --- models ------------------------------------------------------------------------------------------------------
 

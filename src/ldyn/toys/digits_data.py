@@ -1,25 +1,41 @@
-"""The images of the digits toy: scikit-learn's 8×8 digits (offline) or MNIST's idx files, and the seeded split
-into training, held-out and observed images."""
+"""The digits toy's settings (`DigitsConfig`) and images: scikit-learn's 8×8 digits (offline) or MNIST's idx
+files, and the seeded split into training, held-out and observed images."""
 
 from __future__ import annotations
 
 import gzip
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ldyn.errors import LdynError, did_you_mean
 
-if TYPE_CHECKING:
-    from ldyn.toys.digits import DigitsConfig
-
 CLASSES = 10
 MAX_HELD_OUT = 10_000
+
+
+def _option(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DigitsConfig:
+    data: str = _option("digits", "digits: scikit-learn's 1,797 8×8 images (offline); mnist: 28×28")
+    mnist_path: str | None = _option(None, "folder with the MNIST idx files (else torchvision downloads them)")
+    model: str = _option("mlp", "mlp: two 128-wide ReLU layers; cnn: the notebook's LeNet, tanh")
+    n_train: int = _option(1000, "training images; the rest are held out")
+    observed_per_class: int = _option(10, "held-out images per class whose predictions are tracked")
+    epochs: int = _option(20, "passes over the training images")
+    batch_size: int = _option(32, "images per SGD update")
+    lr: float = _option(0.1, "SGD learning rate η")
+    record_every: int = _option(8, "decompose every k-th update")
+    kernel_every: int = _option(0, "measure ‖K‖ between classes every k updates (0: once per epoch)")
+    seed: int = _option(0, "split, initialisation and data order")
+    float64: bool = _option(False, "train and decompose in float64")
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -60,7 +76,7 @@ def load_mnist(path: str | None) -> tuple[torch.Tensor, torch.Tensor]:
                 "MNIST needs --mnist-path (a folder with train-images-idx3-ubyte[.gz] and "
                 "train-labels-idx1-ubyte[.gz]) or torchvision installed to download it"
             ) from None
-        from ldyn.models import cache_dir
+        from ldyn.models.pretrained import cache_dir
 
         try:
             data = torchvision.datasets.MNIST(cache_dir() / "mnist", train=True, download=True)

@@ -13,13 +13,13 @@ from itertools import zip_longest
 
 import torch
 
-from ldyn.adapters import write_chain
-from ldyn.distributed import gather_to_main
 from ldyn.dynamics.akg import UpdateDirections, parameters
 from ldyn.dynamics.probing import ProbeItem, probe_across_ranks
 from ldyn.dynamics.update import Workspace, begin_update, decompose_update
-from ldyn.runs import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, STATE, RunDir
-from ldyn.trackers import Trackers, baseline_of, probe_scalars, train_scalars
+from ldyn.models.adapters import write_chain
+from ldyn.runs.directory import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, STATE, RunDir
+from ldyn.runs.trackers import Trackers, baseline_of, probe_scalars, train_scalars
+from ldyn.runtime.distributed import gather_to_main
 from ldyn.train.trainer import StepState
 
 
@@ -155,7 +155,7 @@ class DecompositionCallback:
 class Checkpointer:
     """Resumable checkpoints: `last-<step>/` every `every` updates (model + optimizer), and at each stage's end
     the model as a Hugging Face checkpoint in `checkpoints/<stage>/` (usable as `model.name` of a later run). A LoRA
-    run saves its adapter, with the chain of earlier adapters it applies after (`adapters.py`)."""
+    run saves its adapter, with the chain of earlier adapters it applies after (`models/adapters.py`)."""
 
     def __init__(self, run: RunDir, tokenizer, every: int, chain: Callable[[int], dict] | None = None):
         self.run, self.tokenizer, self.every, self.chain = run, tokenizer, every, chain  # chain: LoRA runs

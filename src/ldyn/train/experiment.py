@@ -14,23 +14,20 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from ldyn import __version__, distributed
-from ldyn.adapters import AdapterOff, chain_for, has_adapter, load_adapter_checkpoint, new_adapter
+from ldyn import __version__
 from ldyn.config import ModelConfig, RunConfig, StageConfig, check, dump_config, read_config
 from ldyn.data.formats import load_examples
 from ldyn.data.tokenize import TokenizedRow, tokenize_examples
 from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items
 from ldyn.errors import LdynError, did_you_mean
 from ldyn.losses import LossSpec, get_loss
-from ldyn.models import frozen_copy, load_model
-from ldyn.runs import (
-    CONFIG,
-    DATA,
-    RunDir,
-    read_resume_state,
-)
+from ldyn.models.adapters import AdapterOff, chain_for, has_adapter, load_adapter_checkpoint, new_adapter
+from ldyn.models.load import load_model
+from ldyn.models.pretrained import frozen_copy
+from ldyn.runs.directory import CONFIG, DATA, RunDir, read_resume_state
+from ldyn.runs.trackers import Trackers, open_trackers
+from ldyn.runtime import distributed
 from ldyn.schema import to_dict
-from ldyn.trackers import Trackers, open_trackers
 from ldyn.train.callbacks import Checkpointer, DecompositionCallback, MetricsLogger, ProbeCallback
 from ldyn.train.sampling import ResponseSampler
 from ldyn.train.trainer import Trainer, TrainExample, batches
@@ -207,7 +204,7 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
                             graphs)  # fmt: skip
         model = accelerator.unwrap_model(prepared)
     if accelerator.is_main_process:
-        from ldyn.plots import plot_run
+        from ldyn.runs.figures import plot_run
 
         for path in plot_run(out.path):
             print(f"ldyn: wrote {path}", file=sys.stderr)
@@ -278,7 +275,7 @@ def _sampled(
     """The stage's batches with on-policy samples in place of the data's responses (`sampling.py`)."""
     judge = None
     if stage.sample.responses == "both" and stage.sample.rank == "judge":
-        from ldyn.judges import make_judge
+        from ldyn.generate.judges import make_judge
 
         judge = make_judge(cfg.judge, cfg.seed)
     sampler = ResponseSampler(

@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from ldyn.data.tokenize import IGNORE
-from ldyn.logprobs import supports_logits_to_keep
+from ldyn.logprobs.packed import attention_mask, pack, packable, packed_passes
+from ldyn.logprobs.tokens import supports_logits_to_keep
 from ldyn.losses import PairLogps
-from ldyn.models import shape_stable_attention
-from ldyn.packing import attention_mask, pack, packable, packed_passes
+from ldyn.models.modes import shape_stable_attention
 
 
 @dataclass
@@ -99,7 +99,7 @@ class GraphedUpdate:
         each belongs to (`owner`; unused slots: one past the last), each response's scored tokens (`n_tokens`)
         and, for losses with a reference, its cached log-probs (`ref_chosen`, `ref_rejected`) and, while some are
         not cached yet, which are (`ref_known`: the graph then runs the reference on the same rows). Rows are the
-        trainer's packed passes (`packing.packed_passes`: each prompt once, then its responses, with their
+        trainer's packed passes (`logprobs.packed.packed_passes`: each prompt once, then its responses, with their
         `position_ids` and 4-D `visible` mask; a pad sees only itself) or, for a model that takes no packed row,
         one padded row per response (attention causal, no mask). Lengths are rounded up to `pad_to`."""
         trainer = self.trainer

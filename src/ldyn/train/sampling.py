@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from ldyn.config import SampleConfig
-from ldyn.generation import generate
-from ldyn.runs import SAMPLES, RunDir
+from ldyn.generate.sampling import generate
+from ldyn.runs.directory import SAMPLES, RunDir
 from ldyn.train.trainer import TrainExample
 
 

@@ -9,7 +9,7 @@ any of `on_train_start`, `on_step_start` (before the update: the model is still 
 Devices and processes come from accelerate's `Accelerator` (placement, DDP, backward, clipping). Mixed precision
 is applied here with an explicit autocast around the training forward only -- accelerate's own would also wrap the
 forward used by probes, which must stay in fp32. Likewise `compile` compiles the training forward alone
-(`models.compiled`, over the model's own parameters): the instruments keep the eager model, whose forward they
+(`models.modes.compiled`, over the model's own parameters): the instruments keep the eager model, whose forward they
 differentiate in forward mode or run with other parameters. With `cuda_graphs` each batch shape's forward and
 backward is recorded once as a CUDA graph and replayed (`graphs.GraphedUpdate`); the rest of the update stays here.
 """
@@ -29,10 +29,12 @@ from tqdm.auto import tqdm
 from ldyn.config import OptimConfig
 from ldyn.data.tokenize import collate_pairs
 from ldyn.errors import LdynError
-from ldyn.logprobs import SeqLogps, scored_logps, shares_prompts
+from ldyn.logprobs.choose import shares_prompts
+from ldyn.logprobs.packed import packable, packed_logps
+from ldyn.logprobs.padded import scored_logps
+from ldyn.logprobs.tokens import SeqLogps
 from ldyn.losses import LossConfig, LossSpec, PairLogps
-from ldyn.models import compiled, shape_stable_attention
-from ldyn.packing import packable, packed_logps
+from ldyn.models.modes import compiled, shape_stable_attention
 from ldyn.train.graphs import GraphedUpdate
 
 
@@ -308,7 +310,7 @@ class Trainer:
     def row_logps(self, model, examples: list[TrainExample], with_rejected: bool) -> SeqLogps:
         """Summed log-probs of the update's rows, chosen (or the SFT target) first, then rejected.
 
-        On a CPU the rows are packed (`packing.packed_logps`): each prompt once for all its responses, no padding,
+        On a CPU the rows are packed (`packed.packed_logps`): each prompt once for all its responses, no padding,
         the vocabulary projected only where a token is scored. Rows on a GPU (`shares_prompts`; one padded pass is
         fastest there), under several processes (DDP expects one forward per backward) or of a model that takes no
         packed row run as one padded batch (`collate_pairs`), still projected only at scored positions

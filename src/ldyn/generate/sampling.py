@@ -52,7 +52,7 @@ def sample_texts(model_name: str, prompts: list[str], *, seed: int, max_new_toke
 
     from ldyn.config import ModelConfig
     from ldyn.data.templates import render_prompt
-    from ldyn.models import load_model
+    from ldyn.models.load import load_model
 
     model, tokenizer = load_model(ModelConfig(model_name), seed)
     torch.manual_seed(seed)

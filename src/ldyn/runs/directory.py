@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import numpy as np
 
 from ldyn.config import RunConfig, read_config
 from ldyn.errors import LdynError
+from ldyn.runtime.files import append_rows, read_rows, strict, write_atomically  # noqa: F401 (the run directory's own)
 
 CONFIG, DATA, METRICS, PROBES = "config.yaml", "data.json", "metrics.jsonl", "probes.jsonl"
 PROBE_TIMES = "probe_times.jsonl"
@@ -42,47 +42,6 @@ SUITE_LOG = "suite.jsonl"  # a suite folder's record of each run's wall time
 ROW_FILES = (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES, SAMPLES)  # one row per step each
 FIGURES, CHECKPOINTS = "figures", "checkpoints"
 STATE = "state.json"  # checkpoints/state.json: where to resume from (written by the Checkpointer)
-
-
-def strict(value):
-    """A value as strict JSON allows it: NaN and ±inf become null (json.dumps would write bare NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict(v) for v in value]
-    return value
-
-
-def append_rows(path: Path, rows: list[dict]) -> None:
-    """Append rows to a JSONL file as strict JSON and flush them to disk (a kill loses at most the line being
-    written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(strict(row), allow_nan=False) + "\n" for row in rows]
-    with open(path, "a", encoding="utf-8") as f:
-        f.writelines(lines)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_rows(path: Path) -> list[dict]:
-    """The rows of a JSONL file ([] if it does not exist); a last line cut short by a kill is skipped, a malformed
-    line anywhere else fails naming the file and line."""
-    if not path.is_file():
-        return []
-    rows = []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines):  # the last line of a killed run may be cut short
-                break
-            raise LdynError("malformed JSON", file=str(path), line=i) from None
-    return rows
 
 
 class RunDir:
@@ -135,10 +94,7 @@ class RunDir:
 
     def write_text(self, name: str, text: str) -> None:
         """Write a whole file atomically (a temporary file, then rename)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, self.path / name)
+        write_atomically(self.path / name, text)
 
     def write_json(self, name: str, obj) -> None:
         self.write_text(name, json.dumps(obj, indent=2) + "\n")

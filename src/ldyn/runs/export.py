@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ldyn.errors import LdynError
-from ldyn.runs import load_run
+from ldyn.runs.directory import load_run
 
 FORMATS = ("parquet", "csv")
 COLUMNS = ("step", "stage", "example_id", "type", "logp_sum", "dlogp", "logp_mean", "n_tokens", "a_norm", "pe",

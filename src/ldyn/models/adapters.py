@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ldyn.config import ModelConfig, PeftConfig
 from ldyn.errors import LdynError
+from ldyn.models.pretrained import load_pretrained
 
 CHAIN = "ldyn_adapter_chain.json"
 
@@ -87,8 +88,6 @@ def load_adapter_checkpoint(path: Path, cfg: ModelConfig, seed: int, trainable: 
     kept as a trainable adapter (`trainable`, to resume its stage) or merged too."""
     from peft import PeftModel
 
-    from ldyn.models import load_model
-
     chain_file = path / CHAIN
     if chain_file.is_file():
         chain = json.loads(chain_file.read_text())
@@ -97,7 +96,7 @@ def load_adapter_checkpoint(path: Path, cfg: ModelConfig, seed: int, trainable: 
                  "seed": seed, "merged": []}  # fmt: skip
         if not chain["base"]:
             raise LdynError("an adapter without base_model_name_or_path in adapter_config.json", file=str(path))
-    model, tokenizer = load_model(replace(cfg, name=chain["base"], peft=PeftConfig()), chain["seed"])
+    model, tokenizer = load_pretrained(replace(cfg, name=chain["base"], peft=PeftConfig()), chain["seed"])
     for earlier in chain["merged"]:
         model = PeftModel.from_pretrained(model, str((path / earlier).resolve())).merge_and_unload()
     model = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)

@@ -34,7 +34,7 @@ from ldyn.data.embedded import shuffle_words
 from ldyn.data.preference import load_pairs
 from ldyn.data.templates import render_prompt
 from ldyn.errors import LdynError
-from ldyn.runs import append_rows, read_rows
+from ldyn.runtime.files import append_rows, read_rows
 
 SYSTEM = "You are a helpful assistant."
 INSTRUCTIONS = {  # the authors' gpt-3.5-turbo requests (paper.md §5), one user message each
@@ -163,7 +163,7 @@ def initial_samples(rows: list[dict], model_name: str, cache: GenerationCache, s
             for row in rows]  # fmt: skip
     todo = [i for i, k in enumerate(keys) if k not in cache.done]
     if todo:
-        from ldyn.generation import sample_texts
+        from ldyn.generate.sampling import sample_texts
 
         samples = sample_texts(model_name, [rows[i]["prompt"] for i in todo], seed=settings.seed,
                                max_new_tokens=settings.max_new_tokens)  # fmt: skip
@@ -185,7 +185,7 @@ def make_chat(settings: BuildSettings):
     import os
 
     if settings.generator == "endpoint":
-        from ldyn.endpoint import ChatEndpoint
+        from ldyn.generate.endpoint import ChatEndpoint
 
         url = os.environ.get("LDYN_JUDGE_URL")
         if not url:
@@ -195,8 +195,8 @@ def make_chat(settings: BuildSettings):
     if settings.generator != "local":
         raise LdynError(f"unknown generator '{settings.generator}' (choices: local, endpoint)", field="--generator")
     from ldyn.config import ModelConfig
-    from ldyn.generation import LocalChat
-    from ldyn.models import load_model
+    from ldyn.generate.sampling import LocalChat
+    from ldyn.models.load import load_model
 
     model, tok = load_model(ModelConfig(settings.generator_model), settings.seed)
     return LocalChat(model, tok, settings.generator_model, settings.max_new_tokens, seed=settings.seed)

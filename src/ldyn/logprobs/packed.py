@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ldyn.logprobs import Scored, SeqLogps, embed_once, rows_logps, run_model, supports_logits_to_keep
+from ldyn.logprobs.tokens import Scored, SeqLogps, embed_once, rows_logps, run_model, supports_logits_to_keep
 
 # A pass's fixed cost in tokens (launching every layer's kernels, the per-pass bookkeeping): the price the training
 # path's length groups put on a pass before packing (paired on SmolLM2's DPO updates: 2 passes beat 1 and 3).

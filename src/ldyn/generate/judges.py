@@ -15,8 +15,8 @@ import os
 import re
 
 from ldyn.config import JudgeConfig, ModelConfig
-from ldyn.endpoint import ChatEndpoint
 from ldyn.errors import LdynError
+from ldyn.generate.endpoint import ChatEndpoint
 
 SYSTEM = "You are a helpful assistant."
 TEMPLATE = """For the following query to a chatbot, which response is more helpful?
@@ -95,7 +95,7 @@ def make_judge(cfg: JudgeConfig, seed: int = 0):
             )
         return EndpointJudge(url, os.environ.get("LDYN_JUDGE_KEY", ""), cfg.model, cfg.timeout, cfg.retries,
                              time_limit=cfg.time_limit or float("inf"))  # fmt: skip
-    from ldyn.models import load_model
+    from ldyn.models.load import load_model
 
     model, tokenizer = load_model(ModelConfig(cfg.model), seed)
     return LocalJudge(model, tokenizer, cfg.model)
