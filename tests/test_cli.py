@@ -202,3 +202,83 @@ def test_cuda_graphs_without_a_gpu_train_as_usual_with_a_note(tmp_path, capsys):
     assert ldyn(capsys, *plain)[0] == 0
     losses = [[m["loss"] for m in RunDir(tmp_path / name).read("metrics.jsonl")] for name in ("plain", "graphs")]
     assert losses[0] == losses[1]
+
+
+def test_ls_losses_shows_what_each_needs_and_its_params(capsys):
+    lines = dict(line.split(maxsplit=1) for line in ldyn(capsys, "ls", "losses")[1].splitlines())
+    assert lines["sft"].startswith("Supervised finetuning") and lines["sft"].endswith(
+        "(needs chosen only; params: none)"
+    )
+    assert lines["cdpo"].endswith("(needs reference, rejected; params: beta, label_smoothing)")
+    assert lines["simpo"].endswith("(needs rejected; params: beta, simpo_gamma)")
+
+
+@pytest.mark.parametrize("what", ["recipes", "suites"])
+def test_ls_recipes_and_suites_describe_each_in_one_line(what, capsys):
+    from ldyn.config import recipe_names, suite_names
+
+    code, out, _ = ldyn(capsys, "ls", what)
+    assert code == 0
+    rows = [line.split(maxsplit=1) for line in out.splitlines()]
+    assert [name for name, _ in rows] == (recipe_names() if what == "recipes" else suite_names())
+    for name, description in rows:
+        assert 20 <= len(description) <= 120 and not description.startswith("#"), (name, description)
+    if what == "recipes":
+        assert dict(rows)["smollm2_sft_dpo"].startswith("The embedded default: SFT then off-policy DPO")
+
+
+def test_list_overrides_take_brackets_on_the_command_line(capsys):
+    code, out, err = ldyn(
+        capsys, "config", "smollm2_sft_dpo", "report_to=[tensorboard]", "--probe.types=[chosen, rejected]"
+    )
+    assert code == 0, err
+    assert "report_to:\n- tensorboard\n" in out and "  types:\n  - chosen\n  - rejected\n" in out
+
+
+def test_a_bad_list_element_is_one_line_exit_2(capsys):
+    code, _, err = ldyn(capsys, "config", "smollm2_sft_dpo", "report_to=[tensorboard,mlflow]")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("ldyn: error: field 'report_to': unknown value 'mlflow'")
+
+
+def test_config_keys_lists_every_key_with_type_default_and_help(capsys):
+    code, out, err = ldyn(capsys, "config", "--keys")
+    assert code == 0, err
+    rows = {line.split()[0]: line for line in out.splitlines()}
+    assert {"name", "report_to", "probe.every", "model.peft.r", "stages.<i>.optim.lr", "stages.<i>.loss.beta"} <= set(
+        rows
+    )
+    assert rows["probe.every"].split()[1:4] == ["int", "=", "5"] and "probe at step 0" in rows["probe.every"]
+    assert rows["stages.<i>.steps"].split()[1:4] == ["int", "=", "???"]
+    code, out, _ = ldyn(capsys, "config", "smollm2_sft_dpo", "--keys", "stages.dpo.optim", "stages.dpo.optim.lr=3e-6")
+    assert code == 0
+    lines = out.splitlines()
+    assert all(line.startswith("stages.dpo.optim.") for line in lines) and len(lines) == 6
+    assert [line.split()[1:4] for line in lines if line.startswith("stages.dpo.optim.lr ")] == [["float", "=", "3e-06"]]
+
+
+def test_config_keys_takes_a_prefix_and_a_recipe_with_required_values(capsys):
+    code, out, _ = ldyn(capsys, "config", "--keys", "probe")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == [
+        "probe.path",
+        "probe.n",
+        "probe.types",
+        "probe.every",
+        "probe.batch_tokens",
+    ]
+    code, out, _ = ldyn(capsys, "config", "hh_probe_sft", "--keys", "data.train")  # not checked: ??? shows
+    assert code == 0 and out.split()[:4] == ["data.train", "str", "=", "???"]
+    code, _, err = ldyn(capsys, "config", "--keys", "prob.n")
+    assert code == 2 and err.count("\n") == 1 and "no config key starts with 'prob.n'" in err
+    code, _, err = ldyn(capsys, "config")
+    assert code == 2 and err.startswith("ldyn: error: give a recipe")
+
+
+@pytest.mark.parametrize("args", [["config", "smollm2_sft_dpo"], ["ls", "recipes"]])
+def test_a_reader_that_stops_early_ends_the_command_quietly(args):
+    """`ldyn config smollm2_sft_dpo | head -3`: the reader here has gone before ldyn writes a byte."""
+    proc = subprocess.Popen([sys.executable, "-m", "ldyn.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() in (0, 141)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -15,14 +15,18 @@
     ldyn toy squeeze [--out DIR] [--check N]                     the squeezing effect on a linear softmax head
     ldyn toy digits [--model mlp|cnn] [--out DIR] ...            classifier learning dynamics on 8×8 digits
     ldyn config RECIPE [key=value ...]                           print the resolved config
-    ldyn ls losses|recipes|suites                                list what is registered / shipped
+    ldyn config [RECIPE] --keys [PREFIX]                         every key: type, default (or value) and help
+    ldyn ls losses|recipes|suites                                list what is registered / shipped, one line each
 
-User errors print one line, `ldyn: error: ...`, and exit with status 2.
+Overrides name a key by its dots (`stages.dpo.optim.lr=2e-5`, `--probe.every=2`); a list takes `key=[a,b]`,
+`key=a,b`, `key=a` or `key=[]`. User errors print one line, `ldyn: error: ...`, and exit with status 2. Output
+piped into a reader that stops early (`ldyn config RECIPE | head`) ends quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ldyn.errors import LdynError
@@ -45,9 +49,21 @@ def _parser() -> argparse.ArgumentParser:
     _add_winrate(sub)
     _add_toys(sub)
     _add_probes(sub)
-    config = sub.add_parser("config", help="print the resolved config of a recipe with overrides")
-    config.add_argument("recipe")
-    ls = sub.add_parser("ls", help="list registered losses or shipped recipes")
+    config = sub.add_parser(
+        "config",
+        help="print the resolved config of a recipe with overrides, or list every key",
+        description="Overrides: key=value or --key=value; a list as key=[a,b] or key=a,b",
+    )
+    config.add_argument("recipe", nargs="?", help="a shipped recipe (`ldyn ls recipes`) or a YAML file")
+    config.add_argument(
+        "--keys",
+        nargs="?",
+        const="",
+        metavar="PREFIX",
+        help="list every key (or those under PREFIX, e.g. probe) with its type, its default (the recipe's value "
+        "when a recipe is given; ??? = required) and what it does",
+    )
+    ls = sub.add_parser("ls", help="list registered losses, or shipped recipes or suites, with a line on each")
     ls.add_argument("what", choices=["losses", "recipes", "suites"])
     return parser
 
@@ -210,7 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command not in ("run", "config", "decompose"):
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     try:
-        return _dispatch(args, _overrides(extra))
+        code = _dispatch(args, _overrides(extra))
+        sys.stdout.flush()  # here, so that a reader that stopped early (`| head`) is met below, not at exit
+        return code
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return 141  # as if killed by SIGPIPE, what `yes | head` reports
     except LdynError as e:
         print(f"ldyn: error: {e}", file=sys.stderr)
         return 2
@@ -220,6 +241,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so the interpreter's flush at exit has nowhere to fail (Python's recipe for
+    SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout has no file descriptor (captured, as in tests)
+        pass
 
 
 def _dispatch(args, overrides: list[str]) -> int:
@@ -235,20 +266,58 @@ def _dispatch(args, overrides: list[str]) -> int:
 def _ls(args, overrides) -> list[str]:
     from ldyn import config
     from ldyn.losses import LOSSES
+    from ldyn.schema import leading_comment
 
     if args.what != "losses":
-        return config.recipe_names() if args.what == "recipes" else config.suite_names()
+        names = config.recipe_names() if args.what == "recipes" else config.suite_names()
+        width = max(map(len, names), default=0)
+        return [f"{name:<{width}}  {leading_comment(config.recipe_path(name))}" for name in names]
     lines = []
     for spec in LOSSES.values():
-        needs = ", ".join(n for n, on in (("reference", spec.needs_reference), ("rejected", spec.needs_rejected)) if on)
-        lines.append(f"{spec.name:<6} {spec.summary}" + (f"  [needs {needs}]" if needs else ""))
+        needs = [n for n, on in (("reference", spec.needs_reference), ("rejected", spec.needs_rejected)) if on]
+        needs_text, params = ", ".join(needs) or "chosen only", ", ".join(spec.params) or "none"
+        lines.append(f"{spec.name:<6} {spec.summary}  (needs {needs_text}; params: {params})")
     return lines
 
 
 def _config(args, overrides) -> list[str]:
     from ldyn import config
 
+    if args.recipe and "=" in args.recipe:  # `ldyn config --keys probe.n=3`: an override took the recipe's place
+        args.recipe, overrides = None, [args.recipe, *overrides]
+    if args.keys is not None:
+        return _config_keys(args.recipe, args.keys, overrides)
+    if args.recipe is None:
+        raise LdynError("give a recipe: `ldyn config RECIPE [key=value ...]`, or list every key: `ldyn config --keys`")
     return [config.dump_config(config.load_config(args.recipe, overrides)).rstrip("\n")]
+
+
+def _config_keys(recipe: str | None, prefix: str, overrides: list[str]) -> list[str]:
+    """`ldyn config [RECIPE] --keys [PREFIX]`: one line per key, `key  type = value  help`, the recipe's values
+    (overrides applied, not checked: a required ??? shows as such) or the defaults."""
+    from ldyn import config
+    from ldyn.errors import did_you_mean
+    from ldyn.schema import apply_override, keys
+
+    if "=" in prefix:  # `ldyn config RECIPE --keys probe.n=3`: an override, not a prefix
+        overrides, prefix = [*overrides, prefix], ""
+    if recipe is None and (prefix in config.recipe_names() or prefix.endswith((".yaml", ".yml"))):
+        recipe, prefix = prefix, ""  # `ldyn config --keys RECIPE`
+    cfg = config.read_config(config.recipe_path(recipe)) if recipe else config.RunConfig()
+    for item in overrides:
+        apply_override(cfg, item)
+    rows = keys(cfg)
+    if prefix:
+        stem = prefix.rstrip(".")
+        under = [r for r in rows if r.key == stem or r.key.startswith(stem + ".")]
+        rows = under or [r for r in rows if r.key.startswith(prefix)]
+        if not rows:
+            sections = {r.key.split(".")[0] for r in keys(cfg)}
+            raise LdynError(f"no config key starts with '{prefix}'{did_you_mean(prefix, sections)}")
+    width = max(len(r.key) for r in rows)
+    kinds = [f"{r.type} = {r.value}" for r in rows]
+    middle = min(max(map(len, kinds)), 40)
+    return [f"{r.key:<{width}}  {kind:<{middle}}  {r.help}".rstrip() for r, kind in zip(rows, kinds)]
 
 
 def _plot(args, overrides) -> list[str]:

@@ -6,7 +6,8 @@ loaded. Types and allowed values are declared on the fields (`schema.py` turns t
 rules that relate fields to each other are in `check`, the one place a run's settings are validated. Stages are
 addressed by name (`stages.dpo.optim.lr=1e-5`), index (`stages.1.steps=4`) or all at once (`stages.*.batch_size=2`).
 
-Each field is documented once, in its trailing comment. A stage also says in words what it trains (`kind`,
+Each field is documented once, in its comment (beside it, or just above it when it has none beside it), which is
+also its help in `ldyn config --keys` (`schema.field_help`). A stage also says in words what it trains (`kind`,
 `signal`, `describe`), the one description that plots, claims and the report share.
 """
 
@@ -39,8 +40,8 @@ class PeftConfig:
 @dataclass
 class ModelConfig:
     name: str = "smollm2"  # "smollm2" (embedded SmolLM2-135M-Instruct), "tiny" (random, tests), HF id or local dir
-    dtype: Literal["float32", "bfloat16", "float64"] = "float32"  # weight dtype
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # eager also supports forward-mode autodiff
+    dtype: Literal["float32", "bfloat16", "float64"] = "float32"  # dtype the weights are loaded and trained in
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # attention kernel: sdpa (torch's fused) or eager (plain)
     # LoRA (PEFT) instead of full finetuning: each stage trains a fresh adapter on the model the earlier stages
     # left (their adapters merged in), so a DPO stage's reference is its model with the adapter switched off
     peft: PeftConfig = field(default_factory=PeftConfig)
@@ -77,8 +78,7 @@ class DecomposeConfig:
     n: int = 4  # observed prompts: the first N of the probe set, with all their response types
     batch_tokens: int = 1024  # a batch's responses × its longest response (whole prompts per batch): the logits' rows
     # a forward-mode (JVP) batch holds about 3 times; on a GPU larger batches mean fewer kernel launches
-    predict: bool = True  # also the first-order A·K·G predictions (forward-mode JVPs: most of the cost); false keeps
-    # the observed changes, LBK and SignDelta only
+    predict: bool = True  # also the first-order A·K·G predictions (most of the cost); false: observed, LBK, SignDelta
     # how the predictions take the first-order change along a step v: jvp (forward-mode, exact) | central
     # ((z(θ+v) − z(θ−v))/2 from plain forwards: cheaper, error O(‖v‖³)) | one_sided (the SGD kernel's parts as
     # z(θ+v) − z(θ), error O(‖v‖²); the real step stays central: the cheapest)
@@ -87,7 +87,7 @@ class DecomposeConfig:
 
 @dataclass
 class OptimConfig:
-    name: Annotated[Literal["adamw", "rmsprop", "sgd"], "optimizer"] = "adamw"
+    name: Annotated[Literal["adamw", "rmsprop", "sgd"], "optimizer"] = "adamw"  # the optimizer (the paper's: rmsprop)
     lr: float = 1e-5  # peak learning rate
     weight_decay: float = 0.0  # decoupled for adamw, L2 for rmsprop/sgd
     momentum: float = 0.0  # sgd and rmsprop momentum
@@ -114,8 +114,8 @@ class SampleConfig:
 class StageConfig:
     name: str = MISSING  # label used in files and figures, and to address the stage in overrides (sft, dpo, ...)
     steps: int = MISSING  # number of optimizer updates in this stage
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)  # the training loss and its hyperparameters
+    optim: OptimConfig = field(default_factory=OptimConfig)  # the optimizer and its learning-rate schedule
     batch_size: int = 4  # pairs (or SFT examples) per micro-batch
     grad_accum: int = 1  # micro-batches per update
     extend: bool = False  # SFT on chosen ∪ rejected: each pair gives two SFT examples (the paper's "extend")
@@ -200,15 +200,15 @@ class RunConfig:
     # (train/graphs.py), against the kernel-launch bound of small models; lengths are padded up to multiples of
     # cuda_graphs_pad_to tokens so that they repeat. Needs compile=no and grad_accum=1; no effect on a CPU
     cuda_graphs: bool = False
-    cuda_graphs_pad_to: int = 64
+    cuda_graphs_pad_to: int = 64  # cuda_graphs: pad batch lengths up to a multiple of this many tokens
     checkpoint_every: int = 0  # save a resumable checkpoint every k updates (0 = only at stage ends)
     # experiment trackers, local or offline by default: tensorboard (runs/<name>/tensorboard), wandb (offline unless
     # $WANDB_MODE), trackio; each gets the probe curves, the training metrics and the figures
     report_to: list[Literal["none", "tensorboard", "wandb", "trackio"]] = field(default_factory=lambda: ["none"])
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    decompose: DecomposeConfig = field(default_factory=DecomposeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the model trained (and probed)
+    data: DataConfig = field(default_factory=DataConfig)  # the training rows and how they become tokens
+    probe: ProbeConfig = field(default_factory=ProbeConfig)  # the responses whose log-probs are recorded as it trains
+    decompose: DecomposeConfig = field(default_factory=DecomposeConfig)  # updates' effects as A·K·G terms
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # ranks samples for stages with sample.rank=judge
     stages: list[StageConfig] = field(default_factory=list)  # trained in order; each DPO-family stage's reference
     # is a frozen copy of the model at that stage's start

@@ -8,12 +8,22 @@ allowed set is the field's own type:
     dtype: Literal["float32", "bfloat16", "float64"]      # "unknown value 'float16' (did you mean ...)"
     name: Annotated[Literal["adamw", "sgd"], "optimizer"]  # "unknown optimizer 'adam' (did you mean 'adamw'?)"
 
+A list field takes one syntax everywhere, in YAML and on the command line: `key=[a,b]`, `key=a,b`, `key=a` and
+`key=[]`, each element read as the list's element type. A field's help is the comment beside it in its class (see
+`field_help`), which `ldyn config --keys` lists with every key's type and value (`keys`).
+
 Nothing here knows what a run is; `config.py` declares that.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import io
+import re
+import textwrap
+import tokenize
 import typing
 from pathlib import Path
 from typing import Annotated, Literal
@@ -23,7 +33,7 @@ import yaml
 from ldyn.errors import LdynError, did_you_mean
 
 MISSING = "???"  # a required value: the recipe or the command line must set it
-__all__ = ["MISSING", "apply_override", "from_dict", "read_yaml", "to_dict"]
+__all__ = ["MISSING", "apply_override", "field_help", "from_dict", "keys", "leading_comment", "read_yaml", "to_dict"]
 
 
 # ---------------------------------------------------------------- reading YAML with line numbers
@@ -125,9 +135,21 @@ def _choice(value, choices: tuple, noun: str, where: _Where) -> str:
     return value
 
 
+def _split_list(text: str, where: _Where) -> list[str]:
+    """A list written as text: `[a,b]`, `[a, 'b']`, `a,b`, `a` or `[]` (and `` for none), as element strings."""
+    text = text.strip()
+    bracketed = text.startswith("["), text.endswith("]")
+    if any(bracketed) and not all(bracketed):
+        raise where.error(f"expected a list like [a,b] or a,b, got {text!r}")
+    items = [v.strip() for v in (text[1:-1] if all(bracketed) else text).split(",")]
+    return [v[1:-1] if len(v) > 1 and v[0] == v[-1] and v[0] in "'\"" else v for v in items if v]
+
+
 def _to_list(value, item, where: _Where) -> list:
     if isinstance(value, str) and not dataclasses.is_dataclass(item):
-        value = [v.strip() for v in value.split(",") if v.strip()]
+        value = _split_list(value, where)
+    elif isinstance(value, str) and value.strip() in ("[]", ""):  # a list of settings objects can only be emptied
+        value = []
     if not isinstance(value, list):
         raise where.expected("a list", value)
     if dataclasses.is_dataclass(item):
@@ -236,3 +258,123 @@ def missing_keys(obj, prefix: str = "") -> list[str]:
                     label = item.name if getattr(item, "name", MISSING) != MISSING else str(i)
                     found += missing_keys(item, f"{key}.{label}.")
     return found
+
+
+# ---------------------------------------------------------------- help and the list of keys
+
+
+def _comments(source: str) -> dict[int, tuple[str, bool]]:
+    """Line number -> (comment text, whether the line is only the comment), tool directives left out."""
+    lines = source.splitlines()
+    found = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        text = tok.string.lstrip("#").strip()
+        if tok.type == tokenize.COMMENT and not re.match(r"(fmt|noqa|type|pragma)\b", text):
+            found[tok.start[0]] = (text, lines[tok.start[0] - 1].lstrip().startswith("#"))
+    return found
+
+
+def field_help(cls) -> dict[str, str]:
+    """Each field's help: its `metadata["help"]`, else the comment documenting it in the class's source, as one line.
+
+    A field's comment is the one beside it, continued on the comment lines below it; or, for a field with no comment
+    beside it, the comment lines directly above it. (Comment lines between a commented field and an uncommented one
+    are the latter's.) A field without either has no help ("")."""
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(cls) if "help" in f.metadata}
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source (a frozen build): metadata only
+        return {f.name: helps.get(f.name, "") for f in dataclasses.fields(cls)}
+    comments = _comments(source)
+    body = ast.parse(source).body[0].body
+    spans = [
+        (n.target.id, n.lineno, n.end_lineno)
+        for n in body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+    ]
+    beside = {name: [comments[r][0] for r in range(a, b + 1) if r in comments and not comments[r][1]]
+              for name, a, b in spans}  # fmt: skip
+    parts = {name: ([], list(text)) for name, text in beside.items()}  # (above, beside and continued)
+    ends, starts = {b: name for name, _, b in spans}, {a: name for name, a, _ in spans}
+    row, last = 1, max(comments, default=0)
+    while row <= last:
+        if row not in comments or not comments[row][1]:
+            row += 1
+            continue
+        first = row  # a block of comment-only lines: rows first .. row - 1
+        while row in comments and comments[row][1]:
+            row += 1
+        block = [comments[r][0] for r in range(first, row)]
+        before, after = ends.get(first - 1), starts.get(row)
+        if before and beside[before] and not (after and not beside[after]):
+            parts[before][1].extend(block)
+        elif after:
+            parts[after][0].extend(block)
+    for name, (above, text) in parts.items():
+        helps.setdefault(name, " ".join(above + text))
+    return {f.name: helps.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+def type_name(tp) -> str:
+    """A declared type as `ldyn config --keys` shows it: int, float, str, bool, a|b|c, list[...]."""
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "|".join(str(a) for a in args)
+    if origin is list:
+        return f"list[{type_name(args[0])}]"
+    if type(None) in args:
+        return "|".join(type_name(a) for a in args if a is not type(None)) + "|none"
+    return getattr(tp, "__name__", str(tp))
+
+
+def show_value(value) -> str:
+    """A value as one would type it on the command line."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(show_value(v) for v in value) + "]"
+    if value is None:
+        return "none"
+    return str(value) if value != "" else '""'
+
+
+class Key(typing.NamedTuple):
+    key: str  # dotted, as an override names it
+    type: str
+    value: str  # the current value (the default, or a recipe's)
+    help: str
+
+
+def keys(obj, prefix: str = "") -> list[Key]:
+    """Every settable key of a settings object, depth first in declaration order. A list of settings objects (the
+    stages) lists its items by name (or index), or, when empty, one item of defaults as `<i>`."""
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    helps = field_help(type(obj))
+    found = []
+    for f in dataclasses.fields(obj):
+        key, value, tp = prefix + f.name, getattr(obj, f.name), hints[f.name]
+        item = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
+        if dataclasses.is_dataclass(value):
+            found += keys(value, key + ".")
+        elif item is not None and dataclasses.is_dataclass(item):
+            items = [(str(getattr(v, "name", MISSING)), i, v) for i, v in enumerate(value)] or [("<i>", 0, item())]
+            for name, i, v in items:
+                found += keys(v, f"{key}.{name if name != MISSING else i}.")
+        else:
+            found.append(Key(key, type_name(tp), show_value(value), helps[f.name]))
+    return found
+
+
+def leading_comment(path: Path) -> str:
+    """The first sentence of a YAML file's leading comment block, up to a blank comment line or an indented example
+    (`#   ldyn run ...`); "" when the file starts with no comment."""
+    words = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text = line.removeprefix("#")
+        if not line.startswith("#") or not text.strip() or text.startswith("  "):
+            break
+        words.append(text.strip())
+    first = re.split(r"(?<=[.!?])\s+(?=[A-Z\"`(])", " ".join(words), maxsplit=1)[0]
+    return first.rstrip(".:;, ")
