@@ -37,7 +37,7 @@ def main(argv=None):
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--max-prompt-length", type=int, default=256)
     p.add_argument("--report-to", default="none", help="none, tensorboard, wandb or trackio")
-    p.add_argument("--observe-every", type=int, default=0, help="observed vs predicted change every k updates")
+    p.add_argument("--decompose-every", type=int, default=0, help="observed vs predicted change every k updates")
     p.add_argument("--out", default="runs/trl_dpo")
     a = p.parse_args(argv)
 
@@ -50,7 +50,7 @@ def main(argv=None):
                      report_to=a.report_to, seed=0, bf16=False, use_cpu=not torch.cuda.is_available())  # fmt: skip
     callback = LearningDynamicsCallback(a.probes, every=a.every, n=a.n_probe, max_length=a.max_length,
                                         max_prompt_length=a.max_prompt_length,
-                                        observe_every=a.observe_every)  # ldyn  # fmt: skip
+                                        decompose_every=a.decompose_every)  # ldyn  # fmt: skip
     trainer = DPOTrainer(model=model, ref_model=frozen_copy(model), args=args, train_dataset=train,
                          processing_class=tokenizer, callbacks=[callback])  # fmt: skip
     trainer.train()

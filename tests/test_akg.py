@@ -20,7 +20,7 @@ from ldyn.dynamics.akg import (
 from ldyn.dynamics.differences import central_difference, one_sided_difference, parameter_buffer
 from ldyn.dynamics.entk import entk, kernel_norm, predicted_logit_change
 from ldyn.dynamics.probing import ProbeItem
-from ldyn.dynamics.update import begin_update, decompose_update
+from ldyn.dynamics.update import Decomposer
 from ldyn.logprobs.packed import packed_logps
 from ldyn.logprobs.padded import scored_logps, sequence_logps
 from ldyn.logprobs.shared_prompt import SharedRows
@@ -271,26 +271,37 @@ def test_the_observed_forward_is_the_next_updates_forward_at_theta(small64):
             for name, p in small64.named_parameters():
                 p -= lr * (start.directions.positive[name] + start.directions.negative[name])
 
-    first = begin_update(small64, lr, spec, cfg, UPDATE, 0, reference)
+    every = Decomposer(items, 0, method="one_sided", every_update=True)  # keeps each observed forward
+    first = every.begin(small64, lr, loss=spec, loss_cfg=cfg, examples=UPDATE, reference=reference)
     sgd_step(first)
-    decompose_update(small64, first, items, 0, method="one_sided", keep=True)
-    assert first.observed is not None
-    kept = begin_update(small64, lr, spec, cfg, UPDATE, 0, reference, previous=first.observed)
-    fresh = begin_update(small64, lr, spec, cfg, UPDATE, 0, reference)
-    assert kept.before is first.observed and fresh.before is None
+    every.finish(small64)
+    assert every._kept is not None
+    kept = every.begin(small64, lr, loss=spec, loss_cfg=cfg, examples=UPDATE, reference=reference)
+    assert every._before is not None and kept.theta is every._before.theta  # θ_{t+1} of the last update, reused
     sgd_step(kept)
-    with_kept = decompose_update(small64, kept, items, 0, method="one_sided")
-    again = decompose_update(small64, fresh, items, 0, method="one_sided")
+    with_kept = every.finish(small64)
+    # the same update again from the same θ without a kept forward: the same rows
+    with torch.no_grad():
+        for name, p in small64.named_parameters():
+            p.copy_(kept.theta[name])
+    fresh = Decomposer(items, 0, method="one_sided")
+    sgd_step(fresh.begin(small64, lr, loss=spec, loss_cfg=cfg, examples=UPDATE, reference=reference))
+    again = fresh.finish(small64)
     assert [r.keys() for r in with_kept] == [r.keys() for r in again]
     for a, b in zip(with_kept, again):
         for key in a:
             assert a[key] == (b[key] if isinstance(b[key], str) else pytest.approx(b[key], rel=1e-12, abs=1e-15)), key
     # parameters moved since (another step, a reload): the kept forward is stale and is not used
-    assert begin_update(small64, lr, previous=first.observed).before is None
+    with torch.no_grad():
+        next(small64.parameters()).add_(1e-3)
+    every.begin(small64, lr)
+    assert every._before is None
+    every.pending = None
     # forward-mode takes the logits at θ from its own primal pass: nothing to keep
-    jvp = begin_update(small64, lr, spec, cfg, UPDATE, 0, reference)
-    decompose_update(small64, jvp, items, 0, keep=True)
-    assert jvp.observed is None
+    jvp = Decomposer(items, 0, every_update=True)
+    sgd_step(jvp.begin(small64, lr, loss=spec, loss_cfg=cfg, examples=UPDATE, reference=reference))
+    jvp.finish(small64)
+    assert jvp._kept is None
 
 
 def test_decompose_command_records_predicted_against_observed(tmp_path):

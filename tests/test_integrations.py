@@ -42,7 +42,7 @@ def losses(trainer):
 
 
 def test_dpo_trainer_writes_a_run_that_ldyn_reads(tokenizer, tmp_path, capsys):
-    callback = LearningDynamicsCallback("embedded", every=2, n=3, observe_every=2, max_length=128,
+    callback = LearningDynamicsCallback("embedded", every=2, n=3, decompose_every=2, max_length=128,
                                         max_prompt_length=64)  # fmt: skip
     trainer = dpo_trainer(tokenizer, tmp_path / "dpo", [callback], report_to="tensorboard")
     initial, _ = prepare(tiny_model(tokenizer, seed=0), tokenizer)  # as `ldyn run` builds it (model.name=tiny)
@@ -79,8 +79,8 @@ def test_dpo_trainer_writes_a_run_that_ldyn_reads(tokenizer, tmp_path, capsys):
 def test_the_callback_does_not_change_training(tokenizer, tmp_path, method):
     plain = dpo_trainer(tokenizer, tmp_path / "plain")
     plain.train()
-    callback = LearningDynamicsCallback("embedded", every=1, n=2, observe_every=1, max_length=128,
-                                        observe_method=method)  # fmt: skip
+    callback = LearningDynamicsCallback("embedded", every=1, n=2, decompose_every=1, max_length=128,
+                                        decompose_method=method)  # fmt: skip
     probed = dpo_trainer(tokenizer, tmp_path / "probed", [callback])
     probed.train()
     assert losses(probed) == losses(plain) and len(losses(plain)) == 4
@@ -93,7 +93,7 @@ def test_the_callback_in_a_compiled_trl_run(tokenizer, tmp_path):
     instruments get the eager model -- forward-mode autodiff through it -- and training is what it is without them."""
     plain = dpo_trainer(tokenizer, tmp_path / "plain")
     plain.train()
-    callback = LearningDynamicsCallback("embedded", every=1, n=2, observe_every=1, max_length=128)
+    callback = LearningDynamicsCallback("embedded", every=1, n=2, decompose_every=1, max_length=128)
     compiled = dpo_trainer(tokenizer, tmp_path / "compiled", [callback], torch_compile=True,
                            torch_compile_backend="aot_eager")  # fmt: skip
     compiled.train()
@@ -191,7 +191,9 @@ def test_the_callback_works_with_a_lora_adapter(tokenizer, tmp_path):
     from peft import LoraConfig
 
     model, tokenizer = prepare(tiny_model(tokenizer, seed=0), tokenizer)
-    callback = LearningDynamicsCallback("embedded", every=2, n=2, observe_every=2, max_length=128, max_prompt_length=64)
+    callback = LearningDynamicsCallback(
+        "embedded", every=2, n=2, decompose_every=2, max_length=128, max_prompt_length=64
+    )
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     args = DPOConfig(**common(tmp_path / "lora"), beta=0.1, max_length=128)
     DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(PAIRS), processing_class=tokenizer,

@@ -256,10 +256,18 @@ def change_statistics(
 
 @torch.no_grad()
 def decompose(
-    model, theta: dict, theta_after: dict, tangents: dict[str, dict | None], rows: Batch | SharedRows,
-    pad_id: int = 0, method: str = "jvp", before: tuple | None = None, observed: tuple | None = None,
+    model,
+    theta: dict,
+    theta_after: dict,
+    tangents: dict[str, dict | None],
+    rows: Batch | SharedRows,
+    pad_id: int = 0,
+    method: str = "jvp",
+    *,
+    before: tuple | None = None,
+    observed: tuple | None = None,
     buffer: dict | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """Predicted against observed, per sequence of an observed batch, for one update θ → θ_after.
 
     tangents: name -> parameter step; each gives "predicted/<name>" = first-order Δ log π(y|x_o) (none: only the

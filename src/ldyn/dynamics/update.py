@@ -1,11 +1,14 @@
-"""The decomposition of one update, from any trainer: two calls around its optimizer step.
+"""The decomposition of updates, from any trainer: two calls around its optimizer step.
 
-`begin_update` before the step keeps θ_t and, when the update batch and its loss are known, the directions g⁺ and
-g⁻ (`akg.update_directions`); `decompose_update` after it gives one row per observed (prompt, response type) with
-the observed change and the first-order predictions (`akg.decompose`), under their final column names. Without
-the update batch only the real step is predicted. Decomposing every update, the observed forward at θ_{t+1} is the
-next update's forward at θ: `decompose_update(keep=True)` keeps it (`ObservedForward`) and `begin_update(previous=)`
-takes it when the parameters are still exactly θ_{t+1}.
+For one update, two plain calls: `begin_update` before the step keeps θ_t and, when the update batch and its loss
+are known, the directions g⁺ and g⁻ (`akg.update_directions`); `decompose_update` after it gives one row per
+observed (prompt, response type) with the observed change and the first-order predictions (`akg.decompose`),
+under their final column names. Without the update batch only the real step is predicted.
+
+For a training run, a `Decomposer`: it owns the method, the observed set and everything reused from one update to
+the next (the pending start, the observed forward at θ_{t+1} that is the next update's forward at θ, the
+parameter-sized buffers), so a trainer's callback calls `begin`, optionally hands over the step's own graph and
+gradient (`directions_from_step`, `directions_from_gradient`), and `finish` -- with science arguments only.
 """
 
 from __future__ import annotations
@@ -24,9 +27,153 @@ from ldyn.logprobs.tokens import Scored
 from ldyn.losses import LossConfig, LossSpec, PairLogps
 from ldyn.models.modes import measurement_mode
 
+METHODS = ("jvp", "central", "one_sided")
 # The most logits an observed forward keeps for the next update (`ObservedForward`): SmolLM2's 49,152-word
 # vocabulary makes 1 GiB about 5,400 observed tokens (4 probe prompts with all 13 response types is ~8,000).
 KEEP_BYTES = 2**30
+
+
+@dataclass
+class UpdateStart:
+    """What the decomposition keeps from before an update."""
+
+    theta: dict[str, torch.Tensor]  # θ_t, cloned
+    lr: float  # η of the update (the SGD-kernel predictions use it)
+    directions: UpdateDirections | None  # g⁺ and g⁻ of the update batch; None when the batch is not known
+
+
+def begin_update(
+    model,
+    lr: float,
+    loss: LossSpec | None = None,
+    loss_cfg: LossConfig | None = None,
+    examples=(),
+    pad_id: int = 0,
+    reference: PairLogps | None = None,
+) -> UpdateStart:
+    """Before the optimizer step: θ_t, and the loss directions of the update's `examples` (`TrainExample`s: prompt,
+    chosen, rejected token ids) under `loss` when they are given (`update_directions`). `reference` holds the
+    reference log-probs of the examples for losses that need one. A trainer that can hand over its step's own graph
+    and gradient leaves `examples` out and sets `start.directions` itself, which saves the update batch's forward:
+    `UpdateDirections.from_step` between the step's forward and backward, then `from_gradient` after the backward
+    (a `Decomposer` does this for a callback)."""
+    directions = _directions(model, loss, loss_cfg, examples, pad_id, reference)
+    return UpdateStart({k: v.clone() for k, v in parameters(model).items()}, lr, directions)
+
+
+def decompose_update(
+    model,
+    start: UpdateStart,
+    items: list[ProbeItem],
+    pad_id: int,
+    *,
+    batch_tokens: int = 1024,
+    predict: bool = True,
+    method: str = "jvp",
+) -> list[dict]:
+    """After the optimizer step: one row per observed (prompt, response type) with the observed change and, when
+    `predict`, the first-order predictions along the real step ("predicted") and the SGD kernel's y⁺ and y⁻ parts
+    ("sgd_positive", "sgd_negative"), the mass split, LBK ("observed/lbk") and SignDelta ("observed/sign_delta").
+    `method`: "jvp" (forward-mode), "central" (central differences, `central_difference`) or "one_sided" (the SGD
+    kernel's parts by `one_sided_difference`, the real step central)."""
+    return _decompose_rows(model, start, items, pad_id, batch_tokens, predict, method)[0]
+
+
+class Decomposer:
+    """Decomposes updates one after another for a trainer's callback: `begin(model, lr, ...)` before the optimizer
+    step, `finish(model)` after it, which returns the rows of `decompose_update`.
+
+    `items`: the observed (prompt, response type)s; `method`, `predict`, `batch_tokens` as for `decompose_update`.
+    `every_update`: the caller decomposes every update, so the observed forward at θ_{t+1} is kept (within
+    `KEEP_BYTES`) as the next update's forward at θ -- used only when the parameters are still exactly θ_{t+1} --
+    and the parameter-sized buffers are written in place from one update to the next (fresh ones cost a pass of
+    page faults each on a CPU, ~0.3 s for SmolLM2).
+    """
+
+    def __init__(
+        self,
+        items: list[ProbeItem],
+        pad_id: int,
+        *,
+        method: str = "jvp",
+        predict: bool = True,
+        batch_tokens: int = 1024,
+        every_update: bool = False,
+    ):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        self.items, self.pad_id, self.method, self.predict = items, pad_id, method, predict
+        self.batch_tokens, self.every_update = batch_tokens, every_update
+        self.pending: UpdateStart | None = None  # between `begin` and `finish`
+        self._kept: ObservedForward | None = None  # the last update's observed forward, at θ_{t+1}
+        self._before: ObservedForward | None = None  # the pending update's forward at θ_t, when it was kept
+        self._workspace: Workspace | None = None
+
+    def begin(
+        self,
+        model,
+        lr: float,
+        *,
+        loss: LossSpec | None = None,
+        loss_cfg: LossConfig | None = None,
+        examples=(),
+        reference: PairLogps | None = None,
+    ) -> UpdateStart:
+        """Before the optimizer step (`begin_update`); without `examples`, the directions may come from the step
+        itself (`directions_from_step`, `directions_from_gradient`) or not at all (only the real step predicted)."""
+        directions = _directions(model, loss, loss_cfg, examples, self.pad_id, reference)
+        now = parameters(model)
+        kept, self._kept = self._kept, None
+        if (
+            kept is not None
+            and kept.theta.keys() == now.keys()
+            and all(torch.equal(kept.theta[k], v) for k, v in now.items())
+        ):
+            self.pending, self._before = UpdateStart(kept.theta, lr, directions), kept
+        else:
+            self.pending, self._before = UpdateStart({k: v.clone() for k, v in now.items()}, lr, directions), None
+        if self.every_update and self._workspace is None:
+            self._workspace = Workspace.like(now)
+        return self.pending
+
+    def directions_from_step(self, model, loss: torch.Tensor, logps, n_examples: int) -> None:
+        """Between the step's forward and its backward: g⁺ (and G) from the step's own graph
+        (`UpdateDirections.from_step`); g⁻ then comes from the step's gradient (`directions_from_gradient`)."""
+        self.pending.directions = UpdateDirections.from_step(model, loss, logps, n_examples)
+
+    @property
+    def awaiting_gradient(self) -> bool:
+        return (
+            self.pending is not None
+            and self.pending.directions is not None
+            and (self.pending.directions.awaiting_gradient)
+        )
+
+    def directions_from_gradient(self, grads: dict[str, torch.Tensor]) -> None:
+        """After the step's backward: g⁻ = ∇L − g⁺ from its gradient (name -> tensor)."""
+        out = self._workspace.negative if self._workspace is not None else None
+        self.pending.directions.from_gradient(grads, out)
+
+    def finish(self, model) -> list[dict]:
+        """After the optimizer step: the rows of the pending update (`decompose_update`)."""
+        start, self.pending = self.pending, None
+        rows, self._kept = _decompose_rows(
+            model,
+            start,
+            self.items,
+            self.pad_id,
+            self.batch_tokens,
+            self.predict,
+            self.method,
+            before=self._before,
+            keep=self.every_update,
+            workspace=self._workspace,
+        )
+        self._before = None
+        return rows
+
+
+# ------------------------------------------------------------------- what a Decomposer reuses between updates
 
 
 @dataclass
@@ -41,8 +188,7 @@ class ObservedForward:
 
 @dataclass
 class Workspace:
-    """Parameter-sized buffers a decomposition writes into, kept from one update to the next by a caller that
-    decomposes every update: on a CPU fresh ones cost a pass of page faults each time (~0.3 s each for SmolLM2)."""
+    """Parameter-sized buffers a decomposition writes into, kept from one update to the next."""
 
     shifted: dict[str, torch.Tensor]  # the difference methods' shifted parameter sets, in turn
     negative: dict[str, torch.Tensor]  # g⁻ = ∇L − g⁺, from the training step's gradient
@@ -52,77 +198,44 @@ class Workspace:
         return cls(parameter_buffer(theta), parameter_buffer(theta))
 
 
-@dataclass
-class UpdateStart:
-    """What the decomposition keeps from before an update."""
-
-    theta: dict[str, torch.Tensor]  # θ_t, cloned
-    lr: float  # η of the update (the SGD-kernel predictions use it)
-    directions: UpdateDirections | None  # g⁺ and g⁻ of the update batch; None when the batch is not known
-    before: ObservedForward | None = None  # the observed batches' logits at θ_t, when a forward there was kept
-    observed: ObservedForward | None = None  # set by `decompose_update(keep=True)`: for the next update's start
-    workspace: Workspace | None = None  # buffers to write into instead of new ones
+# ------------------------------------------------------------------- the work
 
 
-def begin_update(
-    model,
-    lr: float,
-    loss: LossSpec | None = None,
-    loss_cfg: LossConfig | None = None,
-    examples=(),
-    pad_id: int = 0,
-    reference: PairLogps | None = None,
-    previous: ObservedForward | None = None,
-    workspace: Workspace | None = None,
-) -> UpdateStart:
-    """Before the optimizer step: θ_t, and the loss directions of the update's `examples` (`TrainExample`s: prompt,
-    chosen, rejected token ids) under `loss` when they are given (`update_directions`). `reference` holds the
-    reference log-probs of the examples for losses that need one. A trainer that can hand over its step's own graph
-    and gradient leaves `examples` out and sets `start.directions` itself, which saves the update batch's forward:
-    `UpdateDirections.from_step` between the step's forward and backward, then `from_gradient` after the backward.
-    `previous`: the last decomposed update's `ObservedForward`; used (its θ and its logits) only when the model's
-    parameters are exactly its θ, i.e. nothing moved them since. `workspace`: buffers kept by the caller across
-    updates (`Workspace.like`)."""
-    directions = None
-    if loss is not None and examples:
-        with measurement_mode(model):
-            directions = update_directions(model, loss, loss_cfg or LossConfig(), list(examples), pad_id, reference)
-    now = parameters(model)
-    if (
-        previous is not None
-        and previous.theta.keys() == now.keys()
-        and all(torch.equal(previous.theta[k], v) for k, v in now.items())
-    ):
-        return UpdateStart(previous.theta, lr, directions, before=previous, workspace=workspace)
-    return UpdateStart({k: v.clone() for k, v in now.items()}, lr, directions, workspace=workspace)
+def _directions(model, loss, loss_cfg, examples, pad_id, reference) -> UpdateDirections | None:
+    if loss is None or not examples:
+        return None
+    with measurement_mode(model):
+        return update_directions(model, loss, loss_cfg or LossConfig(), list(examples), pad_id, reference)
 
 
 # columns of a decomposition row, from the names `decompose` gives its outputs
-COLUMNS = {"predicted/step": "predicted", "predicted/sgd_positive": "sgd_positive",
-           "predicted/sgd_negative": "sgd_negative"}  # fmt: skip
+COLUMNS = {
+    "predicted/step": "predicted",
+    "predicted/sgd_positive": "sgd_positive",
+    "predicted/sgd_negative": "sgd_negative",
+}
 
 
-def decompose_update(
+def _decompose_rows(
     model,
     start: UpdateStart,
     items: list[ProbeItem],
     pad_id: int,
+    batch_tokens: int,
+    predict: bool,
+    method: str,
     *,
-    batch_tokens: int = 1024,
-    predict: bool = True,
-    method: str = "jvp",
+    before: ObservedForward | None = None,
     keep: bool = False,
-) -> list[dict]:
-    """After the optimizer step: one row per observed (prompt, response type) with the observed change and, when
-    `predict`, the first-order predictions along the real step ("predicted") and the SGD kernel's y⁺ and y⁻ parts
-    ("sgd_positive", "sgd_negative"), the mass split, LBK ("observed/lbk") and SignDelta ("observed/sign_delta").
-    `method`: "jvp" (forward-mode), "central" (central differences, `central_difference`) or "one_sided" (the SGD
-    kernel's parts by `one_sided_difference`, the real step central). `keep`: leave the observed forward at θ_{t+1}
-    in `start.observed` for the next update's `begin_update(previous=)` (when it uses a plain forward at θ and its
-    logits fit in `KEEP_BYTES`)."""
+    workspace: Workspace | None = None,
+) -> tuple[list[dict], ObservedForward | None]:
+    """`decompose_update`'s rows, reusing `before` (the observed batches' logits at θ_t, when the last update kept
+    them) and `workspace`'s buffers; with `keep`, also the observed forward at θ_{t+1} for the next update (when it
+    uses a plain forward at θ and its logits fit in `KEEP_BYTES`)."""
     if start.directions is not None and start.directions.awaiting_gradient:
-        raise ValueError("a direction was left to the training step's gradient: call start.directions.from_gradient "
-                         "first")  # fmt: skip
+        raise ValueError(
+            "a direction was left to the training step's gradient: call start.directions.from_gradient first"
+        )
     after = parameters(model)
     tangents = _tangents(start) if predict else {}
     shared = shares_prompts(next(model.parameters()).device)
@@ -131,12 +244,31 @@ def decompose_update(
     # where 1 holds it: 3x the forwards)
     groups = whole_prompt_batches(items, batch_tokens)
     keys = [[(it.example_id, it.type) for it in group] for group in groups]
-    before = start.before.logits if start.before is not None and start.before.items == keys else [None] * len(groups)
+    known = before.logits if before is not None and before.items == keys else [None] * len(groups)
     kept = [] if keep and (method != "jvp" or not tangents) else None
     rows = []
-    for group, logits_before in zip(groups, before):
+    shifted = workspace.shifted if workspace is not None else None
+    device = next(model.parameters()).device
+    for group, logits_before in zip(groups, known):
+        pairs = [(it.example_id, it.prompt, it.response) for it in group]
+        observed_rows = SharedRows.of(pairs) if shared else collate([p[1:] for p in pairs], pad_id).to(device)
         with measurement_mode(model):
-            out = _decompose_group(model, start, after, tangents, group, pad_id, shared, method, logits_before, kept)
+            with torch.no_grad():
+                observed = rows_logits(model, observed_rows, pad_id, after)
+            if kept is not None:
+                kept.append(observed)
+            out = decompose(
+                model,
+                start.theta,
+                after,
+                tangents,
+                observed_rows,
+                pad_id,
+                method,
+                before=logits_before,
+                observed=observed,
+                buffer=shifted,
+            )
         if kept is not None and sum(logits.numel() * logits.element_size() for logits, _ in kept) > KEEP_BYTES:
             kept = None
         out = {COLUMNS.get(k, k): (-start.lr * v if k in SGD_PARTS else v).tolist() for k, v in out.items()}
@@ -150,9 +282,9 @@ def decompose_update(
                     row["observed/a_norm_sq"] * start.directions.g_norm_sq
                 )
             rows.append(row)
-    if kept is not None:
-        start.observed = ObservedForward({k: v.clone() for k, v in after.items()}, keys, kept)
-    return rows
+    if kept is None:
+        return rows, None
+    return rows, ObservedForward({k: v.clone() for k, v in after.items()}, keys, kept)
 
 
 def _tangents(start: UpdateStart) -> dict[str, dict | None]:
@@ -169,16 +301,3 @@ def _tangents(start: UpdateStart) -> dict[str, dict | None]:
 
 # the predictions made along g± (`_tangents`), to be scaled by −η: the SGD kernel's steps
 SGD_PARTS = ("predicted/sgd_positive", "predicted/sgd_negative")
-
-
-def _decompose_group(model, start: UpdateStart, after: dict, tangents: dict, group: list[ProbeItem], pad_id: int,
-                     shared: bool, method: str, before: tuple | None, kept: list | None) -> dict:  # fmt: skip
-    pairs = [(it.example_id, it.prompt, it.response) for it in group]
-    device = next(model.parameters()).device
-    rows = SharedRows.of(pairs) if shared else collate([p[1:] for p in pairs], pad_id).to(device)
-    with torch.no_grad():
-        observed = rows_logits(model, rows, pad_id, after)
-    if kept is not None:
-        kept.append(observed)
-    shifted = start.workspace.shifted if start.workspace is not None else None
-    return decompose(model, start.theta, after, tangents, rows, pad_id, method, before, observed, shifted)

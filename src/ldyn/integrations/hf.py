@@ -13,9 +13,9 @@ processes of a distributed run and gathered on rank 0. It writes an ldyn run dir
 ldyn describes one, from the trainer's arguments), `trainer_args.json` (all of them), the trainer's logged metrics in
 `metrics.jsonl`, `probes.jsonl`, and the figures. It never touches the training itself.
 
-What the Trainer API shows a callback, and so what it can record around an update (`observe_every=k`): the model
+What the Trainer API shows a callback, and so what it can record around an update (`decompose_every=k`): the model
 before the optimizer step (`on_pre_optimizer_step`) and after it (`on_optimizer_step`), and the learning rate. So it
-records the observed Δ log π of the first `observe_n` probe prompts over that update and its first-order
+records the observed Δ log π of the first `decompose_n` probe prompts over that update and its first-order
 prediction along the real step Δθ = θ_{t+1} − θ_t (the "predicted" column, with the mass split, SignDelta). The
 update batch is not visible there, so there is no G, no y⁺/y⁻ split (`sgd_positive`, `sgd_negative`) and no LBK:
 the full A·K·G decomposition stays in ldyn's own trainer (`decompose.every`). The observation runs on the main
@@ -43,7 +43,7 @@ from ldyn.config import (
 )
 from ldyn.data.templates import check_template
 from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items, probe_across_ranks
-from ldyn.dynamics.update import begin_update, decompose_update
+from ldyn.dynamics.update import METHODS, Decomposer
 from ldyn.errors import LdynError
 from ldyn.losses import LossConfig
 from ldyn.runs.directory import CONFIG, DATA, DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, ROW_FILES, RunDir
@@ -53,6 +53,12 @@ from ldyn.runtime.distributed import barrier, rank_and_world
 TRL_LOSSES = {"sigmoid": "dpo", "ipo": "ipo", "hinge": "slic", "sppo_hard": "sppo"}  # TRL loss_type -> ldyn loss
 LOG_NAMES = {"rewards/margins": "rewards/margin", "rewards/accuracies": "rewards/accuracy", "learning_rate": "lr"}
 OPTIMIZERS = ("adamw", "rmsprop", "sgd")
+RENAMED = {
+    "observe_every": "decompose_every",
+    "observe_n": "decompose_n",
+    "observe_method": "decompose_method",
+    "predict": "decompose_predict",
+}
 
 
 class LearningDynamicsCallback(TrainerCallback):
@@ -64,10 +70,11 @@ class LearningDynamicsCallback(TrainerCallback):
     step 0 and the end). `output_dir`: the run directory (default `<args.output_dir>/ldyn`). `max_length`,
     `max_prompt_length`, `truncation_mode` tokenise the probes as `ldyn run` does; `template` renders them
     (`data/templates.py`: "auto" applies the tokenizer's chat template to conversational probe sets, as TRL does to
-    conversational training data; "chat" to text ones too). `observe_every`: record the
-    observed and predicted change of every k-th update on the first `observe_n` prompts (0 = never), the
-    predictions by forward-mode (`observe_method="jvp"`), central differences ("central") or, cheapest, with the
-    SGD kernel's parts one-sided ("one_sided").
+    conversational training data; "chat" to text ones too). `decompose_every`: record the
+    observed and predicted change of every k-th update on the first `decompose_n` prompts (0 = never), the
+    predictions (unless `decompose_predict=False`) by forward-mode (`decompose_method="jvp"`), central differences
+    ("central") or, cheapest, with the SGD kernel's parts one-sided ("one_sided"). Each knob has the name of the
+    recipe key it mirrors: `every`, `n`, `types`, `batch_tokens` are `probe.*`, `decompose_*` are `decompose.*`.
     """
 
     def __init__(
@@ -83,17 +90,23 @@ class LearningDynamicsCallback(TrainerCallback):
         max_prompt_length: int = 256,
         truncation_mode: str = "keep_end",
         template: str = "auto",
-        observe_every: int = 0,
-        observe_n: int = 2,
-        predict: bool = True,
-        observe_method: str = "jvp",
+        decompose_every: int = 0,
+        decompose_n: int = 2,
+        decompose_predict: bool = True,
+        decompose_method: str = "jvp",
         seed: int = 0,
         figures: bool = True,
+        **renamed,
     ):
-        if every < 0 or observe_every < 0 or n < 0:
-            raise LdynError("every, observe_every and n must be >= 0")
-        if observe_method not in ("jvp", "central", "one_sided"):
-            raise LdynError(f"observe_method must be jvp, central or one_sided, got {observe_method!r}")
+        for old, new in RENAMED.items():
+            if old in renamed:
+                raise LdynError(f"LearningDynamicsCallback: `{old}` is now `{new}` (the recipe key's name)")
+        if renamed:
+            raise LdynError(f"LearningDynamicsCallback: unknown argument(s) {', '.join(sorted(renamed))}")
+        if every < 0 or decompose_every < 0 or n < 0:
+            raise LdynError("every, decompose_every and n must be >= 0")
+        if decompose_method not in METHODS:
+            raise LdynError(f"decompose_method must be one of {', '.join(METHODS)}, got {decompose_method!r}")
         self.source, self.every, self.n, self.types, self.output_dir = probes, every, n, list(types), output_dir
         self.batch_tokens, self.seed, self.figures = batch_tokens, seed, figures
         self.data = DataConfig(
@@ -104,11 +117,13 @@ class LearningDynamicsCallback(TrainerCallback):
             template=template,
         )
         check_template(template)
-        self.decompose = DecomposeConfig(every=observe_every, n=observe_n, predict=predict, method=observe_method)
+        self.decompose = DecomposeConfig(
+            every=decompose_every, n=decompose_n, predict=decompose_predict, method=decompose_method
+        )
         self.run: RunDir | None = None
         self.items: list[ProbeItem] = []
         self.done: set[int] = set()
-        self.pending = self.previous = None  # previous: observing every update, the last observed forward
+        self.decomposer: Decomposer | None = None  # with decompose_every: set up once the probes are loaded
         self.baseline: dict[str, float] = {}
         self.trackers = Trackers([])
 
@@ -122,7 +137,16 @@ class LearningDynamicsCallback(TrainerCallback):
         self.run = RunDir(self.output_dir or Path(args.output_dir) / "ldyn")
         self.stage = stage_name(args)
         self.items, report = self._load_probes(tokenizer)
-        self.observed = first_prompts(self.items, self.decompose.n)  # the prompts `observe_every` watches
+        d = self.decompose
+        observed = first_prompts(self.items, d.n)  # the prompts `decompose_every` watches
+        self.decomposer = Decomposer(
+            observed,
+            self.pad_id,
+            method=d.method,
+            predict=d.predict,
+            batch_tokens=d.batch_tokens,
+            every_update=d.every == 1,
+        )
         if state.is_world_process_zero:
             self._start_run(args, state, model, report)
         barrier()  # the main process has prepared the run directory before anyone reads it
@@ -138,27 +162,16 @@ class LearningDynamicsCallback(TrainerCallback):
         k = self.decompose.every
         if k and state.global_step % k == 0 and state.is_world_process_zero:
             lr = optimizer.param_groups[0]["lr"] if optimizer is not None else args.learning_rate
-            self.pending = begin_update(model, lr, previous=self.previous)
-            self.previous = None
+            self.decomposer.begin(model, lr)  # the update batch is not visible here: only the real step
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.pending is None:
+        if self.decomposer is None or self.decomposer.pending is None:
             return
         started, step = time.perf_counter(), state.global_step + 1  # global_step counts the update after this event
-        rows = decompose_update(
-            model,
-            self.pending,
-            self.observed,
-            self.pad_id,
-            batch_tokens=self.decompose.batch_tokens,
-            predict=self.decompose.predict,
-            method=self.decompose.method,
-            keep=self.decompose.every == 1,  # the next update starts where this one's observed forward ran
-        )
-        self.pending, self.previous = None, self.pending.observed
+        rows = self.decomposer.finish(model)
         self.run.append(DECOMPOSITION, [{"step": step, "stage": self.stage, **row} for row in rows])
         seconds = round(time.perf_counter() - started, 3)  # after the step: the forward-mode passes and the observed
-        self.run.append(DECOMPOSITION_TIMES, [{"step": step, "seconds": seconds, "items": len(self.observed)}])
+        self.run.append(DECOMPOSITION_TIMES, [{"step": step, "seconds": seconds, "items": len(self.decomposer.items)}])
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "train_runtime" in logs:

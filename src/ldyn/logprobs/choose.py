@@ -34,3 +34,10 @@ def rows_logits(model, rows: Batch | SharedRows, pad_id: int, params: dict | Non
         return packed_scored_logits(model, rows.prompts, rows.responses, params)
     encoded = encode_prompts(model, rows.prompts, pad_id, params)
     return Scored.of_padded(*shared_prompt_logits(model, encoded, rows.responses, pad_id, params))
+
+
+def packs_training_rows(model, device: torch.device, processes: int) -> bool:
+    """Whether a training forward packs its rows (`packed.packed_logps`: each prompt once, no padding) rather than
+    running one padded batch (`padded.scored_logps`): on a CPU (`shares_prompts`), in one process (DDP expects one
+    forward per backward) and for a model that takes a packed row. A trainer asks once."""
+    return processes == 1 and shares_prompts(device) and packable(model)

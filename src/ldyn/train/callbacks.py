@@ -13,9 +13,8 @@ from itertools import zip_longest
 
 import torch
 
-from ldyn.dynamics.akg import UpdateDirections, parameters
 from ldyn.dynamics.probing import ProbeItem, probe_across_ranks
-from ldyn.dynamics.update import Workspace, begin_update, decompose_update
+from ldyn.dynamics.update import Decomposer
 from ldyn.models.adapters import write_chain
 from ldyn.runs.directory import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, STATE, RunDir
 from ldyn.runs.trackers import Trackers, baseline_of, probe_scalars, train_scalars
@@ -35,8 +34,13 @@ class MetricsLogger:
         if not state.accelerator.is_main_process:
             return
         world = state.accelerator.num_processes
-        ids = [i for m in range(len(state.batch)) for part in zip_longest(*shares[m::len(state.batch)])
-               for i in part if i is not None]  # fmt: skip
+        ids = [
+            i
+            for m in range(len(state.batch))
+            for part in zip_longest(*shares[m :: len(state.batch)])
+            for i in part
+            if i is not None
+        ]
         self.run.append(METRICS, [{"step": state.step, "stage": state.stage, **state.metrics, "examples": ids}])
         self.trackers.log(train_scalars(state.metrics) | {"train/processes": world}, state.step)
 
@@ -45,8 +49,16 @@ class ProbeCallback:
     """Probe at step 0, every `every` updates and at the end of each stage; rows go to probes.jsonl. Under several
     processes each probes its share of the prompts and rank 0 writes them all (`probe_across_ranks`)."""
 
-    def __init__(self, run: RunDir, items: list[ProbeItem], pad_id: int, every: int, batch_tokens: int,
-                 done: set[int] = frozenset(), trackers: Trackers | None = None):  # fmt: skip
+    def __init__(
+        self,
+        run: RunDir,
+        items: list[ProbeItem],
+        pad_id: int,
+        every: int,
+        batch_tokens: int,
+        done: set[int] = frozenset(),
+        trackers: Trackers | None = None,
+    ):
         self.run, self.items, self.pad_id = run, items, pad_id
         self.every, self.batch_tokens, self.done = every, batch_tokens, set(done)
         self.trackers, self.baseline = trackers or Trackers([]), {}
@@ -75,80 +87,87 @@ class ProbeCallback:
 
 
 class DecompositionCallback:
-    """Decompose the update after step 0 and after every `every`-th step (`dynamics.update.decompose_update`): the
+    """Decompose the update after step 0 and after every `every`-th step (a `dynamics.update.Decomposer`): the
     predicted (first-order A·K·G) and the observed change of log π(y | x_o) for every observed (example, response
     type), into decomposition.jsonl.
 
     Predictions (unless `predict` is off: then only the observed quantities) use three parameter steps from θ_t:
     the optimizer's real step ("predicted"), and the paper's SGD kernel −η·g split into its y⁺ part
-    ("sgd_positive") and y⁻ part ("sgd_negative"). Runs in the model's own precision (no autocast) on the main
-    process.
+    ("sgd_positive") and y⁻ part ("sgd_negative"). g± come from the training step's own graph and gradient when
+    they are exactly the batch's mean loss's (`StepState.step_graph` and one micro-batch: `on_forward_end`,
+    `on_gradients`), else from a forward and backward of the update batch here. Runs in the model's own precision
+    (no autocast) on the main process.
     """
 
-    def __init__(self, run: RunDir, items: list[ProbeItem], pad_id: int, every: int, batch_tokens: int,
-                 predict: bool = True, method: str = "jvp"):  # fmt: skip
-        self.run, self.items, self.pad_id, self.every, self.batch_tokens = run, items, pad_id, every, batch_tokens
-        self.predict, self.method, self.pending, self.seconds = predict, method, None, 0.0
+    def __init__(
+        self,
+        run: RunDir,
+        items: list[ProbeItem],
+        pad_id: int,
+        *,
+        every: int,
+        batch_tokens: int,
+        predict: bool = True,
+        method: str = "jvp",
+    ):
+        self.run, self.every, self.seconds = run, every, 0.0
+        self.decomposer = Decomposer(
+            items, pad_id, method=method, predict=predict, batch_tokens=batch_tokens, every_update=every == 1
+        )
         self.from_step = False  # this update's directions come from the training step (`on_forward_end`)
-        self.previous = None  # decomposing every update: the last observed forward, the next one's forward at θ
-        self.workspace = None  # decomposing every update: parameter-sized buffers kept from one to the next
 
     def on_step_start(self, state: StepState) -> None:
         if not self.every or state.step % self.every or not state.accelerator.is_main_process:
             return
         started = time.perf_counter()
         model = state.accelerator.unwrap_model(state.model)
-        examples = [e for micro in state.batch for e in micro]
-        # the directions from the step itself when its graph and gradient are exactly the batch's mean loss's (one
-        # process, no autocast, an eager forward, one micro-batch): `on_forward_end`, `on_gradients`; else a forward
-        # and backward here
         self.from_step = state.step_graph and len(state.batch) == 1
-        reference = None
-        if state.loss.needs_reference and not self.from_step:
-            reference = state.reference_logps(
-                examples, torch.promote_types(next(model.parameters()).dtype, torch.float32)
+        if self.from_step:
+            self.decomposer.begin(model, state.lr)
+        else:
+            examples = [e for micro in state.batch for e in micro]
+            reference = None
+            if state.loss.needs_reference:
+                dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
+                reference = state.reference_logps(examples, dtype)
+            self.decomposer.begin(
+                model, state.lr, loss=state.loss, loss_cfg=state.loss_cfg, examples=examples, reference=reference
             )
-        own = () if self.from_step else examples
-        if self.every == 1 and self.workspace is None:
-            self.workspace = Workspace.like(parameters(model))
-        self.pending = begin_update(model, state.lr, state.loss, state.loss_cfg, own, self.pad_id, reference,
-                                    previous=self.previous, workspace=self.workspace)  # fmt: skip
-        self.previous = None
         self.seconds = time.perf_counter() - started
 
     def on_forward_end(self, state: StepState) -> None:
-        if self.pending is None or not self.from_step:
+        if self.decomposer.pending is None or not self.from_step:
             return
         started = time.perf_counter()
-        model = state.accelerator.unwrap_model(state.model)
         step = state.forward
-        self.pending.directions = UpdateDirections.from_step(model, step.loss, step.logps, len(step.examples))
+        model = state.accelerator.unwrap_model(state.model)
+        self.decomposer.directions_from_step(model, step.loss, step.logps, len(step.examples))
         self.seconds += time.perf_counter() - started
 
     def on_gradients(self, state: StepState) -> None:
-        pending = self.pending
-        if pending is None or pending.directions is None or not pending.directions.awaiting_gradient:
+        if not self.decomposer.awaiting_gradient:
             return
         started = time.perf_counter()
         model = state.accelerator.unwrap_model(state.model)
         grads = {
             n: torch.zeros_like(p) if p.grad is None else p.grad for n, p in model.named_parameters() if p.requires_grad
         }
-        pending.directions.from_gradient(grads, pending.workspace and pending.workspace.negative)
+        self.decomposer.directions_from_gradient(grads)
         self.seconds += time.perf_counter() - started
 
     def on_step_end(self, state: StepState) -> None:
-        if self.pending is None:
+        if self.decomposer.pending is None:
             return
         started = time.perf_counter()
-        model = state.accelerator.unwrap_model(state.model)
-        rows = decompose_update(model, self.pending, self.items, self.pad_id, batch_tokens=self.batch_tokens,
-                                predict=self.predict, method=self.method, keep=self.every == 1)  # fmt: skip
-        self.pending, self.previous = None, self.pending.observed
+        rows = self.decomposer.finish(state.accelerator.unwrap_model(state.model))
         self.run.append(DECOMPOSITION, [{"step": state.step, "stage": state.stage, **row} for row in rows])
         seconds = self.seconds + time.perf_counter() - started
-        timing = {"step": state.step, "seconds": round(seconds, 3), "items": len(self.items),
-                  "update_seconds": round(state.metrics["time/update_s"], 3)}  # fmt: skip
+        timing = {
+            "step": state.step,
+            "seconds": round(seconds, 3),
+            "items": len(self.decomposer.items),
+            "update_seconds": round(state.metrics["time/update_s"], 3),
+        }
         self.run.append(DECOMPOSITION_TIMES, [timing])
 
 

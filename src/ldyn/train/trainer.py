@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from ldyn.config import OptimConfig
 from ldyn.data.tokenize import collate_pairs
 from ldyn.errors import LdynError
-from ldyn.logprobs.choose import shares_prompts
-from ldyn.logprobs.packed import packable, packed_logps
+from ldyn.logprobs.choose import packs_training_rows
+from ldyn.logprobs.packed import packed_logps
 from ldyn.logprobs.padded import scored_logps
 from ldyn.logprobs.tokens import SeqLogps
 from ldyn.losses import LossConfig, LossSpec, PairLogps
@@ -154,6 +154,8 @@ class Trainer:
         self.callbacks, self.grad_accum = list(callbacks), grad_accum
         self.autocast_dtype = torch.bfloat16 if mixed_precision == "bf16" else None
         self.forward_model = compiled(model, compile)  # the model itself unless compiling
+        # the training forward's row layout, chosen once: packed rows or one padded batch
+        self.packs_rows = packs_training_rows(model, accelerator.device, accelerator.num_processes)
         self.graphed = None  # with cuda_graphs (a bucket of N tokens): each length's update recorded and replayed
         if cuda_graphs:
             if compile != "no" or grad_accum != 1 or accelerator.num_processes != 1:
@@ -311,15 +313,15 @@ class Trainer:
         """Summed log-probs of the update's rows, chosen (or the SFT target) first, then rejected.
 
         On a CPU the rows are packed (`packed.packed_logps`): each prompt once for all its responses, no padding,
-        the vocabulary projected only where a token is scored. Rows on a GPU (`shares_prompts`; one padded pass is
-        fastest there), under several processes (DDP expects one forward per backward) or of a model that takes no
-        packed row run as one padded batch (`collate_pairs`), still projected only at scored positions
+        the vocabulary projected only where a token is scored (`packs_rows`, chosen once). Rows on a GPU (one padded
+        pass is fastest there), under several processes (DDP expects one forward per backward) or of a model that
+        takes no packed row run as one padded batch (`collate_pairs`), still projected only at scored positions
         (`scored_logps`). With `compile` the model runs its compiled forward.
         """
         device = self.accelerator.device
         plain = self.forward_model if model is self.model else model
         with self.autocast(), shape_stable_attention():
-            if self.accelerator.num_processes == 1 and shares_prompts(device) and packable(model):
+            if self.packs_rows:
                 responses = [(i, e.chosen) for i, e in enumerate(examples)]
                 if with_rejected:
                     responses += [(i, e.rejected) for i, e in enumerate(examples)]
