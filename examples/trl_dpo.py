@@ -44,15 +44,38 @@ def main(argv=None):
     model, tokenizer = load_model(ModelConfig(a.model))
     pairs, _ = load_pairs(a.data, n=a.n_train, skip_empty=True)
     train = Dataset.from_list([{"prompt": x.prompt, "chosen": x.chosen, "rejected": x.rejected} for x in pairs])
-    args = DPOConfig(output_dir=a.out, max_steps=a.steps, per_device_train_batch_size=a.batch_size,
-                     gradient_accumulation_steps=a.grad_accum, learning_rate=a.lr, beta=a.beta,
-                     max_length=a.max_length, lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
-                     report_to=a.report_to, seed=0, bf16=False, use_cpu=not torch.cuda.is_available())  # fmt: skip
-    callback = LearningDynamicsCallback(a.probes, every=a.every, n=a.n_probe, max_length=a.max_length,
-                                        max_prompt_length=a.max_prompt_length,
-                                        decompose_every=a.decompose_every)  # ldyn  # fmt: skip
-    trainer = DPOTrainer(model=model, ref_model=frozen_copy(model), args=args, train_dataset=train,
-                         processing_class=tokenizer, callbacks=[callback])  # fmt: skip
+    args = DPOConfig(
+        output_dir=a.out,
+        max_steps=a.steps,
+        per_device_train_batch_size=a.batch_size,
+        gradient_accumulation_steps=a.grad_accum,
+        learning_rate=a.lr,
+        beta=a.beta,
+        max_length=a.max_length,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=a.report_to,
+        seed=0,
+        bf16=False,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    callback = LearningDynamicsCallback(
+        a.probes,
+        every=a.every,
+        n=a.n_probe,
+        max_length=a.max_length,
+        max_prompt_length=a.max_prompt_length,
+        decompose_every=a.decompose_every,
+    )  # ldyn
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=frozen_copy(model),
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
     trainer.train()
     print(callback.run.path)
 

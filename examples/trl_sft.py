@@ -36,14 +36,24 @@ def main(argv=None):
     model, tokenizer = load_model(ModelConfig(a.model))
     pairs, _ = load_pairs(a.data, n=a.n_train, skip_empty=True)
     train = Dataset.from_list([{"prompt": x.prompt, "completion": x.chosen} for x in pairs])
-    args = SFTConfig(output_dir=a.out, max_steps=a.steps, per_device_train_batch_size=a.batch_size,
-                     learning_rate=a.lr, max_length=a.max_length, lr_scheduler_type="constant", logging_steps=1,
-                     save_strategy="no", report_to=a.report_to, seed=0, bf16=False,
-                     use_cpu=not torch.cuda.is_available())  # fmt: skip
-    callback = LearningDynamicsCallback(a.probes, every=a.every, n=a.n_probe, max_length=a.max_length,
-                                        max_prompt_length=a.max_prompt_length)  # ldyn  # fmt: skip
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                         callbacks=[callback])  # fmt: skip
+    args = SFTConfig(
+        output_dir=a.out,
+        max_steps=a.steps,
+        per_device_train_batch_size=a.batch_size,
+        learning_rate=a.lr,
+        max_length=a.max_length,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=a.report_to,
+        seed=0,
+        bf16=False,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    callback = LearningDynamicsCallback(
+        a.probes, every=a.every, n=a.n_probe, max_length=a.max_length, max_prompt_length=a.max_prompt_length
+    )  # ldyn
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=[callback])
     trainer.train()
     print(callback.run.path)
 

@@ -352,10 +352,23 @@ def decompose_rows(out, *extra) -> list[dict]:
     from ldyn import cli
     from ldyn.runs.directory import RunDir
 
-    args = ["decompose", "smollm2_sft_dpo", "--stage", "dpo", "model.name=tiny", f"output_dir={out}",
-            "data.n_train=2", "stages.dpo.batch_size=2", "decompose.n=2", "data.max_length=48",
-            "data.max_prompt_length=24", "model.dtype=float64", "stages.dpo.optim.name=sgd",
-            "stages.dpo.optim.lr=1e-4", *extra]  # fmt: skip
+    args = [
+        "decompose",
+        "smollm2_sft_dpo",
+        "--stage",
+        "dpo",
+        "model.name=tiny",
+        f"output_dir={out}",
+        "data.n_train=2",
+        "stages.dpo.batch_size=2",
+        "decompose.n=2",
+        "data.max_length=48",
+        "data.max_prompt_length=24",
+        "model.dtype=float64",
+        "stages.dpo.optim.name=sgd",
+        "stages.dpo.optim.lr=1e-4",
+        *extra,
+    ]
     assert cli.main(args) == 0
     return sorted(RunDir(out).read("decomposition.jsonl"), key=lambda r: (r["example_id"], r["type"]))
 

@@ -20,21 +20,42 @@ from ldyn.models.pretrained import frozen_copy, prepare, tiny_model
 from ldyn.runs.directory import RunDir
 
 ROOT = Path(__file__).parents[1]
-PAIRS = [{"prompt": f"\n\nHuman: question {i}?\n\nAssistant:", "chosen": f" good answer {i}", "rejected": f" bad {i}"}
-         for i in range(8)]  # fmt: skip
+PAIRS = [
+    {"prompt": f"\n\nHuman: question {i}?\n\nAssistant:", "chosen": f" good answer {i}", "rejected": f" bad {i}"}
+    for i in range(8)
+]
 
 
 def common(out, **kw):
-    return dict(output_dir=str(out), max_steps=4, per_device_train_batch_size=2, learning_rate=1e-3,
-                lr_scheduler_type="constant", logging_steps=1, save_strategy="no", seed=0, bf16=False, use_cpu=True,
-                report_to="none") | kw  # fmt: skip
+    return (
+        dict(
+            output_dir=str(out),
+            max_steps=4,
+            per_device_train_batch_size=2,
+            learning_rate=1e-3,
+            lr_scheduler_type="constant",
+            logging_steps=1,
+            save_strategy="no",
+            seed=0,
+            bf16=False,
+            use_cpu=True,
+            report_to="none",
+        )
+        | kw
+    )
 
 
 def dpo_trainer(tokenizer, out, callbacks=(), **kw):
     model, tokenizer = prepare(tiny_model(tokenizer, seed=0), tokenizer)
     args = DPOConfig(**common(out, **kw), beta=0.1, max_length=128)
-    return DPOTrainer(model=model, ref_model=frozen_copy(model), args=args, train_dataset=Dataset.from_list(PAIRS),
-                      processing_class=tokenizer, callbacks=list(callbacks))  # fmt: skip
+    return DPOTrainer(
+        model=model,
+        ref_model=frozen_copy(model),
+        args=args,
+        train_dataset=Dataset.from_list(PAIRS),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
 
 
 def losses(trainer):
@@ -42,8 +63,9 @@ def losses(trainer):
 
 
 def test_dpo_trainer_writes_a_run_that_ldyn_reads(tokenizer, tmp_path, capsys):
-    callback = LearningDynamicsCallback("embedded", every=2, n=3, decompose_every=2, max_length=128,
-                                        max_prompt_length=64)  # fmt: skip
+    callback = LearningDynamicsCallback(
+        "embedded", every=2, n=3, decompose_every=2, max_length=128, max_prompt_length=64
+    )
     trainer = dpo_trainer(tokenizer, tmp_path / "dpo", [callback], report_to="tensorboard")
     initial, _ = prepare(tiny_model(tokenizer, seed=0), tokenizer)  # as `ldyn run` builds it (model.name=tiny)
     examples, _ = load_probe_set("embedded", ["auto"], 3)
@@ -64,8 +86,13 @@ def test_dpo_trainer_writes_a_run_that_ldyn_reads(tokenizer, tmp_path, capsys):
     assert step0.keys() == direct.keys()
     worst = max(direct, key=lambda k: abs(step0[k] - direct[k]))
     assert abs(step0[worst] - direct[worst]) < 1e-4, (worst, step0[worst], direct[worst])
-    for command in (["plot"], ["report", "--out", str(tmp_path / "r.html")], ["export"], ["export", "--format", "csv"],
-                    ["influence", "--out", str(tmp_path / "i.png")]):  # fmt: skip
+    for command in (
+        ["plot"],
+        ["report", "--out", str(tmp_path / "r.html")],
+        ["export"],
+        ["export", "--format", "csv"],
+        ["influence", "--out", str(tmp_path / "i.png")],
+    ):
         assert cli.main([command[0], str(run.path), *command[1:]]) == 0, command
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -79,8 +106,9 @@ def test_dpo_trainer_writes_a_run_that_ldyn_reads(tokenizer, tmp_path, capsys):
 def test_the_callback_does_not_change_training(tokenizer, tmp_path, method):
     plain = dpo_trainer(tokenizer, tmp_path / "plain")
     plain.train()
-    callback = LearningDynamicsCallback("embedded", every=1, n=2, decompose_every=1, max_length=128,
-                                        decompose_method=method)  # fmt: skip
+    callback = LearningDynamicsCallback(
+        "embedded", every=1, n=2, decompose_every=1, max_length=128, decompose_method=method
+    )
     probed = dpo_trainer(tokenizer, tmp_path / "probed", [callback])
     probed.train()
     assert losses(probed) == losses(plain) and len(losses(plain)) == 4
@@ -94,8 +122,9 @@ def test_the_callback_in_a_compiled_trl_run(tokenizer, tmp_path):
     plain = dpo_trainer(tokenizer, tmp_path / "plain")
     plain.train()
     callback = LearningDynamicsCallback("embedded", every=1, n=2, decompose_every=1, max_length=128)
-    compiled = dpo_trainer(tokenizer, tmp_path / "compiled", [callback], torch_compile=True,
-                           torch_compile_backend="aot_eager")  # fmt: skip
+    compiled = dpo_trainer(
+        tokenizer, tmp_path / "compiled", [callback], torch_compile=True, torch_compile_backend="aot_eager"
+    )
     compiled.train()
     assert type(compiled.model_wrapped).__name__ == "OptimizedModule"
     assert losses(compiled) == losses(plain)
@@ -107,8 +136,13 @@ def test_the_callback_in_a_compiled_trl_run(tokenizer, tmp_path):
 def test_sft_trainer_and_plain_trainer(tokenizer, tmp_path):
     model, tokenizer = prepare(tiny_model(tokenizer, seed=0), tokenizer)
     data = Dataset.from_list([{"prompt": p["prompt"], "completion": p["chosen"]} for p in PAIRS])
-    sft = SFTTrainer(model=model, args=SFTConfig(**common(tmp_path / "sft"), max_length=128), train_dataset=data,
-                     processing_class=tokenizer, callbacks=[LearningDynamicsCallback(every=2, n=2)])  # fmt: skip
+    sft = SFTTrainer(
+        model=model,
+        args=SFTConfig(**common(tmp_path / "sft"), max_length=128),
+        train_dataset=data,
+        processing_class=tokenizer,
+        callbacks=[LearningDynamicsCallback(every=2, n=2)],
+    )
     sft.train()
     assert sorted({r["step"] for r in RunDir(tmp_path / "sft" / "ldyn").read("probes.jsonl")}) == [0, 2, 4]
 
@@ -116,8 +150,13 @@ def test_sft_trainer_and_plain_trainer(tokenizer, tmp_path):
     lm = Dataset.from_list([{"input_ids": ids, "labels": ids} for ids in text])
     model, _ = prepare(tiny_model(tokenizer, seed=1), tokenizer)
     args = TrainingArguments(**common(tmp_path / "lm", per_device_train_batch_size=1))
-    Trainer(model=model, args=args, train_dataset=lm, processing_class=tokenizer,
-            callbacks=[LearningDynamicsCallback(every=4, n=2)]).train()  # fmt: skip
+    Trainer(
+        model=model,
+        args=args,
+        train_dataset=lm,
+        processing_class=tokenizer,
+        callbacks=[LearningDynamicsCallback(every=4, n=2)],
+    ).train()
     run = RunDir(tmp_path / "lm" / "ldyn")
     assert sorted({r["step"] for r in run.read("probes.jsonl")}) == [0, 4]
     assert cli.main(["plot", str(run.path)]) == 0
@@ -129,8 +168,26 @@ def test_example_script_runs_on_the_tiny_model(tmp_path):
         import trl_dpo
     finally:
         sys.path.pop(0)
-    trl_dpo.main(["--model", "tiny", "--steps", "2", "--every", "1", "--n-train", "8", "--n-probe", "2",
-                  "--max-length", "128", "--max-prompt-length", "64", "--out", str(tmp_path / "ex")])  # fmt: skip
+    trl_dpo.main(
+        [
+            "--model",
+            "tiny",
+            "--steps",
+            "2",
+            "--every",
+            "1",
+            "--n-train",
+            "8",
+            "--n-probe",
+            "2",
+            "--max-length",
+            "128",
+            "--max-prompt-length",
+            "64",
+            "--out",
+            str(tmp_path / "ex"),
+        ]
+    )
     assert {r["step"] for r in RunDir(tmp_path / "ex" / "ldyn").read("probes.jsonl")} == {0, 1, 2}
 
 
@@ -159,8 +216,16 @@ def assert_same(one: RunDir, two: RunDir, loss_key="loss"):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo")
 def test_two_processes_equal_one_for_ldyn_run(tmp_path):
-    args = ["smollm2_sft_dpo", "model.name=tiny", "stages.sft.steps=2", "stages.dpo.steps=3",
-            "stages.*.batch_size=2", "probe.n=3", "probe.every=2", "data.n_train=6"]  # fmt: skip
+    args = [
+        "smollm2_sft_dpo",
+        "model.name=tiny",
+        "stages.sft.steps=2",
+        "stages.dpo.steps=3",
+        "stages.*.batch_size=2",
+        "probe.n=3",
+        "probe.every=2",
+        "data.n_train=6",
+    ]
     one = launch(tmp_path, "one", 1, "-m", "ldyn.cli", "run", *args, "output_dir=one")
     two = launch(tmp_path, "two", 2, "-m", "ldyn.cli", "run", *args, "output_dir=two")
     assert_same(one, two)
@@ -168,8 +233,23 @@ def test_two_processes_equal_one_for_ldyn_run(tmp_path):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo")
 def test_two_processes_equal_one_for_the_trl_callback(tmp_path):
-    args = [str(ROOT / "examples" / "trl_dpo.py"), "--model", "tiny", "--steps", "3", "--every", "1", "--n-train",
-            "8", "--n-probe", "3", "--max-length", "128", "--max-prompt-length", "64"]  # fmt: skip
+    args = [
+        str(ROOT / "examples" / "trl_dpo.py"),
+        "--model",
+        "tiny",
+        "--steps",
+        "3",
+        "--every",
+        "1",
+        "--n-train",
+        "8",
+        "--n-probe",
+        "3",
+        "--max-length",
+        "128",
+        "--max-prompt-length",
+        "64",
+    ]
     one = launch(tmp_path, "one/ldyn", 1, *args, "--batch-size", "2", "--out", "one")
     two = launch(tmp_path, "two/ldyn", 2, *args, "--batch-size", "1", "--out", "two")  # 2 × 1 = the same batch
     assert_same(one, two)
@@ -196,8 +276,14 @@ def test_the_callback_works_with_a_lora_adapter(tokenizer, tmp_path):
     )
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     args = DPOConfig(**common(tmp_path / "lora"), beta=0.1, max_length=128)
-    DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(PAIRS), processing_class=tokenizer,
-               callbacks=[callback], peft_config=lora).train()  # fmt: skip
+    DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(PAIRS),
+        processing_class=tokenizer,
+        callbacks=[callback],
+        peft_config=lora,
+    ).train()
     run = RunDir(tmp_path / "lora" / "ldyn")
     assert sorted({r["step"] for r in run.read("probes.jsonl")}) == [0, 2, 4]
     rows = run.read("decomposition.jsonl")

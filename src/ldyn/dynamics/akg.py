@@ -106,8 +106,11 @@ class UpdateDirections:
         names = list(gradient if self.positive is None else self.positive)
         total = [gradient[k].detach() for k in names]
         if out is None:
-            part = torch._foreach_mul(total, 1.0) if self.positive is None else torch._foreach_sub(
-                total, [self.positive[k] for k in names])  # fmt: skip
+            part = (
+                torch._foreach_mul(total, 1.0)
+                if self.positive is None
+                else torch._foreach_sub(total, [self.positive[k] for k in names])
+            )
         else:
             part = [out[k] for k in names]
             torch._foreach_copy_(part, total)
@@ -147,8 +150,9 @@ def update_directions(
     return UpdateDirections(parts[0], parts[1] if len(parts) > 1 else None, g_norm_sq)
 
 
-def _packed_sides_gradient(model, spec: LossSpec, cfg: LossConfig, examples,
-                           reference: PairLogps | None) -> list[list[tuple]]:  # fmt: skip
+def _packed_sides_gradient(
+    model, spec: LossSpec, cfg: LossConfig, examples, reference: PairLogps | None
+) -> list[list[tuple]]:
     """G of a pair batch packed as the training step packs it (`logprobs.packed.packed_logps`): per side (y⁺, y⁻) the
     scored logits, None and G restricted to that side's rows. A side's backward then runs through every pass (its
     rows share them with the other side's), the cost of the step's own backward."""

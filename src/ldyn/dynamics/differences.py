@@ -24,9 +24,14 @@ CENTRAL_LENGTH = 1 / 30
 
 
 def central_difference(
-    model, theta: dict, tangent: dict, rows: Batch | SharedRows, pad_id: int = 0, scale: float = 1.0,
+    model,
+    theta: dict,
+    tangent: dict,
+    rows: Batch | SharedRows,
+    pad_id: int = 0,
+    scale: float = 1.0,
     out: dict | None = None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """(z(θ+sv) − z(θ−sv)) / 2s: the observed rows' first-order logit change along v from plain forwards, equal to
     J_o·v up to O(s²‖v‖³) (`logit_jvp` is its exact twin). A larger `scale` s lifts a short step out of float
     rounding (J_o·v is linear in v; the error is relative to (s‖v‖)²). `out`: a `parameter_buffer` the shifted
@@ -37,9 +42,16 @@ def central_difference(
 
 
 def one_sided_difference(
-    model, theta: dict, tangent: dict, rows: Batch | SharedRows, base: torch.Tensor, pad_id: int = 0,
-    scale: float = 1.0, out: dict | None = None,
-) -> torch.Tensor:  # fmt: skip
+    model,
+    theta: dict,
+    tangent: dict,
+    rows: Batch | SharedRows,
+    base: torch.Tensor,
+    pad_id: int = 0,
+    *,
+    scale: float = 1.0,
+    out: dict | None = None,
+) -> torch.Tensor:
     """(z(θ+sv) − z(θ)) / s, with `base` = z(θ): one plain forward, equal to J_o·v up to O(s‖v‖²)
     (`central_difference` is second order at one more forward; `logit_jvp` is the exact twin of both)."""
     plus = rows_logits(model, rows, pad_id, shifted(theta, tangent, scale, out))[0]

@@ -46,16 +46,20 @@ def probe_items(rows: list[TokenizedRow]) -> list[ProbeItem]:
     return [ProbeItem(row.id, t, row.prompt, ids) for row in rows for t, ids in row.responses.items()]
 
 
-def load_probe_items(source, types, n: int, seed: int, tokenizer, data: DataConfig,
-                     n_key: str = "probe.n") -> tuple[list[ProbeItem], dict]:  # fmt: skip
+def load_probe_items(
+    source, types, n: int, seed: int, tokenizer, data: DataConfig, n_key: str = "probe.n"
+) -> tuple[list[ProbeItem], dict]:
     """A probe set (`data.probesets.load_probe_set`) tokenised as training data is (`data`'s template, lengths and
     truncation):
     its items, and what was loaded for data.json (prompts, types, empty responses left out, truncated rows)."""
     examples, types = load_probe_set(source, types, n, seed, n_key)
     rows = tokenize_examples(tokenizer, examples, data)
-    report = {"probe_prompts": len(rows), "probe_types": types,
-              "probe_empty_skipped": sum(len(types) - len(r.responses) for r in rows),
-              "probe_truncated": sum(r.truncated for r in rows)}  # fmt: skip
+    report = {
+        "probe_prompts": len(rows),
+        "probe_types": types,
+        "probe_empty_skipped": sum(len(types) - len(r.responses) for r in rows),
+        "probe_truncated": sum(r.truncated for r in rows),
+    }
     return probe_items(rows), report
 
 
@@ -215,8 +219,9 @@ def shard(items: list[ProbeItem], rank: int, world: int) -> list[ProbeItem]:
     return [it for i, group in enumerate(_by_prompt(items)) if i % world == rank for it in group]
 
 
-def probe_across_ranks(model, items: list[ProbeItem], pad_id: int, batch_tokens: int = 4096,
-                       progress: bool = True) -> list[dict]:  # fmt: skip
+def probe_across_ranks(
+    model, items: list[ProbeItem], pad_id: int, batch_tokens: int = 4096, progress: bool = True
+) -> list[dict]:
     """`probe` split over the processes of a distributed run and gathered on rank 0 (the others get []).
 
     Each process scores whole prompts of its share on the plain path and runs as many forward passes as the busiest
@@ -228,8 +233,11 @@ def probe_across_ranks(model, items: list[ProbeItem], pad_id: int, batch_tokens:
         return probe(model, items, pad_id, batch_tokens, progress=progress)
     mine = shard(items, rank, world)
     passes = max_over_ranks(len(length_batches(mine, batch_tokens)))
-    records = probe(model, mine, pad_id, batch_tokens, share_prompt=False, progress=progress and rank == 0,
-                    passes=passes) if mine else _idle(model, items, pad_id, passes)  # fmt: skip
+    records = (
+        probe(model, mine, pad_id, batch_tokens, share_prompt=False, progress=progress and rank == 0, passes=passes)
+        if mine
+        else _idle(model, items, pad_id, passes)
+    )
     records = gather_to_main(records)
     order = {(it.example_id, it.type): i for i, it in enumerate(items)}  # argmax records follow their chosen
     return sorted(

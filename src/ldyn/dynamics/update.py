@@ -76,7 +76,7 @@ def decompose_update(
     ("sgd_positive", "sgd_negative"), the mass split, LBK ("observed/lbk") and SignDelta ("observed/sign_delta").
     `method`: "jvp" (forward-mode), "central" (central differences, `central_difference`) or "one_sided" (the SGD
     kernel's parts by `one_sided_difference`, the real step central)."""
-    return _decompose_rows(model, start, items, pad_id, batch_tokens, predict, method)[0]
+    return _decompose_rows(model, start, items, pad_id, batch_tokens=batch_tokens, predict=predict, method=method)[0]
 
 
 class Decomposer:
@@ -162,9 +162,9 @@ class Decomposer:
             start,
             self.items,
             self.pad_id,
-            self.batch_tokens,
-            self.predict,
-            self.method,
+            batch_tokens=self.batch_tokens,
+            predict=self.predict,
+            method=self.method,
             before=self._before,
             keep=self.every_update,
             workspace=self._workspace,
@@ -221,10 +221,10 @@ def _decompose_rows(
     start: UpdateStart,
     items: list[ProbeItem],
     pad_id: int,
+    *,
     batch_tokens: int,
     predict: bool,
     method: str,
-    *,
     before: ObservedForward | None = None,
     keep: bool = False,
     workspace: Workspace | None = None,

@@ -50,7 +50,7 @@ def _fusable(params: list[torch.Tensor]) -> bool:
 OPTIMIZERS = {  # the names OptimConfig.name allows
     "adamw": lambda params, c: torch.optim.AdamW(
         params, lr=c.lr, weight_decay=c.weight_decay, fused=_fusable(params) or None
-    ),  # fmt: skip
+    ),
     "rmsprop": lambda params, c: torch.optim.RMSprop(params, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum),
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum),
 }
@@ -159,9 +159,11 @@ class Trainer:
         self.graphed = None  # with cuda_graphs (a bucket of N tokens): each length's update recorded and replayed
         if cuda_graphs:
             if compile != "no" or grad_accum != 1 or accelerator.num_processes != 1:
-                raise LdynError(f"replays one process's whole update: it needs compile=no (got {compile}), "
-                                f"grad_accum=1 (got {grad_accum}) and one process (got {accelerator.num_processes})",
-                                field="cuda_graphs")  # fmt: skip
+                raise LdynError(
+                    f"replays one process's whole update: it needs compile=no (got {compile}), "
+                    f"grad_accum=1 (got {grad_accum}) and one process (got {accelerator.num_processes})",
+                    field="cuda_graphs",
+                )
             self.graphed = GraphedUpdate(self, cuda_graphs)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = accelerator.prepare_optimizer(OPTIMIZERS[optim_cfg.name](params, optim_cfg))
@@ -179,10 +181,26 @@ class Trainer:
         start: int = 0,
     ) -> StepState:
         """Run updates `start..steps-1` of this stage; `step` is the global update count before the first."""
-        state = StepState(step, stage, stage_index, start, steps, self.model, self.ref_model, self.optimizer,
-                          self.accelerator, self.loss, self.loss_cfg, self.reference_logps)  # fmt: skip
-        state.step_graph = (self.accelerator.num_processes == 1 and self.autocast_dtype is None
-                            and self.forward_model is self.model and self.graphed is None)  # fmt: skip
+        state = StepState(
+            step,
+            stage,
+            stage_index,
+            start,
+            steps,
+            self.model,
+            self.ref_model,
+            self.optimizer,
+            self.accelerator,
+            self.loss,
+            self.loss_cfg,
+            self.reference_logps,
+        )
+        state.step_graph = (
+            self.accelerator.num_processes == 1
+            and self.autocast_dtype is None
+            and self.forward_model is self.model
+            and self.graphed is None
+        )
         self._emit("on_train_start", state)
         bar = tqdm(
             range(start, steps),
@@ -239,9 +257,11 @@ class Trainer:
         totals = self.mean_over_processes(totals)  # the same on every process, so all stop or none
         if not (math.isfinite(totals["loss"]) and math.isfinite(float(grad_norm))):  # before the step: θ stays finite
             self.optimizer.zero_grad(set_to_none=True)
-            raise Diverged(f"the loss is {totals['loss']} and the gradient norm {float(grad_norm)}; stopped before "
-                           "applying the update (the last checkpoint is finite: lower the learning rate or check the "
-                           "data, then `ldyn resume`)")  # fmt: skip
+            raise Diverged(
+                f"the loss is {totals['loss']} and the gradient norm {float(grad_norm)}; stopped before "
+                "applying the update (the last checkpoint is finite: lower the learning rate or check the "
+                "data, then `ldyn resume`)"
+            )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return totals | {"grad_norm": float(grad_norm)}
