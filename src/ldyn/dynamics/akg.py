@@ -274,11 +274,11 @@ def decompose(
 ) -> dict:
     """Predicted against observed, per sequence of an observed batch, for one update θ → θ_after.
 
-    tangents: name -> parameter step; each gives "predicted/<name>" = first-order Δ log π(y|x_o) (none: only the
+    tangents: name -> parameter step; each gives `"predicted/<name>"` = first-order Δ log π(y|x_o) (none: only the
     observed quantities), by forward-mode (`method="jvp"`), by central differences (`"central"`) or with the SGD
     kernel's parts one-sided (`"one_sided"`; the real step stays central). The tangent named "step" (the real
     θ_after − θ; None stands for it: only forward-mode forms it) also gives the predicted mass split. "observed" is
-    the exact change log π_{θ_after}(y|x_o) − log π_θ(y|x_o), with "observed/<statistic>" from `change_statistics`.
+    the exact change log π_{θ_after}(y|x_o) − log π_θ(y|x_o), with `"observed/<statistic>"` from `change_statistics`.
     `before` and `observed`: the rows' (logits, `Scored`) at θ and at θ_after when already computed (forward-mode
     takes the logits at θ from its own primal pass and does not need `before`). The difference methods write every
     shifted parameter set into one buffer (`buffer`, or a new `parameter_buffer`).

@@ -78,7 +78,7 @@ def length_batches(items: list[ProbeItem], batch_tokens: int) -> list[list[Probe
 def prompt_batches(items: list[ProbeItem], batch_tokens: int) -> list[list[list[ProbeItem]]]:
     """For the shared-prompt path: prompts sorted by length and packed so that (prompts × longest prompt) stays
     within batch_tokens; within each such group, its items sorted by response length and packed so that
-    (responses × longest response) stays within batch_tokens. Returns [prompt group][response batch][item]."""
+    (responses × longest response) stays within batch_tokens. Returns `[prompt group][response batch][item]`."""
     prompt_groups = _pack(
         sorted(_by_prompt(items), key=lambda g: len(g[0].prompt)), batch_tokens, lambda g: len(g[0].prompt)
     )  # prompts are encoded once per group

@@ -11,7 +11,7 @@
       decomposition_times.jsonl   seconds per decomposition, against the update it decomposes
       samples.jsonl     stages with on-policy sampling: every sampled response (step, example, role, text, reward)
       figures/          PNGs and the CSV data behind each (`ldyn plot RUN_DIR` redraws them from the files alone)
-      checkpoints/      `last/` (resumable) and `<stage>/` (the model at each stage's end, a HF checkpoint dir)
+      checkpoints/      `last-<step>/` (resumable) and `<stage>/` (the model at each stage's end, a HF checkpoint dir)
 
 JSONL rows are appended and flushed one update or probe round at a time, so a killed run keeps everything it had
 written; a line cut off by the kill is skipped when reading. `append_rows` and `read_rows` are the only code that
@@ -63,8 +63,11 @@ class RunDir:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise LdynError(f"another ldyn process ({holder}) is writing this run; wait for it to finish or choose "
-                            "another output_dir", file=str(self.path)) from None  # fmt: skip
+            raise LdynError(
+                f"another ldyn process ({holder}) is writing this run; wait for it to finish or choose "
+                "another output_dir",
+                file=str(self.path),
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
