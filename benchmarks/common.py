@@ -64,8 +64,12 @@ def add_common_arguments(parser) -> None:
 def add_compile_argument(parser) -> None:
     """--compile: the training forward's decoder layers compiled in this mode (a run's `compile`, models.compiled)."""
     modes = get_args(get_type_hints(RunConfig)["compile"])  # the modes a run's config allows
-    parser.add_argument("--compile", default="no", choices=modes,
-                        help="compile the training forward's decoder layers in this torch.compile mode")  # fmt: skip
+    parser.add_argument(
+        "--compile",
+        default="no",
+        choices=modes,
+        help="compile the training forward's decoder layers in this torch.compile mode",
+    )
 
 
 def setup(args, recipe: str, overrides: list[str]) -> tuple[RunConfig, torch.nn.Module, object, Inputs]:

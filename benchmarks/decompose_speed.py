@@ -46,8 +46,12 @@ class OwnBackward(DecompositionCallback):
         state.step_graph = shared
 
 
-VARIANTS = {"own_backward": OwnBackward, "jvp": DecompositionCallback, "central": DecompositionCallback,
-            "one_sided": DecompositionCallback}  # fmt: skip
+VARIANTS = {
+    "own_backward": OwnBackward,
+    "jvp": DecompositionCallback,
+    "central": DecompositionCallback,
+    "one_sided": DecompositionCallback,
+}
 LABELS = {
     "own_backward": "decomposition: JVPs, g± by their own backward",
     "jvp": "decomposition: JVPs, g± from the step",
@@ -94,8 +98,13 @@ def main() -> None:
     observed_tokens = sum(len(it.prompt) + len(it.response) for it in items)
     with tempfile.TemporaryDirectory() as tmp:
         runs = {name: RunDir(f"{tmp}/{name}") for name in variants}
-        callbacks = [VARIANTS[name](runs[name], items, pad, 1, cfg.decompose.batch_tokens, True,
-                                    "jvp" if name == "own_backward" else name) for name in variants]  # fmt: skip
+        method = {name: "jvp" if name == "own_backward" else name for name in variants}
+        callbacks = [
+            VARIANTS[name](
+                runs[name], items, pad, every=1, batch_tokens=cfg.decompose.batch_tokens, method=method[name]
+            )
+            for name in variants
+        ]
         trainer = Trainer(
             model,
             spec,
@@ -130,8 +139,8 @@ def main() -> None:
     for method in [m for m in ("central", "one_sided") if m in variants and "jvp" in variants]:
         print(f"{method} against forward-mode, same updates (|Δ| / |forward-mode|, over every observed row):")
         for column in ("predicted", "sgd_positive", "sgd_negative"):
-            rel = [abs(c[column] - j[column]) / max(abs(j[column]), 1e-12)
-                   for c, j in zip(records[method], records["jvp"])]  # fmt: skip
+            pairs = zip(records[method], records["jvp"])
+            rel = [abs(c[column] - j[column]) / max(abs(j[column]), 1e-12) for c, j in pairs]
             print(f"  {column:<14} median {statistics.median(rel):.2e}   max {max(rel):.2e}")
 
     # the parts, once each, on the state the run ended in

@@ -37,12 +37,11 @@ def main() -> None:
     prepare_process(args)
     pairs = max(1, args.updates * 2 // 8)  # 8 passes at batch 2
     with tempfile.TemporaryDirectory() as out:
-        overrides = [
-            f"data.train={args.data}", f"probe.path={args.data}", f"model.name={args.model}", f"output_dir={out}",
-            f"data.n_train={pairs}", "data.max_length=128", "data.max_prompt_length=64", "probe.n=12",
-            f"probe.every={args.probe_every}", "checkpoint_every=0", f"stages.dpo.steps={args.updates}",
-            "stages.dpo.optim.name=rmsprop", "stages.dpo.optim.lr=1e-5", *args.set,
-        ]  # fmt: skip
+        where = [f"data.train={args.data}", f"probe.path={args.data}", f"model.name={args.model}", f"output_dir={out}"]
+        sizes = [f"data.n_train={pairs}", "data.max_length=128", "data.max_prompt_length=64", "probe.n=12"]
+        steps = [f"probe.every={args.probe_every}", "checkpoint_every=0", f"stages.dpo.steps={args.updates}"]
+        optim = ["stages.dpo.optim.name=rmsprop", "stages.dpo.optim.lr=1e-5"]
+        overrides = [*where, *sizes, *steps, *optim, *args.set]
         try:
             cfg = load_config("paper_dpo", overrides)
         except LdynError as e:
@@ -56,14 +55,18 @@ def main() -> None:
     updates = [m["time/update_s"] for m in metrics]
     train, probe = sum(updates), sum(p.get("seconds", 0.0) for p in probes)
     malloc = "glibc defaults" if args.glibc_defaults else "keeping freed memory"
-    print(f"{machine()}; model {args.model}; DPO, {args.updates} updates of 2 HH pairs ({pairs} pairs, 8 passes), "
-          f"≤128 tokens, RMSprop; malloc: {malloc}")  # fmt: skip
+    print(
+        f"{machine()}; model {args.model}; DPO, {args.updates} updates of 2 HH pairs ({pairs} pairs, 8 passes), "
+        f"≤128 tokens, RMSprop; malloc: {malloc}"
+    )
     print(f"{'whole run (wall)':<40}{wall / 60:>10.1f} min")
     print(f"{'  updates (sum), median per update':<40}{train / 60:>10.1f} min   {statistics.median(updates):.2f} s")
     print(f"{'  probe rounds (sum)':<40}{probe / 60:>10.1f} min   {len(probes)} rounds")
     print(f"{'  the rest (loading, figures)':<40}{(wall - train - probe) / 60:>10.1f} min")
-    print(f"target: a 500-update run under 20 min -> {'met' if wall < 1200 * args.updates / 500 else 'missed'}"
-          + ("" if args.updates == 500 else f" (scaled to {args.updates} updates)"))  # fmt: skip
+    print(
+        f"target: a 500-update run under 20 min -> {'met' if wall < 1200 * args.updates / 500 else 'missed'}"
+        + ("" if args.updates == 500 else f" (scaled to {args.updates} updates)")
+    )
     result(updates=args.updates, wall_s=wall, train_s=train, probe_s=probe, update_s=statistics.median(updates))
 
 

@@ -28,7 +28,7 @@ from ldyn.train.trainer import Trainer
 
 
 def ldyn_times(
-    model, examples, batch: int, stage, pad_id: int, device: str, bf16: bool, passes: int, compile="no", graphs=0
+    model, examples, *, batch: int, stage, pad_id: int, device: str, bf16: bool, passes: int, compile="no", graphs=0
 ) -> list:
     """Seconds per update over `passes` passes of the batches; the first pass fills the reference cache. A compiled
     forward is compiled (CUDA graphs recorded) in two passes of its own first, after which the timed passes start again
@@ -36,17 +36,25 @@ def ldyn_times(
     cache."""
     from accelerate import Accelerator
 
-    training = Trainer(model, get_loss("dpo"), stage.loss, stage.optim,
-                       accelerator=Accelerator(cpu=device == "cpu", mixed_precision="no"), pad_id=pad_id,
-                       ref_model=frozen_copy(model), mixed_precision="bf16" if bf16 else "no", compile=compile,
-                       cuda_graphs=graphs)  # fmt: skip
+    training = Trainer(
+        model,
+        get_loss("dpo"),
+        stage.loss,
+        stage.optim,
+        accelerator=Accelerator(cpu=device == "cpu", mixed_precision="no"),
+        pad_id=pad_id,
+        ref_model=frozen_copy(model),
+        mixed_precision="bf16" if bf16 else "no",
+        compile=compile,
+        cuda_graphs=graphs,
+    )
     groups = [examples[i : i + batch] for i in range(0, len(examples), batch)]
     if compile != "no" or graphs:
         start = copy.deepcopy(model.state_dict())
         for t, g in enumerate(groups + groups):  # a pass computing the reference, and one reading its cache
             _, seconds = timed(lambda g=g, t=t: training.update([g], t), device)
-            print(f"{'recording' if graphs else f'compiling ({compile})'}: update {t + 1} took {seconds:.2f} s",
-                  flush=True)  # fmt: skip
+            what = "recording" if graphs else f"compiling ({compile})"
+            print(f"{what}: update {t + 1} took {seconds:.2f} s", flush=True)
         model.load_state_dict(start)
         training.optimizer.state.clear()  # a fresh AdamW: its state is created again at the next step
         training.reference_cache.clear()
@@ -60,7 +68,7 @@ def ldyn_times(
     return out, losses[: len(groups)]
 
 
-def trl_times(model, tokenizer, examples, batch: int, stage, device: str, bf16: bool, precompute: bool):
+def trl_times(model, tokenizer, examples, *, batch: int, stage, device: str, bf16: bool, precompute: bool):
     """(seconds per update, loss per update) of TRL's DPOTrainer.train() over the same batches in the same order."""
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
@@ -136,9 +144,14 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=6, help="updates per pass (the first is warm-up)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides")
     add_compile_argument(parser)  # ldyn's side
-    parser.add_argument("--cuda-graphs", type=int, default=0, metavar="N",
-                        help="ldyn's side: pad lengths to multiples of N tokens and replay each length's update as a "
-                        "CUDA graph (a run's cuda_graphs; 0 = off)")  # fmt: skip
+    parser.add_argument(
+        "--cuda-graphs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="ldyn's side: pad lengths to multiples of N tokens and replay each length's update as a "
+        "CUDA graph (a run's cuda_graphs; 0 = off)",
+    )
     args = parser.parse_args()
     n = args.batch * args.updates
     cfg, model, tokenizer, inputs = setup(args, "hh_probe_dpo", [f"data.n_train={n}", "probe.every=0"])
@@ -157,18 +170,16 @@ def main() -> None:
         f"(padded tokens per update: {min(shapes)}-{max(shapes)}); medians over updates 2..{args.updates}"
     )
     start = copy.deepcopy(model.state_dict())
-    (first, cached), losses = ldyn_times(
-        model, examples, args.batch, stage, pad, args.device, args.bf16, 2, args.compile, args.cuda_graphs
-    )
+    settings = dict(batch=args.batch, stage=stage, device=args.device, bf16=args.bf16)
+    ours = dict(pad_id=pad, passes=2, compile=args.compile, graphs=args.cuda_graphs)
+    (first, cached), losses = ldyn_times(model, examples, **ours, **settings)
     print(f"ldyn: reference in the step {median_range(first[1:])} s, cached {median_range(cached[1:])} s", flush=True)
     rows, trl_losses = {}, {}
     rows["ldyn, reference in the step (first pass)"] = first[1:]
     rows["ldyn, reference cached (later passes)"] = cached[1:]
     for name, precompute in (("reference forward each step", False), ("precompute_ref_log_probs", True)):
         model.load_state_dict(start)
-        seconds, trl_losses[name] = trl_times(
-            model, tokenizer, examples, args.batch, stage, args.device, args.bf16, precompute
-        )
+        seconds, trl_losses[name] = trl_times(model, tokenizer, examples, precompute=precompute, **settings)
         rows[f"TRL DPOTrainer, {name}"] = seconds[1:]
     med = {k: sorted(v)[len(v) // 2] for k, v in rows.items()}
     print(f"{'method':<46}{'s/update median [range]':>28}{'pairs/s':>9}")
@@ -184,8 +195,12 @@ def main() -> None:
         f"speed-up, reference in the step: {med[keys[2]] / med[keys[0]]:.2f}x; "
         f"reference precomputed/cached: {med[keys[3]] / med[keys[1]]:.2f}x"
     )
-    result(speedup_in_step=med[keys[2]] / med[keys[0]], speedup_cached=med[keys[3]] / med[keys[1]],
-           ldyn_s=med[keys[0]], trl_s=med[keys[2]])  # fmt: skip
+    result(
+        speedup_in_step=med[keys[2]] / med[keys[0]],
+        speedup_cached=med[keys[3]] / med[keys[1]],
+        ldyn_s=med[keys[0]],
+        trl_s=med[keys[2]],
+    )
 
 
 if __name__ == "__main__":

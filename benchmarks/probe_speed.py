@@ -68,8 +68,12 @@ def main() -> None:
         diff = max(abs(r["logp_sum"] - reference[(r["example_id"], r["type"])]) for r in records)
         print(f"{name:<34}{seconds:>9.2f}{len(items) / seconds:>8.1f}{base / seconds:>9.2f}×{diff:>14.2e}")
     default = next(name for name in results if name.endswith("*"))
-    result(probe_speedup=base / results[default][1], token_ratio=tokens / computed, original_s=base,
-           ldyn_s=results[default][1])  # fmt: skip
+    result(
+        probe_speedup=base / results[default][1],
+        token_ratio=tokens / computed,
+        original_s=base,
+        ldyn_s=results[default][1],
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,14 @@ BENCHMARKS = [
 # cuda_graphs), and training throughput in bf16 for a model large enough to be compute-bound -- Llama-3.2-1B's
 # shapes (with the tokenizer's vocabulary) at random weights, 64 examples (32 pairs) per update, batched by length
 GPU_EXTRA = {"dpo": ["--cuda-graphs", "64"]}
-LLAMA_1B = [f"--config-set={k}={v}" for k, v in (("hidden_size", 2048), ("intermediate_size", 8192),
-            ("num_hidden_layers", 16), ("num_attention_heads", 32), ("num_key_value_heads", 8))]  # fmt: skip
+LLAMA_1B_SHAPES = {
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+}
+LLAMA_1B = [f"--config-set={k}={v}" for k, v in LLAMA_1B_SHAPES.items()]
 GPU_THROUGHPUT = ["--bf16", "--group-by-length", "--compile", "default", "--warmup", "2"]
 GPU_BATCH = {"throughput_dpo": ["--batch", "32"], "throughput_sft": ["--batch", "64"]}
 
@@ -91,8 +97,8 @@ def summary(results: dict[str, dict | None], gpu: bool = False) -> list[tuple[st
                 _verdict(min(in_step, cached) >= 1.5),
             )
         )
-    for key, label in (("ratio_jvp", "JVP"), ("ratio_central", "central differences"),
-                       ("ratio_one_sided", "y± parts one-sided")):  # fmt: skip
+    ratios = {"ratio_jvp": "JVP", "ratio_central": "central differences", "ratio_one_sided": "y± parts one-sided"}
+    for key, label in ratios.items():
         ratio = get("decomposition", key)
         if ratio is not None:
             bound = 3 if gpu else 2
@@ -119,7 +125,7 @@ def summary(results: dict[str, dict | None], gpu: bool = False) -> list[tuple[st
                 _verdict(wall < 1200 * updates / 500),
             )
         )
-    return rows  # fmt: skip
+    return rows
 
 
 def _verdict(met: bool) -> str:
@@ -129,8 +135,11 @@ def _verdict(met: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
-    parser.add_argument("--skip", default="", help="comma-separated benchmarks to leave out: "
-                        + ", ".join(name for name, _, _ in BENCHMARKS))  # fmt: skip
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated benchmarks to leave out: " + ", ".join(name for name, _, _ in BENCHMARKS),
+    )
     args = parser.parse_args()
     common = ["--data", args.data, "--model", args.model, "--device", args.device]
     common += ["--random-init", args.random_init] if args.random_init else []

@@ -127,8 +127,14 @@ def main() -> None:
         print_operators(operators, sum(seconds), flops, peak)
     params = sum(p.numel() for p in model.parameters())
     print(f"{'parameters':<40}{params / 1e6:>12.1f} M")
-    result(loss=args.loss, fraction=achieved / peak, peak_gflops=peak / 1e9, update_s=statistics.median(seconds),
-           params=params, bf16=args.bf16)  # fmt: skip
+    result(
+        loss=args.loss,
+        fraction=achieved / peak,
+        peak_gflops=peak / 1e9,
+        update_s=statistics.median(seconds),
+        params=params,
+        bf16=args.bf16,
+    )
 
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
@@ -139,8 +145,10 @@ def print_operators(operators: Counter, seconds: float, flops: float, peak: floa
     total = sum(operators.values())
     in_matmuls = sum(operators[k] for k in MATMULS)
     print(f"by operator (profiled, {total:.1f} s of self time over {seconds:.1f} s of updates):")
-    print(f"  matrix products: {in_matmuls:.1f} s ({in_matmuls / total:.0%}); useful work over their time alone "
-          f"= {flops / in_matmuls / peak:.0%} of peak (the bound with every other operator free)")  # fmt: skip
+    print(
+        f"  matrix products: {in_matmuls:.1f} s ({in_matmuls / total:.0%}); useful work over their time alone "
+        f"= {flops / in_matmuls / peak:.0%} of peak (the bound with every other operator free)"
+    )
     for key, s in operators.most_common(10):
         if key not in MATMULS:
             print(f"  {key:<60}{s:>8.2f} s ({s / total:.0%})")

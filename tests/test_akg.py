@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import OBSERVED, UPDATE, reference_logps
 
 from ldyn.config import LossConfig
 from ldyn.data.tokenize import IGNORE, collate, collate_pairs
@@ -28,23 +29,11 @@ from ldyn.losses import PairLogps, get_loss
 from ldyn.models.pretrained import prepare, tiny_model
 from ldyn.train.trainer import TrainExample
 
-UPDATE = [TrainExample("u0", [5, 6, 7], [8, 9, 10], [11, 12]), TrainExample("u1", [1, 2], [3, 4], [5, 6, 7])]
-OBSERVED = [([5, 6, 7], [8, 9, 10]), ([5, 6, 7], [11, 12]), ([40, 41], [42, 43, 44])]
-
 
 @pytest.fixture
 def small64(tokenizer):
     model, _ = prepare(tiny_model(tokenizer, torch.float64, "sdpa", seed=2, hidden_size=16), tokenizer)
     return model
-
-
-def reference_logps(model, examples):
-    """Log-probs of a slightly different model, so that the DPO sigmoid is not at 1/2."""
-    batch = collate_pairs(examples, 0, True)
-    with torch.no_grad():
-        logps = sequence_logps(model, batch).sum + torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=torch.float64)
-    n = len(examples)
-    return PairLogps(logps[:n], logps[n:], None, None)
 
 
 def test_jvp_path_equals_explicit_kernel_product(small64):

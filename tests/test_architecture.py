@@ -11,7 +11,7 @@ SRC = Path(ldyn.__file__).parent
 # import each other. The top-level modules (config, schema, losses, errors, cli) are layers of their own.
 LAYERS = [
     ["cli"],
-    ["paper"],
+    ["paper", "catalog"],
     ["train", "integrations", "toys"],
     ["runs", "generate"],
     ["dynamics"],

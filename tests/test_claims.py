@@ -1,70 +1,13 @@
 """Verdict rules on synthetic run directories: each rule can hold, fail, or find nothing to measure."""
 
-import json
-
 import pytest
-import yaml
+from helpers import DPO, SFT, make_run, paper_sft, squeeze_dpo
 
 from ldyn.paper.claims import FAILS, HOLDS, NA, check_claims
-from ldyn.runs.directory import load_run
-
-OTHERS = ["chosen_gptsemantic", "irr_train", "irr_test", "irr_hum", "random_permute", "random_nonhum"]
-
-
-def make_run(path, stages, curves, steps_per_stage=4, every=2, a_norm=None, decomposition=()):
-    """A run directory with `stages` (name, config) and probe curves: type -> f(step, prompt) -> logp."""
-    path.mkdir(parents=True)
-    config = {
-        "name": path.name,
-        "model": {"name": "tiny"},
-        "stages": [{"name": n, "steps": steps_per_stage, "batch_size": 2, **c} for n, c in stages],
-    }
-    (path / "config.yaml").write_text(yaml.safe_dump(config))
-    total = steps_per_stage * len(stages)
-    metrics = [{"step": s, "stage": stages[(s - 1) // steps_per_stage][0], "loss": 1.0} for s in range(1, total + 1)]
-    probes = []
-    for step in range(0, total + 1, every):
-        stage = stages[max(step - 1, 0) // steps_per_stage][0]
-        for e in range(4):
-            for t, f in curves.items():
-                probes.append(
-                    {
-                        "step": step,
-                        "stage": stage,
-                        "example_id": str(e),
-                        "type": t,
-                        "logp_sum": f(step, e),
-                        "a_norm": (a_norm or (lambda s, e: 100 + s))(step, e),
-                    }
-                )
-    (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-    (path / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
-    if decomposition:
-        (path / "decomposition.jsonl").write_text("".join(json.dumps(r) + "\n" for r in decomposition))
-    return load_run(path)
 
 
 def verdicts(runs, **kw):
     return {v.id: v for v in check_claims(runs, **kw)}
-
-
-SFT = ("sft", {"loss": {"name": "sft"}, "optim": {"lr": 1e-5}})
-DPO = ("dpo", {"loss": {"name": "dpo"}, "optim": {"lr": 1e-5}})
-
-
-def paper_sft():
-    """SFT as the paper describes it: chosen and irr_train up, rejected up then flat, the rest down."""
-    return {
-        "chosen": lambda s, e: -100 + 3 * s,
-        "rejected": lambda s, e: -90 + 2 * min(s, 2),
-        "irr_train": lambda s, e: -120 + s,
-        "irr_test": lambda s, e: -120 + 0.2 * s,
-        "irr_hum": lambda s, e: -110 - s,
-        "random_permute": lambda s, e: -300 - s,
-        "random_nonhum": lambda s, e: -280 - s,
-        "chosen_gptsemantic": lambda s, e: -105,
-        "argmax": lambda s, e: -50 + s,
-    }
 
 
 def test_sft_claims_hold_on_paper_like_curves(tmp_path):
@@ -82,16 +25,6 @@ def test_sft_claims_fail_when_the_curves_say_otherwise(tmp_path):
     }
     v = verdicts([make_run(tmp_path / "sft", [SFT], curves, a_norm=lambda s, e: 100 - s)])
     assert [v[i].verdict for i in ("5", "6", "8", "9")] == [FAILS] * 4
-
-
-def squeeze_dpo():
-    """DPO with the squeeze: chosen up then below its start, everything else down, argmax up, margin up."""
-    return {
-        "chosen": lambda s, e: -100 + (2 * s if s <= 2 else 4 - 3 * (s - 2)),
-        "rejected": lambda s, e: -90 - 10 * s,
-        **{t: (lambda s, e, k=k, t=t: -150 - k - s - (t == "irr_test") * s) for k, t in enumerate(OTHERS)},
-        "argmax": lambda s, e: -50 + s,
-    }
 
 
 def test_dpo_squeeze_claims_hold_and_fail(tmp_path):

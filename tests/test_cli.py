@@ -6,33 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_jsonl
+from helpers import cut_and_resume_equals_uninterrupted, ldyn, tiny_run_args, write_jsonl
 
 from ldyn import cli
 from ldyn.runs.directory import RunDir
-
-
-def tiny_run_args(out, *extra):
-    return [
-        "run",
-        "smollm2_sft_dpo",
-        "model.name=tiny",
-        f"output_dir={out}",
-        "stages.sft.steps=2",
-        "stages.dpo.steps=3",
-        "stages.sft.batch_size=2",
-        "stages.dpo.batch_size=2",
-        "probe.n=3",
-        "probe.every=2",
-        "data.n_train=6",
-        *extra,
-    ]
-
-
-def ldyn(capsys, *args):
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_run_writes_a_complete_run_directory(tmp_path, capsys):
@@ -64,34 +41,6 @@ def test_plot_redraws_from_the_files_alone(tmp_path, capsys):
     code, out, err = ldyn(capsys, "plot", str(tmp_path / "run"))
     assert code == 0 and "probe_groups.png" in out
     assert (tmp_path / "run" / "figures" / "probe_groups.png").is_file()
-
-
-def cut_and_resume_equals_uninterrupted(tmp_path, capsys, monkeypatch, args) -> None:
-    """A run interrupted after update 4 (mid-DPO), then resumed, records what the uninterrupted run records."""
-    assert ldyn(capsys, *tiny_run_args(tmp_path / "full", *args))[0] == 0
-    from ldyn.train import experiment
-
-    class Killed(experiment.MetricsLogger):
-        def on_step_end(self, state):
-            super().on_step_end(state)
-            if state.step == 4:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(experiment, "MetricsLogger", Killed)
-    code, _, err = ldyn(capsys, *tiny_run_args(tmp_path / "cut", *args))
-    assert code == 130 and "ldyn resume" in err
-    assert [m["step"] for m in RunDir(tmp_path / "cut").read("metrics.jsonl")] == [1, 2, 3, 4]
-    monkeypatch.undo()
-    code, _, err = ldyn(capsys, "resume", str(tmp_path / "cut"))
-    assert code == 0, err
-    full, cut = RunDir(tmp_path / "full"), RunDir(tmp_path / "cut")
-    losses = lambda run: [(m["step"], round(m["loss"], 5)) for m in run.read("metrics.jsonl")]  # noqa: E731
-    assert losses(cut) == losses(full)
-    key = lambda run: sorted(
-        (p["step"], p["example_id"], p["type"], round(p["logp_sum"], 4))  # noqa: E731
-        for p in run.read("probes.jsonl")
-    )
-    assert key(cut) == key(full)
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatch):

@@ -9,15 +9,23 @@ import sys
 import textwrap
 
 import pytest
-from test_winrate import FakeEndpoint, endpoint  # noqa: F401 -- the loopback endpoint fixture
+from helpers import FakeEndpoint
 
 from ldyn import cli
 from ldyn.generate.judges import EndpointJudge
 from ldyn.paper.winrate import compare, sampling_key
 from ldyn.runs.directory import RunDir
 
-ARGS = ["model.name=tiny", "stages.sft.steps=3", "stages.dpo.steps=3", "stages.*.batch_size=2", "probe.n=2",
-        "probe.every=1", "data.n_train=4", "checkpoint_every=1"]  # fmt: skip
+ARGS = [
+    "model.name=tiny",
+    "stages.sft.steps=3",
+    "stages.dpo.steps=3",
+    "stages.*.batch_size=2",
+    "probe.n=2",
+    "probe.every=1",
+    "data.n_train=4",
+    "checkpoint_every=1",
+]
 
 
 def run_args(out, *extra):
@@ -40,13 +48,14 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path, caps
 
 def test_a_second_process_is_refused_and_the_lock_dies_with_its_holder(tmp_path):
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    script = textwrap.dedent(f"""
         import sys, time
         from ldyn.runs.directory import RunDir
         held = RunDir({str(run)!r}).lock()
         print("locked", flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(Exception, match="another ldyn process"):
@@ -68,8 +77,9 @@ def strict_rows(path):
 
 def test_divergence_stops_with_one_line_keeps_the_last_finite_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    code = cli.main(run_args(out, "stages.sft.optim.name=sgd", "stages.sft.optim.lr=1e30",
-                             "stages.sft.optim.max_grad_norm=0"))  # fmt: skip
+    code = cli.main(
+        run_args(out, "stages.sft.optim.name=sgd", "stages.sft.optim.lr=1e30", "stages.sft.optim.max_grad_norm=0")
+    )
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ldyn: error:")]
     assert code == 2 and len(lines) == 1, lines  # (the progress bars before it are not errors)
     err = lines[0]
@@ -137,18 +147,24 @@ def records(run: RunDir):
     return losses, probes
 
 
-@pytest.mark.parametrize("point,at", [("training", 2), ("training", 5), ("probe", 0), ("probe", 3),
-                                      ("checkpoint", 2), ("checkpoint", 4)])  # fmt: skip
+@pytest.mark.parametrize(
+    "point,at", [("training", 2), ("training", 5), ("probe", 0), ("probe", 3), ("checkpoint", 2), ("checkpoint", 4)]
+)
 def test_kill_9_then_resume_gives_the_uninterrupted_records(point, at, tmp_path, uninterrupted):
     out = tmp_path / "run"
-    killed = subprocess.run([sys.executable, "-c", KILLER, point, str(at), *run_args(out)], capture_output=True,
-                            text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, point, str(at), *run_args(out)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        timeout=300,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert cli.main(["resume", str(out)]) == 0
     assert records(RunDir(out)) == records(uninterrupted)
 
 
-def test_a_flaky_endpoint_loses_no_judgement_across_two_runs(endpoint, tmp_path):  # noqa: F811
+def test_a_flaky_endpoint_loses_no_judgement_across_two_runs(endpoint, tmp_path):
     prompts, a, b = ["q1", "q2", "q3"], ["x1", "x2", "x3"], ["y1", "y2", "y3"]
     FakeEndpoint.behaviour = ["sleep", "500", "truncated", "null", "401", "429", "garbage", "sleep"]
     judge = EndpointJudge(endpoint, "k", "m", timeout=0.3, retries=2)
@@ -167,7 +183,7 @@ def test_a_flaky_endpoint_loses_no_judgement_across_two_runs(endpoint, tmp_path)
     assert len(FakeEndpoint.requests) - asked == 6 - decided_first  # only the failed ones were asked again
 
 
-def test_a_401_is_not_retried_and_retry_after_is_honoured(endpoint):  # noqa: F811
+def test_a_401_is_not_retried_and_retry_after_is_honoured(endpoint):
     FakeEndpoint.behaviour = ["401"]
     judge = EndpointJudge(endpoint, "k", "m", timeout=1.0, retries=5)
     assert judge.prefer("q", "a", "b") is None and len(FakeEndpoint.requests) == 1
@@ -175,7 +191,7 @@ def test_a_401_is_not_retried_and_retry_after_is_honoured(endpoint):  # noqa: F8
     assert judge.prefer("q", "a", "b") == "B" and len(FakeEndpoint.requests) == 3
 
 
-def test_the_judges_time_limit_stops_asking(endpoint):  # noqa: F811
+def test_the_judges_time_limit_stops_asking(endpoint):
     judge = EndpointJudge(endpoint, "k", "m", timeout=1.0, retries=3, time_limit=0.0)
     assert judge.prefer("q", "a", "b") is None and FakeEndpoint.requests == []
     assert judge.failures[-1].startswith("time limit")

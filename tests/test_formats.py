@@ -4,7 +4,7 @@ import json
 from dataclasses import replace
 
 import pytest
-from conftest import write_jsonl
+from helpers import write_jsonl
 
 from ldyn import cli
 from ldyn.config import load_config
@@ -28,20 +28,37 @@ FORMATS = {
     "prompt-only, conversational": ({"prompt": U}, U, {}),
     "prompt-completion": ({"prompt": "The sky is", "completion": " blue."}, "The sky is", {"chosen": " blue."}),
     "prompt-completion, conversational": ({"prompt": U, "completion": A_BLUE}, U, {"chosen": A_BLUE}),
-    "preference": ({"prompt": "The sky is", "chosen": " blue.", "rejected": " green."}, "The sky is",
-                   {"chosen": " blue.", "rejected": " green."}),
-    "preference, conversational": ({"prompt": U, "chosen": A_BLUE, "rejected": A_NO}, U,
-                                   {"chosen": A_BLUE, "rejected": A_NO}),
-    "implicit prompt": ({"chosen": "The sky is blue.", "rejected": "The sky is green."}, "The sky is",
-                        {"chosen": " blue.", "rejected": " green."}),
-    "implicit prompt, HH dialogue": ({"chosen": "\n\nHuman: hi\n\nAssistant: hello",
-                                      "rejected": "\n\nHuman: hi\n\nAssistant: go away"},
-                                     "\n\nHuman: hi\n\nAssistant:", {"chosen": " hello", "rejected": " go away"}),
-    "implicit prompt, conversational": ({"chosen": U + A_BLUE, "rejected": U + A_NO}, U,
-                                        {"chosen": A_BLUE, "rejected": A_NO}),
-    "UltraFeedback (H4)": ({"prompt": "Name a colour.", "chosen": U + A_BLUE, "rejected": U + A_NO}, U,
-                           {"chosen": A_BLUE, "rejected": A_NO}),
-}  # fmt: skip
+    "preference": (
+        {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
+        "The sky is",
+        {"chosen": " blue.", "rejected": " green."},
+    ),
+    "preference, conversational": (
+        {"prompt": U, "chosen": A_BLUE, "rejected": A_NO},
+        U,
+        {"chosen": A_BLUE, "rejected": A_NO},
+    ),
+    "implicit prompt": (
+        {"chosen": "The sky is blue.", "rejected": "The sky is green."},
+        "The sky is",
+        {"chosen": " blue.", "rejected": " green."},
+    ),
+    "implicit prompt, HH dialogue": (
+        {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"},
+        "\n\nHuman: hi\n\nAssistant:",
+        {"chosen": " hello", "rejected": " go away"},
+    ),
+    "implicit prompt, conversational": (
+        {"chosen": U + A_BLUE, "rejected": U + A_NO},
+        U,
+        {"chosen": A_BLUE, "rejected": A_NO},
+    ),
+    "UltraFeedback (H4)": (
+        {"prompt": "Name a colour.", "chosen": U + A_BLUE, "rejected": U + A_NO},
+        U,
+        {"chosen": A_BLUE, "rejected": A_NO},
+    ),
+}
 
 
 @pytest.mark.parametrize("name", FORMATS)
@@ -80,8 +97,11 @@ def test_unsupported_or_malformed_rows_name_their_field():
 
 
 def test_hh_template_writes_a_conversation_as_the_papers_dialogue(tokenizer):
-    prompt = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-              {"role": "user", "content": "how?"}]  # fmt: skip
+    prompt = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "how?"},
+    ]
     example = example_from_row({"prompt": prompt, "chosen": A_BLUE}, "f", 1, "0")
     text, responses = render(tokenizer, "hh", example)
     assert text == "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant:"
@@ -151,12 +171,16 @@ def test_prompt_only_data_feeds_a_stage_that_samples_and_ranks_by_judge():
 
 
 def test_training_and_probing_see_the_same_tokens_for_a_conversational_file(tmp_path, tokenizer):
-    rows = [{"prompt": [{"role": "user", "content": f"question {i}?"}],
-             "chosen": [{"role": "assistant", "content": f"answer {i}"}],
-             "rejected": [{"role": "assistant", "content": f"no {i}"}]} for i in range(4)]  # fmt: skip
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"question {i}?"}],
+            "chosen": [{"role": "assistant", "content": f"answer {i}"}],
+            "rejected": [{"role": "assistant", "content": f"no {i}"}],
+        }
+        for i in range(4)
+    ]
     path = write_jsonl(tmp_path / "conv.jsonl", rows)
-    cfg = load_config("smollm2_sft_dpo", [f"data.train={path}", f"probe.path={path}", "model.name=tiny",
-                                          "probe.n=4"])  # fmt: skip
+    cfg = load_config("smollm2_sft_dpo", [f"data.train={path}", f"probe.path={path}", "model.name=tiny", "probe.n=4"])
     inputs = load_inputs(cfg, tokenizer)
     probes, _ = load_probe_set(str(path))
     assert [t for t in probes[0].responses] == ["chosen", "rejected"]
@@ -168,18 +192,24 @@ def test_training_and_probing_see_the_same_tokens_for_a_conversational_file(tmp_
 
 def test_sft_on_prompt_completion_and_dpo_on_conversational_pairs_run_end_to_end(tmp_path, capsys):
     sft = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": f"Q{i}:", "completion": f" A{i}."} for i in range(4)])
-    conv = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "yes"}],
-             "rejected": [{"role": "assistant", "content": "no"}]} for i in range(4)]  # fmt: skip
+    conv = [
+        {
+            "prompt": [{"role": "user", "content": f"q{i}"}],
+            "chosen": [{"role": "assistant", "content": "yes"}],
+            "rejected": [{"role": "assistant", "content": "no"}],
+        }
+        for i in range(4)
+    ]
     conv = write_jsonl(tmp_path / "conv.jsonl", conv)
     common = ["model.name=tiny", "probe.n=2", "probe.every=1", "stages.*.batch_size=2"]
     recipe = tmp_path / "sft.yaml"
     recipe.write_text("name: sft\nstages:\n  - {name: sft, steps: 2, loss: {name: sft}}\n")
-    code = cli.main(["run", str(recipe), f"data.train={sft}", f"probe.path={sft}", f"output_dir={tmp_path / 'sft'}",
-                     *common])  # fmt: skip
+    code = cli.main(
+        ["run", str(recipe), f"data.train={sft}", f"probe.path={sft}", f"output_dir={tmp_path / 'sft'}", *common]
+    )
     assert code == 0, capsys.readouterr().err
-    code = cli.main(["run", "smollm2_sft_dpo", f"data.train={conv}", f"probe.path={conv}", "data.template=chat",
-                     "stages.sft.steps=1", "stages.dpo.steps=2", f"output_dir={tmp_path / 'dpo'}",
-                     *common])  # fmt: skip
+    chat = [f"data.train={conv}", f"probe.path={conv}", "data.template=chat", f"output_dir={tmp_path / 'dpo'}"]
+    code = cli.main(["run", "smollm2_sft_dpo", *chat, "stages.sft.steps=1", "stages.dpo.steps=2", *common])
     assert code == 0, capsys.readouterr().err
     rows = read_rows(tmp_path / "dpo" / "probes.jsonl")
     assert {r["type"] for r in rows} >= {"chosen", "rejected", "argmax"} and max(r["step"] for r in rows) == 3

@@ -5,8 +5,7 @@ import json
 
 import pytest
 import torch
-from test_akg import OBSERVED, UPDATE, reference_logps
-from test_cli import cut_and_resume_equals_uninterrupted, ldyn, tiny_run_args
+from helpers import OBSERVED, UPDATE, cut_and_resume_equals_uninterrupted, ldyn, reference_logps, tiny_run_args
 
 from ldyn.config import LossConfig, ModelConfig
 from ldyn.data.tokenize import IGNORE, collate, collate_pairs
@@ -92,8 +91,8 @@ def test_bad_lora_settings_are_one_line(tmp_path, capsys):
 def test_compare_puts_lora_and_full_runs_side_by_side(tmp_path, capsys):
     assert ldyn(capsys, *tiny_run_args(tmp_path / "full"))[0] == 0
     assert ldyn(capsys, *tiny_run_args(tmp_path / "lora", *LORA))[0] == 0
-    code, out, err = ldyn(capsys, "compare", str(tmp_path / "full"), str(tmp_path / "lora"),
-                          "--out", str(tmp_path / "cmp.png"))  # fmt: skip
+    png = str(tmp_path / "cmp.png")
+    code, out, err = ldyn(capsys, "compare", str(tmp_path / "full"), str(tmp_path / "lora"), "--out", png)
     assert code == 0, err
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
     import csv
@@ -120,9 +119,16 @@ def test_an_adapter_trains_the_same_through_the_fixed_shape_update(lora64):
     runs = []
     for graphs in (0, 8):
         model = copy.deepcopy(lora64)
-        trainer = Trainer(model, get_loss("dpo"), LossConfig(beta=0.5), OptimConfig(name="adamw", lr=1e-2),
-                          accelerator=Accelerator(cpu=True), pad_id=0, ref_model=frozen_copy(model),
-                          cuda_graphs=graphs)  # fmt: skip
+        trainer = Trainer(
+            model,
+            get_loss("dpo"),
+            LossConfig(beta=0.5),
+            OptimConfig(name="adamw", lr=1e-2),
+            accelerator=Accelerator(cpu=True),
+            pad_id=0,
+            ref_model=frozen_copy(model),
+            cuda_graphs=graphs,
+        )
         losses = [trainer.update([UPDATE], t)["loss"] for t in range(3)]
         runs.append((losses, {k: v.clone() for k, v in parameters(model).items()}))
         if graphs:  # the recorder keeps a gradient for the adapter's parameters only

@@ -90,13 +90,15 @@ def test_the_instruments_packed_rows_equal_the_key_value_cache_path(tiny64, monk
 
     rows = SharedRows(PROMPTS, RESPONSES)
     theta = parameters(tiny64)
-    tangent = {k: torch.randn(v.shape, dtype=v.dtype, generator=torch.Generator().manual_seed(1)) * 1e-3
-               for k, v in theta.items()}  # fmt: skip
+    tangent = {
+        k: torch.randn(v.shape, dtype=v.dtype, generator=torch.Generator().manual_seed(1)) * 1e-3
+        for k, v in theta.items()
+    }
     shifted = {k: v + tangent[k] for k, v in theta.items()}
     for params in (None, shifted):
         fast, scored = rows_logits(tiny64, rows, 0, params)  # packed: the model takes a packed row
-        slow, slow_scored = Scored.of_padded(*shared_prompt_logits(tiny64, encode_prompts(tiny64, PROMPTS, 0, params),
-                                                                   RESPONSES, 0, params))  # fmt: skip
+        encoded = encode_prompts(tiny64, PROMPTS, 0, params)
+        slow, slow_scored = Scored.of_padded(*shared_prompt_logits(tiny64, encoded, RESPONSES, 0, params))
         order = scored.sequence_order()
         assert torch.equal(scored.targets[order], slow_scored.targets)
         assert torch.equal(scored.rows[order], slow_scored.rows) and torch.equal(

@@ -3,7 +3,7 @@ from the cache, and `ldyn run` probing the built file."""
 
 import json
 
-from test_winrate import FakeEndpoint, endpoint  # noqa: F401 -- the loopback endpoint fixture
+from helpers import FakeEndpoint
 
 from ldyn import cli
 from ldyn.data.probesets import PAPER_TYPES, load_probe_set
@@ -11,8 +11,8 @@ from ldyn.generate.probe_build import ORDER, overlap
 
 
 def build(capsys, out, *extra):
-    code = cli.main(["probes", "build", "embedded", "--out", str(out), "--n", "4", "--generator-model", "tiny",
-                     "--initial-model", "tiny", "--max-new-tokens", "12", *extra])  # fmt: skip
+    settings = "--n 4 --generator-model tiny --initial-model tiny --max-new-tokens 12".split()
+    code = cli.main(["probes", "build", "embedded", "--out", str(out), *settings, *extra])
     err = capsys.readouterr().err
     assert code == 0, err
     return [json.loads(line) for line in out.read_text().splitlines()]
@@ -51,11 +51,11 @@ def test_an_interrupted_build_continues_from_its_cache(tmp_path, capsys):
     assert [r["chosen"] for r in first] == [r["chosen"] for r in build(capsys, out)]
 
 
-def test_endpoint_generator_with_failures_then_recovery(endpoint, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_endpoint_generator_with_failures_then_recovery(endpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LDYN_JUDGE_URL", endpoint)
     out = tmp_path / "p.jsonl"
-    args = ["probes", "build", "embedded", "--out", str(out), "--n", "3", "--generator", "endpoint",
-            "--generator-model", "gpt-test", "--initial-model", ""]  # fmt: skip
+    settings = "--n 3 --generator endpoint --generator-model gpt-test".split()
+    args = ["probes", "build", "embedded", "--out", str(out), *settings, "--initial-model", ""]
     FakeEndpoint.behaviour = ["500", "500", "500", "null"] + [f"Rephrased response: text {i}" for i in range(30)]
     assert cli.main(args) == 0, capsys.readouterr().err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -83,9 +83,19 @@ def test_check_reports_each_type_and_ldyn_run_probes_the_built_file(tmp_path, ca
     assert report["random_permute"]["overlap_with_chosen"] == 1.0 and report["chosen"]["empty"] == 0
     assert report["chosen_gptsemantic"]["generator"] == "local:tiny"
     assert overlap("a b c", "c b a") == 1.0 and overlap("a b", "c d") == 0.0
-    run = ["run", "smollm2_sft_dpo", "model.name=tiny", f"probe.path={out}", "probe.n=4", "probe.every=2",
-           "stages.sft.steps=2", "stages.dpo.steps=2", "stages.*.batch_size=2", "data.n_train=4",
-           f"output_dir={tmp_path / 'run'}"]  # fmt: skip
+    run = [
+        "run",
+        "smollm2_sft_dpo",
+        "model.name=tiny",
+        f"probe.path={out}",
+        "probe.n=4",
+        "probe.every=2",
+        "stages.sft.steps=2",
+        "stages.dpo.steps=2",
+        "stages.*.batch_size=2",
+        "data.n_train=4",
+        f"output_dir={tmp_path / 'run'}",
+    ]
     assert cli.main(run) == 0
     probes = [json.loads(line) for line in (tmp_path / "run" / "probes.jsonl").read_text().splitlines()]
     assert {p["type"] for p in probes} >= {"chosen_initial", "irr_hum", "random_nonhum"}
@@ -93,8 +103,11 @@ def test_check_reports_each_type_and_ldyn_run_probes_the_built_file(tmp_path, ca
 
 def test_bad_build_settings_are_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("LDYN_JUDGE_URL", raising=False)
-    cases = [(["--n", "0"], "field '--n': must be >= 1"), (["--n", "500"], "asks for more pairs than the data has"),
-             (["--generator", "endpoint", "--n", "4"], "$LDYN_JUDGE_URL")]  # fmt: skip
+    cases = [
+        (["--n", "0"], "field '--n': must be >= 1"),
+        (["--n", "500"], "asks for more pairs than the data has"),
+        (["--generator", "endpoint", "--n", "4"], "$LDYN_JUDGE_URL"),
+    ]
     for extra, expected in cases:
         code = cli.main(["probes", "build", "embedded", "--out", str(tmp_path / "p.jsonl"), *extra])
         err = capsys.readouterr().err

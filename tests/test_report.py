@@ -4,7 +4,7 @@ import shutil
 import subprocess
 
 import pytest
-from test_claims import DPO, SFT, make_run, paper_sft, squeeze_dpo
+from helpers import DPO, SFT, make_run, paper_sft, squeeze_dpo
 
 from ldyn import cli
 from ldyn.runs.figures import plot_run

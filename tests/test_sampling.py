@@ -48,10 +48,10 @@ def test_rejected_are_replaced_by_samples_of_the_given_model(tiny, tokenizer, tm
             SampleConfig(responses="rejected", source=source, max_new_tokens=5),
             tiny,
             other,
-            tokenizer.pad_token_id,
-            tokenizer.eos_token_id,
-            RunDir(tmp_path),
-            tokenizer,
+            pad_id=tokenizer.pad_token_id,
+            eos_id=tokenizer.eos_token_id,
+            run=RunDir(tmp_path),
+            tokenizer=tokenizer,
         )
         calls.append(sampler.model)
         out = sampler(_examples(), step=7)
@@ -67,9 +67,8 @@ def test_both_sampled_are_ordered_by_the_reward(tiny, tokenizer):
         SampleConfig(responses="both", max_new_tokens=5),
         tiny,
         None,
-        tokenizer.pad_token_id,
-        tokenizer.eos_token_id,
-        None,
+        pad_id=tokenizer.pad_token_id,
+        eos_id=tokenizer.eos_token_id,
     )
     for e in sampler(_examples(), step=1):
         source = next(x for x in _examples() if x.id == e.id.split("@")[0])
@@ -137,11 +136,10 @@ def test_both_sampled_can_be_ranked_by_a_judge(tiny, tokenizer):
         SampleConfig(responses="both", rank="judge", max_new_tokens=8),
         tiny,
         None,
-        tokenizer.pad_token_id,
-        tokenizer.eos_token_id,
-        None,
-        tokenizer,
-        judge,
+        pad_id=tokenizer.pad_token_id,
+        eos_id=tokenizer.eos_token_id,
+        tokenizer=tokenizer,
+        judge=judge,
     )
     out = sampler(_examples(), step=1)
     decode = tokenizer.decode

@@ -71,9 +71,21 @@ def test_a_few_real_steps_of_sft_then_dpo(tmp_path):
 
 def test_lora_sft_then_dpo_on_smollm2_in_its_chat_template(tmp_path):
     out = tmp_path / "run"
-    args = ["run", "smollm2_sft_dpo", f"output_dir={out}", "stages.sft.steps=2", "stages.dpo.steps=2", "probe.n=2",
-            "probe.every=2", "data.n_train=8", "data.template=chat", "model.peft.r=8", "stages.*.optim.lr=1e-4",
-            "decompose.every=3", "decompose.n=1"]  # fmt: skip
+    args = [
+        "run",
+        "smollm2_sft_dpo",
+        f"output_dir={out}",
+        "stages.sft.steps=2",
+        "stages.dpo.steps=2",
+        "probe.n=2",
+        "probe.every=2",
+        "data.n_train=8",
+        "data.template=chat",
+        "model.peft.r=8",
+        "stages.*.optim.lr=1e-4",
+        "decompose.every=3",
+        "decompose.n=1",
+    ]
     assert cli.main(args) == 0
     run = RunDir(out)
     metrics = run.read("metrics.jsonl")
@@ -90,8 +102,11 @@ def test_lora_sft_then_dpo_on_smollm2_in_its_chat_template(tmp_path):
     cfg = load_run(out).config
     items, _ = load_probe_items(cfg.probe.path, ["chosen"], 2, cfg.seed, tokenizer, cfg.data)
     assert tokenizer.decode(items[0].prompt).endswith("<|im_start|>assistant\n")  # SmolLM2's chat format
-    again = {r["example_id"]: r["logp_sum"] for r in probe(model, items, tokenizer.pad_token_id, progress=False)
-             if r["type"] == "chosen"}  # fmt: skip
+    again = {
+        r["example_id"]: r["logp_sum"]
+        for r in probe(model, items, tokenizer.pad_token_id, progress=False)
+        if r["type"] == "chosen"
+    }
     assert len(probes) == 2
     for p in probes:
         assert again[p["example_id"]] == pytest.approx(p["logp_sum"], abs=1e-3)
@@ -120,9 +135,9 @@ def test_smollm2_samples_readable_answers_and_judges_them(smollm2, tmp_path):
 @pytest.mark.skipif(shutil.which("g++") is None, reason="inductor generates C++ for a CPU: no g++ here")
 def test_an_inductor_compiled_training_forward_gives_the_eager_loss_and_gradients(tokenizer):
     """Generated kernels (inductor on this CPU) against the eager model, float64: fused operators reorder sums."""
-    from test_trainer import _compiled_against_eager
+    from helpers import compiled_against_eager
 
-    (eager_loss, eager), (loss_value, grads) = _compiled_against_eager(tokenizer, "sft")
+    (eager_loss, eager), (loss_value, grads) = compiled_against_eager(tokenizer, "sft")
     assert torch.allclose(eager_loss, loss_value, rtol=1e-10)
     for a, b in zip(eager, grads):
         assert torch.allclose(a, b, rtol=1e-7, atol=1e-10)

@@ -7,8 +7,17 @@ from ldyn import cli
 from ldyn.runs.directory import RunDir
 from ldyn.runs.trackers import open_trackers, probe_scalars
 
-TINY = ["run", "smollm2_sft_dpo", "model.name=tiny", "stages.sft.steps=2", "stages.dpo.steps=2",
-        "stages.*.batch_size=2", "probe.n=2", "probe.every=2", "data.n_train=4"]  # fmt: skip
+TINY = [
+    "run",
+    "smollm2_sft_dpo",
+    "model.name=tiny",
+    "stages.sft.steps=2",
+    "stages.dpo.steps=2",
+    "stages.*.batch_size=2",
+    "probe.n=2",
+    "probe.every=2",
+    "data.n_train=4",
+]
 
 
 def test_ldyn_run_reports_to_tensorboard(tmp_path):

@@ -5,14 +5,13 @@ import copy
 import pytest
 import torch
 from accelerate import Accelerator
+from helpers import EXAMPLES, compiled_against_eager
 
 from ldyn.config import LossConfig, OptimConfig
 from ldyn.logprobs import packed as packing
 from ldyn.losses import get_loss
 from ldyn.models.pretrained import frozen_copy, prepare, tiny_model
 from ldyn.train.trainer import Trainer, TrainExample, batches
-
-EXAMPLES = [TrainExample(str(i), [1 + i, 2, 3], [4, 5 + i, 6], [7, 8 + i]) for i in range(8)]
 
 
 def make_trainer(model, loss="dpo", optim="adamw", lr=1e-2, callbacks=(), grad_accum=1, **loss_kw):
@@ -95,8 +94,7 @@ def test_pairs_sharing_their_prompt_train_exactly_as_the_plain_path(tokenizer, l
     grads = []
     for shared in (True, False):
         model.zero_grad()
-        if not shared:  # the plain path is what runs under several processes
-            monkeypatch.setattr(trainer.accelerator.state, "num_processes", 2)
+        trainer.packs_rows = shared  # the plain path is what runs under several processes, or on a GPU
         loss_value, *_ = trainer.loss_on(examples)
         loss_value.backward()
         grads.append((loss_value.detach(), [p.grad.clone() for p in model.parameters()]))
@@ -152,33 +150,6 @@ def test_bf16_mixed_precision_trains_while_probes_stay_fp32(tokenizer):
     assert plain == inside
 
 
-def _compiled_against_eager(tokenizer, loss, packed=False):
-    """(eager, compiled) (loss, gradients) of one micro-batch on the plain path (or packed, as a CPU runs it), in
-    float64 (sdpa: eager attention takes its softmax in float32, which generated kernels round differently)."""
-    model, _ = prepare(tiny_model(tokenizer, dtype=torch.float64, attn_implementation="sdpa", seed=7), tokenizer)
-    names = list(model.state_dict())
-    out = []
-    for mode in ("no", "default"):
-        spec = get_loss(loss)
-        trainer = Trainer(model, spec, LossConfig(name=loss), OptimConfig(lr=1e-3), accelerator=Accelerator(cpu=True),
-                          pad_id=0, ref_model=frozen_copy(model) if spec.needs_reference else None,
-                          compile=mode)  # fmt: skip
-        trainer.accelerator.state.num_processes = 1 if packed else 2  # 2: the padded path, as under DDP
-        try:
-            model.zero_grad()
-            value, *_ = trainer.loss_on(EXAMPLES[:3])
-            value.backward()
-        finally:
-            trainer.accelerator.state.num_processes = 1
-        out.append((value.detach(), [p.grad.clone() for p in model.parameters()]))
-    compiled_modules = [m for m in trainer.forward_model.modules()  # the last trainer's: compiled
-                        if isinstance(m, torch._dynamo.eval_frame.OptimizedModule)]  # fmt: skip
-    assert len(compiled_modules) == model.config.num_hidden_layers  # each decoder layer, not the whole model
-    assert not any(isinstance(m, torch._dynamo.eval_frame.OptimizedModule) for m in model.modules())
-    assert list(model.state_dict()) == names  # the instruments and checkpoints see the eager model, unchanged
-    return out
-
-
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("loss", ["sft", "dpo"])
 def test_a_compiled_training_forward_gives_the_eager_loss_and_gradients(tokenizer, loss, packed, monkeypatch):
@@ -187,7 +158,7 @@ def test_a_compiled_training_forward_gives_the_eager_loss_and_gradients(tokenize
     import functools
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
-    (eager_loss, eager), (loss_value, grads) = _compiled_against_eager(tokenizer, loss, packed)
+    (eager_loss, eager), (loss_value, grads) = compiled_against_eager(tokenizer, loss, packed)
     assert torch.allclose(eager_loss, loss_value, rtol=0, atol=1e-12)
     for a, b in zip(eager, grads):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
@@ -209,12 +180,18 @@ def test_updates_of_fixed_padded_shapes_train_exactly_as_the_eager_paths(tokeniz
     for name in ("packed", "padded", "graphed", "graphed, padded rows"):
         model, _ = prepare(tiny_model(tokenizer, dtype=torch.float64, attn_implementation="sdpa", seed=5), tokenizer)
         spec = get_loss(loss)
-        trainer = Trainer(model, spec, LossConfig(name=loss), OptimConfig(name="adamw", lr=1e-2, max_grad_norm=1.0),
-                          accelerator=Accelerator(cpu=True), pad_id=0,
-                          ref_model=frozen_copy(model) if spec.needs_reference else None,
-                          cuda_graphs=4 if name.startswith("graphed") else 0)  # fmt: skip
+        trainer = Trainer(
+            model,
+            spec,
+            LossConfig(name=loss),
+            OptimConfig(name="adamw", lr=1e-2, max_grad_norm=1.0),
+            accelerator=Accelerator(cpu=True),
+            pad_id=0,
+            ref_model=frozen_copy(model) if spec.needs_reference else None,
+            cuda_graphs=4 if name.startswith("graphed") else 0,
+        )
         if name == "padded":
-            monkeypatch.setattr("ldyn.train.trainer.packable", lambda model: False)
+            trainer.packs_rows = False
         if name == "graphed, padded rows":
             monkeypatch.setattr("ldyn.train.graphs.packable", lambda model: False)
         losses = [trainer.update([batch], t)["loss"] for t, batch in enumerate(data)]
@@ -232,8 +209,16 @@ def test_updates_of_fixed_padded_shapes_train_exactly_as_the_eager_paths(tokeniz
 def test_cuda_graphs_need_one_process_one_micro_batch_and_no_compile(tokenizer):
     model, _ = prepare(tiny_model(tokenizer), tokenizer)
     with pytest.raises(Exception, match="grad_accum=1"):
-        Trainer(model, get_loss("sft"), LossConfig(name="sft"), OptimConfig(name="adamw", lr=1e-2),
-                accelerator=Accelerator(cpu=True), pad_id=0, grad_accum=2, cuda_graphs=64)  # fmt: skip
+        Trainer(
+            model,
+            get_loss("sft"),
+            LossConfig(name="sft"),
+            OptimConfig(name="adamw", lr=1e-2),
+            accelerator=Accelerator(cpu=True),
+            pad_id=0,
+            grad_accum=2,
+            cuda_graphs=64,
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the capture itself")
@@ -242,8 +227,10 @@ def test_updates_replayed_as_cuda_graphs_train_as_the_eager_update(tokenizer, lo
     """On a GPU: the first meeting of a shape records its graph, later ones replay it (new inputs copied in, the
     gradients hooked back after the trainer unhooked them). In fp32, with other attention kernels (no mask), so to
     float32's rounding: every update's loss, and the parameters, against the distance they travelled."""
-    examples = [TrainExample(str(i), [1 + i] * (2 + i), [4, 5 + i, 6] * (1 + 2 * (i % 3)), [7, 8 + i] * (3 - i % 3))
-                for i in range(8)]  # fmt: skip
+    examples = [
+        TrainExample(str(i), [1 + i] * (2 + i), [4, 5 + i, 6] * (1 + 2 * (i % 3)), [7, 8 + i] * (3 - i % 3))
+        for i in range(8)
+    ]
     data = [examples[:4], examples[4:], examples[:4], examples[4:], examples[:4]]
     runs = []
     for graphs in (0, 4):
@@ -251,9 +238,16 @@ def test_updates_replayed_as_cuda_graphs_train_as_the_eager_update(tokenizer, lo
         model.cuda()
         start = [p.detach().clone() for p in model.parameters()]
         spec = get_loss(loss)
-        trainer = Trainer(model, spec, LossConfig(name=loss), OptimConfig(name="adamw", lr=1e-3, max_grad_norm=1.0),
-                          accelerator=Accelerator(), pad_id=0, cuda_graphs=graphs,
-                          ref_model=frozen_copy(model) if spec.needs_reference else None)  # fmt: skip
+        trainer = Trainer(
+            model,
+            spec,
+            LossConfig(name=loss),
+            OptimConfig(name="adamw", lr=1e-3, max_grad_norm=1.0),
+            accelerator=Accelerator(),
+            pad_id=0,
+            cuda_graphs=graphs,
+            ref_model=frozen_copy(model) if spec.needs_reference else None,
+        )
         losses = [trainer.update([batch], t)["loss"] for t, batch in enumerate(data)]
         runs.append((losses, torch.cat([p.detach().flatten() for p in model.parameters()])))
         if graphs:

@@ -4,15 +4,15 @@ import csv
 import math
 
 import numpy as np
-from test_claims import DPO, make_run, squeeze_dpo
+from helpers import DPO, make_run, squeeze_dpo
 
 from ldyn.paper.report import write_report
 from ldyn.paper.trajectories import peak_of, summarise, trajectories
 
 
 def test_peak_rise_fall_and_net_by_hand():
-    p = peak_of(np.array([0, 8, 16, 24]), np.array([-10.0, -7.0, -8.5, np.nan]), claims="11", stage="r/dpo",
-                response="chosen", prompt="mean")  # fmt: skip
+    steps, curve = np.array([0, 8, 16, 24]), np.array([-10.0, -7.0, -8.5, np.nan])
+    p = peak_of(steps, curve, claims="11", stage="r/dpo", response="chosen", prompt="mean")
     assert (p.start, p.peak, p.peak_step, p.end, p.end_step) == (-10.0, -7.0, 8, -8.5, 16)  # the NaN probe skipped
     assert (p.rise, p.fall, p.net) == (3.0, 1.5, 1.5)
     rising = peak_of(np.array([0, 8, 16]), np.array([-10.0, -9.0, -8.0]), claims="", stage="", response="", prompt="")

@@ -2,10 +2,9 @@
 served on loopback that times out, fails and answers nonsense."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from helpers import FakeEndpoint
 
 from ldyn import cli
 from ldyn.generate.judges import EndpointJudge, parse_verdict
@@ -92,59 +91,6 @@ def test_wilson_interval():
     low, high = wilson(30, 40)
     assert 0.59 < low < 0.75 < high < 0.87
     assert wilson(0, 0) == (None, None)
-
-
-class FakeEndpoint(BaseHTTPRequestHandler):
-    """/chat/completions: answers by the `behaviour` list in order (one entry per request), then 'A'."""
-
-    behaviour: list = []
-    requests: list = []
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append((self.path, self.headers.get("Authorization"), body))
-        action = type(self).behaviour.pop(0) if type(self).behaviour else "More helpful: A"
-        if action == "sleep":
-            threading.Event().wait(1.0)
-            action = "More helpful: A"
-        if action in ("500", "401", "429"):
-            self.send_response(int(action))
-            if action == "429":
-                self.send_header("Retry-After", "0")
-            self.end_headers()
-            return
-        if action == "truncated":  # promises more bytes than it sends, then closes
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", "200")
-            self.end_headers()
-            self.wfile.write(b'{"choices": [')
-            return
-        if action == "null":
-            action = None
-        payload = (
-            b"{not json"
-            if action == "garbage"
-            else json.dumps({"choices": [{"message": {"role": "assistant", "content": action}}]}).encode()
-        )
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def endpoint():
-    FakeEndpoint.behaviour, FakeEndpoint.requests = [], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeEndpoint)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
 
 
 def test_endpoint_judge_retries_timeouts_errors_and_malformed_answers(endpoint):

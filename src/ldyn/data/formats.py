@@ -48,8 +48,11 @@ class Example:
 
 
 def is_messages(value) -> bool:
-    return (isinstance(value, list) and bool(value)
-            and all(isinstance(m, dict) and "role" in m and "content" in m for m in value))  # fmt: skip
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    )
 
 
 def text_of(value: str | list[dict]) -> str:
@@ -70,11 +73,17 @@ def example_from_row(row: dict, file: str, line: int | None, default_id: str) ->
     """One row in any format of the table above -> Example (responses may be empty: `require` decides)."""
     where = dict(file=file, line=line)
     if "label" in row and "completion" in row:
-        raise LdynError("unpaired preference rows (prompt, completion, label: KTO's format) are not supported; "
-                        "give pairs (prompt, chosen, rejected) or prompt-completion rows", **where,
-                        field="label")  # fmt: skip
-    responses = {k: _value(row, k, where) for k, v in row.items()
-                 if k not in NOT_RESPONSES and (_is_text(v) or k in ("chosen", "rejected"))}  # fmt: skip
+        raise LdynError(
+            "unpaired preference rows (prompt, completion, label: KTO's format) are not supported; "
+            "give pairs (prompt, chosen, rejected) or prompt-completion rows",
+            **where,
+            field="label",
+        )
+    responses = {
+        k: _value(row, k, where)
+        for k, v in row.items()
+        if k not in NOT_RESPONSES and (_is_text(v) or k in ("chosen", "rejected"))
+    }
     if "messages" in row:
         prompt, responses["chosen"] = _split_conversation(_value(row, "messages", where), where, "messages")
     elif "text" in row and "prompt" not in row:
@@ -87,12 +96,13 @@ def example_from_row(row: dict, file: str, line: int | None, default_id: str) ->
             responses["chosen"] = _value(row, "completion", where)
         prompt, responses = _conversations_to_turns(prompt, responses, where)
     elif "chosen" in row and "rejected" in row:
-        prompt, responses["chosen"], responses["rejected"] = implicit_prompt(responses["chosen"],
-                                                                             responses["rejected"], where)  # fmt: skip
+        prompt, *pair = implicit_prompt(responses["chosen"], responses["rejected"], where)
+        responses["chosen"], responses["rejected"] = pair
     else:
         have = ", ".join(sorted(row)) or "nothing"
-        raise LdynError(f"no prompt: a row needs `prompt`, `messages`, `text`, or `chosen` and `rejected` (it has: "
-                        f"{have})", **where)  # fmt: skip
+        raise LdynError(
+            f"no prompt: a row needs `prompt`, `messages`, `text`, or `chosen` and `rejected` (it has: {have})", **where
+        )
     return Example(str(row.get("id", default_id)), prompt, responses, file, line)
 
 
@@ -103,8 +113,11 @@ def _is_text(value) -> bool:
 def _value(row: dict, name: str, where: dict):
     value = row[name]
     if not _is_text(value):
-        raise LdynError(f"must be a string or a list of messages ({{role, content}}), got {type(value).__name__}",
-                        **where, field=name)  # fmt: skip
+        raise LdynError(
+            f"must be a string or a list of messages ({{role, content}}), got {type(value).__name__}",
+            **where,
+            field=name,
+        )
     return value
 
 
@@ -128,8 +141,11 @@ def _conversations_to_turns(prompt, responses: dict, where: dict):
         if isinstance(value, list) and any(m["role"] != "assistant" for m in value):
             before, responses[name] = _split_conversation(value, where, name)
             if turns is not None and before != turns:
-                raise LdynError("the conversation before the last assistant turn differs from the other responses'",
-                                **where, field=name)  # fmt: skip
+                raise LdynError(
+                    "the conversation before the last assistant turn differs from the other responses'",
+                    **where,
+                    field=name,
+                )
             turns = before
     return (turns if turns is not None else prompt), responses
 
@@ -137,21 +153,26 @@ def _conversations_to_turns(prompt, responses: dict, where: dict):
 def implicit_prompt(chosen, rejected, where: dict):
     """(prompt, chosen, rejected) from two responses that start with the same prompt."""
     if is_messages(chosen) != is_messages(rejected):
-        raise LdynError("must be the same kind as 'chosen' (both texts or both message lists)", **where,
-                        field="rejected")  # fmt: skip
+        raise LdynError(
+            "must be the same kind as 'chosen' (both texts or both message lists)", **where, field="rejected"
+        )
     if is_messages(chosen):
         prompt_c, chosen = _split_conversation(chosen, where, "chosen")
         prompt_r, rejected = _split_conversation(rejected, where, "rejected")
         if prompt_c != prompt_r:
-            raise LdynError("the conversation before the last assistant turn differs from the one in 'chosen'",
-                            **where, field="rejected")  # fmt: skip
+            raise LdynError(
+                "the conversation before the last assistant turn differs from the one in 'chosen'",
+                **where,
+                field="rejected",
+            )
         return prompt_c, chosen, rejected
     if HH_ASSISTANT in chosen:
         prompt, chosen = split_hh(chosen, dict(where, field="chosen"))
         prompt_r, rejected = split_hh(rejected, dict(where, field="rejected"))
         if prompt_r != prompt:
-            raise LdynError("dialogue before the last assistant turn differs from the one in 'chosen'", **where,
-                            field="rejected")  # fmt: skip
+            raise LdynError(
+                "dialogue before the last assistant turn differs from the one in 'chosen'", **where, field="rejected"
+            )
         return prompt, chosen, rejected
     n = 0
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
@@ -234,8 +255,14 @@ def hf_rows(name: str, split: str, n: int = 0):
     return enumerate(ds, start=1)
 
 
-def load_examples(source, split: str = "train", n: int = 0, fields: dict[str, str] | None = None,
-                  skip_empty: bool = False, seed: int = 0) -> tuple[list[Example], int]:  # fmt: skip
+def load_examples(
+    source,
+    split: str = "train",
+    n: int = 0,
+    fields: dict[str, str] | None = None,
+    skip_empty: bool = False,
+    seed: int = 0,
+) -> tuple[list[Example], int]:
     """The first `n` examples (0 = all) of `source` that have `fields` (name -> why needed), and the number of rows
     skipped for an empty field (only with `skip_empty`; otherwise an empty field is an error naming its row)."""
     rows, file = read_rows(source, split, seed, n)

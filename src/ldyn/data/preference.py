@@ -27,7 +27,8 @@ def load_pairs(
     needed = {f: "a preference pair has it" for f in ("chosen", "rejected")}
     needed |= {f: "asked for" for f in fields if f not in needed}
     examples, skipped = load_examples(source, split, n, needed, skip_empty, seed)
-    pairs = [Pair(e.id, e.prompt, text_of(e.responses["chosen"]), text_of(e.responses["rejected"]),
-                  {f: text_of(e.responses[f]) for f in fields if f not in ("chosen", "rejected")})
-             for e in examples]  # fmt: skip
+    pairs = []
+    for e in examples:
+        texts = {f: text_of(e.responses[f]) for f in needed}  # chosen, rejected, then the other fields
+        pairs.append(Pair(e.id, e.prompt, texts.pop("chosen"), texts.pop("rejected"), texts))
     return pairs, skipped

@@ -63,8 +63,12 @@ def load_probe_set(
     for e in examples:
         missing = [t for t in types if t not in e.responses]
         if missing:
-            raise LdynError(f"probe type '{missing[0]}' is not in this file (it has: {', '.join(sorted(e.responses))})",
-                            file=file, line=e.line, field=missing[0])  # fmt: skip
+            raise LdynError(
+                f"probe type '{missing[0]}' is not in this file (it has: {', '.join(sorted(e.responses))})",
+                file=file,
+                line=e.line,
+                field=missing[0],
+            )
         e = require(e, {"chosen": "the argmax response is measured along it"}, optional_empty=True)
         out.append(Example(e.id, e.prompt, {t: e.responses[t] for t in types if t in e.responses}, e.file, e.line))
     if n > available:  # after the rows' own checks, which name a line

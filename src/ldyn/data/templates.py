@@ -28,8 +28,10 @@ _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 def check_template(template: str) -> None:
     if template not in NAMED and "{prompt}" not in template:
-        raise LdynError(f"must be one of {', '.join(NAMED)} or a string with {{prompt}} in it, got {template!r}",
-                        field="data.template")  # fmt: skip
+        raise LdynError(
+            f"must be one of {', '.join(NAMED)} or a string with {{prompt}} in it, got {template!r}",
+            field="data.template",
+        )
 
 
 def render(tokenizer, template: str, example: Example) -> tuple[str, dict[str, str]]:
@@ -69,10 +71,9 @@ def _hh_prompt(prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     names = {"user": "Human", "assistant": "Assistant"}
-    text = "".join(
-        f"\n\n{names[m['role']]}: {m['content']}" if m["role"] in names else f"{m['content']}" for m in prompt
-    )  # fmt: skip  (a system turn goes first, as plain text)
-    return text + HH_ASSISTANT
+    # a system turn goes first, as plain text
+    turns = (f"\n\n{names[m['role']]}: {m['content']}" if m["role"] in names else str(m["content"]) for m in prompt)
+    return "".join(turns) + HH_ASSISTANT
 
 
 def _hh_response(response) -> str:
@@ -87,8 +88,11 @@ def _single_turn(prompt) -> str:
         return prompt
     users = [m for m in prompt if m["role"] != "system"]
     if len(users) != 1 or users[0]["role"] != "user":
-        raise LdynError(f"a template string takes one user turn, and this prompt has {len(prompt)} turns: use "
-                        "data.template=chat or hh", field="prompt")  # fmt: skip
+        raise LdynError(
+            f"a template string takes one user turn, and this prompt has {len(prompt)} turns: use "
+            "data.template=chat or hh",
+            field="prompt",
+        )
     return str(users[0]["content"])
 
 
@@ -102,8 +106,10 @@ def as_turns(prompt) -> list[dict]:
     if not _HH_TURN.search(prompt):
         return [{"role": "user", "content": prompt.strip()}]
     parts = _HH_TURN.split(prompt)  # [before, role, text, role, text, ...]
-    turns = [{"role": "user" if role == "Human" else "assistant", "content": text.strip()}
-             for role, text in zip(parts[1::2], parts[2::2])]  # fmt: skip
+    turns = [
+        {"role": "user" if role == "Human" else "assistant", "content": text.strip()}
+        for role, text in zip(parts[1::2], parts[2::2])
+    ]
     if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
         turns.pop()  # the final "Assistant:" is the generation prompt
     if parts[0].strip():
@@ -113,8 +119,11 @@ def as_turns(prompt) -> list[dict]:
 
 def _chat(tokenizer, example: Example) -> tuple[str, dict[str, str]]:
     if not getattr(tokenizer, "chat_template", None):
-        raise LdynError("data.template=chat, but this model's tokenizer has no chat template: use data.template=hh "
-                        "or a template string", field="data.template")  # fmt: skip
+        raise LdynError(
+            "data.template=chat, but this model's tokenizer has no chat template: use data.template=hh "
+            "or a template string",
+            field="data.template",
+        )
     turns = as_turns(example.prompt)
     if turns[-1]["role"] == "assistant":
         raise LdynError("a chat prompt must end with a user turn, not an assistant turn", field="prompt")

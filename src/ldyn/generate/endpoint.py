@@ -10,6 +10,9 @@ import time
 import urllib.error
 import urllib.request
 
+# a dropped or cut connection, a timeout, or a malformed answer: asked again
+RETRIED = (urllib.error.URLError, http.client.HTTPException, OSError, ValueError, KeyError, IndexError, TypeError)
+
 
 class ChatEndpoint:
     """`complete(system, user)` -> the answer's text, or None when no usable answer came.
@@ -20,8 +23,16 @@ class ChatEndpoint:
     `time_limit` seconds in all, no more requests are sent. Reasons of failed attempts are in `failures`.
     """
 
-    def __init__(self, url: str, key: str, model: str, timeout: float = 60.0, retries: int = 3,
-                 temperature: float = 0.7, time_limit: float = float("inf")):  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        model: str,
+        timeout: float = 60.0,
+        retries: int = 3,
+        temperature: float = 0.7,
+        time_limit: float = float("inf"),
+    ):
         self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions") else "/chat/completions")
         self.key, self.model, self.timeout, self.retries, self.temperature = key, model, timeout, retries, temperature
         self.id = f"endpoint:{model}"
@@ -29,8 +40,12 @@ class ChatEndpoint:
         self.deadline = time.monotonic() + time_limit
 
     def complete(self, system: str, user: str, accept=lambda text: True) -> str | None:
-        body = {"model": self.model, "temperature": self.temperature, "top_p": 1.0,
-                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}  # fmt: skip
+        body = {
+            "model": self.model,
+            "temperature": self.temperature,
+            "top_p": 1.0,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+        }
         for attempt in range(self.retries):
             if time.monotonic() >= self.deadline:
                 self.failures.append("time limit: the total time limit was reached")
@@ -43,8 +58,7 @@ class ChatEndpoint:
                     return None  # the request itself is wrong: asking again gives the same answer
                 self._wait(attempt, e.headers.get("Retry-After") if e.headers else None)
                 continue
-            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError, KeyError, IndexError,
-                    TypeError) as e:  # fmt: skip
+            except RETRIED as e:
                 self.failures.append(f"{type(e).__name__}: {e}")
                 self._wait(attempt)
                 continue

@@ -93,8 +93,8 @@ def make_judge(cfg: JudgeConfig, seed: int = 0):
             raise LdynError(
                 "judge.kind=endpoint needs $LDYN_JUDGE_URL (e.g. https://api.openai.com/v1) and $LDYN_JUDGE_KEY"
             )
-        return EndpointJudge(url, os.environ.get("LDYN_JUDGE_KEY", ""), cfg.model, cfg.timeout, cfg.retries,
-                             time_limit=cfg.time_limit or float("inf"))  # fmt: skip
+        key = os.environ.get("LDYN_JUDGE_KEY", "")
+        return EndpointJudge(url, key, cfg.model, cfg.timeout, cfg.retries, time_limit=cfg.time_limit or float("inf"))
     from ldyn.models.load import load_model
 
     model, tokenizer = load_model(ModelConfig(cfg.model), seed)

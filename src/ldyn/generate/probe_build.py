@@ -34,7 +34,7 @@ from ldyn.data.embedded import shuffle_words
 from ldyn.data.preference import load_pairs
 from ldyn.data.templates import render_prompt
 from ldyn.errors import LdynError
-from ldyn.runtime.files import append_rows, read_rows
+from ldyn.runtime.files import append_rows, read_rows, write_atomically
 
 SYSTEM = "You are a helpful assistant."
 INSTRUCTIONS = {  # the authors' gpt-3.5-turbo requests (paper.md §5), one user message each
@@ -49,11 +49,30 @@ INSTRUCTIONS = {  # the authors' gpt-3.5-turbo requests (paper.md §5), one user
     "irr_hum": "Please write a random sentence with {words} words. Return only the sentence.",
 }
 GENERATED = (*INSTRUCTIONS, "chosen_initial")
-SOURCE = {"chosen_gptsemantic": "chosen", "reject_gptsemantic": "rejected", "chosen_gptformat": "chosen",
-          "reject_gptformat": "rejected", "random_permute": "chosen", "irr_hum": "chosen",
-          "chosen_initial": "chosen", "random_nonhum": "irr_test"}  # fmt: skip
-ORDER = ("chosen", "chosen_initial", "chosen_gptsemantic", "chosen_gptformat", "rejected", "reject_gptsemantic",
-         "reject_gptformat", "irr_train", "irr_test", "irr_hum", "random_permute", "random_nonhum")  # fmt: skip
+SOURCE = {
+    "chosen_gptsemantic": "chosen",
+    "reject_gptsemantic": "rejected",
+    "chosen_gptformat": "chosen",
+    "reject_gptformat": "rejected",
+    "random_permute": "chosen",
+    "irr_hum": "chosen",
+    "chosen_initial": "chosen",
+    "random_nonhum": "irr_test",
+}
+ORDER = (
+    "chosen",
+    "chosen_initial",
+    "chosen_gptsemantic",
+    "chosen_gptformat",
+    "rejected",
+    "reject_gptsemantic",
+    "reject_gptformat",
+    "irr_train",
+    "irr_test",
+    "irr_hum",
+    "random_permute",
+    "random_nonhum",
+)
 
 
 @dataclass
@@ -104,20 +123,27 @@ class GenerationCache:
         return hashlib.sha1(json.dumps(parts).encode()).hexdigest()
 
     def put(self, key: str, field_: str, row_id: str, text: str | None, reasons: list[str]) -> None:
-        append_rows(self.path, [{"key": key, "field": field_, "id": row_id, "text": text,
-                                 **({"failures": reasons} if text is None else {})}])  # fmt: skip
+        row = {"key": key, "field": field_, "id": row_id, "text": text}
+        if text is None:
+            row["failures"] = reasons
+        append_rows(self.path, [row])
         if text is not None:
             self.done[key] = text
 
 
-def generate_field(name: str, rows: list[dict], template: str, chat, cache: GenerationCache, seed: int,
-                   progress) -> list[int]:  # fmt: skip
+def generate_field(
+    name: str, rows: list[dict], template: str, chat, cache: GenerationCache, seed: int, progress
+) -> list[int]:
     """Fill `name` in every row by `chat` (cached); returns the indices of the rows it failed on."""
     requests, keys = [], []
     for row in rows:
         prompt = render_prompt(None, "hh", row["prompt"])  # a conversational prompt as its HH dialogue
-        user = template.format(chosen=row["chosen"].strip(), rejected=row["rejected"].strip(),
-                               words=len(row["chosen"].split()), prompt=prompt)  # fmt: skip
+        user = template.format(
+            chosen=row["chosen"].strip(),
+            rejected=row["rejected"].strip(),
+            words=len(row["chosen"].split()),
+            prompt=prompt,
+        )
         keys.append(cache.key(name, chat.id, template, user, seed))
         requests.append((SYSTEM, user))
     todo = [i for i, k in enumerate(keys) if k not in cache.done]
@@ -155,22 +181,25 @@ def clean(text: str | None) -> str:
     return text.strip().strip('"').strip()
 
 
-def initial_samples(rows: list[dict], model_name: str, cache: GenerationCache, settings: BuildSettings,
-                    progress) -> list[int]:  # fmt: skip
+def initial_samples(
+    rows: list[dict], model_name: str, cache: GenerationCache, settings: BuildSettings, progress
+) -> list[int]:
     """chosen_initial: the model under study's own sample given each prompt (as the HH text, no chat template), cut
     at the next "\\n\\nHuman:", as the authors made it; returns the rows it failed on (an empty sample)."""
-    keys = [cache.key("chosen_initial", model_name, row["prompt"], settings.seed, settings.max_new_tokens)
-            for row in rows]  # fmt: skip
+    keys = [
+        cache.key("chosen_initial", model_name, row["prompt"], settings.seed, settings.max_new_tokens) for row in rows
+    ]
     todo = [i for i, k in enumerate(keys) if k not in cache.done]
     if todo:
         from ldyn.generate.sampling import sample_texts
 
-        samples = sample_texts(model_name, [rows[i]["prompt"] for i in todo], seed=settings.seed,
-                               max_new_tokens=settings.max_new_tokens)  # fmt: skip
+        samples = sample_texts(
+            model_name, [rows[i]["prompt"] for i in todo], seed=settings.seed, max_new_tokens=settings.max_new_tokens
+        )
         for j, text in samples:
             i, text = todo[j], text.split("\n\nHuman:")[0]
-            cache.put(keys[i], "chosen_initial", rows[i]["id"], text if text.strip() else None,
-                      [] if text.strip() else ["empty sample"])  # fmt: skip
+            ok = bool(text.strip())
+            cache.put(keys[i], "chosen_initial", rows[i]["id"], text if ok else None, [] if ok else ["empty sample"])
             progress.update()
     failed = []
     for i, (row, k) in enumerate(zip(rows, keys)):
@@ -190,8 +219,9 @@ def make_chat(settings: BuildSettings):
         url = os.environ.get("LDYN_JUDGE_URL")
         if not url:
             raise LdynError("--generator endpoint needs $LDYN_JUDGE_URL (and $LDYN_JUDGE_KEY)")
-        return ChatEndpoint(url, os.environ.get("LDYN_JUDGE_KEY", ""), settings.generator_model, settings.timeout,
-                            settings.retries)  # fmt: skip
+        return ChatEndpoint(
+            url, os.environ.get("LDYN_JUDGE_KEY", ""), settings.generator_model, settings.timeout, settings.retries
+        )
     if settings.generator != "local":
         raise LdynError(f"unknown generator '{settings.generator}' (choices: local, endpoint)", field="--generator")
     from ldyn.config import ModelConfig
@@ -230,17 +260,24 @@ def build(settings: BuildSettings) -> Path:
                 template = s.instructions.get(name, INSTRUCTIONS[name])
                 failed = generate_field(name, rows, template, chat, cache, s.seed, progress)
                 how = {"generator": chat.id, "system": SYSTEM, "prompt": template}
-            provenance[name] = how | {"seed": s.seed, "started": _stamp(started), "finished": _stamp(time.time()),
-                                      "failed_rows": [rows[i]["id"] for i in failed]}  # fmt: skip
+            provenance[name] = how | {
+                "seed": s.seed,
+                "started": _stamp(started),
+                "finished": _stamp(time.time()),
+                "failed_rows": [rows[i]["id"] for i in failed],
+            }
     for name in ("irr_train", "irr_test", "random_permute", "random_nonhum"):
         provenance[name] = {"generator": "rule", "seed": s.seed, "rule": RULES[name]}
     _write(s.out, rows, provenance, s)
     return s.out
 
 
-RULES = {"irr_train": "chosen of another probed prompt (a seeded derangement)",
-         "irr_test": "chosen of a seeded random held-out pair", "random_permute": "the words of chosen, shuffled",
-         "random_nonhum": "the words of irr_test, shuffled"}  # fmt: skip
+RULES = {
+    "irr_train": "chosen of another probed prompt (a seeded derangement)",
+    "irr_test": "chosen of a seeded random held-out pair",
+    "random_permute": "the words of chosen, shuffled",
+    "random_nonhum": "the words of irr_test, shuffled",
+}
 
 
 def _stamp(t: float) -> str:
@@ -248,12 +285,15 @@ def _stamp(t: float) -> str:
 
 
 def _write(out: Path, rows: list[dict], provenance: dict, s: BuildSettings) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(json.dumps({k: r[k] for k in ("id", "prompt", *ORDER) if k in r}) + "\n" for r in rows))
-    tmp.replace(out)
-    meta = {"data": s.data, "n": s.n, "split": s.split, "test_split": s.test_split or f"pairs after the first {s.n}",
-            "fields": provenance}  # fmt: skip
+    lines = (json.dumps({k: r[k] for k in ("id", "prompt", *ORDER) if k in r}) + "\n" for r in rows)
+    write_atomically(out, "".join(lines))
+    meta = {
+        "data": s.data,
+        "n": s.n,
+        "split": s.split,
+        "test_split": s.test_split or f"pairs after the first {s.n}",
+        "fields": provenance,
+    }
     out.with_name(out.name + ".provenance.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -292,9 +332,13 @@ def check(path: str | Path) -> dict:
         same_row = sum(any(x.strip() == (r.get(o) or "").strip() for o in types if o != t) for r, x in filled)
         source = SOURCE.get(t)
         ratios = [len(words(x)) / max(len(words(r["chosen"])), 1) for r, x in filled]
-        entry = {"rows": len(rows), "empty": len(rows) - len(filled),
-                 "duplicate_across_rows": sum(n - 1 for n in seen.values() if n > 1), "same_as_another_type": same_row,
-                 "length_vs_chosen": round(sum(ratios) / len(ratios), 3) if ratios else None}  # fmt: skip
+        entry = {
+            "rows": len(rows),
+            "empty": len(rows) - len(filled),
+            "duplicate_across_rows": sum(n - 1 for n in seen.values() if n > 1),
+            "same_as_another_type": same_row,
+            "length_vs_chosen": round(sum(ratios) / len(ratios), 3) if ratios else None,
+        }
         if source and source != t and filled:
             overlaps = [overlap(x, r.get(source) or "") for r, x in filled]
             entry["overlap_with_" + source] = round(sum(overlaps) / len(overlaps), 3)
@@ -334,7 +378,9 @@ def check_lines(report: dict) -> list[str]:
         ov_text = f"{ov[1]:.2f} ({ov[0]}; {copies} copies)" if ov else "-"
         failed = e.get("failed_rows") or []
         length = "-" if e["length_vs_chosen"] is None else f"{e['length_vs_chosen']:.2f}"
-        lines.append(f"{t:<20}{e['empty']:>6}{e['duplicate_across_rows'] + e['same_as_another_type']:>5}"
-                     f"{length:>11}  {ov_text:<21}{e.get('generator') or '-'}"
-                     f"{f' ({len(failed)} failed)' if failed else ''}")  # fmt: skip
+        lines.append(
+            f"{t:<20}{e['empty']:>6}{e['duplicate_across_rows'] + e['same_as_another_type']:>5}"
+            f"{length:>11}  {ov_text:<21}{e.get('generator') or '-'}"
+            f"{f' ({len(failed)} failed)' if failed else ''}"
+        )
     return lines

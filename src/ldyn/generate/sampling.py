@@ -42,8 +42,18 @@ def generate(
     return [r or [eos_id] for r in responses]
 
 
-def sample_texts(model_name: str, prompts: list[str], *, seed: int, max_new_tokens: int, max_prompt_tokens: int = 256,
-                 batch_size: int = 8, top_k: int = 0, desc: str | None = None, template: str = "hh"):  # fmt: skip
+def sample_texts(
+    model_name: str,
+    prompts: list[str],
+    *,
+    seed: int,
+    max_new_tokens: int,
+    max_prompt_tokens: int = 256,
+    batch_size: int = 8,
+    top_k: int = 0,
+    desc: str | None = None,
+    template: str = "hh",
+):
     """Load `model_name` and sample one continuation per prompt (rendered by `template` as training renders it,
     `data/templates.py`: "hh" keeps a text as it is; its last `max_prompt_tokens` tokens), a batch at a time;
     yields (index, decoded text) as each batch is done, so that callers can cache every sample as soon as it
@@ -59,8 +69,9 @@ def sample_texts(model_name: str, prompts: list[str], *, seed: int, max_new_toke
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=desc is None):
         texts = [render_prompt(tokenizer, template, p) for p in prompts[start : start + batch_size]]
         ids = [tokenizer(t, add_special_tokens=False).input_ids[-max_prompt_tokens:] for t in texts]
-        out = generate(model, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, max_new_tokens=max_new_tokens,
-                       top_k=top_k)  # fmt: skip
+        out = generate(
+            model, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, max_new_tokens=max_new_tokens, top_k=top_k
+        )
         for offset, tokens in enumerate(out):
             yield start + offset, tokenizer.decode(tokens, skip_special_tokens=True)
 
@@ -88,8 +99,14 @@ class LocalChat:
         out = []
         for start in range(0, len(requests), batch_size):
             ids = [self.prompt_ids(s, u) for s, u in requests[start : start + batch_size]]
-            tokens = generate(self.model, ids, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
-                              max_new_tokens=self.max_new_tokens, temperature=self.temperature)  # fmt: skip
+            tokens = generate(
+                self.model,
+                ids,
+                self.tokenizer.pad_token_id,
+                self.tokenizer.eos_token_id,
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+            )
             out += [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
         return out
 

@@ -63,8 +63,11 @@ def attention_cost(model) -> float:
     config = model.config.get_text_config()
     heads = config.num_attention_heads
     width = heads * (getattr(config, "head_dim", None) or config.hidden_size // heads)
-    embeddings = {id(m.weight): m.weight.numel() for m in (model.get_input_embeddings(), model.get_output_embeddings())
-                  if m is not None}  # fmt: skip
+    embeddings = {
+        id(m.weight): m.weight.numel()
+        for m in (model.get_input_embeddings(), model.get_output_embeddings())
+        if m is not None
+    }
     body = sum(p.numel() for p in model.parameters()) - sum(embeddings.values())
     return 2 * width * config.num_hidden_layers / max(body, 1)
 
@@ -116,8 +119,15 @@ def pack(prompts: list[list[int]], responses: list[tuple[int, list[int]]], units
     visible = (tree_t[:, None] == tree_t[None, :]) & ((branch_t[None, :] == -1) | same_branch)
     visible &= order[:, None] >= order[None, :]
     as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731 (an empty list is a long tensor too)
-    return PackedPass(as_long([ids]), as_long([positions]), visible[None, None], as_long(keep), as_long(targets),
-                      as_long(rows), as_long(columns))  # fmt: skip
+    return PackedPass(
+        as_long([ids]),
+        as_long([positions]),
+        visible[None, None],
+        as_long(keep),
+        as_long(targets),
+        as_long(rows),
+        as_long(columns),
+    )
 
 
 def packed_passes(model, prompts: list[list[int]], responses: list[tuple[int, list[int]]]) -> list[PackedPass]:
@@ -161,8 +171,9 @@ def packed_logits(model, passes: list[PackedPass], params: dict | None = None) -
     return out
 
 
-def packed_scored_logits(model, prompts: list[list[int]], responses: list[tuple[int, list[int]]],
-                         params: dict | None = None) -> tuple[torch.Tensor, Scored]:  # fmt: skip
+def packed_scored_logits(
+    model, prompts: list[list[int]], responses: list[tuple[int, list[int]]], params: dict | None = None
+) -> tuple[torch.Tensor, Scored]:
     """(logits (N, V), `Scored`) of the scored tokens of (prompt index, response) rows from packed passes, pass by
     pass. The instruments' forward of shared-prompt rows; `shared_prompt_logits` is its twin (tested)."""
     passes = packed_passes(model, prompts, responses)
@@ -173,8 +184,9 @@ def packed_scored_logits(model, prompts: list[list[int]], responses: list[tuple[
         return torch.zeros(0, vocab, device=device), Scored(empty, empty, empty, len(responses))
     logits = packed_logits(model, passes, params)
     logits = logits[0] if len(logits) == 1 else torch.cat(logits)
-    targets, rows, columns = (torch.cat([getattr(p, k) for p in passes]).to(device)
-                              for k in ("targets", "rows", "columns"))  # fmt: skip
+    targets, rows, columns = (
+        torch.cat([getattr(p, k) for p in passes]).to(device) for k in ("targets", "rows", "columns")
+    )
     return logits, Scored(targets, rows, columns, len(responses))
 
 

@@ -42,15 +42,17 @@ def new_adapter(model, cfg: PeftConfig, seed: int = 0):
     if has_adapter(model):
         model = model.merge_and_unload()
     targets = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
-    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                      task_type="CAUSAL_LM")  # fmt: skip
+    lora = LoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM"
+    )
     try:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             adapted = get_peft_model(model, lora)
     except ValueError as e:  # PEFT's message for target modules the model does not have
-        raise LdynError(f"cannot attach a LoRA adapter: {str(e).splitlines()[0]}",
-                        field="model.peft.target_modules") from None  # fmt: skip
+        raise LdynError(
+            f"cannot attach a LoRA adapter: {str(e).splitlines()[0]}", field="model.peft.target_modules"
+        ) from None
     return adapted.eval()  # dropout off, as every ldyn model
 
 
@@ -92,8 +94,11 @@ def load_adapter_checkpoint(path: Path, cfg: ModelConfig, seed: int, trainable: 
     if chain_file.is_file():
         chain = json.loads(chain_file.read_text())
     else:  # an adapter saved by PEFT itself
-        chain = {"base": json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path"),
-                 "seed": seed, "merged": []}  # fmt: skip
+        chain = {
+            "base": json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path"),
+            "seed": seed,
+            "merged": [],
+        }
         if not chain["base"]:
             raise LdynError("an adapter without base_model_name_or_path in adapter_config.json", file=str(path))
     model, tokenizer = load_pretrained(replace(cfg, name=chain["base"], peft=PeftConfig()), chain["seed"])

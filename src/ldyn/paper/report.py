@@ -33,7 +33,7 @@ from ldyn.paper.stages import (
 from ldyn.paper.trajectories import Peak, csv_rows, summarise, trajectories
 from ldyn.runs.directory import CONFIG, SUITE_LOG, Run, load_run
 from ldyn.runs.style import write_rows
-from ldyn.runtime.files import read_rows
+from ldyn.runtime.files import read_rows, write_atomically
 
 
 @dataclass
@@ -114,8 +114,10 @@ def _figure5(runs: list[Run]):
     ext = richest(stages_where(runs, dpo_after(extend_sft)))
     if not (base and ext):
         return None
-    caption = ("Mean log-probability over the probed prompts; the dashed line is the SFT/DPO boundary. Extend trains "
-               "SFT on chosen ∪ rejected for the same number of updates.")  # fmt: skip
+    caption = (
+        "Mean log-probability over the probed prompts; the dashed line is the SFT/DPO boundary. Extend trains "
+        "SFT on chosen ∪ rejected for the same number of updates."
+    )
     return "Figure 5: baseline vs extend", caption, _png(plot_extend_vs_baseline(base.run, ext.run))
 
 
@@ -123,13 +125,18 @@ def _on_policy(runs: list[Run]):
     from ldyn.paper.figures import plot_run_comparison
 
     off = richest(stages_where(runs, dpo_from_base))
-    kinds = (("on-policy (y⁻ sampled)", on_policy_dpo), ("on-policy (both sampled, ranked)", ranked_dpo),
-             ("SPIN", spin))  # fmt: skip
+    kinds = (
+        ("on-policy (y⁻ sampled)", on_policy_dpo),
+        ("on-policy (both sampled, ranked)", ranked_dpo),
+        ("SPIN", spin),
+    )
     policy = [(label, s.run) for label, test in kinds if (s := richest(stages_where(runs, test))) is not None]
     if not (off and policy):
         return None
-    caption = ("Change since step 0, mean over probed prompts ('all other': the mean over every probed type except "
-               "chosen and rejected).")  # fmt: skip
+    caption = (
+        "Change since step 0, mean over probed prompts ('all other': the mean over every probed type except "
+        "chosen and rejected)."
+    )
     fig = plot_run_comparison([("off-policy DPO", off.run), *policy], "off-policy vs on-policy DPO from the base model")
     return "On-policy vs off-policy DPO", caption, _png(fig)
 
@@ -153,8 +160,10 @@ def _influence(runs: list[Run]):
     decomposed = [r for r in runs if r.decomposition]
     if not decomposed:
         return None
-    caption = ("Rows: observed response types; columns: training signals. Numbers: Σ over decomposed updates of the "
-               "mean observed Δ log π (nats).")  # fmt: skip
+    caption = (
+        "Rows: observed response types; columns: training signals. Numbers: Σ over decomposed updates of the "
+        "mean observed Δ log π (nats)."
+    )
     return "Appendix C: accumulated influence", caption, _png(plot_influence(decomposed)[0])
 
 
@@ -190,14 +199,17 @@ def render(c: Collected, verdicts: list[Verdict], figs: list[tuple[str, str, str
         _trajectory_table(peaks),
         _winrate_table(c.winrates),
         "<h2>Figures</h2>",
-        *(f"<figure><h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{png}'>"
-          f"<figcaption>{e(caption)}</figcaption></figure>" for title, caption, png in figs),
+        *(
+            f"<figure><h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{png}'>"
+            f"<figcaption>{e(caption)}</figcaption></figure>"
+            for title, caption, png in figs
+        ),
         "<h2>Runs</h2><table id='runs'><tr><th>run</th><th>what it trains</th></tr>"
         + "".join(f"<tr><td>{e(r.path.name)}</td><td>{e(r.config.describe())}</td></tr>" for r in c.runs)
         + "</table>",
         _timing_table(c.timings),
         "</body></html>",
-    ]  # fmt: skip
+    ]
     return "\n".join(p for p in parts if p)
 
 
@@ -209,8 +221,10 @@ def _claims_table(verdicts: list[Verdict]) -> str:
         f"<td class='{CLASS[v.verdict]}'>{e(v.verdict)}</td></tr>"
         for v in verdicts
     )
-    return ("<h2>Claims (paper.md §7)</h2><table id='claims'><tr><th>#</th><th>the paper</th><th>measured here</th>"
-            f"<th>verdict</th></tr>{rows}</table>")  # fmt: skip
+    return (
+        "<h2>Claims (paper.md §7)</h2><table id='claims'><tr><th>#</th><th>the paper</th><th>measured here</th>"
+        f"<th>verdict</th></tr>{rows}</table>"
+    )
 
 
 def _trajectory_table(peaks: list[Peak]) -> str:
@@ -233,16 +247,18 @@ def _trajectory_table(peaks: list[Peak]) -> str:
         for p in peaks
         if p.prompt != "mean"
     )
-    return ("<h2>Trajectories: where the curves peak</h2><p>The curves behind the rise-then-fall claims, from the "
-            "stage's first probe through its highest to its last (log-probability summed over the response). "
-            "<i>After the peak</i> is the change from the peak to the last probe (0: still rising at the end); "
-            "the prompt columns take each prompt's own curve. Data: <code>trajectories.csv</code>.</p>"
-            "<table id='trajectories'><tr><th>claims</th><th>stage</th><th>response</th><th>mean: start → peak → end"
-            "</th><th>rise to peak</th><th>after the peak</th><th>net</th><th>prompts peaking before the end</th>"
-            "<th>median peak step</th><th>median after own peak</th><th>prompts ending below start</th></tr>"
-            f"{rows}</table><details><summary>Every prompt</summary><table id='trajectory-prompts'><tr><th>stage"
-            "</th><th>response</th><th>prompt</th><th>start</th><th>peak</th><th>peak step</th><th>end</th>"
-            f"<th>rise</th><th>after the peak</th><th>net</th></tr>{each}</table></details>")  # fmt: skip
+    return (
+        "<h2>Trajectories: where the curves peak</h2><p>The curves behind the rise-then-fall claims, from the "
+        "stage's first probe through its highest to its last (log-probability summed over the response). "
+        "<i>After the peak</i> is the change from the peak to the last probe (0: still rising at the end); "
+        "the prompt columns take each prompt's own curve. Data: <code>trajectories.csv</code>.</p>"
+        "<table id='trajectories'><tr><th>claims</th><th>stage</th><th>response</th><th>mean: start → peak → end"
+        "</th><th>rise to peak</th><th>after the peak</th><th>net</th><th>prompts peaking before the end</th>"
+        "<th>median peak step</th><th>median after own peak</th><th>prompts ending below start</th></tr>"
+        f"{rows}</table><details><summary>Every prompt</summary><table id='trajectory-prompts'><tr><th>stage"
+        "</th><th>response</th><th>prompt</th><th>start</th><th>peak</th><th>peak step</th><th>end</th>"
+        f"<th>rise</th><th>after the peak</th><th>net</th></tr>{each}</table></details>"
+    )
 
 
 def _winrate_table(winrates: list[dict]) -> str:
@@ -258,9 +274,11 @@ def _winrate_table(winrates: list[dict]) -> str:
         + "</td></tr>"
         for r in winrates
     )
-    return ("<h2>Win rates</h2><table id='winrate'><tr><th>A</th><th>B</th><th>judge</th><th>wins A</th>"
-            "<th>wins B</th><th>ties (inconsistent)</th><th>invalid</th><th>skipped</th>"
-            f"<th>win rate of A [95%]</th><th>first-shown preferred</th></tr>{rows}</table>")  # fmt: skip
+    return (
+        "<h2>Win rates</h2><table id='winrate'><tr><th>A</th><th>B</th><th>judge</th><th>wins A</th>"
+        "<th>wins B</th><th>ties (inconsistent)</th><th>invalid</th><th>skipped</th>"
+        f"<th>win rate of A [95%]</th><th>first-shown preferred</th></tr>{rows}</table>"
+    )
 
 
 def _timing_table(timings: list[dict]) -> str:
@@ -268,8 +286,10 @@ def _timing_table(timings: list[dict]) -> str:
         return ""
     total = sum(t.get("seconds", 0) for t in timings)
     rows = "".join(f"<tr><td>{html.escape(t['run'])}</td><td>{t['seconds'] / 60:.1f} min</td></tr>" for t in timings)
-    return (f"<h2>Wall time</h2><table id='timing'><tr><th>step</th><th>time</th></tr>{rows}"
-            f"<tr><th>total</th><th>{total / 60:.1f} min</th></tr></table>")  # fmt: skip
+    return (
+        f"<h2>Wall time</h2><table id='timing'><tr><th>step</th><th>time</th></tr>{rows}"
+        f"<tr><th>total</th><th>{total / 60:.1f} min</th></tr></table>"
+    )
 
 
 def write_report(paths: list[str | Path], out: str | Path) -> Path:
@@ -278,12 +298,8 @@ def write_report(paths: list[str | Path], out: str | Path) -> Path:
     if not c.runs:
         raise LdynError("no runs to report on")
     verdicts = check_claims(c.runs, read_toys(c.toy_dirs), c.winrates)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     peaks = trajectories(c.runs)
-    tmp.write_text(render(c, verdicts, figures(c), peaks), encoding="utf-8")
-    tmp.replace(out)
+    out = write_atomically(out, render(c, verdicts, figures(c), peaks))
     if peaks:  # the trajectory table's data, every prompt's curve with the mean's
         write_rows(csv_rows(peaks), out.with_name("trajectories.csv"))
     (out.with_suffix(".json")).write_text(json.dumps([vars(v) for v in verdicts], indent=1, ensure_ascii=False))

@@ -98,12 +98,14 @@ def load_suite(name_or_path: str, _seen: tuple = ()) -> Suite:
     runs: list[SuiteRun] = []
     for i, item in enumerate(spec.runs):
         if bool(item.recipe) == bool(item.suite):
-            raise LdynError("a run is a recipe name or a mapping with `recipe` (or `suite`)", field=f"runs.{i}",
-                            **where)  # fmt: skip
+            raise LdynError(
+                "a run is a recipe name or a mapping with `recipe` (or `suite`)", field=f"runs.{i}", **where
+            )
         if item.suite:
             inner = load_suite(item.suite, (*_seen, name))
-            runs += [SuiteRun(r.name, r.recipe, [*spec.overrides, *r.common], [*r.own, *item.overrides])
-                     for r in inner.runs]  # fmt: skip
+            runs += [
+                SuiteRun(r.name, r.recipe, [*spec.overrides, *r.common], [*r.own, *item.overrides]) for r in inner.runs
+            ]
         else:
             runs.append(SuiteRun(item.name or Path(item.recipe).stem, item.recipe, spec.overrides, item.overrides))
     if not runs:

@@ -60,8 +60,14 @@ def peak_of(steps: np.ndarray, curve: np.ndarray, **labels) -> Peak | None:
     if len(curve) < 2:
         return None
     i = int(np.argmax(curve))  # the first of equal maxima
-    return Peak(**labels, start=float(curve[0]), peak=float(curve[i]), peak_step=int(steps[i]), end=float(curve[-1]),
-                end_step=int(steps[-1]))  # fmt: skip
+    return Peak(
+        **labels,
+        start=float(curve[0]),
+        peak=float(curve[i]),
+        peak_step=int(steps[i]),
+        end=float(curve[-1]),
+        end_step=int(steps[-1]),
+    )
 
 
 def stage_peaks(stage: Stage, response: str, claims: str) -> list[Peak]:

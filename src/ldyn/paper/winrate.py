@@ -83,9 +83,17 @@ def sample_responses(
     if todo:
         from ldyn.generate.sampling import sample_texts
 
-        samples = sample_texts(checkpoint, [prompts[i] for i in todo], seed=seed, max_new_tokens=max_new_tokens,
-                               max_prompt_tokens=max_prompt_tokens, batch_size=batch_size, top_k=50,
-                               desc=f"sample {Path(checkpoint).name}", template=template)  # fmt: skip
+        samples = sample_texts(
+            checkpoint,
+            [prompts[i] for i in todo],
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            max_prompt_tokens=max_prompt_tokens,
+            batch_size=batch_size,
+            top_k=50,
+            desc=f"sample {Path(checkpoint).name}",
+            template=template,
+        )
         for j, text in samples:
             done[todo[j]] = text
             append_rows(cache, [{"index": todo[j], "prompt": prompts[todo[j]], "response": text}])
@@ -162,8 +170,17 @@ class CachedJudge:
         return "tie" if verdict == "tie" else None
 
 
-def compare(prompts: list[str], a: list[str], b: list[str], judge, cache: Path, *, seed: int = 0,
-            labels: tuple[str, str] = ("A", "B"), both_orders: bool = True) -> WinRate:  # fmt: skip
+def compare(
+    prompts: list[str],
+    a: list[str],
+    b: list[str],
+    judge,
+    cache: Path,
+    *,
+    seed: int = 0,
+    labels: tuple[str, str] = ("A", "B"),
+    both_orders: bool = True,
+) -> WinRate:
     """Judge a[i] against b[i] for every prompt, in both orders (or once, in a seeded random order); cached."""
     from tqdm.auto import tqdm
 
@@ -185,10 +202,23 @@ def compare(prompts: list[str], a: list[str], b: list[str], judge, cache: Path, 
     decided = counts["a"] + counts["b"]
     low, high = wilson(counts["a"], decided)
     shown = asked.first_shown
-    return WinRate(labels[0], labels[1], judge.id, len(prompts), counts["a"], counts["b"], counts["tie"],
-                   counts["invalid"], counts["skipped"], counts["a"] / decided if decided else None, low, high,
-                   counts["inconsistent"], sum(shown) / len(shown) if shown else None,
-                   dict(asked.failures))  # fmt: skip
+    return WinRate(
+        a=labels[0],
+        b=labels[1],
+        judge=judge.id,
+        prompts=len(prompts),
+        wins_a=counts["a"],
+        wins_b=counts["b"],
+        ties=counts["tie"],
+        invalid=counts["invalid"],
+        skipped=counts["skipped"],
+        win_rate=counts["a"] / decided if decided else None,
+        low=low,
+        high=high,
+        inconsistent=counts["inconsistent"],
+        first_shown=sum(shown) / len(shown) if shown else None,
+        failures=dict(asked.failures),
+    )
 
 
 def evaluate(
@@ -235,8 +265,19 @@ def evaluate(
     return results
 
 
-def winrate_on_file(a: str, b: str, prompts_file: str, start: int, n: int, judge_cfg: JudgeConfig, out: str | Path,
-                    *, max_new_tokens: int = 64, seed: int = 0, both_orders: bool = True) -> Path:  # fmt: skip
+def winrate_on_file(
+    a: str,
+    b: str,
+    prompts_file: str,
+    *,
+    start: int,
+    n: int,
+    judge_cfg: JudgeConfig,
+    out: str | Path,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    both_orders: bool = True,
+) -> Path:
     """`ldyn winrate`: checkpoints A and B on rows [start, start + n) of a JSONL file's `prompt` field; returns
     the path of winrate.json."""
     from ldyn.data.jsonl import read_jsonl, text_field
@@ -315,8 +356,8 @@ def suite_winrate(spec: WinrateSpec, cfgs: dict[str, RunConfig], root: Path) -> 
 
     first = cfgs[spec.pairs[0][0].partition("/")[0]]
     start, n = spec.prompts.start, spec.prompts.n
-    examples, _ = load_examples(first.data.train, spec.prompts.split or first.data.split, start + n, {}, True,
-                                first.seed)  # fmt: skip
+    split = spec.prompts.split or first.data.split
+    examples, _ = load_examples(first.data.train, split, start + n, skip_empty=True, seed=first.seed)
     template = first.data.template
     chat = any(resolve(template, e) == "chat" for e in examples)  # as the runs rendered them
     # the judge reads the prompt as text (an HH dialogue for chat data); the sampler renders it as the runs did
@@ -324,7 +365,17 @@ def suite_winrate(spec: WinrateSpec, cfgs: dict[str, RunConfig], root: Path) -> 
     if not prompts:
         raise LdynError(f"winrate: no held-out prompts after pair {start}", file=first.data.train)
     judge = make_judge(first.judge, first.seed)
-    checkpoints = [tuple(str(root / r.partition("/")[0] / "checkpoints" / r.partition("/")[2]) for r in pair)
-                   for pair in spec.pairs]  # fmt: skip
-    return evaluate(checkpoints, prompts, judge, root / "winrate", max_new_tokens=spec.max_new_tokens,
-                    seed=first.seed, both_orders=spec.both_orders, template="chat" if chat else "hh")  # fmt: skip
+    checkpoints = [
+        tuple(str(root / r.partition("/")[0] / "checkpoints" / r.partition("/")[2]) for r in pair)
+        for pair in spec.pairs
+    ]
+    return evaluate(
+        checkpoints,
+        prompts,
+        judge,
+        root / "winrate",
+        max_new_tokens=spec.max_new_tokens,
+        seed=first.seed,
+        both_orders=spec.both_orders,
+        template="chat" if chat else "hh",
+    )

@@ -101,8 +101,9 @@ def compare_table(runs: list[Run]) -> list[dict]:
                 continue
             steps = tables[present[0]][0]
             means = np.nanmean([np.nanmean(tables[t][2] - tables[t][2][0], axis=1) for t in present], axis=0)
-            rows += [{"run": name, "panel": panel, "step": int(s), "mean_change": float(m)}
-                     for s, m in zip(steps, means)]  # fmt: skip
+            rows += [
+                {"run": name, "panel": panel, "step": int(s), "mean_change": float(m)} for s, m in zip(steps, means)
+            ]
     return rows
 
 
@@ -114,8 +115,12 @@ def compare_figure(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
     if not rows:
         raise LdynError("none of these runs has probe records (run with probe.every > 0)")
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.2), sharex=True)
-    titles = {"chosen": "y_u⁺ chosen", "rejected": "y_u⁻ rejected", "others": "every other probed type (mean)",
-              "argmax": "y* argmax (teacher-forced along chosen)"}  # fmt: skip
+    titles = {
+        "chosen": "y_u⁺ chosen",
+        "rejected": "y_u⁻ rejected",
+        "others": "every other probed type (mean)",
+        "argmax": "y* argmax (teacher-forced along chosen)",
+    }
     for ax, panel in zip(axes, ("chosen", "rejected", "others", "argmax")):
         for i, name in enumerate(run_labels(runs)):
             points = [(r["step"], r["mean_change"]) for r in rows if r["run"] == name and r["panel"] == panel]

@@ -8,14 +8,27 @@ logp_sum since the first step that probed the same (example, type).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from ldyn.errors import LdynError
 from ldyn.runs.directory import load_run
+from ldyn.runtime.files import write_atomically
 
 FORMATS = ("parquet", "csv")
-COLUMNS = ("step", "stage", "example_id", "type", "logp_sum", "dlogp", "logp_mean", "n_tokens", "a_norm", "pe",
-           "entropy")  # fmt: skip
+COLUMNS = (
+    "step",
+    "stage",
+    "example_id",
+    "type",
+    "logp_sum",
+    "dlogp",
+    "logp_mean",
+    "n_tokens",
+    "a_norm",
+    "pe",
+    "entropy",
+)
 
 
 def probe_table_rows(run_dir: str | Path) -> list[dict]:
@@ -43,11 +56,9 @@ def export_run(run_dir: str | Path, fmt: str = "parquet", out: str | Path | None
     datasets.disable_progress_bars()
     table = datasets.Dataset.from_list(probe_table_rows(run_dir))
     path = Path(out) if out else Path(run_dir) / "export" / f"probes.{fmt}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    buffer = io.BytesIO()
     if fmt == "parquet":
-        table.to_parquet(str(tmp))
+        table.to_parquet(buffer)
     else:
-        table.to_csv(str(tmp), index=False)
-    tmp.replace(path)
-    return path
+        table.to_csv(buffer, index=False)
+    return write_atomically(path, buffer.getvalue())

@@ -230,8 +230,8 @@ def plot_decomposition(run: Run, summary: list[dict]) -> plt.Figure:
         _sgd_split(ax, types, summary)
     else:  # observed inside another trainer: no G, so no y⁺/y⁻ split
         ax.axis("off")
-        ax.text(0.5, 0.5, "no y⁺/y⁻ split:\nthe update batch was\nnot visible to the callback", ha="center",
-                va="center", transform=ax.transAxes, fontsize=9)  # fmt: skip
+        note = "no y⁺/y⁻ split:\nthe update batch was\nnot visible to the callback"
+        ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, fontsize=9)
     for ax in axes.flat[len(types) + 1 :]:
         ax.axis("off")
     steps = sorted({r["step"] for r in run.decomposition})

@@ -46,6 +46,7 @@ def _heatmap(
     ax,
     matrix: np.ndarray,
     title: str,
+    *,
     xlabel: str,
     ylabel: str,
     cmap: str,
@@ -84,11 +85,11 @@ def digits_figure(result) -> plt.Figure:
         axes[0, 0],
         result.average_prediction,
         "average prediction on held-out images",
-        "predicting class",
-        "observing class",
-        "Blues",
-        False,
-        ".2f",
+        xlabel="predicting class",
+        ylabel="observing class",
+        cmap="Blues",
+        centred=False,
+        fmt=".2f",
     )
     pull = result.influence_pull
     _heatmap(
@@ -96,22 +97,22 @@ def digits_figure(result) -> plt.Figure:
         pull,
         "accumulated influence: Σ_t Δπ(y = learnt class | x_o), first order\n"
         "(row: class of the learnt examples, column: class of the held-out image; diagonal in grey)",
-        "observed class",
-        "learnt class",
-        "RdBu_r",
-        True,
-        ".3f",
+        xlabel="observed class",
+        ylabel="learnt class",
+        cmap="RdBu_r",
+        centred=True,
+        fmt=".3f",
         skip_diagonal=True,
     )
     _heatmap(
         axes[1, 0],
         result.coupling.mean(0),
         "eNTK coupling ‖K_ab‖_F / √(‖K_aa‖_F ‖K_bb‖_F), mean over training",
-        "class b",
-        "class a",
-        "viridis",
-        False,
-        ".2f",
+        xlabel="class b",
+        ylabel="class a",
+        cmap="viridis",
+        centred=False,
+        fmt=".2f",
         skip_diagonal=True,
     )
     _coupling_curves(axes[1, 1], result)

@@ -57,6 +57,7 @@ def step(
     title: str,
     w: np.ndarray,
     x: np.ndarray,
+    *,
     plus: int | None = None,
     plus_lr: float = 0.0,
     minus: int | None = None,
@@ -70,17 +71,8 @@ def step(
     if minus is not None:
         w1 += minus_lr * nll_gradient(w0, xt, minus)
     z0, z1 = xt @ w0, xt @ w1
-    return Update(
-        name,
-        title,
-        z0.softmax(-1).numpy(),
-        z1.softmax(-1).numpy(),
-        z0.numpy(),
-        z1.numpy(),
-        plus,
-        minus,
-        minus_lr * float(xt @ xt),
-    )
+    p0, p1 = z0.softmax(-1).numpy(), z1.softmax(-1).numpy()
+    return Update(name, title, p0, p1, z0.numpy(), z1.numpy(), plus, minus, minus_lr * float(xt @ xt))
 
 
 def notebook_cases(seed: int = NOTEBOOK_SEED) -> list[Update]:
@@ -247,11 +239,16 @@ def summary_lines(summary: dict) -> list[str]:
     """What `ldyn toy squeeze` prints: each case's moved probabilities, then each statement's check."""
     lines = []
     for c in summary["cases"]:
-        moved = ", ".join(f"π({c[k]}) {c[k + '_before']:.3g} → {c[k + '_after']:.3g}" for k in ("minus", "plus")
-                          if k in c)  # fmt: skip
-        lines.append(f"{c['title']}: {moved}; argmax {c['argmax']} {c['argmax_before']:.3g} → "
-                     f"{c['argmax_after']:.3g}; {c['rising']}/{c['labels']} labels rise")  # fmt: skip
+        moved = ", ".join(
+            f"π({c[k]}) {c[k + '_before']:.3g} → {c[k + '_after']:.3g}" for k in ("minus", "plus") if k in c
+        )
+        lines.append(
+            f"{c['title']}: {moved}; argmax {c['argmax']} {c['argmax_before']:.3g} → "
+            f"{c['argmax_after']:.3g}; {c['rising']}/{c['labels']} labels rise"
+        )
     for r in summary["check"]:
-        lines.append(f"{r['statement']}: {'holds' if r['holds'] else 'FAILS'} on {r['checked']} random heads "
-                     f"({r['violations']} violations)")  # fmt: skip
+        lines.append(
+            f"{r['statement']}: {'holds' if r['holds'] else 'FAILS'} on {r['checked']} random heads "
+            f"({r['violations']} violations)"
+        )
     return lines

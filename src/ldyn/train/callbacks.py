@@ -19,6 +19,7 @@ from ldyn.models.adapters import write_chain
 from ldyn.runs.directory import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, STATE, RunDir
 from ldyn.runs.trackers import Trackers, baseline_of, probe_scalars, train_scalars
 from ldyn.runtime.distributed import gather_to_main
+from ldyn.runtime.files import write_atomically
 from ldyn.train.trainer import StepState
 
 
@@ -207,9 +208,7 @@ class Checkpointer:
             "stage_index": state.stage_index + int(next_stage),
             "stage_step": 0 if next_stage else state.stage_step,
         }
-        tmp = root / f".{STATE}.tmp"
-        tmp.write_text(json.dumps(resume, indent=2))
-        tmp.replace(root / STATE)
+        write_atomically(root / STATE, json.dumps(resume, indent=2))
         for old in root.glob("last-*"):  # only the newest periodic checkpoint is kept
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)

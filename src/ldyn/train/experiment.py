@@ -40,6 +40,19 @@ class Inputs:
     report: dict  # what was loaded, for data.json and the console
 
 
+@dataclass
+class _Shared:
+    """What every stage of one run trains with."""
+
+    cfg: RunConfig
+    out: RunDir
+    tokenizer: object
+    inputs: Inputs
+    accelerator: Accelerator
+    callbacks: list
+    graphs: int  # the trainer's `cuda_graphs` (0: off)
+
+
 def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
     data, pcfg = cfg.data, cfg.probe
     needs = {}
@@ -54,8 +67,11 @@ def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
     if pcfg.every or cfg.decompose.every:
         n, key = (pcfg.n, "probe.n") if pcfg.every else (cfg.decompose.n, "decompose.n")  # without probing: only
         items, loaded = load_probe_items(pcfg.path, pcfg.types, n, cfg.seed, tokenizer, data, key)  # its prompts
-    report = {"train_pairs": len(train), "train_skipped_empty": skipped,
-              "train_truncated": sum(r.truncated for r in train)} | loaded  # fmt: skip
+    report = {
+        "train_pairs": len(train),
+        "train_skipped_empty": skipped,
+        "train_truncated": sum(r.truncated for r in train),
+    } | loaded
     return Inputs(train, items, report)
 
 
@@ -103,16 +119,22 @@ def check_output_dir(out: RunDir, existed: bool, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise LdynError("output_dir is a file, not a folder", file=str(path))
     if existed and not overwrite:
-        raise LdynError(f"already holds a run: continue it with `ldyn resume {path}`, replace it with --overwrite, "
-                        "or choose another output_dir", file=str(path))  # fmt: skip
+        raise LdynError(
+            f"already holds a run: continue it with `ldyn resume {path}`, replace it with --overwrite, "
+            "or choose another output_dir",
+            file=str(path),
+        )
     if overwrite and path.exists():
         here = Path.cwd().resolve()
         if path.resolve() in (here, *here.parents, Path.home().resolve()):
-            raise LdynError("--overwrite would delete the working directory, a folder above it or the home folder",
-                            file=str(path))  # fmt: skip
+            raise LdynError(
+                "--overwrite would delete the working directory, a folder above it or the home folder", file=str(path)
+            )
         if any(path.iterdir()) and not out.is_run():
-            message = ("--overwrite replaces ldyn run directories only, and this folder is not one (it has no "
-                       "config.yaml); delete it yourself or choose another output_dir")  # fmt: skip
+            message = (
+                "--overwrite replaces ldyn run directories only, and this folder is not one (it has no "
+                "config.yaml); delete it yourself or choose another output_dir"
+            )
             raise LdynError(message, file=str(path))
 
 
@@ -187,10 +209,12 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
     print(f"ldyn: {_loaded(inputs.report)} -> {out.path}", file=sys.stderr)
     torch.manual_seed(cfg.seed)
     accelerator = Accelerator()
-    trackers = open_trackers(cfg.report_to, out.path, cfg.name, to_dict(cfg)) if accelerator.is_main_process \
-        else Trackers([])  # fmt: skip
+    trackers = (
+        open_trackers(cfg.report_to, out.path, cfg.name, to_dict(cfg)) if accelerator.is_main_process else Trackers([])
+    )
     callbacks = _callbacks(cfg, out, tokenizer, inputs, trackers)
     graphs = cfg.cuda_graphs_pad_to if _graphs(cfg, accelerator) else 0  # decided (and any note printed) once
+    shared = _Shared(cfg, out, tokenizer, inputs, accelerator, callbacks, graphs)
     step = resume["step"] if resume else 0
     first_stage = resume["stage_index"] if resume else 0
     prepared = None
@@ -200,8 +224,7 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
             model, prepared = new_adapter(model, cfg.model.peft, cfg.seed * 1000 + index), None
         if prepared is None:
             prepared = accelerator.prepare_model(model)
-        step = _train_stage(cfg, out, index, prepared, tokenizer, inputs, accelerator, callbacks, step, start, resume,
-                            graphs)  # fmt: skip
+        step = _train_stage(shared, index, prepared, step=step, start=start, resume=resume)
         model = accelerator.unwrap_model(prepared)
     if accelerator.is_main_process:
         from ldyn.runs.figures import plot_run
@@ -235,7 +258,10 @@ def _callbacks(cfg: RunConfig, out: RunDir, tokenizer, inputs: Inputs, trackers:
     if cfg.decompose.every:
         d = cfg.decompose
         items = first_prompts(inputs.probes, d.n)
-        callbacks.append(DecompositionCallback(out, items, pad, d.every, d.batch_tokens, d.predict, d.method))
+        decomposition = DecompositionCallback(
+            out, items, pad, every=d.every, batch_tokens=d.batch_tokens, predict=d.predict, method=d.method
+        )
+        callbacks.append(decomposition)
     return callbacks
 
 
@@ -246,46 +272,59 @@ def _graphs(cfg, accelerator) -> bool:
     return cfg.cuda_graphs and accelerator.device.type == "cuda"
 
 
-def _train_stage(cfg, out, index, model, tokenizer, inputs, accelerator, callbacks, step, start, resume,
-                 graphs: int) -> int:  # fmt: skip
-    """Stage `index` from its update `start` on; returns the global step after it. `graphs`: the trainer's
-    `cuda_graphs` (0: off)."""
+def _train_stage(shared: _Shared, index: int, model, *, step: int, start: int, resume: dict | None) -> int:
+    """Stage `index` from its update `start` on; returns the global step after it."""
+    cfg, accelerator = shared.cfg, shared.accelerator
     stage = cfg.stages[index]
     spec = get_loss(stage.loss.name)
     reference = None
     if spec.needs_reference:
-        reference = _reference_for(cfg, out, index, accelerator.unwrap_model(model), start > 0)
-    trainer = Trainer(model, spec, stage.loss, stage.optim, accelerator=accelerator, pad_id=tokenizer.pad_token_id,
-                      ref_model=reference, callbacks=callbacks, grad_accum=stage.grad_accum,
-                      mixed_precision=cfg.mixed_precision, compile=cfg.compile,
-                      cuda_graphs=graphs)  # fmt: skip
+        reference = _reference_for(cfg, shared.out, index, accelerator.unwrap_model(model), start > 0)
+    trainer = Trainer(
+        model,
+        spec,
+        stage.loss,
+        stage.optim,
+        accelerator=accelerator,
+        pad_id=shared.tokenizer.pad_token_id,
+        ref_model=reference,
+        callbacks=shared.callbacks,
+        grad_accum=stage.grad_accum,
+        mixed_precision=cfg.mixed_precision,
+        compile=cfg.compile,
+        cuda_graphs=shared.graphs,
+    )
     if start > 0 and resume.get("optimizer"):
         trainer.optimizer.load_state_dict(torch.load(resume["model_dir"] / resume["optimizer"]))
-    data = batches(stage_examples(inputs.train, spec, stage), stage.batch_size, seed=cfg.seed * 1000 + index,
-                   skip=start * stage.grad_accum, rank=accelerator.process_index,
-                   world=accelerator.num_processes)  # fmt: skip
+    data = batches(
+        stage_examples(shared.inputs.train, spec, stage),
+        stage.batch_size,
+        seed=cfg.seed * 1000 + index,
+        skip=start * stage.grad_accum,
+        rank=accelerator.process_index,
+        world=accelerator.num_processes,
+    )
     if stage.sample.responses != "none":
-        data = _sampled(cfg, stage, data, out, accelerator, model, reference, tokenizer, step + 1)
+        data = _sampled(shared, stage, data, model, reference, first_step=step + 1)
     return trainer.fit(data, stage.steps, stage=stage.name, stage_index=index, step=step, start=start).step
 
 
-def _sampled(
-    cfg: RunConfig, stage: StageConfig, data, out: RunDir, accelerator, model, reference, tokenizer, first_step: int
-):
+def _sampled(shared: _Shared, stage: StageConfig, data, model, reference, *, first_step: int):
     """The stage's batches with on-policy samples in place of the data's responses (`sampling.py`)."""
     judge = None
     if stage.sample.responses == "both" and stage.sample.rank == "judge":
         from ldyn.generate.judges import make_judge
 
-        judge = make_judge(cfg.judge, cfg.seed)
+        judge = make_judge(shared.cfg.judge, shared.cfg.seed)
+    tokenizer, accelerator = shared.tokenizer, shared.accelerator
     sampler = ResponseSampler(
         stage.sample,
         accelerator.unwrap_model(model),
         reference,
-        tokenizer.pad_token_id,
-        tokenizer.eos_token_id,
-        out if accelerator.is_main_process else None,
-        tokenizer,
-        judge,
+        pad_id=tokenizer.pad_token_id,
+        eos_id=tokenizer.eos_token_id,
+        run=shared.out if accelerator.is_main_process else None,
+        tokenizer=tokenizer,
+        judge=judge,
     )
     return sampler.wrap(data, first_step)

@@ -51,9 +51,10 @@ class ResponseSampler:
         cfg: SampleConfig,
         policy,
         reference,
+        *,
         pad_id: int,
         eos_id: int,
-        run: RunDir | None,
+        run: RunDir | None = None,
         tokenizer=None,
         judge=None,
     ):

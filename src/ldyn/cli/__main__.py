@@ -1,0 +1,7 @@
+"""`python -m ldyn.cli ...`: the `ldyn` command."""
+
+import sys
+
+from ldyn.cli import main
+
+sys.exit(main())
