@@ -43,6 +43,20 @@ def tiny_run_args(out, *extra):
     ]
 
 
+def tiny(out, *extra):
+    """The smallest default run: the tiny model, two updates a stage, two prompts probed."""
+    common = [
+        "model.name=tiny",
+        "stages.sft.steps=2",
+        "stages.dpo.steps=2",
+        "stages.*.batch_size=2",
+        "probe.n=2",
+        "probe.every=2",
+        "data.n_train=4",
+    ]
+    return ["run", "smollm2_sft_dpo", *common, f"output_dir={out}", *extra]
+
+
 def ldyn(capsys, *args):
     code = cli.main(list(args))
     out, err = capsys.readouterr()

@@ -4,24 +4,11 @@ and nothing that existed before is changed (an earlier run's files, a folder of 
 import hashlib
 
 import pytest
-from helpers import write_jsonl
+from helpers import tiny, write_jsonl
 
 from ldyn import cli
 
 GOOD = b'{"prompt": "Q?", "chosen": " yes", "rejected": " no"}\n'
-
-
-def tiny(out, *extra):
-    common = [
-        "model.name=tiny",
-        "stages.sft.steps=2",
-        "stages.dpo.steps=2",
-        "stages.*.batch_size=2",
-        "probe.n=2",
-        "probe.every=2",
-        "data.n_train=4",
-    ]
-    return ["run", "smollm2_sft_dpo", *common, f"output_dir={out}", *extra]
 
 
 def digest(path):

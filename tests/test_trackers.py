@@ -2,26 +2,15 @@
 log and close; `ldyn export` gives a long table that datasets loads."""
 
 import pytest
+from helpers import tiny
 
 from ldyn import cli
 from ldyn.runs.directory import RunDir
 from ldyn.runs.trackers import open_trackers, probe_scalars
 
-TINY = [
-    "run",
-    "smollm2_sft_dpo",
-    "model.name=tiny",
-    "stages.sft.steps=2",
-    "stages.dpo.steps=2",
-    "stages.*.batch_size=2",
-    "probe.n=2",
-    "probe.every=2",
-    "data.n_train=4",
-]
-
 
 def test_ldyn_run_reports_to_tensorboard(tmp_path):
-    assert cli.main([*TINY, f"output_dir={tmp_path / 'run'}", "report_to=tensorboard"]) == 0
+    assert cli.main(tiny(tmp_path / "run", "report_to=tensorboard")) == 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
@@ -35,7 +24,7 @@ def test_ldyn_run_reports_to_tensorboard(tmp_path):
 
 
 def test_export_is_a_long_table_datasets_loads(tmp_path):
-    assert cli.main([*TINY, f"output_dir={tmp_path / 'run'}"]) == 0
+    assert cli.main(tiny(tmp_path / "run")) == 0
     import datasets
 
     assert cli.main(["export", str(tmp_path / "run")]) == 0
