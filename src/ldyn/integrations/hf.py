@@ -34,25 +34,19 @@ from ldyn import __version__
 from ldyn.config import (
     DataConfig,
     DecomposeConfig,
-    ModelConfig,
-    OptimConfig,
     ProbeConfig,
-    RunConfig,
-    StageConfig,
     dump_config,
 )
 from ldyn.data.templates import check_template
 from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items, probe_across_ranks
 from ldyn.dynamics.update import METHODS, Decomposer
 from ldyn.errors import LdynError
-from ldyn.losses import LossConfig
+from ldyn.integrations.host import describe_run, report_to, stage_name
 from ldyn.runs.directory import CONFIG, DATA, DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, ROW_FILES, RunDir
 from ldyn.runs.trackers import Trackers, baseline_of, open_trackers, probe_scalars
-from ldyn.runtime.distributed import barrier, rank_and_world
+from ldyn.runtime.distributed import barrier
 
-TRL_LOSSES = {"sigmoid": "dpo", "ipo": "ipo", "hinge": "slic", "sppo_hard": "sppo"}  # TRL loss_type -> ldyn loss
 LOG_NAMES = {"rewards/margins": "rewards/margin", "rewards/accuracies": "rewards/accuracy", "learning_rate": "lr"}
-OPTIMIZERS = ("adamw", "rmsprop", "sgd")
 RENAMED = {
     "observe_every": "decompose_every",
     "observe_n": "decompose_n",
@@ -205,52 +199,24 @@ class LearningDynamicsCallback(TrainerCallback):
         else:  # a new training into this folder replaces what an earlier one wrote there
             for name in ROW_FILES:
                 (self.run.path / name).unlink(missing_ok=True)
-            cfg = self._config(args, state, model)
+            cfg = describe_run(
+                args,
+                state,
+                model,
+                run_dir=self.run.path,
+                data=self.data,
+                probe=self._probe_config(),
+                decompose=self.decompose,
+            )
             self.run.write_text(CONFIG, f"# ldyn {__version__} (LearningDynamicsCallback)\n" + dump_config(cfg))
             self.run.write_json(DATA, report | {"trainer": type(args).__name__})
             self.run.write_text("trainer_args.json", json.dumps(args.to_dict(), indent=2, default=str) + "\n")
-        kinds = [k for k in _report_to(args) if k in ("tensorboard", "wandb", "trackio")]
+        kinds = [k for k in report_to(args) if k in ("tensorboard", "wandb", "trackio")]
         self.trackers = open_trackers(kinds, self.run.path, self.run.path.parent.name, args.to_dict())
 
-    def _config(self, args, state, model) -> RunConfig:
-        """The training as an ldyn RunConfig, so that plots, claims and reports read it as a native run."""
-        loss = LossConfig(name=loss_name(args), beta=float(getattr(args, "beta", 0.1) or 0.1))
-        optim = OptimConfig(
-            name=next((o for o in OPTIMIZERS if str(args.optim).startswith(o)), "adamw"),
-            lr=args.learning_rate,
-            weight_decay=args.weight_decay,
-            warmup_steps=int(args.warmup_steps or 0),
-            max_grad_norm=args.max_grad_norm or 0.0,
-        )
-        world = rank_and_world()[1]
-        stage = StageConfig(
-            name=self.stage,
-            steps=state.max_steps,
-            loss=loss,
-            optim=optim,
-            grad_accum=args.gradient_accumulation_steps,
-            batch_size=args.per_device_train_batch_size * world,
-        )
-        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
-        probe = ProbeConfig(
-            path=self.source if isinstance(self.source, str) else "<rows>",
-            n=self.n,
-            types=self.types,
-            every=self.every,
-            batch_tokens=self.batch_tokens,
-        )
-        return RunConfig(
-            name=Path(args.output_dir).name,
-            output_dir=str(self.run.path),
-            seed=args.seed,
-            mixed_precision="bf16" if args.bf16 else "no",
-            data=self.data,
-            probe=probe,
-            model=ModelConfig(name=name, dtype=dtype if dtype in ("float32", "bfloat16", "float64") else "float32"),
-            decompose=self.decompose,
-            stages=[stage],
-        )
+    def _probe_config(self) -> ProbeConfig:
+        source = self.source if isinstance(self.source, str) else "<rows>"
+        return ProbeConfig(path=source, n=self.n, types=self.types, every=self.every, batch_tokens=self.batch_tokens)
 
     def _probe(self, state, model) -> None:
         """One probe round at the current step, unless it was taken already (every process takes part)."""
@@ -266,26 +232,3 @@ class LearningDynamicsCallback(TrainerCallback):
         if not self.baseline and step > 0:  # resumed: changes are measured from the step-0 round
             self.baseline = baseline_of(self.run.read(PROBES))
         self.trackers.log(probe_scalars(records, self.baseline), step)
-
-
-def stage_name(args) -> str:
-    """ "dpo" for TRL's DPOConfig, "sft" for SFTConfig and plain TrainingArguments (language modelling)."""
-    return "dpo" if type(args).__name__.startswith("DPO") else "sft"
-
-
-def loss_name(args) -> str:
-    """ldyn's name for the trainer's loss (DPO's `loss_type`; SFT and plain training: "sft")."""
-    if stage_name(args) == "sft":
-        return "sft"
-    kinds = getattr(args, "loss_type", "sigmoid")
-    kind = kinds[0] if isinstance(kinds, (list, tuple)) and kinds else kinds
-    return TRL_LOSSES.get(str(kind), "dpo")
-
-
-def _report_to(args) -> list[str]:
-    report = args.report_to
-    if report in (None, "none"):
-        return []
-    if report == "all":
-        return ["tensorboard", "wandb", "trackio"]
-    return [report] if isinstance(report, str) else list(report)
