@@ -1,83 +1,61 @@
-"""TRL's DPOTrainer with ldyn's LearningDynamicsCallback. The two lines that ldyn adds are marked `# ldyn`.
+"""A plain TRL DPO script with ldyn's callback: the model from `from_pretrained`, the data from `load_dataset`,
+and `LearningDynamicsCallback()` with no arguments, which probes the trainer's own prompts (and its eval split's)
+with the paper's response types. The two lines ldyn adds are marked `# ldyn`.
 
-    python examples/trl_dpo.py --model smollm2 --data ../shared/data/hh/probe_train.jsonl \
-        --probes ../shared/data/hh/probe_train.jsonl --steps 20 --out runs/trl_dpo
+    python examples/trl_dpo.py --model HuggingFaceTB/SmolLM2-135M-Instruct --data pairs.jsonl --out runs/trl_dpo
     ldyn report runs/trl_dpo/ldyn --out runs/trl_dpo/report.html
 
---model: "smollm2" (the embedded SmolLM2-135M-Instruct), "tiny" (a random 2-layer Llama, for tests), or any Hugging
-Face model id or local directory. --data: preference pairs (prompt, chosen, rejected) as JSONL or a HF dataset.
+--data: preference rows (prompt, chosen, rejected; text or conversational) as JSON lines. Offline, the embedded
+SmolLM2 is a local checkpoint once ldyn has converted it: `--model $(python -c "from ldyn.models.pretrained import
+embedded_smollm2; print(embedded_smollm2())")`, and `--data ../shared/data/hh/probe_train.jsonl` is the paper
+authors' HH set.
 """
 
 import argparse
 
 import torch
-from datasets import Dataset
+from datasets import load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
-from ldyn.config import ModelConfig
-from ldyn.data.preference import load_pairs
 from ldyn.integrations import LearningDynamicsCallback  # ldyn
-from ldyn.models.load import load_model
-from ldyn.models.pretrained import frozen_copy
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2")
-    p.add_argument("--data", default="embedded", help="preference pairs: JSONL, HF dataset, or 'embedded'")
-    p.add_argument("--probes", default="embedded", help="probe set in the paper authors' format")
-    p.add_argument("--n-train", type=int, default=64, help="training pairs")
-    p.add_argument("--n-probe", type=int, default=8, help="probed prompts")
+    p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+    p.add_argument("--data", required=True, help="preference pairs as JSON lines")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--every", type=int, default=5, help="probe every k optimizer steps")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--max-prompt-length", type=int, default=256)
+    p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--report-to", default="none", help="none, tensorboard, wandb or trackio")
-    p.add_argument("--decompose-every", type=int, default=0, help="observed vs predicted change every k updates")
     p.add_argument("--out", default="runs/trl_dpo")
     a = p.parse_args(argv)
 
-    model, tokenizer = load_model(ModelConfig(a.model))
-    pairs, _ = load_pairs(a.data, n=a.n_train, skip_empty=True)
-    train = Dataset.from_list([{"prompt": x.prompt, "chosen": x.chosen, "rejected": x.rejected} for x in pairs])
-    args = DPOConfig(
-        output_dir=a.out,
-        max_steps=a.steps,
-        per_device_train_batch_size=a.batch_size,
-        gradient_accumulation_steps=a.grad_accum,
-        learning_rate=a.lr,
-        beta=a.beta,
-        max_length=a.max_length,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="no",
-        report_to=a.report_to,
-        seed=0,
-        bf16=False,
-        use_cpu=not torch.cuda.is_available(),
-    )
-    callback = LearningDynamicsCallback(
-        a.probes,
-        every=a.every,
-        n=a.n_probe,
-        max_length=a.max_length,
-        max_prompt_length=a.max_prompt_length,
-        decompose_every=a.decompose_every,
-    )  # ldyn
+    model = AutoModelForCausalLM.from_pretrained(a.model)
+    tokenizer = AutoTokenizer.from_pretrained(a.model)
+    data = load_dataset("json", data_files=a.data, split="train").select_columns(["prompt", "chosen", "rejected"])
+    data = data.train_test_split(test_size=0.1, seed=0)
     trainer = DPOTrainer(
         model=model,
-        ref_model=frozen_copy(model),
-        args=args,
-        train_dataset=train,
+        args=DPOConfig(
+            output_dir=a.out,
+            max_steps=a.steps,
+            per_device_train_batch_size=2,
+            learning_rate=a.lr,
+            max_length=a.max_length,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=a.report_to,
+            bf16=torch.cuda.is_available(),  # a CPU without native bf16 runs it ~50x slower than fp32
+            use_cpu=not torch.cuda.is_available(),
+        ),
+        train_dataset=data["train"],
+        eval_dataset=data["test"],
         processing_class=tokenizer,
-        callbacks=[callback],
+        callbacks=[LearningDynamicsCallback()],  # ldyn
     )
     trainer.train()
-    print(callback.run.path)
 
 
 if __name__ == "__main__":

@@ -96,10 +96,11 @@ def test_dpo_trainer_writes_a_run_that_ldyn_reads(tokenizer, tmp_path, capsys):
         assert cli.main([command[0], str(run.path), *command[1:]]) == 0, command
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run.path / "tensorboard"))
+    (folder,) = (tmp_path / "dpo" / "runs").iterdir()  # the trainer's own TensorBoard run (ldyn opens none)
+    events = EventAccumulator(str(folder))
     events.Reload()
-    assert [e.step for e in events.Scalars("probe/dlogp/chosen")] == [0, 2, 4]
-    assert "probe/a_norm/chosen" in events.Tags()["scalars"] and "ldyn/probe_groups" in events.Tags()["images"]
+    assert [e.step for e in events.Scalars("train/ldyn/dlogp/chosen")] == [0, 2, 4]
+    assert "train/ldyn/a_norm/chosen" in events.Tags()["scalars"] and "ldyn/probe_groups" in events.Tags()["images"]
 
 
 @pytest.mark.parametrize("method", ["jvp", "one_sided"])  # one_sided: each update's observed forward is kept
@@ -155,40 +156,34 @@ def test_sft_trainer_and_plain_trainer(tokenizer, tmp_path):
         args=args,
         train_dataset=lm,
         processing_class=tokenizer,
-        callbacks=[LearningDynamicsCallback(every=4, n=2)],
+        callbacks=[LearningDynamicsCallback("embedded", every=4, n=2)],  # token ids only: no text to probe
     ).train()
     run = RunDir(tmp_path / "lm" / "ldyn")
     assert sorted({r["step"] for r in run.read("probes.jsonl")}) == [0, 4]
     assert cli.main(["plot", str(run.path)]) == 0
 
 
-def test_example_script_runs_on_the_tiny_model(tmp_path):
+@pytest.mark.parametrize("script", ["trl_dpo", "trl_sft"])
+def test_the_plain_example_scripts_run_as_written(script, tokenizer, tmp_path, capsys):
+    """The examples are plain TRL scripts (from_pretrained, load_dataset, the callback with no argument): run on a
+    saved tiny model and a JSONL of the user's own rows, they probe those rows."""
+    model, tokenizer = prepare(tiny_model(tokenizer, seed=0), tokenizer)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    rows = PAIRS if script == "trl_dpo" else [{"prompt": p["prompt"], "completion": p["chosen"]} for p in PAIRS]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     sys.path.insert(0, str(ROOT / "examples"))
     try:
-        import trl_dpo
+        module = __import__(script)
     finally:
         sys.path.pop(0)
-    trl_dpo.main(
-        [
-            "--model",
-            "tiny",
-            "--steps",
-            "2",
-            "--every",
-            "1",
-            "--n-train",
-            "8",
-            "--n-probe",
-            "2",
-            "--max-length",
-            "128",
-            "--max-prompt-length",
-            "64",
-            "--out",
-            str(tmp_path / "ex"),
-        ]
-    )
-    assert {r["step"] for r in RunDir(tmp_path / "ex" / "ldyn").read("probes.jsonl")} == {0, 1, 2}
+    out = tmp_path / "out"
+    module.main(["--model", str(tmp_path / "model"), "--data", str(data), "--steps", "2", "--out", str(out)])
+    probes = RunDir(out / "ldyn").read("probes.jsonl")
+    assert {r["step"] for r in probes} == {0, 2}
+    assert all(r["example_id"].startswith(("train/", "eval/")) for r in probes)
+    assert "ldyn: probing" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- two processes (torchrun, gloo) against one
@@ -234,7 +229,7 @@ def test_two_processes_equal_one_for_ldyn_run(tmp_path):
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo")
 def test_two_processes_equal_one_for_the_trl_callback(tmp_path):
     args = [
-        str(ROOT / "examples" / "trl_dpo.py"),
+        str(ROOT / "tests" / "trl_dpo_tiny.py"),
         "--model",
         "tiny",
         "--steps",

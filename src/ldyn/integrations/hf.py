@@ -13,6 +13,12 @@ processes of a distributed run and gathered on rank 0. It writes an ldyn run dir
 ldyn describes one, from the trainer's arguments), `trainer_args.json` (all of them), the trainer's logged metrics in
 `metrics.jsonl`, `probes.jsonl`, and the figures. It never touches the training itself.
 
+It opens no tracker run of its own: each probe round's scalars (`ldyn/dlogp/<type>`, the mean change of log π
+since step 0; `ldyn/a_norm/<type>`) and each observed update's (`ldyn/observed/<type>`, `ldyn/predicted/<type>`)
+go through the trainer's own logging at its global step -- `trainer.state.log_history`, the console line and the
+trackers of `report_to` (TensorBoard, W&B, trackio..., which prefix them `train/`), in the trainer's run -- and
+the figures, as images, to those of them that take images.
+
 What the Trainer API shows a callback, and so what it can record around an update (`decompose_every=k`): the model
 before the optimizer step (`on_pre_optimizer_step`) and after it (`on_optimizer_step`), and the learning rate. So it
 records the observed Δ log π of the first `decompose_n` probe prompts over that update and its first-order
@@ -37,13 +43,17 @@ from ldyn.config import (
     ProbeConfig,
     dump_config,
 )
+from ldyn.data.formats import is_messages
+from ldyn.data.probesets import load_probe_set
 from ldyn.data.templates import check_template
 from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items, probe_across_ranks
 from ldyn.dynamics.update import METHODS, Decomposer
 from ldyn.errors import LdynError
-from ldyn.integrations.host import describe_run, report_to, stage_name
+from ldyn.integrations.host import check_source, describe_run, find_trainer, parse_types, stage_name, warn
+from ldyn.integrations.trainer_data import available_types, dataset_rows, probe_rows
+from ldyn.integrations.trainer_log import decomposition_scalars, log_to_trainer, send_images
 from ldyn.runs.directory import CONFIG, DATA, DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, ROW_FILES, RunDir
-from ldyn.runs.trackers import Trackers, baseline_of, open_trackers, probe_scalars
+from ldyn.runs.trackers import baseline_of, probe_scalars
 from ldyn.runtime.distributed import barrier
 
 LOG_NAMES = {"rewards/margins": "rewards/margin", "rewards/accuracies": "rewards/accuracy", "learning_rate": "lr"}
@@ -56,32 +66,39 @@ RENAMED = {
 
 
 class LearningDynamicsCallback(TrainerCallback):
-    """Probe a probe set during any transformers/TRL training into an ldyn run directory.
+    """Probe during any transformers/TRL training into an ldyn run directory.
 
-    probes: "embedded", a JSONL in the paper authors' format (`prompt` + one field per response type), a Hugging
-    Face dataset (hub name or `save_to_disk` folder), or the rows themselves. `types`: fields to probe ("auto" =
-    every paper type present); `n`: the first n prompts (0 = all); `every`: probe every k optimizer steps (and at
-    step 0 and the end). `output_dir`: the run directory (default `<args.output_dir>/ldyn`). `max_length`,
-    `max_prompt_length`, `truncation_mode` tokenise the probes as `ldyn run` does; `template` renders them
-    (`data/templates.py`: "auto" applies the tokenizer's chat template to conversational probe sets, as TRL does to
-    conversational training data; "chat" to text ones too). `decompose_every`: record the
-    observed and predicted change of every k-th update on the first `decompose_n` prompts (0 = never), the
-    predictions (unless `decompose_predict=False`) by forward-mode (`decompose_method="jvp"`), central differences
-    ("central") or, cheapest, with the SGD kernel's parts one-sided ("one_sided"). Each knob has the name of the
-    recipe key it mirrors: `every`, `n`, `types`, `batch_tokens` are `probe.*`, `decompose_*` are `decompose.*`.
+    probes: None (the default) probes the host trainer's own data: the first `n` prompts of its `train_dataset`
+    and, when it has an `eval_dataset`, the first `held_out` of those (held-out prompts), each with the responses
+    the data has (chosen, rejected, the completion or the last assistant turn) and the paper's rule-based types
+    derived from them (`integrations/trainer_data.py`). Or an explicit probe set: "embedded", a JSONL in the paper
+    authors' format (`prompt` + one field per response type, e.g. from `ldyn probes build`), a Hugging Face dataset
+    (hub name or `save_to_disk` folder), or the rows themselves (a list of dicts or a `datasets.Dataset`).
+    `types`: the response types to probe ("auto" = every paper type present; a list, or "chosen,rejected").
+    `every`: probe every k optimizer steps (and at step 0 and the end). `output_dir`: the run directory (default
+    `<args.output_dir>/ldyn`). `max_length`, `max_prompt_length`, `truncation_mode` tokenise the probes as `ldyn
+    run` does; left None, the trainer's `max_length` (else 512) and half of it for the prompt. `template` renders
+    them (`data/templates.py`: "auto" applies the tokenizer's chat template to conversational probes, as TRL does
+    to conversational training data; "chat" to text ones too). `decompose_every`: record the observed and
+    predicted change of every k-th update on the first `decompose_n` prompts (0 = never), the predictions (unless
+    `decompose_predict=False`) by forward-mode (`decompose_method="jvp"`), central differences ("central") or,
+    cheapest, with the SGD kernel's parts one-sided ("one_sided"). Each knob has the name of the recipe key it
+    mirrors: `every`, `n`, `types`, `batch_tokens` are `probe.*`, `decompose_*` are `decompose.*`. Bad arguments
+    fail here, naming the argument, before the trainer loads anything.
     """
 
     def __init__(
         self,
-        probes="embedded",
+        probes=None,
         *,
         every: int = 5,
         n: int = 16,
+        held_out: int = 4,
         types=("auto",),
         output_dir: str | None = None,
         batch_tokens: int = 4096,
-        max_length: int = 512,
-        max_prompt_length: int = 256,
+        max_length: int | None = None,
+        max_prompt_length: int | None = None,
         truncation_mode: str = "keep_end",
         template: str = "auto",
         decompose_every: int = 0,
@@ -97,20 +114,36 @@ class LearningDynamicsCallback(TrainerCallback):
                 raise LdynError(f"LearningDynamicsCallback: `{old}` is now `{new}` (the recipe key's name)")
         if renamed:
             raise LdynError(f"LearningDynamicsCallback: unknown argument(s) {', '.join(sorted(renamed))}")
-        if every < 0 or decompose_every < 0 or n < 0:
-            raise LdynError("every, decompose_every and n must be >= 0")
+        counts = {"every": every, "n": n, "held_out": held_out, "batch_tokens": batch_tokens, "seed": seed}
+        counts |= {"decompose_every": decompose_every, "decompose_n": decompose_n}
+        counts |= {k: v for k, v in (("max_length", max_length), ("max_prompt_length", max_prompt_length)) if v}
+        for name, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise LdynError(f"LearningDynamicsCallback: {name} must be a whole number >= 0, got {value!r}")
+        if batch_tokens == 0:
+            raise LdynError("LearningDynamicsCallback: batch_tokens must be > 0")
+        if max_length and max_prompt_length and max_prompt_length >= max_length:
+            raise LdynError(
+                f"LearningDynamicsCallback: max_prompt_length ({max_prompt_length}) must be below max_length "
+                f"({max_length}): a response needs room"
+            )
         if decompose_method not in METHODS:
             raise LdynError(f"decompose_method must be one of {', '.join(METHODS)}, got {decompose_method!r}")
-        self.source, self.every, self.n, self.types, self.output_dir = probes, every, n, list(types), output_dir
+        if truncation_mode not in ("keep_end", "keep_start"):
+            raise LdynError(f"truncation_mode must be keep_end or keep_start, got {truncation_mode!r}")
+        check_template(template)
+        self.types = parse_types(types)
+        self.source = check_source(probes, self.types, n, seed)
+        self.every, self.n, self.held_out, self.output_dir = every, n, held_out, output_dir
         self.batch_tokens, self.seed, self.figures = batch_tokens, seed, figures
+        self.lengths = (max_length, max_prompt_length)  # None: the trainer's (`_settings`)
         self.data = DataConfig(
             train="host trainer",
-            max_length=max_length,
-            max_prompt_length=max_prompt_length,
+            max_length=max_length or 512,
+            max_prompt_length=max_prompt_length or (max_length or 512) // 2,
             truncation_mode=truncation_mode,
             template=template,
         )
-        check_template(template)
         self.decompose = DecomposeConfig(
             every=decompose_every, n=decompose_n, predict=decompose_predict, method=decompose_method
         )
@@ -119,7 +152,6 @@ class LearningDynamicsCallback(TrainerCallback):
         self.done: set[int] = set()
         self.decomposer: Decomposer | None = None  # with decompose_every: set up once the probes are loaded
         self.baseline: dict[str, float] = {}
-        self.trackers = Trackers([])
 
     # ------------------------------------------------------------ events
 
@@ -130,7 +162,11 @@ class LearningDynamicsCallback(TrainerCallback):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.run = RunDir(self.output_dir or Path(args.output_dir) / "ldyn")
         self.stage = stage_name(args)
-        self.items, report = self._load_probes(tokenizer)
+        trainer = find_trainer()
+        self._settings(args, trainer, tokenizer)
+        self.items, report = self._load_probes(tokenizer, trainer)
+        if state.is_world_process_zero:
+            print(self._announce(report), flush=True)
         d = self.decompose
         observed = first_prompts(self.items, d.n)  # the prompts `decompose_every` watches
         self.decomposer = Decomposer(
@@ -148,9 +184,14 @@ class LearningDynamicsCallback(TrainerCallback):
         if state.global_step == 0:
             self._probe(state, model)
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._emit(args, state, control)  # the step-0 round, once every callback (the console's bar too) has begun
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.every and state.global_step % self.every == 0:
-            self._probe(state, model)
+        last = control.should_training_stop or state.global_step >= state.max_steps  # while the trackers are open
+        if self.every and (state.global_step % self.every == 0 or last):
+            self._probe(state, model, args)
+        self._emit(args, state, control)  # this round and this update's decomposition, at the step they describe
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         k = self.decompose.every
@@ -166,30 +207,94 @@ class LearningDynamicsCallback(TrainerCallback):
         self.run.append(DECOMPOSITION, [{"step": step, "stage": self.stage, **row} for row in rows])
         seconds = round(time.perf_counter() - started, 3)  # after the step: the forward-mode passes and the observed
         self.run.append(DECOMPOSITION_TIMES, [{"step": step, "seconds": seconds, "items": len(self.decomposer.items)}])
+        self._queue(decomposition_scalars(rows))  # logged at on_step_end, once global_step is `step`
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+        if self._emitting or not state.is_world_process_zero or not logs:
+            return  # ldyn's own scalars (`_emit`) are in probes.jsonl and decomposition.jsonl already
+        if "train_runtime" in logs:  # the trainer's last log, before on_train_end closes its trackers
+            if self.figures:
+                self._figures(state, to_trackers=True)
             return
         row = {LOG_NAMES.get(k, k): v for k, v in logs.items() if isinstance(v, (int, float))}
         self.run.append(METRICS, [{"step": state.global_step, "stage": self.stage, **row}])
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        self._probe(state, model)
+        self._probe(state, model, args)  # training stopped between probe steps by a later callback: its last round
         if not state.is_world_process_zero:
             return
+        self._emit(args, state, control, to_callbacks=False)  # the trainer's trackers have closed: its history only
         self.run.unlock()
-        if self.figures:
-            from ldyn.runs.figures import plot_run
-
-            for path in plot_run(self.run.path):
-                if path.suffix == ".png":
-                    self.trackers.image(f"ldyn/{path.stem}", path, state.global_step)
-        self.trackers.close()
+        if self.figures and self._plotted != len(self.done):
+            self._figures(state, to_trackers=False)
 
     # ------------------------------------------------------------ work
 
-    def _load_probes(self, tokenizer) -> tuple[list[ProbeItem], dict]:
-        return load_probe_items(self.source, self.types, self.n, self.seed, tokenizer, self.data)
+    def _load_probes(self, tokenizer, trainer) -> tuple[list[ProbeItem], dict]:
+        """The probe set's items: the explicit source, or the host trainer's own data (`trainer_data`)."""
+        if self.source is not None:
+            items, report = load_probe_items(self.source, self.types, self.n, self.seed, tokenizer, self.data)
+            return items, report | {"probe_source": self.source if isinstance(self.source, str) else "<rows>"}
+        if trainer is None:
+            raise LdynError(
+                "LearningDynamicsCallback() probes the trainer's own data, but no transformers Trainer "
+                "is running this event: pass a probe set, e.g. LearningDynamicsCallback('embedded')"
+            )
+        rows, origin = probe_rows(trainer.train_dataset, trainer.eval_dataset, self.n, self.held_out, self.seed)
+        have = available_types(rows)
+        wanted = have if self.types == ["auto"] else self.types
+        missing = [t for t in wanted if t not in have]
+        if missing:
+            raise LdynError(
+                f"LearningDynamicsCallback: type '{missing[0]}' is not in the trainer's data or derived "
+                f"from it (there: {', '.join(have)})"
+            )
+        items, report = load_probe_items(rows, wanted, 0, self.seed, tokenizer, self.data)
+        return items, report | origin
+
+    def _settings(self, args, trainer, tokenizer) -> None:
+        """Lengths from the trainer's arguments unless given; one warning line where they disagree; one where
+        conversational training meets text probes."""
+        given, given_prompt = self.lengths
+        host = getattr(args, "max_length", None)
+        if given is None and host:
+            self.data.max_length = host
+            if given_prompt is None:
+                self.data.max_prompt_length = host // 2
+        elif given and host and given != host:
+            warn(f"probes are tokenised to max_length={given}, the trainer trains with max_length={host}")
+        host_prompt = getattr(args, "max_prompt_length", None)
+        if given_prompt is None and host_prompt and host_prompt < self.data.max_length:
+            self.data.max_prompt_length = host_prompt
+        if trainer is not None and self.source is not None and self.data.template == "auto":
+            try:
+                trained = dataset_rows(trainer.train_dataset, "train_dataset", 1)
+            except LdynError:  # token ids only: nothing to compare
+                trained = []
+            probed = self._first_probe_row()
+            if trained and probed is not None and is_messages(trained[0].prompt) != is_messages(probed.prompt):
+                kinds = ("conversational", "text") if is_messages(trained[0].prompt) else ("text", "conversational")
+                warn(
+                    f"the trainer trains on {kinds[0]} rows but the probes are {kinds[1]}: they are rendered "
+                    "differently (template='chat' renders text probes with the chat template too)"
+                )
+
+    def _first_probe_row(self):
+        try:
+            return load_probe_set(self.source, ["auto"], 1, self.seed)[0][0]
+        except LdynError:
+            return None
+
+    def _announce(self, report: dict) -> str:
+        """One line: what is probed, how often, and where it is written."""
+        types = ", ".join(report.get("probe_types", []))
+        where = report.get("probe_source", "")
+        if where == "the host trainer's data":
+            held = len(report.get("probe_held_out", []))
+            what = f"{len(report['probe_trained'])} train_dataset prompts" + (f" + {held} eval_dataset" if held else "")
+        else:
+            what = f"{report.get('probe_prompts', 0)} prompts of {where}"
+        return f"ldyn: probing {what} ({types}, + argmax) every {self.every} steps -> {self.run.path}"
 
     def _start_run(self, args, state, model, report: dict) -> None:
         """The run directory: created at step 0; on a resumed training, the rows after the resumed step dropped."""
@@ -211,24 +316,74 @@ class LearningDynamicsCallback(TrainerCallback):
             self.run.write_text(CONFIG, f"# ldyn {__version__} (LearningDynamicsCallback)\n" + dump_config(cfg))
             self.run.write_json(DATA, report | {"trainer": type(args).__name__})
             self.run.write_text("trainer_args.json", json.dumps(args.to_dict(), indent=2, default=str) + "\n")
-        kinds = [k for k in report_to(args) if k in ("tensorboard", "wandb", "trackio")]
-        self.trackers = open_trackers(kinds, self.run.path, self.run.path.parent.name, args.to_dict())
+        self._args = args  # the main process's probe rounds read `disable_tqdm` from it
 
     def _probe_config(self) -> ProbeConfig:
-        source = self.source if isinstance(self.source, str) else "<rows>"
+        source = (
+            "<the trainer's data>" if self.source is None else self.source if isinstance(self.source, str) else "<rows>"
+        )
         return ProbeConfig(path=source, n=self.n, types=self.types, every=self.every, batch_tokens=self.batch_tokens)
 
-    def _probe(self, state, model) -> None:
+    def _probe(self, state, model, args=None) -> None:
         """One probe round at the current step, unless it was taken already (every process takes part)."""
         step = state.global_step
         if not self.every or step in self.done:
             return
         started = time.perf_counter()
-        records = probe_across_ranks(model, self.items, self.pad_id, self.batch_tokens)
+        progress = not getattr(args or self._args, "disable_tqdm", False)
+        records = probe_across_ranks(model, self.items, self.pad_id, self.batch_tokens, progress=progress)
         self.done.add(step)
         if not state.is_world_process_zero:
             return
         self.run.append_probe_round(step, self.stage, records, time.perf_counter() - started, len(self.items))
         if not self.baseline and step > 0:  # resumed: changes are measured from the step-0 round
             self.baseline = baseline_of(self.run.read(PROBES))
-        self.trackers.log(probe_scalars(records, self.baseline), step)
+        scalars = probe_scalars(records, self.baseline)  # probe/dlogp/<type>, probe/a_norm/<type>
+        self._queue({"ldyn/" + k.removeprefix("probe/"): v for k, v in scalars.items()})
+
+    # ------------------------------------------------------------ the trainer's own log stream
+
+    _args = None  # the trainer's arguments (`_start_run`)
+    _pending: dict | None = None  # scalars waiting for `_emit`
+    _emitting = False  # `_emit` is handing them to the callbacks, ours included
+    _plotted = -1  # how many probe rounds the figures last drew
+
+    def _queue(self, scalars: dict[str, float]) -> None:
+        self._pending = (self._pending or {}) | scalars
+
+    def _emit(self, args, state, control, to_callbacks: bool = True) -> None:
+        """The pending scalars through the trainer's own logging (`trainer_log.log_to_trainer`), main process only;
+        `to_callbacks=False` (the trackers have closed): into its history only."""
+        scalars, self._pending = self._pending or {}, None
+        if not scalars or not state.is_world_process_zero:
+            return
+        self._emitting = True
+        try:
+            log_to_trainer(self._host_callbacks() if to_callbacks else None, args, state, control, scalars)
+        finally:
+            self._emitting = False
+
+    def _host_callbacks(self):
+        """The CallbackHandler of the Trainer running this event (`find_trainer`: transformers hands a callback no
+        trainer; looked up each time, as one callback may serve one trainer after another), or None."""
+        trainer = find_trainer()
+        if trainer is None or not any(cb is self for cb in trainer.callback_handler.callbacks):
+            return None
+        return trainer.callback_handler
+
+    def _figures(self, state, to_trackers: bool) -> None:
+        """The run's figures, and (`to_trackers`) each PNG to the trainer's trackers that take images, best effort."""
+        from ldyn.runs.figures import plot_run
+
+        self._plotted = len(self.done)
+        try:
+            pngs = [p for p in plot_run(self.run.path) if p.suffix == ".png"]
+        except Exception as error:
+            warn(f"ldyn's figures failed ({error}); `ldyn plot {self.run.path}` draws them from the run directory")
+            return
+        handler = self._host_callbacks() if to_trackers else None
+        for callback in handler.callbacks if handler is not None else []:
+            try:
+                send_images(callback, {f"ldyn/{p.stem}": p for p in pngs}, state.global_step)
+            except Exception as error:
+                warn(f"ldyn's figures did not reach {type(callback).__name__}: {error}")

@@ -31,6 +31,7 @@ from ldyn.paper.stages import (
     stages_where,
 )
 from ldyn.paper.trajectories import Peak, csv_rows, summarise, trajectories
+from ldyn.runs.compare import run_labels
 from ldyn.runs.directory import CONFIG, SUITE_LOG, Run, load_run
 from ldyn.runs.style import write_rows
 from ldyn.runtime.files import read_rows, write_atomically
@@ -100,10 +101,10 @@ def figures(c: Collected) -> list[tuple[str, str, str]]:
         if (toy / "squeeze.png").is_file():
             caption = "One update of a linear softmax head (the authors' notebook cases)."
             out.append(("The squeezing toy", caption, _file_png(toy / "squeeze.png")))
-    for run in c.runs:
+    for run, name in zip(c.runs, run_labels(c.runs)):
         png = run.path / "figures" / "probe_groups.png"
         if png.is_file() and run.probes:
-            out.append((f"Run {run.path.name}", run.config.describe(), _file_png(png)))
+            out.append((f"Run {name}", run.config.describe(), _file_png(png)))
     return out
 
 
@@ -205,7 +206,10 @@ def render(c: Collected, verdicts: list[Verdict], figs: list[tuple[str, str, str
             for title, caption, png in figs
         ),
         "<h2>Runs</h2><table id='runs'><tr><th>run</th><th>what it trains</th></tr>"
-        + "".join(f"<tr><td>{e(r.path.name)}</td><td>{e(r.config.describe())}</td></tr>" for r in c.runs)
+        + "".join(
+            f"<tr><td>{e(name)}</td><td>{e(r.config.describe())}</td></tr>"
+            for r, name in zip(c.runs, run_labels(c.runs))
+        )
         + "</table>",
         _timing_table(c.timings),
         "</body></html>",

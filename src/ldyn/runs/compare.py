@@ -23,12 +23,12 @@ def influence_table(runs: list[Run]) -> tuple[list[str], list[str], np.ndarray]:
     """Accumulated influence: for each (run, stage) column and observed type, the sum over decomposed updates of
     the mean observed Δ log π(y | x_o). Returns (row types, column labels, values (rows, columns))."""
     columns: dict[str, dict[str, float]] = {}
-    for run in runs:
+    for run, name in zip(runs, run_labels(runs)):
         sums: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
         for row in run.decomposition:
             sums[(row["stage"], row["type"])][row["step"]].append(row["observed"])
         for (stage, t), by_step in sums.items():
-            label_ = f"{training_signal(run, stage)}\n[{run.path.name}]"
+            label_ = f"{training_signal(run, stage)}\n[{name}]"
             columns.setdefault(label_, {})[t] = float(sum(np.mean(v) for v in by_step.values()))
     types = ordered_types({t: None for col in columns.values() for t in col})
     values = np.array([[col.get(t, np.nan) for col in columns.values()] for t in types])
@@ -83,9 +83,18 @@ COMPARED = {"chosen": ("chosen",), "rejected": ("rejected",), "argmax": ("argmax
 
 
 def run_labels(runs: list[Run]) -> list[str]:
-    """The runs' labels, or their folder names when labels repeat (two runs of one recipe)."""
+    """One distinct label per run: its config's name (`Run.label`: a callback's runs, all in folders named `ldyn`,
+    are told apart by it); where names repeat (two runs of one recipe), the folder name, or as much of the path as
+    tells them apart ("dpo/ldyn", "sft/ldyn"); the same folder given twice, numbered."""
     labels = [run.label for run in runs]
-    return labels if len(set(labels)) == len(labels) else [str(run.path.name) for run in runs]
+    if len(set(labels)) == len(labels):
+        return labels
+    parts = [run.path.resolve().parts for run in runs]
+    for depth in range(1, max(map(len, parts)) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{label} ({i + 1})" for i, label in enumerate(labels)]
 
 
 def compare_table(runs: list[Run]) -> list[dict]:
