@@ -48,6 +48,7 @@ def test_no_argument_probes_the_trainers_train_and_eval_prompts_with_derived_typ
     assert data["probe_held_out"] == ["eval/0", "eval/1"] and data["irr_test_from"] == "eval_dataset"
     config = yaml.safe_load((run.path / "config.yaml").read_text())
     assert config["data"]["max_length"] == 96  # the trainer's, not ldyn's 512
+    assert not {"judge", "compile", "cuda_graphs", "checkpoint_every"} & set(config)  # ldyn's trainer's only
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("ldyn: probing")]
     assert line == [f"ldyn: probing 4 train_dataset prompts + 2 eval_dataset ({', '.join(data['probe_types'])}, "
                     f"+ argmax) every 1 steps -> {run.path}"]  # fmt: skip

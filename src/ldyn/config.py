@@ -379,5 +379,7 @@ def read_config(path: Path) -> RunConfig:
     return from_dict(RunConfig, read_yaml(path), file=str(path))
 
 
-def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+def dump_config(cfg: RunConfig, omit: tuple[str, ...] = ()) -> str:
+    """The config as YAML; `omit`: top-level sections left out (`read_config` reads them back as defaults)."""
+    data = {k: v for k, v in to_dict(cfg).items() if k not in omit}
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -64,6 +64,8 @@ RENAMED = {
     "predict": "decompose_predict",
 }
 
+HOST_OMITS = ("judge", "compile", "cuda_graphs", "cuda_graphs_pad_to", "checkpoint_every")
+
 
 class LearningDynamicsCallback(TrainerCallback):
     """Probe during any transformers/TRL training into an ldyn run directory.
@@ -313,7 +315,10 @@ class LearningDynamicsCallback(TrainerCallback):
                 probe=self._probe_config(),
                 decompose=self.decompose,
             )
-            self.run.write_text(CONFIG, f"# ldyn {__version__} (LearningDynamicsCallback)\n" + dump_config(cfg))
+            # what only ldyn's own trainer has (its judge, compile and graph switches, checkpoint cadence) would
+            # misdescribe the host trainer's run: left out
+            text = dump_config(cfg, omit=HOST_OMITS)
+            self.run.write_text(CONFIG, f"# ldyn {__version__} (LearningDynamicsCallback)\n" + text)
             self.run.write_json(DATA, report | {"trainer": type(args).__name__})
             self.run.write_text("trainer_args.json", json.dumps(args.to_dict(), indent=2, default=str) + "\n")
         self._args = args  # the main process's probe rounds read `disable_tqdm` from it
