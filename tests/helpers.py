@@ -241,3 +241,23 @@ class FakeEndpoint(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+def trainer_args(out, **kw) -> dict:
+    """The arguments of a short, deterministic TRL/transformers training of the tiny model on a CPU, into `out`."""
+    return (
+        dict(
+            output_dir=str(out),
+            max_steps=4,
+            per_device_train_batch_size=2,
+            learning_rate=1e-3,
+            lr_scheduler_type="constant",
+            logging_steps=1,
+            save_strategy="no",
+            seed=0,
+            bf16=False,
+            use_cpu=True,
+            report_to="none",
+        )
+        | kw
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset
+from helpers import trainer_args
 from transformers import TrainerState
 from trl import DPOConfig, DPOTrainer
 
@@ -28,21 +29,7 @@ PAIRS = [
 
 def trainer_for(tokenizer, out, callback, **kw):
     model, tokenizer = prepare(tiny_model(tokenizer, seed=0), tokenizer)
-    settings = dict(
-        output_dir=str(out),
-        max_steps=4,
-        per_device_train_batch_size=2,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        beta=0.1,
-        max_length=128,
-    )
+    settings = trainer_args(out, beta=0.1, max_length=128)
     return DPOTrainer(
         model=model,
         ref_model=frozen_copy(model),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset
+from helpers import trainer_args as common
 from transformers import Trainer, TrainingArguments
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
@@ -24,25 +25,6 @@ PAIRS = [
     {"prompt": f"\n\nHuman: question {i}?\n\nAssistant:", "chosen": f" good answer {i}", "rejected": f" bad {i}"}
     for i in range(8)
 ]
-
-
-def common(out, **kw):
-    return (
-        dict(
-            output_dir=str(out),
-            max_steps=4,
-            per_device_train_batch_size=2,
-            learning_rate=1e-3,
-            lr_scheduler_type="constant",
-            logging_steps=1,
-            save_strategy="no",
-            seed=0,
-            bf16=False,
-            use_cpu=True,
-            report_to="none",
-        )
-        | kw
-    )
 
 
 def dpo_trainer(tokenizer, out, callbacks=(), **kw):

@@ -7,6 +7,7 @@ import os
 
 import pytest
 from datasets import Dataset
+from helpers import trainer_args as common
 from trl import GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, RLOOConfig, RLOOTrainer
 
 from ldyn.errors import LdynError
@@ -27,25 +28,6 @@ UNPAIRED = [  # KTO's format: each completion on its own, labelled desirable or 
     {"prompt": p["prompt"], "completion": p[k], "label": k == "chosen"} for p in PAIRS for k in ("chosen", "rejected")
 ]
 STEPS = 4
-
-
-def common(out, **kw):
-    return (
-        dict(
-            output_dir=str(out),
-            max_steps=STEPS,
-            per_device_train_batch_size=2,
-            learning_rate=1e-3,
-            lr_scheduler_type="constant",
-            logging_steps=1,
-            save_strategy="no",
-            seed=0,
-            bf16=False,
-            use_cpu=True,
-            report_to="none",
-        )
-        | kw
-    )
 
 
 def reward_length(completions, **kwargs):
