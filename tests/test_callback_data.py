@@ -180,3 +180,14 @@ def test_resuming_the_trainer_continues_the_run_directory_without_doubles(tokeni
     assert sorted(map(key, resumed.read("probes.jsonl"))) == sorted(map(key, whole.read("probes.jsonl")))
     steps = [r["step"] for r in resumed.read("metrics.jsonl") if "loss" in r]
     assert steps == [1, 2, 3, 4]
+
+
+def test_a_probe_file_is_read_once_at_construction_as_a_path_or_under_home(tmp_path, monkeypatch):
+    file = tmp_path / "probes.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for given in (file, "~/probes.jsonl"):
+        callback = LearningDynamicsCallback(given, n=3)
+        assert callback.source == str(file)  # a text path, expanded: what the readers take
+        examples, types = callback.probe_set  # read here; training begins from it without reading again
+        assert [e.id for e in examples] == ["0", "1", "2"] and types == ["chosen", "rejected"]

@@ -53,6 +53,11 @@ def load_probe_items(
     truncation):
     its items, and what was loaded for data.json (prompts, types, empty responses left out, truncated rows)."""
     examples, types = load_probe_set(source, types, n, seed, n_key)
+    return tokenized_probe_items(examples, types, tokenizer, data)
+
+
+def tokenized_probe_items(examples, types: list[str], tokenizer, data: DataConfig) -> tuple[list[ProbeItem], dict]:
+    """`load_probe_items` of a probe set already read (`load_probe_set`'s examples and types)."""
     rows = tokenize_examples(tokenizer, examples, data)
     report = {
         "probe_prompts": len(rows),

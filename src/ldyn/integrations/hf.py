@@ -46,7 +46,7 @@ from ldyn.config import (
 from ldyn.data.formats import is_messages
 from ldyn.data.probesets import load_probe_set
 from ldyn.data.templates import check_template
-from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items, probe_across_ranks
+from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items, probe_across_ranks, tokenized_probe_items
 from ldyn.dynamics.update import METHODS, Decomposer
 from ldyn.errors import LdynError
 from ldyn.integrations.host import check_source, describe_run, find_trainer, parse_types, stage_name, warn
@@ -135,7 +135,7 @@ class LearningDynamicsCallback(TrainerCallback):
             raise LdynError(f"truncation_mode must be keep_end or keep_start, got {truncation_mode!r}")
         check_template(template)
         self.types = parse_types(types)
-        self.source = check_source(probes, self.types, n, seed)
+        self.source, self.probe_set = check_source(probes, self.types, n, seed)  # probe_set: read already
         self.every, self.n, self.held_out, self.output_dir = every, n, held_out, output_dir
         self.batch_tokens, self.seed, self.figures = batch_tokens, seed, figures
         self.lengths = (max_length, max_prompt_length)  # None: the trainer's (`_settings`)
@@ -165,7 +165,7 @@ class LearningDynamicsCallback(TrainerCallback):
         self.run = RunDir(self.output_dir or Path(args.output_dir) / "ldyn")
         self.stage = stage_name(args)
         trainer = find_trainer()
-        self._settings(args, trainer, tokenizer)
+        self._settings(args)
         self.items, report = self._load_probes(tokenizer, trainer)
         if state.is_world_process_zero:
             print(self._announce(report), flush=True)
@@ -235,7 +235,9 @@ class LearningDynamicsCallback(TrainerCallback):
     def _load_probes(self, tokenizer, trainer) -> tuple[list[ProbeItem], dict]:
         """The probe set's items: the explicit source, or the host trainer's own data (`trainer_data`)."""
         if self.source is not None:
-            items, report = load_probe_items(self.source, self.types, self.n, self.seed, tokenizer, self.data)
+            examples, types = self.probe_set or load_probe_set(self.source, self.types, self.n, self.seed, n_key="n")
+            self._compare_formats(trainer, examples[0])
+            items, report = tokenized_probe_items(examples, types, tokenizer, self.data)
             return items, report | {"probe_source": self.source if isinstance(self.source, str) else "<rows>"}
         if trainer is None:
             raise LdynError(
@@ -251,12 +253,11 @@ class LearningDynamicsCallback(TrainerCallback):
                 f"LearningDynamicsCallback: type '{missing[0]}' is not in the trainer's data or derived "
                 f"from it (there: {', '.join(have)})"
             )
-        items, report = load_probe_items(rows, wanted, 0, self.seed, tokenizer, self.data)
+        items, report = load_probe_items(rows, wanted, 0, self.seed, tokenizer, self.data, n_key="n")
         return items, report | origin
 
-    def _settings(self, args, trainer, tokenizer) -> None:
-        """Lengths from the trainer's arguments unless given; one warning line where they disagree; one where
-        conversational training meets text probes."""
+    def _settings(self, args) -> None:
+        """Lengths from the trainer's arguments unless given; one warning line where they disagree."""
         given, given_prompt = self.lengths
         host = getattr(args, "max_length", None)
         if given is None and host:
@@ -268,24 +269,22 @@ class LearningDynamicsCallback(TrainerCallback):
         host_prompt = getattr(args, "max_prompt_length", None)
         if given_prompt is None and host_prompt and host_prompt < self.data.max_length:
             self.data.max_prompt_length = host_prompt
-        if trainer is not None and self.source is not None and self.data.template == "auto":
-            try:
-                trained = dataset_rows(trainer.train_dataset, "train_dataset", 1)
-            except LdynError:  # token ids only: nothing to compare
-                trained = []
-            probed = self._first_probe_row()
-            if trained and probed is not None and is_messages(trained[0].prompt) != is_messages(probed.prompt):
-                kinds = ("conversational", "text") if is_messages(trained[0].prompt) else ("text", "conversational")
-                warn(
-                    f"the trainer trains on {kinds[0]} rows but the probes are {kinds[1]}: they are rendered "
-                    "differently (template='chat' renders text probes with the chat template too)"
-                )
 
-    def _first_probe_row(self):
+    def _compare_formats(self, trainer, probe) -> None:
+        """One warning line where conversational training meets text probes (or the reverse) under template="auto",
+        which renders the two differently."""
+        if trainer is None or self.data.template != "auto":
+            return
         try:
-            return load_probe_set(self.source, ["auto"], 1, self.seed)[0][0]
-        except LdynError:
-            return None
+            trained = dataset_rows(trainer.train_dataset, "train_dataset", 1)
+        except LdynError:  # token ids only: nothing to compare
+            return
+        if trained and is_messages(trained[0].prompt) != is_messages(probe.prompt):
+            kinds = ("conversational", "text") if is_messages(trained[0].prompt) else ("text", "conversational")
+            warn(
+                f"the trainer trains on {kinds[0]} rows but the probes are {kinds[1]}: they are rendered "
+                "differently (template='chat' renders text probes with the chat template too)"
+            )
 
     def _announce(self, report: dict) -> str:
         """One line: what is probed, how often, and where it is written."""

@@ -191,21 +191,22 @@ def parse_types(types) -> list[str]:
 
 
 def check_source(probes, types: list[str], n: int, seed: int):
-    """The probe source, checked before anything loads: a local file must exist, and a file or rows in memory are
-    read here, so that a missing type or too few prompts fail at construction. Returns it unchanged."""
-    if probes is None or (isinstance(probes, str) and probes == "embedded"):
-        if probes == "embedded":
-            load_probe_set(probes, types, n, seed, n_key="n")
-        return probes
+    """The probe source, checked before anything loads: a local file must exist, and "embedded", a local file or
+    rows in memory are read here, so that a missing type or too few prompts fail at construction. Returns (the
+    source, a local path as its expanded text; the probe set read, `load_probe_set`'s (examples, types), or None
+    for the trainer's data and a hub dataset, which are read when training begins)."""
+    if probes is None:
+        return None, None
     if isinstance(probes, (str, Path)):
+        if str(probes) == "embedded":
+            return "embedded", load_probe_set("embedded", types, n, seed, n_key="n")
         path = Path(probes).expanduser()
         looks_local = path.suffix in (".jsonl", ".json", ".parquet", ".csv") or str(probes).startswith((".", "/", "~"))
         if looks_local and not path.exists():
             raise LdynError("LearningDynamicsCallback: probes: no such file", file=str(path))
         if path.is_file():
-            load_probe_set(str(path), types, n, seed, n_key="n")
-        return str(probes) if path.exists() or not looks_local else probes
+            return str(path), load_probe_set(str(path), types, n, seed, n_key="n")
+        return str(path) if path.exists() else str(probes), None  # a save_to_disk folder, or a hub name
     if hasattr(probes, "__len__") and hasattr(probes, "__getitem__"):  # a list of rows or a datasets.Dataset
-        load_probe_set(probes, types, n, seed, n_key="n")
-        return probes
+        return probes, load_probe_set(probes, types, n, seed, n_key="n")
     raise LdynError(f"LearningDynamicsCallback: probes must be None, a path, 'embedded' or rows, got {type(probes)}")

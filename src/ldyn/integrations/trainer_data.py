@@ -10,7 +10,8 @@ as `ldyn probes build` derives them (paper.md §5):
 
 - `irr_train`  the chosen response of another probed training prompt (a seeded derangement; for a held-out
   prompt, of a probed training prompt)
-- `irr_test`   the chosen response of an eval row (else of a training row that is not probed)
+- `irr_test`   the chosen response of an eval row (else of a training row that is not probed; of the first `POOL`
+  rows beyond the probed ones)
 - `random_permute`  the words of the prompt's own chosen response, shuffled
 - `random_nonhum`   the words of its `irr_test` response, shuffled
 
@@ -28,6 +29,9 @@ from ldyn.data.formats import Example, example_from_row, is_messages, text_of
 from ldyn.errors import LdynError
 
 DERIVED = ("irr_train", "irr_test", "random_permute", "random_nonhum")
+# rows read beyond the probed ones, irr_test's choices: a whole training set is never read (20k rows: 0.3 s here,
+# on every process, at the start of training)
+POOL = 256
 
 
 def dataset_rows(dataset, name: str, limit: int) -> list[Example]:
@@ -81,7 +85,7 @@ def probe_rows(train_dataset, eval_dataset, n: int, held_out: int, seed: int) ->
     """Rows in the paper authors' format (`prompt`, `chosen`, `rejected` where the data has it, and the derived
     types) for the first `n` training prompts and the first `held_out` eval prompts, with a report of what they
     are for data.json."""
-    train = dataset_rows(train_dataset, "train_dataset", 0)
+    train = dataset_rows(train_dataset, "train_dataset", n + POOL if n else 0)
     if not train:
         raise LdynError(
             "the trainer's train_dataset has no rows with a response to probe (chosen, completion or an assistant "
@@ -89,7 +93,7 @@ def probe_rows(train_dataset, eval_dataset, n: int, held_out: int, seed: int) ->
         )
     probed = train[:n] if n else train
     spare = train[len(probed) :]  # training rows not probed: irr_test's source without an eval split
-    held = dataset_rows(eval_dataset, "eval_dataset", 0)
+    held = dataset_rows(eval_dataset, "eval_dataset", held_out + POOL)
     unseen = held or spare
     held = held[:held_out]
     rng = random.Random(seed)

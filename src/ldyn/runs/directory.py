@@ -32,7 +32,7 @@ import numpy as np
 
 from ldyn.config import RunConfig, read_config
 from ldyn.errors import LdynError
-from ldyn.runtime.files import append_rows, read_rows, strict, write_atomically  # noqa: F401 (the run directory's own)
+from ldyn.runtime.files import append_rows, read_rows, strict, write_atomically
 
 CONFIG, DATA, METRICS, PROBES = "config.yaml", "data.json", "metrics.jsonl", "probes.jsonl"
 PROBE_TIMES = "probe_times.jsonl"
