@@ -107,7 +107,9 @@ class Decomposer:
         self.pending: UpdateStart | None = None  # between `begin` and `finish`
         self._kept: ObservedForward | None = None  # the last update's observed forward, at θ_{t+1}
         self._before: ObservedForward | None = None  # the pending update's forward at θ_t, when it was kept
-        self._workspace: Workspace | None = None
+        # parameter-sized buffers kept from one update to the next (every_update), made when first needed
+        self._shifted: dict | None = None  # the difference methods' shifted parameter sets, in turn
+        self._negative: dict | None = None  # g⁻ = ∇L − g⁺ from the step's gradient
 
     def begin(
         self,
@@ -132,8 +134,6 @@ class Decomposer:
             self.pending, self._before = UpdateStart(kept.theta, lr, directions), kept
         else:
             self.pending, self._before = UpdateStart({k: v.clone() for k, v in now.items()}, lr, directions), None
-        if self.every_update and self._workspace is None:
-            self._workspace = Workspace.like(now)
         return self.pending
 
     def directions_from_step(self, model, loss: torch.Tensor, logps, n_examples: int) -> None:
@@ -143,20 +143,20 @@ class Decomposer:
 
     @property
     def awaiting_gradient(self) -> bool:
-        return (
-            self.pending is not None
-            and self.pending.directions is not None
-            and (self.pending.directions.awaiting_gradient)
-        )
+        directions = self.pending.directions if self.pending is not None else None
+        return directions is not None and directions.awaiting_gradient
 
     def directions_from_gradient(self, grads: dict[str, torch.Tensor]) -> None:
         """After the step's backward: g⁻ = ∇L − g⁺ from its gradient (name -> tensor)."""
-        out = self._workspace.negative if self._workspace is not None else None
-        self.pending.directions.from_gradient(grads, out)
+        if self.every_update and self._negative is None:
+            self._negative = parameter_buffer(grads)
+        self.pending.directions.from_gradient(grads, self._negative)
 
     def finish(self, model) -> list[dict]:
         """After the optimizer step: the rows of the pending update (`decompose_update`)."""
         start, self.pending = self.pending, None
+        if self.every_update and self.method != "jvp" and self._shifted is None:  # forward-mode shifts nothing
+            self._shifted = parameter_buffer(start.theta)
         rows, self._kept = _decompose_rows(
             model,
             start,
@@ -167,7 +167,7 @@ class Decomposer:
             method=self.method,
             before=self._before,
             keep=self.every_update,
-            workspace=self._workspace,
+            shifted=self._shifted,
         )
         self._before = None
         return rows
@@ -184,18 +184,6 @@ class ObservedForward:
     theta: dict[str, torch.Tensor]  # θ_{t+1}, cloned
     items: list[list[tuple[str, str]]]  # per observed batch, its (example id, response type)s in order
     logits: list[tuple[torch.Tensor, Scored]]  # (scored-token logits, `Scored`) per observed batch, in order
-
-
-@dataclass
-class Workspace:
-    """Parameter-sized buffers a decomposition writes into, kept from one update to the next."""
-
-    shifted: dict[str, torch.Tensor]  # the difference methods' shifted parameter sets, in turn
-    negative: dict[str, torch.Tensor]  # g⁻ = ∇L − g⁺, from the training step's gradient
-
-    @classmethod
-    def like(cls, theta: dict[str, torch.Tensor]) -> Workspace:
-        return cls(parameter_buffer(theta), parameter_buffer(theta))
 
 
 # ------------------------------------------------------------------- the work
@@ -227,11 +215,11 @@ def _decompose_rows(
     method: str,
     before: ObservedForward | None = None,
     keep: bool = False,
-    workspace: Workspace | None = None,
+    shifted: dict | None = None,
 ) -> tuple[list[dict], ObservedForward | None]:
     """`decompose_update`'s rows, reusing `before` (the observed batches' logits at θ_t, when the last update kept
-    them) and `workspace`'s buffers; with `keep`, also the observed forward at θ_{t+1} for the next update (when it
-    uses a plain forward at θ and its logits fit in `KEEP_BYTES`)."""
+    them) and the `shifted` parameter buffer; with `keep`, also the observed forward at θ_{t+1} for the next update
+    (when it uses a plain forward at θ and its logits fit in `KEEP_BYTES`)."""
     if start.directions is not None and start.directions.awaiting_gradient:
         raise ValueError(
             "a direction was left to the training step's gradient: call start.directions.from_gradient first"
@@ -247,7 +235,6 @@ def _decompose_rows(
     known = before.logits if before is not None and before.items == keys else [None] * len(groups)
     kept = [] if keep and (method != "jvp" or not tangents) else None
     rows = []
-    shifted = workspace.shifted if workspace is not None else None
     device = next(model.parameters()).device
     for group, logits_before in zip(groups, known):
         pairs = [(it.example_id, it.prompt, it.response) for it in group]
