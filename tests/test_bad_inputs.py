@@ -121,13 +121,12 @@ CASES = {  # name: (arguments, given the workspace root; what the error line mus
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_refused_with_one_line_and_nothing_changes(case, workspace, capsys, monkeypatch):
-    monkeypatch.chdir(workspace / "cwd")
-    before = {name: digest(workspace / name) for name in ("run", "user", "broken")}
-    make, expected = CASES[case]
+def assert_refused(args, expected, workspace, capsys, watched=("run", "user", "broken")):
+    """`ldyn ARGS` exits 2 with one `ldyn: error:` line holding `expected`, no traceback, and the watched folders of
+    the workspace, its file and the fresh output folder as they were."""
+    before = {name: digest(workspace / name) for name in watched}
     try:
-        code = cli.main(make(workspace))
+        code = cli.main(args)
     except SystemExit as e:  # argparse's own errors (a bad choice) exit from inside the parser
         code = e.code
     err = capsys.readouterr().err
@@ -138,6 +137,13 @@ def test_bad_input_is_refused_with_one_line_and_nothing_changes(case, workspace,
     assert {name: digest(workspace / name) for name in before} == before
     assert (workspace / "afile").read_text() == "not a folder"
     assert not (workspace / NEW).exists()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_refused_with_one_line_and_nothing_changes(case, workspace, capsys, monkeypatch):
+    monkeypatch.chdir(workspace / "cwd")
+    make, expected = CASES[case]
+    assert_refused(make(workspace), expected, workspace, capsys)
 
 
 def test_there_are_at_least_thirty_cases():
