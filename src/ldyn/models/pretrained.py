@@ -22,11 +22,13 @@ import types
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from ldyn.config import ModelConfig
 from ldyn.errors import LdynError
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LOAD_ERRORS = (OSError, ValueError, KeyError, SafetensorError)  # what from_pretrained raises on a bad checkpoint
 
 
 def cache_dir() -> Path:
@@ -126,21 +128,33 @@ def load_pretrained(cfg: ModelConfig, seed: int = 0):
     if cfg.name == "tiny":
         tokenizer = byte_tokenizer()
         model = tiny_model(tokenizer, dtype, cfg.attn_implementation, seed)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        return prepare(model, tokenizer)
+    path = embedded_smollm2() if cfg.name == "smollm2" else cfg.name
+    try:
+        return from_pretrained(path, cfg)
+    except LOAD_ERRORS as e:
+        where = (
+            "a local folder, but not a whole model checkpoint"
+            if Path(path).is_dir()
+            else "not a local checkpoint directory and not a reachable Hugging Face model id"
+        )
+        raise LdynError(f"cannot load model '{cfg.name}': {where} ({reason(e)})", field="model.name") from None
 
-        path = embedded_smollm2() if cfg.name == "smollm2" else cfg.name
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation)
-        except (OSError, ValueError, KeyError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise LdynError(
-                f"cannot load model '{cfg.name}': not a local checkpoint directory and not a "
-                f"reachable Hugging Face model id ({reason})",
-                field="model.name",
-            ) from None
+
+def from_pretrained(path: str | Path, cfg: ModelConfig):
+    """(model, tokenizer) with `from_pretrained` from a hub id or a folder, prepared; raises `LOAD_ERRORS`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    dtype = getattr(torch, cfg.dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation)
     return prepare(model, tokenizer)
+
+
+def reason(e: Exception) -> str:
+    """The first line of an exception's message (its type when it has none), for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _rms_norm_keeping_dtype(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@
       decomposition_times.jsonl   seconds per decomposition, against the update it decomposes
       samples.jsonl     stages with on-policy sampling: every sampled response (step, example, role, text, reward)
       figures/          PNGs and the CSV data behind each (`ldyn plot RUN_DIR` redraws them from the files alone)
-      checkpoints/      `last-<step>/` (resumable) and `<stage>/` (the model at each stage's end, a HF checkpoint dir)
+      checkpoints/      `last-<step>/` (resumable), `<stage>/` (the model at each stage's end, a HF checkpoint dir),
+                        state.json (where to resume from) and config.yaml (the config the run was trained under,
+                        frozen when it starts: what `ldyn resume` compares config.yaml with, `runs/resume_policy.py`)
 
 JSONL rows are appended and flushed one update or probe round at a time, so a killed run keeps everything it had
 written; a line cut off by the kill is skipped when reading. `append_rows` and `read_rows` are the only code that
@@ -42,6 +44,7 @@ SUITE_LOG = "suite.jsonl"  # a suite folder's record of each run's wall time
 ROW_FILES = (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES, SAMPLES)  # one row per step each
 FIGURES, CHECKPOINTS = "figures", "checkpoints"
 STATE = "state.json"  # checkpoints/state.json: where to resume from (written by the Checkpointer)
+TRAINED = f"{CHECKPOINTS}/{CONFIG}"  # the config the run was trained under, written when it starts
 
 
 class RunDir:
@@ -143,16 +146,43 @@ class RunDir:
 
 
 def read_resume_state(run: RunDir) -> dict | None:
-    """The last checkpoint's resume state (step, stage index, model and optimizer files), or None."""
+    """The last checkpoint's resume state (step, stage index, model and optimizer files), or None when the run
+    has none yet. A state that is not what the Checkpointer writes -- not JSON, fields of the wrong type, a folder
+    or optimizer file that is not there -- is one line naming the file and field."""
     path = run.checkpoints / STATE
-    if not path.is_file():
+    if run.checkpoints.exists() and not run.checkpoints.is_dir():
+        raise LdynError(f"is not a folder, so the run cannot be resumed; {RESTART}", file=str(run.checkpoints))
+    if not path.exists():
         return None
     try:
-        state = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise LdynError(f"cannot read the resume state: {e}", file=str(path)) from None
-    state["model_dir"] = Path(run.checkpoints / state["model"])
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LdynError(f"cannot read the resume state ({e}); {RESTART}", file=str(path)) from None
+    if not isinstance(state, dict):
+        raise LdynError(f"must be a JSON object, got {type(state).__name__}; {RESTART}", file=str(path))
+    for key, (kind, described) in STATE_FIELDS.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
+            what = "missing" if key not in state else f"must be {described}, got {value!r}"
+            raise LdynError(f"{what}; {RESTART}", file=str(path), field=key)
+    state["model_dir"] = run.checkpoints / state["model"]
+    if not state["model"] or not state["model_dir"].is_dir():
+        what = f"names the folder {state['model_dir']}, which is not there"
+        raise LdynError(f"{what}; {RESTART}", file=str(path), field="model")
+    if state["optimizer"] is not None and not (state["model_dir"] / state["optimizer"]).is_file():
+        where = state["model_dir"] / state["optimizer"]
+        raise LdynError(f"names the file {where}, which does not exist; {RESTART}", file=str(path), field="optimizer")
     return state
+
+
+RESTART = "start the run again with --overwrite"
+STATE_FIELDS = {  # what the Checkpointer writes: key -> (type, in words)
+    "step": (int, "a whole number >= 0"),
+    "model": (str, "a checkpoint folder's name"),
+    "optimizer": ((str, type(None)), "a file name or null"),
+    "stage_index": (int, "a whole number >= 0"),
+    "stage_step": (int, "a whole number >= 0"),
+}
 
 
 @dataclass

@@ -15,20 +15,21 @@ import torch
 from accelerate import Accelerator
 
 from ldyn import __version__
-from ldyn.config import ModelConfig, RunConfig, StageConfig, check, dump_config, read_config
+from ldyn.config import RunConfig, StageConfig, check, dump_config, read_config
 from ldyn.data.formats import load_examples
 from ldyn.data.tokenize import TokenizedRow, tokenize_examples
 from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items
 from ldyn.errors import LdynError, did_you_mean
 from ldyn.losses import LossSpec, get_loss
-from ldyn.models.adapters import AdapterOff, chain_for, has_adapter, load_adapter_checkpoint, new_adapter
+from ldyn.models.adapters import AdapterOff, chain_for, has_adapter, new_adapter
 from ldyn.models.load import load_model
 from ldyn.models.pretrained import frozen_copy
-from ldyn.runs.directory import CONFIG, DATA, RunDir, read_resume_state
+from ldyn.runs.directory import CONFIG, DATA, TRAINED, RunDir
 from ldyn.runs.trackers import Trackers, open_trackers
 from ldyn.runtime import distributed
 from ldyn.schema import to_dict
 from ldyn.train.callbacks import Checkpointer, DecompositionCallback, MetricsLogger, ProbeCallback
+from ldyn.train.restore import restore
 from ldyn.train.sampling import ResponseSampler
 from ldyn.train.trainer import Trainer, TrainExample, batches
 
@@ -105,6 +106,8 @@ def run(cfg: RunConfig, *, overwrite: bool = False) -> RunDir:
             if overwrite and out.path.exists():
                 shutil.rmtree(out.path)
             out.write_text(CONFIG, f"# ldyn {__version__}\n" + dump_config(cfg))
+            frozen = f"# ldyn {__version__}: the config this run was trained under (`ldyn resume` checks config.yaml)\n"
+            out.write_text(TRAINED, frozen + dump_config(cfg))
             out.write_json(DATA, inputs.report)
         processes.wait_for_everyone()
         return _train(cfg, out, model, tokenizer, inputs, resume=None)
@@ -160,49 +163,42 @@ def decompose_step(cfg: RunConfig, stage: str | None = None, *, overwrite: bool 
 
 
 def resume(run_dir: str) -> RunDir:
-    """Continue a run from its last checkpoint (or from the start, keeping what it wrote before)."""
+    """Continue a run from its last checkpoint (or from the start, keeping what it wrote before), under its
+    config.yaml as long as that changed nothing that was trained or measured (`runs/resume_policy.py`). Every fault
+    is refused before the directory is touched (`restore.py`)."""
     out = RunDir(run_dir)
     if not out.exists():
         raise LdynError("nothing to resume: not a run directory", file=run_dir)
     cfg = read_config(out.path / CONFIG)
     check(cfg)
-    state = read_resume_state(out)
-    if state is not None and cfg.model.peft.r:  # mid-stage: that stage's adapter, still training
-        model, tokenizer = load_adapter_checkpoint(state["model_dir"], cfg.model, cfg.seed, state["stage_step"] > 0)
-    elif state is not None:
-        model, tokenizer = load_model(
-            ModelConfig(str(state["model_dir"]), cfg.model.dtype, cfg.model.attn_implementation), cfg.seed
-        )
-    else:
-        model, tokenizer = load_model(cfg.model, cfg.seed)
+    restored = restore(out, cfg)
+    model, tokenizer, state = restored.model, restored.tokenizer, restored.state
+    if state is not None:  # the resumed stage takes them (and lets them go)
+        state = state | {"optimizer_state": restored.optimizer, "reference": restored.reference}
+    del restored
     inputs = load_inputs(cfg, tokenizer)
-    step, processes = (state["step"] if state else 0), distributed.processes()
+    processes = distributed.processes()
     if processes.is_main_process:
         out.lock()
     try:
         if processes.is_main_process:
-            out.rewind(step)  # rows after the checkpoint, and a probe round cut short by the kill, are taken again
-        processes.wait_for_everyone()
+            out.rewind(state["step"] if state else 0)  # rows after the checkpoint, and a probe round cut short by
+        processes.wait_for_everyone()  # the kill, are taken again
         return _train(cfg, out, model, tokenizer, inputs, resume=state)
     finally:
         out.unlock()
 
 
-def _reference_for(cfg: RunConfig, out: RunDir, stage_index: int, model, resumed: bool):
-    """The frozen reference of a stage: the model at the stage's start (re-loaded when resuming mid-stage; with
-    LoRA, the model with its adapter switched off)."""
+def _reference_for(cfg: RunConfig, model, stage_start=None):
+    """The frozen reference of a stage: the model at the stage's start (with LoRA, the model with its adapter
+    switched off; resuming mid-stage, `stage_start`, loaded back by `restore.py`)."""
     if cfg.model.peft.r:
         return AdapterOff(model)
-    if not resumed:
+    if stage_start is None:
         return frozen_copy(model)
-    if stage_index == 0:
-        source = cfg.model
-    else:
-        source = ModelConfig(
-            str(out.checkpoints / cfg.stages[stage_index - 1].name), cfg.model.dtype, cfg.model.attn_implementation
-        )
-    reference, _ = load_model(source, cfg.seed)
-    return frozen_copy(reference.to(next(model.parameters()).device))
+    reference = stage_start.to(next(model.parameters()).device)  # a model of its own already: no copy
+    reference.requires_grad_(False)
+    return reference.eval()
 
 
 def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume: dict | None) -> RunDir:
@@ -279,7 +275,8 @@ def _train_stage(shared: _Shared, index: int, model, *, step: int, start: int, r
     spec = get_loss(stage.loss.name)
     reference = None
     if spec.needs_reference:
-        reference = _reference_for(cfg, shared.out, index, accelerator.unwrap_model(model), start > 0)
+        stage_start = resume.pop("reference") if start > 0 else None
+        reference = _reference_for(cfg, accelerator.unwrap_model(model), stage_start)
     trainer = Trainer(
         model,
         spec,
@@ -294,8 +291,9 @@ def _train_stage(shared: _Shared, index: int, model, *, step: int, start: int, r
         compile=cfg.compile,
         cuda_graphs=shared.graphs,
     )
-    if start > 0 and resume.get("optimizer"):
-        trainer.optimizer.load_state_dict(torch.load(resume["model_dir"] / resume["optimizer"]))
+    saved = resume.pop("optimizer_state") if start > 0 else None
+    if saved is not None:
+        trainer.optimizer.load_state_dict(saved)
     data = batches(
         stage_examples(shared.inputs.train, spec, stage),
         stage.batch_size,
