@@ -17,7 +17,9 @@ Every row becomes an `Example`: an id, a prompt and named responses. A prompt is
 
 Further text or message fields are further named responses (the probe types; SFT targets such as `irr_hum`). A
 response given as a whole conversation (HuggingFaceH4/ultrafeedback_binarized repeats the user turn in `chosen`)
-keeps its turns after the last user turn, and the turns before become the prompt. Which fields a run needs is the
+keeps its turns after the last user turn, and the turns before become the prompt. A conversation must be a
+non-empty list of turns, each an object with a `role` (system, user, assistant or tool) and a string `content`;
+anything else is an error naming the file, line, field and turn. Which fields a run needs is the
 run's business (`require`): an SFT stage needs its target only, a DPO-family stage `chosen` and `rejected`.
 `templates.py` turns prompts and responses into the text the tokenizer sees.
 
@@ -31,10 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ldyn.data.embedded import embedded_path, embedded_rows
-from ldyn.data.jsonl import read_jsonl
-from ldyn.errors import EmptyFieldError, LdynError
+from ldyn.data.jsonl import json_type, read_jsonl
+from ldyn.errors import EmptyFieldError, LdynError, did_you_mean
 
 HH_ASSISTANT = "\n\nAssistant:"
+ROLES = ("system", "user", "assistant", "tool")  # TRL's conversational roles (a tool turn as chat templates have it)
 NOT_RESPONSES = {"id", "split", "prompt", "text", "messages", "completion", "label", "chat_template_kwargs", "tools"}
 
 
@@ -79,10 +82,11 @@ def example_from_row(row: dict, file: str, line: int | None, default_id: str) ->
             **where,
             field="label",
         )
+    _check_id(row, where)
     responses = {
         k: _value(row, k, where)
         for k, v in row.items()
-        if k not in NOT_RESPONSES and (_is_text(v) or k in ("chosen", "rejected"))
+        if k not in NOT_RESPONSES and (_looks_like_text(v) or k in ("chosen", "rejected"))
     }
     if "messages" in row:
         prompt, responses["chosen"] = _split_conversation(_value(row, "messages", where), where, "messages")
@@ -94,7 +98,7 @@ def example_from_row(row: dict, file: str, line: int | None, default_id: str) ->
             raise EmptyFieldError("is empty", **where, field="prompt")
         if "completion" in row:
             responses["chosen"] = _value(row, "completion", where)
-        prompt, responses = _conversations_to_turns(prompt, responses, where)
+        prompt, responses = _conversations_to_turns(prompt, responses, where, "completion" in row)
     elif "chosen" in row and "rejected" in row:
         prompt, *pair = implicit_prompt(responses["chosen"], responses["rejected"], where)
         responses["chosen"], responses["rejected"] = pair
@@ -106,19 +110,54 @@ def example_from_row(row: dict, file: str, line: int | None, default_id: str) ->
     return Example(str(row.get("id", default_id)), prompt, responses, file, line)
 
 
-def _is_text(value) -> bool:
-    return isinstance(value, str) or is_messages(value)
+def _looks_like_text(value) -> bool:
+    """A further field that is a response: a text, or a list with a {role, ...} turn (checked as messages);
+    anything else (a score, a list of tags) is the row's metadata."""
+    return isinstance(value, str) or (
+        isinstance(value, list) and any(isinstance(m, dict) and "role" in m for m in value)
+    )
 
 
 def _value(row: dict, name: str, where: dict):
+    """The field `name` as a text or a checked list of messages (`messages` must be messages, `text` a text)."""
     value = row[name]
-    if not _is_text(value):
-        raise LdynError(
-            f"must be a string or a list of messages ({{role, content}}), got {type(value).__name__}",
-            **where,
-            field=name,
-        )
+    if isinstance(value, str) and name != "messages":
+        return value
+    if isinstance(value, list) and name != "text":
+        return check_messages(value, where, name)
+    kinds = {"messages": "a list of messages ({role, content})", "text": "a string (a conversation goes in `messages`)"}
+    what = kinds.get(name, "a string or a list of messages ({role, content})")
+    raise LdynError(f"must be {what}, got {json_type(value)}", **where, field=name)
+
+
+def check_messages(value: list, where: dict, name: str) -> list[dict]:
+    """`value` if it is a conversation: a non-empty list of {role, content} turns, each role one of `ROLES` and each
+    content a string; otherwise an error naming the field and the turn."""
+    if not value:
+        raise LdynError("is an empty list: a conversation needs at least one {role, content} turn", **where, field=name)
+    for i, turn in enumerate(value, start=1):
+        if not isinstance(turn, dict):
+            raise LdynError(f"turn {i} must be an object {{role, content}}, got {json_type(turn)}", **where, field=name)
+        if "role" not in turn:
+            raise LdynError(f"turn {i} has no 'role' (one of {', '.join(ROLES)})", **where, field=name)
+        role = turn["role"]
+        if role not in ROLES:
+            hint = did_you_mean(str(role), ROLES)
+            hint = hint if "did you mean" in hint else ""
+            message = f"turn {i}: unknown role {role!r}{hint}; a role is one of {', '.join(ROLES)}"
+            raise LdynError(message, **where, field=name)
+        if "content" not in turn:
+            raise LdynError(f"turn {i} ({role}) has no 'content'", **where, field=name)
+        if not isinstance(turn["content"], str):
+            got = json_type(turn["content"])
+            raise LdynError(f"turn {i} ({role}): 'content' must be a string, got {got}", **where, field=name)
     return value
+
+
+def _check_id(row: dict, where: dict) -> None:
+    value = row.get("id")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+        raise LdynError(f"must be a string or an integer, got {json_type(value)}", **where, field="id")
 
 
 def _split_conversation(messages: list[dict], where: dict, name: str) -> tuple[list[dict], list[dict]]:
@@ -127,24 +166,28 @@ def _split_conversation(messages: list[dict], where: dict, name: str) -> tuple[l
     while end and messages[end - 1]["role"] == "assistant":
         end -= 1
     if end == len(messages):
-        raise LdynError("has no assistant turn at its end", **where, field=name)
+        last = messages[-1]["role"]
+        message = f"has no assistant turn at its end (its last turn is {last!r}): end it with the assistant's response"
+        raise LdynError(message, **where, field=name)
     if end == 0:
         raise LdynError("has no turn before the assistant's", **where, field=name)
     return messages[:end], messages[end:]
 
 
-def _conversations_to_turns(prompt, responses: dict, where: dict):
+def _conversations_to_turns(prompt, responses: dict, where: dict, completion: bool = False):
     """Responses given as whole conversations keep their final assistant turns; the turns before (the same in every
-    response) become the prompt, in place of a text prompt that repeats them."""
+    response) become the prompt, in place of a text prompt that repeats them. `completion`: `chosen` is the row's
+    `completion` (so errors name that field)."""
     turns = None
     for name, value in list(responses.items()):
         if isinstance(value, list) and any(m["role"] != "assistant" for m in value):
-            before, responses[name] = _split_conversation(value, where, name)
+            field = "completion" if completion and name == "chosen" else name
+            before, responses[name] = _split_conversation(value, where, field)
             if turns is not None and before != turns:
                 raise LdynError(
                     "the conversation before the last assistant turn differs from the other responses'",
                     **where,
-                    field=name,
+                    field=field,
                 )
             turns = before
     return (turns if turns is not None else prompt), responses
@@ -224,9 +267,14 @@ def read_rows(source, split: str = "train", seed: int = 0, n: int = 0) -> tuple[
         if split == "train":
             return embedded_rows(seed), str(embedded_path())
         return [(ln, r) for ln, r in read_jsonl(embedded_path()) if r["split"] == split], str(embedded_path())
-    if Path(source).suffix in (".jsonl", ".json") or Path(source).is_file():
+    if is_file_source(source):
         return list(read_jsonl(source)), source
     return list(hf_rows(source, split, n)), f"{source}[{split}]"
+
+
+def is_file_source(source) -> bool:
+    """Whether `source` names a JSON Lines file (which has no splits), not embedded or a Hugging Face dataset."""
+    return isinstance(source, str) and (Path(source).suffix in (".jsonl", ".json") or Path(source).is_file())
 
 
 def hf_rows(name: str, split: str, n: int = 0):
@@ -244,7 +292,7 @@ def hf_rows(name: str, split: str, n: int = 0):
             repo, _, data_dir = name.partition(":")
             ds = datasets.load_dataset(repo, data_dir=data_dir or None, split=split)
     except Exception as e:  # noqa: BLE001 -- datasets raises many types; all mean "cannot load this"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         raise LdynError(
             f"cannot load Hugging Face dataset (split '{split}'): {first}. Without network access, "
             "pass a local JSONL or a dataset directory saved with `save_to_disk`",

@@ -8,6 +8,7 @@ embedded set (`data/embedded.py`) is written in the authors' format.
 from __future__ import annotations
 
 from ldyn.data.formats import Example, example_from_row, read_rows, require
+from ldyn.data.jsonl import json_type
 from ldyn.errors import LdynError
 
 # The paper's probed response types, in its order, with the symbols its figures use.
@@ -46,8 +47,9 @@ def load_probe_set(
     prompt and responses (message lists), or any other format of `formats.py` (its `chosen`, `rejected`, ...).
 
     `types == ["auto"]` selects every paper type the file has. Named types must exist in every row; `chosen` is
-    always required because the argmax response is measured along it. An empty response of another type is left
-    out of that prompt's responses (the authors' HH file has 21 empty chosen_initial), so the file loads as it is.
+    always required because the argmax response is measured along it. An empty (or null) response of another type
+    is left out of that prompt's responses (the authors' HH file has 21 empty chosen_initial), so the file loads as
+    it is; a value of another kind (a number) is an error naming its line, and so is an id used twice.
     """
     rows, file = read_rows(path, seed=seed)
     available = len(rows)
@@ -57,11 +59,16 @@ def load_probe_set(
         raise LdynError("no probe prompts found", file=file)
     examples = [example_from_row(row, file, line, str(i)) for i, (line, row) in enumerate(rows)]
     if list(types) == ["auto"]:
-        types = [t for t in PAPER_TYPES if t in examples[0].responses]
+        types = [t for t in PAPER_TYPES if t in examples[0].responses or t in rows[0][1]]
     types = list(dict.fromkeys(["chosen", *types]))
-    out = []
-    for e in examples:
-        missing = [t for t in types if t not in e.responses]
+    out, ids = [], {}
+    for (_, row), e in zip(rows, examples):
+        _check_types(row, e, types)
+        if e.id in ids:
+            message = f"'{e.id}' is also the id of line {ids[e.id]}: probe records are kept by id, so give each its own"
+            raise LdynError(message, file=file, line=e.line, field="id")
+        ids[e.id] = e.line
+        missing = [t for t in types if t not in e.responses and t not in row]
         if missing:
             raise LdynError(
                 f"probe type '{missing[0]}' is not in this file (it has: {', '.join(sorted(e.responses))})",
@@ -74,3 +81,16 @@ def load_probe_set(
     if n > available:  # after the rows' own checks, which name a line
         raise LdynError(f"{n_key}={n} asks for more prompts than the probe set has ({available})", file=file)
     return out, types
+
+
+def _check_types(row: dict, example: Example, types: list[str]) -> None:
+    """Every probed type of the row is a text or a list of messages, or null (no response of that type for this
+    prompt, as an empty one); a number or a list of strings is an error, not a type silently left out."""
+    for t in types:
+        if t not in example.responses and row.get(t) is not None:
+            raise LdynError(
+                f"probe type '{t}' must be a string or a list of messages ({{role, content}}), got {json_type(row[t])}",
+                file=example.file,
+                line=example.line,
+                field=t,
+            )

@@ -17,62 +17,41 @@ text and seed, so an interrupted build continues without asking again; a failed 
 reasons but not kept as final (the next build asks again) and its field is left empty in that row (probing leaves an
 empty response out). `<out>.provenance.json` says, per field, how it was made: generator, prompt, seed, time, and the
 rows it failed on.
+
+Everything a build is given is checked before anything is generated or written (`check_settings`): the numbers,
+the instructions (`probe_types.py`), the splits, and `--out`, which must not be a folder, the data itself, or a file
+that `ldyn probes build` did not write (no provenance beside it). The types and their instructions are in
+`probe_types.py`, the cache in `generation_cache.py`, `ldyn probes check` in `probe_check.py`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import random
 import re
 import time
-from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ldyn.data.embedded import shuffle_words
+from ldyn.data.formats import is_file_source
 from ldyn.data.preference import load_pairs
 from ldyn.data.templates import render_prompt
 from ldyn.errors import LdynError
-from ldyn.runtime.files import append_rows, read_rows, write_atomically
-
-SYSTEM = "You are a helpful assistant."
-INSTRUCTIONS = {  # the authors' gpt-3.5-turbo requests (paper.md §5), one user message each
-    "chosen_gptsemantic": "Please rephrase the following response using different words but keeping exactly the same "
-    "meaning. Return only the rephrased response.\n\nResponse: {chosen}",
-    "reject_gptsemantic": "Please rephrase the following response using different words but keeping exactly the same "
-    "meaning. Return only the rephrased response.\n\nResponse: {rejected}",
-    "chosen_gptformat": "Please rewrite the following response so that its meaning changes as much as possible while "
-    "its format and structure stay the same. Return only the rewritten response.\n\nResponse: {chosen}",
-    "reject_gptformat": "Please rewrite the following response so that its meaning changes as much as possible while "
-    "its format and structure stay the same. Return only the rewritten response.\n\nResponse: {rejected}",
-    "irr_hum": "Please write a random sentence with {words} words. Return only the sentence.",
-}
-GENERATED = (*INSTRUCTIONS, "chosen_initial")
-SOURCE = {
-    "chosen_gptsemantic": "chosen",
-    "reject_gptsemantic": "rejected",
-    "chosen_gptformat": "chosen",
-    "reject_gptformat": "rejected",
-    "random_permute": "chosen",
-    "irr_hum": "chosen",
-    "chosen_initial": "chosen",
-    "random_nonhum": "irr_test",
-}
-ORDER = (
-    "chosen",
-    "chosen_initial",
-    "chosen_gptsemantic",
-    "chosen_gptformat",
-    "rejected",
-    "reject_gptsemantic",
-    "reject_gptformat",
-    "irr_train",
-    "irr_test",
-    "irr_hum",
-    "random_permute",
-    "random_nonhum",
+from ldyn.generate.generation_cache import GenerationCache
+from ldyn.generate.probe_check import check, check_file, check_lines, overlap  # noqa: F401 -- `ldyn probes check`
+from ldyn.generate.probe_types import (
+    GENERATED,
+    INSTRUCTIONS,
+    ORDER,
+    RULES,
+    SYSTEM,
+    check_instruction,
+    read_instructions,  # noqa: F401 -- `ldyn probes build --instructions`
 )
+from ldyn.runtime.files import write_atomically
 
 
 @dataclass
@@ -109,26 +88,6 @@ def rule_based(pairs, held_out, seed: int) -> list[dict]:
         row["random_nonhum"] = shuffle_words(row["irr_test"], rng)
         rows.append(row)
     return rows
-
-
-class GenerationCache:
-    """Generations on disk, keyed by what made them; failures are kept with their reasons but are not final."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.done = {r["key"]: r["text"] for r in read_rows(path) if r.get("text") is not None}
-
-    @staticmethod
-    def key(*parts) -> str:
-        return hashlib.sha1(json.dumps(parts).encode()).hexdigest()
-
-    def put(self, key: str, field_: str, row_id: str, text: str | None, reasons: list[str]) -> None:
-        row = {"key": key, "field": field_, "id": row_id, "text": text}
-        if text is None:
-            row["failures"] = reasons
-        append_rows(self.path, [row])
-        if text is not None:
-            self.done[key] = text
 
 
 def generate_field(
@@ -168,8 +127,8 @@ def _ask(chat, requests: list[tuple[str, str]], seed: int) -> list[tuple[str | N
     out = []
     for system, user in requests:
         seen = len(chat.failures)
-        text = chat.complete(system, user)
-        out.append((clean(text) if text else None, chat.failures[seen:]))
+        text = clean(chat.complete(system, user)) or None  # an answer that is only quotes or a label is no answer
+        out.append((text, chat.failures[seen:] or ([] if text else ["empty answer"])))
     return out
 
 
@@ -181,21 +140,17 @@ def clean(text: str | None) -> str:
     return text.strip().strip('"').strip()
 
 
-def initial_samples(
-    rows: list[dict], model_name: str, cache: GenerationCache, settings: BuildSettings, progress
-) -> list[int]:
+def initial_samples(rows: list[dict], loaded, cache: GenerationCache, settings: BuildSettings, progress) -> list[int]:
     """chosen_initial: the model under study's own sample given each prompt (as the HH text, no chat template), cut
-    at the next "\\n\\nHuman:", as the authors made it; returns the rows it failed on (an empty sample)."""
-    keys = [
-        cache.key("chosen_initial", model_name, row["prompt"], settings.seed, settings.max_new_tokens) for row in rows
-    ]
+    at the next "\\n\\nHuman:", as the authors made it; returns the rows it failed on (an empty sample). `loaded`:
+    the model under study (`initial_model`), None when every sample is in the cache."""
+    keys = initial_keys(rows, settings)
     todo = [i for i, k in enumerate(keys) if k not in cache.done]
     if todo:
         from ldyn.generate.sampling import sample_texts
 
-        samples = sample_texts(
-            model_name, [rows[i]["prompt"] for i in todo], seed=settings.seed, max_new_tokens=settings.max_new_tokens
-        )
+        prompts, s = [rows[i]["prompt"] for i in todo], settings
+        samples = sample_texts(s.initial_model, prompts, seed=s.seed, max_new_tokens=s.max_new_tokens, loaded=loaded)
         for j, text in samples:
             i, text = todo[j], text.split("\n\nHuman:")[0]
             ok = bool(text.strip())
@@ -209,10 +164,24 @@ def initial_samples(
     return failed
 
 
+def initial_keys(rows: list[dict], s: BuildSettings) -> list[str]:
+    return [GenerationCache.key("chosen_initial", s.initial_model, r["prompt"], s.seed, s.max_new_tokens) for r in rows]
+
+
+def load_initial_model(rows: list[dict], cache: GenerationCache, s: BuildSettings):
+    """(model, tokenizer) under study, when chosen_initial has samples to make (else None): loaded before anything
+    is generated, so that a model that cannot be loaded is one error and nothing is written."""
+    if not s.initial_model or all(k in cache.done for k in initial_keys(rows, s)):
+        return None
+    from ldyn.config import ModelConfig
+    from ldyn.models.load import load_model
+
+    with _model_option("--initial-model"):
+        return load_model(ModelConfig(s.initial_model), s.seed)
+
+
 def make_chat(settings: BuildSettings):
     """The generator: a local causal LM, or the OpenAI-compatible endpoint at $LDYN_JUDGE_URL."""
-    import os
-
     if settings.generator == "endpoint":
         from ldyn.generate.endpoint import ChatEndpoint
 
@@ -228,7 +197,8 @@ def make_chat(settings: BuildSettings):
     from ldyn.generate.sampling import LocalChat
     from ldyn.models.load import load_model
 
-    model, tok = load_model(ModelConfig(settings.generator_model), settings.seed)
+    with _model_option("--generator-model"):
+        model, tok = load_model(ModelConfig(settings.generator_model), settings.seed)
     return LocalChat(model, tok, settings.generator_model, settings.max_new_tokens, seed=settings.seed)
 
 
@@ -237,24 +207,25 @@ def build(settings: BuildSettings) -> Path:
     from tqdm.auto import tqdm
 
     s = settings
-    if s.n < 1:
-        raise LdynError(f"must be >= 1, got {s.n}", field="--n")
-    unknown = set(s.instructions) - set(INSTRUCTIONS)
-    if unknown:
-        raise LdynError(f"no instruction for '{sorted(unknown)[0]}' (fields: {', '.join(INSTRUCTIONS)})")
+    check_settings(s)
     pairs, _ = load_pairs(s.data, s.split, s.n if s.test_split else 5 * s.n, skip_empty=True, seed=s.seed)
     if len(pairs) < s.n:
         raise LdynError(f"--n {s.n} asks for more pairs than the data has ({len(pairs)})", file=s.data)
+    ids = [p.id for p in pairs[: s.n]]
+    twice = next((i for i in ids if ids.count(i) > 1), None)
+    if twice is not None:
+        message = f"'{twice}' is the id of two probed pairs: probe records are kept by id, so give each its own"
+        raise LdynError(message, file=s.data, field="id")
     held_out = load_pairs(s.data, s.test_split, 0, skip_empty=True)[0] if s.test_split else pairs[s.n :]
     rows = rule_based(pairs[: s.n], held_out, s.seed)
     cache, provenance = GenerationCache(s.out.with_name(s.out.name + ".cache.jsonl")), {}
-    chat = make_chat(s)
+    chat, initial = make_chat(s), load_initial_model(rows, cache, s)
     fields = [f for f in GENERATED if f != "chosen_initial" or s.initial_model]
     with tqdm(total=len(fields) * len(rows), desc="generate", unit="response") as progress:
         for name in fields:
             started = time.time()
             if name == "chosen_initial":
-                failed = initial_samples(rows, s.initial_model, cache, s, progress)
+                failed = initial_samples(rows, initial, cache, s, progress)
                 how = {"generator": f"local:{s.initial_model}", "prompt": "the probe prompt (sampled, cut at Human:)"}
             else:
                 template = s.instructions.get(name, INSTRUCTIONS[name])
@@ -272,12 +243,59 @@ def build(settings: BuildSettings) -> Path:
     return s.out
 
 
-RULES = {
-    "irr_train": "chosen of another probed prompt (a seeded derangement)",
-    "irr_test": "chosen of a seeded random held-out pair",
-    "random_permute": "the words of chosen, shuffled",
-    "random_nonhum": "the words of irr_test, shuffled",
-}
+def check_settings(s: BuildSettings) -> None:
+    """Refuse settings that cannot make a probe set, before anything is generated or written."""
+    for name, value in (("--n", s.n), ("--max-new-tokens", s.max_new_tokens)):
+        if value < 1:
+            raise LdynError(f"must be >= 1, got {value}", field=name)
+    for name, template in s.instructions.items():
+        check_instruction(name, template, {})
+    if is_file_source(s.data) and (s.test_split or s.split != "train"):
+        option = "--test-split" if s.test_split else "--split"
+        raise LdynError(
+            f"a data file has no splits: {option} is for Hugging Face datasets and embedded; irr_test comes from "
+            "the pairs after the first --n",
+            field=option,
+        )
+    if s.test_split and s.test_split == s.split:
+        raise LdynError(f"is the probed split '{s.split}': irr_test needs held-out pairs", field="--test-split")
+    check_out(s.out, s.data)
+
+
+def check_out(out: Path, data: str) -> None:
+    """`out` (and the cache and provenance beside it) can be written: not a folder, not under a file, not the data
+    file, and not a file that another program wrote (a probe file that `ldyn probes build` wrote has its provenance
+    and cache beside it: building it again replaces it, as a rerun must)."""
+    cache, provenance = (out.with_name(out.name + suffix) for suffix in (".cache.jsonl", ".provenance.json"))
+    for path in (out, cache, provenance):
+        if path.is_dir():
+            message = "is a folder: --out names the probe file to write, e.g. probes.jsonl"
+            raise LdynError(message, file=str(path), field="--out")
+    folder = next((f for f in out.parents if f.exists()), Path("."))
+    if not folder.is_dir():
+        raise LdynError(f"cannot write it: {folder} is a file, not a folder", file=str(out), field="--out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LdynError(f"cannot write it: {folder} is read-only for you", file=str(out), field="--out")
+    if out.exists() and Path(data).exists() and out.resolve() == Path(data).resolve():
+        raise LdynError("is the data file: write the probe set to another file", file=str(out), field="--out")
+    if out.exists() and not (provenance.is_file() or cache.is_file()):
+        raise LdynError(
+            f"exists and was not written by `ldyn probes build` (no {provenance.name} beside it): choose another "
+            "--out, or delete the file",
+            file=str(out),
+            field="--out",
+        )
+
+
+@contextmanager
+def _model_option(option: str):
+    """A model that cannot be loaded is named by the option that gave it (not by a run's `model.name`)."""
+    try:
+        yield
+    except LdynError as e:
+        if e.field != "model.name":
+            raise
+        raise LdynError(e.message, file=e.file, line=e.line, field=option) from None
 
 
 def _stamp(t: float) -> str:
@@ -286,7 +304,6 @@ def _stamp(t: float) -> str:
 
 def _write(out: Path, rows: list[dict], provenance: dict, s: BuildSettings) -> None:
     lines = (json.dumps({k: r[k] for k in ("id", "prompt", *ORDER) if k in r}) + "\n" for r in rows)
-    write_atomically(out, "".join(lines))
     meta = {
         "data": s.data,
         "n": s.n,
@@ -294,93 +311,8 @@ def _write(out: Path, rows: list[dict], provenance: dict, s: BuildSettings) -> N
         "test_split": s.test_split or f"pairs after the first {s.n}",
         "fields": provenance,
     }
-    out.with_name(out.name + ".provenance.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-# ---------------------------------------------------------------- ldyn probes check
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def overlap(a: str, b: str) -> float:
-    """F1 of the word multisets of a and b: 1 for the same words (in any order), 0 for none in common."""
-    wa, wb = Counter(words(a)), Counter(words(b))
-    common = sum((wa & wb).values())
-    if not common:
-        return 0.0
-    p, r = common / sum(wa.values()), common / sum(wb.values())
-    return 2 * p * r / (p + r)
-
-
-def check(path: str | Path) -> dict:
-    """Per response type: rows, empty, duplicates (the same text as another type of the row, or as the same type of
-    another row), mean length in words relative to chosen, mean word overlap with its source, copies of the source;
-    and the rows each generator failed on (from the provenance file beside it)."""
-    from ldyn.data.jsonl import read_jsonl
-
-    rows = [row for _, row in read_jsonl(path)]
-    if not rows:
-        raise LdynError("no rows", file=str(path))
-    types = [t for t in ORDER if t in rows[0]]
-    report = {}
-    for t in types:
-        texts = [r.get(t) or "" for r in rows]
-        filled = [(r, x) for r, x in zip(rows, texts) if x.strip()]
-        seen = Counter(x.strip() for _, x in filled)
-        same_row = sum(any(x.strip() == (r.get(o) or "").strip() for o in types if o != t) for r, x in filled)
-        source = SOURCE.get(t)
-        ratios = [len(words(x)) / max(len(words(r["chosen"])), 1) for r, x in filled]
-        entry = {
-            "rows": len(rows),
-            "empty": len(rows) - len(filled),
-            "duplicate_across_rows": sum(n - 1 for n in seen.values() if n > 1),
-            "same_as_another_type": same_row,
-            "length_vs_chosen": round(sum(ratios) / len(ratios), 3) if ratios else None,
-        }
-        if source and source != t and filled:
-            overlaps = [overlap(x, r.get(source) or "") for r, x in filled]
-            entry["overlap_with_" + source] = round(sum(overlaps) / len(overlaps), 3)
-            entry["copies_of_" + source] = sum(x.strip() == (r.get(source) or "").strip() for r, x in filled)
-        report[t] = entry
-    provenance = Path(str(path) + ".provenance.json")
-    if provenance.is_file():
-        fields = json.loads(provenance.read_text()).get("fields", {})
-        for t, how in fields.items():
-            if t in report:
-                report[t]["generator"] = how.get("generator")
-                report[t]["failed_rows"] = how.get("failed_rows", [])
-    return report
-
-
-def check_file(path: str | Path) -> tuple[dict, Path]:
-    """`check`, and the report written beside the file as FILE.check.json."""
-    report = check(path)
-    written = Path(str(path) + ".check.json")
-    written.write_text(json.dumps(report, indent=2) + "\n")
-    return report, written
-
-
-def read_instructions(path: str | Path) -> dict[str, str]:
-    """A YAML mapping of field -> prompt template (`{chosen}`, `{rejected}`, `{words}`, `{prompt}`)."""
-    from ldyn.schema import read_yaml
-
-    return {str(k): str(v) for k, v in read_yaml(Path(path)).items()}
-
-
-def check_lines(report: dict) -> list[str]:
-    """The report as a table, one line per type."""
-    lines = [f"{'type':<20}{'empty':>6}{'dup':>5}{'len/chosen':>11}  overlap with source   generator (failed rows)"]
-    for t, e in report.items():
-        ov = next(((k.removeprefix("overlap_with_"), v) for k, v in e.items() if k.startswith("overlap_with_")), None)
-        copies = next((v for k, v in e.items() if k.startswith("copies_of_")), 0)
-        ov_text = f"{ov[1]:.2f} ({ov[0]}; {copies} copies)" if ov else "-"
-        failed = e.get("failed_rows") or []
-        length = "-" if e["length_vs_chosen"] is None else f"{e['length_vs_chosen']:.2f}"
-        lines.append(
-            f"{t:<20}{e['empty']:>6}{e['duplicate_across_rows'] + e['same_as_another_type']:>5}"
-            f"{length:>11}  {ov_text:<21}{e.get('generator') or '-'}"
-            f"{f' ({len(failed)} failed)' if failed else ''}"
-        )
-    return lines
+    try:
+        write_atomically(out, "".join(lines))
+        write_atomically(out.with_name(out.name + ".provenance.json"), json.dumps(meta, indent=2) + "\n")
+    except OSError as e:
+        raise LdynError(f"cannot write: {e.strerror or e}", file=str(e.filename or out), field="--out") from None

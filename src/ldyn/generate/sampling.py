@@ -53,18 +53,20 @@ def sample_texts(
     top_k: int = 0,
     desc: str | None = None,
     template: str = "hh",
+    loaded: tuple | None = None,
 ):
     """Load `model_name` and sample one continuation per prompt (rendered by `template` as training renders it,
     `data/templates.py`: "hh" keeps a text as it is; its last `max_prompt_tokens` tokens), a batch at a time;
     yields (index, decoded text) as each batch is done, so that callers can cache every sample as soon as it
-    exists. `desc` shows a progress bar over batches."""
+    exists. `desc` shows a progress bar over batches. `loaded`: (model, tokenizer) of `model_name`, already loaded.
+    """
     from tqdm.auto import tqdm
 
     from ldyn.config import ModelConfig
     from ldyn.data.templates import render_prompt
     from ldyn.models.load import load_model
 
-    model, tokenizer = load_model(ModelConfig(model_name), seed)
+    model, tokenizer = loaded or load_model(ModelConfig(model_name), seed)
     torch.manual_seed(seed)
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=desc is None):
         texts = [render_prompt(tokenizer, template, p) for p in prompts[start : start + batch_size]]
