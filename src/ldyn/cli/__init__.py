@@ -7,7 +7,7 @@
     ldyn plot RUN_DIR [RUN_DIR ...]                              redraw a run's figures from its files
     ldyn influence RUN_DIR ... [--out FILE]                      accumulated-influence heatmap across runs
     ldyn compare RUN_DIR ... [--out FILE]                        runs' probe curves side by side
-    ldyn export RUN_DIR [--format parquet|csv]                   the probe records as one long table
+    ldyn export RUN_DIR [--format parquet|csv] [--out FILE]      the probe records as one long table
     ldyn report RUN_DIR ... [--out FILE]                         HTML page: figures and the paper's claims checked
     ldyn winrate CKPT_A CKPT_B --prompts FILE [...]              sample from two checkpoints, judge, count
     ldyn probes build DATA --out FILE [--n N] [...]              a probe set from any preference data
@@ -194,8 +194,10 @@ def _probes(args, overrides) -> list[str]:
 def _toy(args, overrides) -> list[str]:
     import dataclasses
 
+    from ldyn.runtime.files import writable_folder
     from ldyn.toys import digits, squeeze
 
+    writable_folder(args.out, "--out")
     if args.toy == "squeeze":
         return [
             *squeeze.summary_lines(squeeze.run(args.out, n_check=args.check, seed=args.seed)),

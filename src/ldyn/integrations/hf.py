@@ -45,11 +45,11 @@ from ldyn.config import (
 )
 from ldyn.data.formats import is_messages
 from ldyn.data.probesets import load_probe_set
-from ldyn.data.templates import check_template
 from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items, probe_across_ranks, tokenized_probe_items
-from ldyn.dynamics.update import METHODS, Decomposer
+from ldyn.dynamics.update import Decomposer
 from ldyn.errors import LdynError
-from ldyn.integrations.host import check_source, describe_run, find_trainer, parse_types, stage_name, warn
+from ldyn.integrations import arguments
+from ldyn.integrations.host import describe_run, find_trainer, stage_name, warn
 from ldyn.integrations.trainer_data import available_types, dataset_rows, probe_rows
 from ldyn.integrations.trainer_log import decomposition_scalars, log_to_trainer, send_images
 from ldyn.runs.directory import CONFIG, DATA, DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, ROW_FILES, RunDir
@@ -73,10 +73,12 @@ class LearningDynamicsCallback(TrainerCallback):
     probes: None (the default) probes the host trainer's own data: the first `n` prompts of its `train_dataset`
     and, when it has an `eval_dataset`, the first `held_out` of those (held-out prompts), each with the responses
     the data has (chosen, rejected, the completion or the last assistant turn) and the paper's rule-based types
-    derived from them (`integrations/trainer_data.py`). Or an explicit probe set: "embedded", a JSONL in the paper
-    authors' format (`prompt` + one field per response type, e.g. from `ldyn probes build`), a Hugging Face dataset
-    (hub name or `save_to_disk` folder), or the rows themselves (a list of dicts or a `datasets.Dataset`).
-    `types`: the response types to probe ("auto" = every paper type present; a list, or "chosen,rejected").
+    derived from them (`integrations/trainer_data.py`); `held_out` left None is 4 when there is an eval_dataset,
+    and a count given without one fails when training begins. Or an explicit probe set: "embedded", a JSONL in the
+    paper authors' format (`prompt` + one field per response type, e.g. from `ldyn probes build`), a Hugging Face
+    dataset (hub name or `save_to_disk` folder), or the rows themselves (a list of dicts or a `datasets.Dataset`).
+    `types`: the response types to probe ("auto" = every paper type present; a list, or one string read as the
+    recipe's list syntax: "chosen,rejected").
     `every`: probe every k optimizer steps (and at step 0 and the end). `output_dir`: the run directory (default
     `<args.output_dir>/ldyn`). `max_length`, `max_prompt_length`, `truncation_mode` tokenise the probes as `ldyn
     run` does; left None, the trainer's `max_length` (else 512) and half of it for the prompt. `template` renders
@@ -86,7 +88,8 @@ class LearningDynamicsCallback(TrainerCallback):
     `decompose_predict=False`) by forward-mode (`decompose_method="jvp"`), central differences ("central") or,
     cheapest, with the SGD kernel's parts one-sided ("one_sided"). Each knob has the name of the recipe key it
     mirrors: `every`, `n`, `types`, `batch_tokens` are `probe.*`, `decompose_*` are `decompose.*`. Bad arguments
-    fail here, naming the argument, before the trainer loads anything.
+    fail here, naming the argument, before the trainer loads anything (`integrations/arguments.py`); what only the
+    trainer knows (its max_length, its eval_dataset) fails when training begins, before the run directory is made.
     """
 
     def __init__(
@@ -95,7 +98,7 @@ class LearningDynamicsCallback(TrainerCallback):
         *,
         every: int = 5,
         n: int = 16,
-        held_out: int = 4,
+        held_out: int | None = None,
         types=("auto",),
         output_dir: str | None = None,
         batch_tokens: int = 4096,
@@ -116,36 +119,21 @@ class LearningDynamicsCallback(TrainerCallback):
                 raise LdynError(f"LearningDynamicsCallback: `{old}` is now `{new}` (the recipe key's name)")
         if renamed:
             raise LdynError(f"LearningDynamicsCallback: unknown argument(s) {', '.join(sorted(renamed))}")
-        counts = {"every": every, "n": n, "held_out": held_out, "batch_tokens": batch_tokens, "seed": seed}
-        counts |= {"decompose_every": decompose_every, "decompose_n": decompose_n}
-        counts |= {k: v for k, v in (("max_length", max_length), ("max_prompt_length", max_prompt_length)) if v}
-        for name, value in counts.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise LdynError(f"LearningDynamicsCallback: {name} must be a whole number >= 0, got {value!r}")
-        if batch_tokens == 0:
-            raise LdynError("LearningDynamicsCallback: batch_tokens must be > 0")
-        if max_length and max_prompt_length and max_prompt_length >= max_length:
-            raise LdynError(
-                f"LearningDynamicsCallback: max_prompt_length ({max_prompt_length}) must be below max_length "
-                f"({max_length}): a response needs room"
-            )
-        if decompose_method not in METHODS:
-            raise LdynError(f"decompose_method must be one of {', '.join(METHODS)}, got {decompose_method!r}")
-        if truncation_mode not in ("keep_end", "keep_start"):
-            raise LdynError(f"truncation_mode must be keep_end or keep_start, got {truncation_mode!r}")
-        check_template(template)
-        self.types = parse_types(types)
-        self.source, self.probe_set = check_source(probes, self.types, n, seed)  # probe_set: read already
+        counts = dict(every=every, n=n, held_out=held_out, batch_tokens=batch_tokens, seed=seed)
+        counts |= dict(max_length=max_length, max_prompt_length=max_prompt_length)
+        c = arguments.check_counts(counts | dict(decompose_every=decompose_every, decompose_n=decompose_n))
+        arguments.check_flags({"decompose_predict": decompose_predict, "figures": figures})
+        arguments.check_choices(truncation_mode, template, decompose_method)
+        arguments.check_output_dir(output_dir)
+        arguments.check_held_out(held_out, probes)
+        self.types = arguments.parse_types(types)
+        every, n, held_out, batch_tokens, seed = c["every"], c["n"], c["held_out"], c["batch_tokens"], c["seed"]
+        decompose_every, decompose_n = c["decompose_every"], c["decompose_n"]
+        self.source, self.probe_set = arguments.check_source(probes, self.types, n, seed)  # probe_set: read already
         self.every, self.n, self.held_out, self.output_dir = every, n, held_out, output_dir
         self.batch_tokens, self.seed, self.figures = batch_tokens, seed, figures
-        self.lengths = (max_length, max_prompt_length)  # None: the trainer's (`_settings`)
-        self.data = DataConfig(
-            train="host trainer",
-            max_length=max_length or 512,
-            max_prompt_length=max_prompt_length or (max_length or 512) // 2,
-            truncation_mode=truncation_mode,
-            template=template,
-        )
+        self.lengths = (c["max_length"], c["max_prompt_length"])  # None: the trainer's (`arguments.settle_lengths`)
+        self.data = DataConfig(train="host trainer", truncation_mode=truncation_mode, template=template)
         self.decompose = DecomposeConfig(
             every=decompose_every, n=decompose_n, predict=decompose_predict, method=decompose_method
         )
@@ -162,10 +150,10 @@ class LearningDynamicsCallback(TrainerCallback):
         if tokenizer is None:
             raise LdynError("LearningDynamicsCallback needs the tokenizer: pass it to the trainer as processing_class")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.run = RunDir(self.output_dir or Path(args.output_dir) / "ldyn")
+        self.run = RunDir(arguments.check_output_dir(self.output_dir or Path(args.output_dir) / "ldyn"))
         self.stage = stage_name(args)
         trainer = find_trainer()
-        self._settings(args)
+        arguments.settle_lengths(self.data, self.lengths, args)
         self.items, report = self._load_probes(tokenizer, trainer)
         if state.is_world_process_zero:
             print(self._announce(report), flush=True)
@@ -244,31 +232,18 @@ class LearningDynamicsCallback(TrainerCallback):
                 "LearningDynamicsCallback() probes the trainer's own data, but no transformers Trainer "
                 "is running this event: pass a probe set, e.g. LearningDynamicsCallback('embedded')"
             )
-        rows, origin = probe_rows(trainer.train_dataset, trainer.eval_dataset, self.n, self.held_out, self.seed)
+        held_out = arguments.held_out_of(self.held_out, trainer.eval_dataset)
+        rows, origin = probe_rows(trainer.train_dataset, trainer.eval_dataset, self.n, held_out, self.seed)
         have = available_types(rows)
         wanted = have if self.types == ["auto"] else self.types
         missing = [t for t in wanted if t not in have]
         if missing:
             raise LdynError(
-                f"LearningDynamicsCallback: type '{missing[0]}' is not in the trainer's data or derived "
-                f"from it (there: {', '.join(have)})"
+                f"type '{missing[0]}' is not in the trainer's data or derived from it (there: {', '.join(have)})",
+                field="types",
             )
         items, report = load_probe_items(rows, wanted, 0, self.seed, tokenizer, self.data, n_key="n")
         return items, report | origin
-
-    def _settings(self, args) -> None:
-        """Lengths from the trainer's arguments unless given; one warning line where they disagree."""
-        given, given_prompt = self.lengths
-        host = getattr(args, "max_length", None)
-        if given is None and host:
-            self.data.max_length = host
-            if given_prompt is None:
-                self.data.max_prompt_length = host // 2
-        elif given and host and given != host:
-            warn(f"probes are tokenised to max_length={given}, the trainer trains with max_length={host}")
-        host_prompt = getattr(args, "max_prompt_length", None)
-        if given_prompt is None and host_prompt and host_prompt < self.data.max_length:
-            self.data.max_prompt_length = host_prompt
 
     def _compare_formats(self, trainer, probe) -> None:
         """One warning line where conversational training meets text probes (or the reverse) under template="auto",

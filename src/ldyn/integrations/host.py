@@ -18,9 +18,6 @@ from ldyn.config import (
     RunConfig,
     StageConfig,
 )
-from ldyn.data.probesets import PAPER_TYPES, load_probe_set
-from ldyn.errors import LdynError, did_you_mean
-from ldyn.integrations.trainer_data import DERIVED
 from ldyn.losses import LossConfig
 from ldyn.runtime.distributed import rank_and_world
 
@@ -45,7 +42,6 @@ TRL_TRAINER_LOSSES = {
 }
 OPTIMIZERS = ("adamw", "rmsprop", "sgd")
 TRACKERS = ("tensorboard", "wandb", "trackio")  # the host's trackers a RunConfig records (`report_to`)
-KNOWN_TYPES = (*PAPER_TYPES, *DERIVED, "completion")
 
 
 def describe_run(
@@ -171,42 +167,3 @@ def warn(message: str) -> None:
     """One warning line on the console (the main process), prefixed as ldyn's are."""
     if rank_and_world()[0] == 0:
         print(f"ldyn: warning: {message}", file=sys.stderr, flush=True)
-
-
-def parse_types(types) -> list[str]:
-    """Response types as a list: a list or tuple of names, or one string of comma-separated names."""
-    if isinstance(types, str):
-        types = [t.strip() for t in types.strip("[]").split(",")]
-    if not isinstance(types, (list, tuple)) or not types or not all(isinstance(t, str) and t for t in types):
-        raise LdynError(f"LearningDynamicsCallback: types must be names like ['chosen', 'rejected'], got {types!r}")
-    types = list(dict.fromkeys(types))
-    if "auto" in types and len(types) > 1:
-        raise LdynError("LearningDynamicsCallback: types='auto' stands alone (every type the probes have)")
-    for t in types:
-        if t != "auto" and t not in KNOWN_TYPES:
-            close = did_you_mean(t, KNOWN_TYPES)
-            if close:  # a typo of a paper type; other names may be a probe file's own fields
-                raise LdynError(f"LearningDynamicsCallback: unknown probe type '{t}'{close}")
-    return types
-
-
-def check_source(probes, types: list[str], n: int, seed: int):
-    """The probe source, checked before anything loads: a local file must exist, and "embedded", a local file or
-    rows in memory are read here, so that a missing type or too few prompts fail at construction. Returns (the
-    source, a local path as its expanded text; the probe set read, `load_probe_set`'s (examples, types), or None
-    for the trainer's data and a hub dataset, which are read when training begins)."""
-    if probes is None:
-        return None, None
-    if isinstance(probes, (str, Path)):
-        if str(probes) == "embedded":
-            return "embedded", load_probe_set("embedded", types, n, seed, n_key="n")
-        path = Path(probes).expanduser()
-        looks_local = path.suffix in (".jsonl", ".json", ".parquet", ".csv") or str(probes).startswith((".", "/", "~"))
-        if looks_local and not path.exists():
-            raise LdynError("LearningDynamicsCallback: probes: no such file", file=str(path))
-        if path.is_file():
-            return str(path), load_probe_set(str(path), types, n, seed, n_key="n")
-        return str(path) if path.exists() else str(probes), None  # a save_to_disk folder, or a hub name
-    if hasattr(probes, "__len__") and hasattr(probes, "__getitem__"):  # a list of rows or a datasets.Dataset
-        return probes, load_probe_set(probes, types, n, seed, n_key="n")
-    raise LdynError(f"LearningDynamicsCallback: probes must be None, a path, 'embedded' or rows, got {type(probes)}")

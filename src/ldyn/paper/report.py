@@ -32,9 +32,12 @@ from ldyn.paper.stages import (
 )
 from ldyn.paper.trajectories import Peak, csv_rows, summarise, trajectories
 from ldyn.runs.compare import run_labels
-from ldyn.runs.directory import CONFIG, SUITE_LOG, Run, load_run
-from ldyn.runs.style import write_rows
-from ldyn.runtime.files import read_rows, write_atomically
+from ldyn.runs.directory import CONFIG, SUITE_LOG, Run
+from ldyn.runs.export import load_records
+from ldyn.runs.figures import save_rows
+from ldyn.runtime.files import read_rows, writable_file, write_atomically
+
+PAGE_SUFFIXES = (".html", ".htm")
 
 
 @dataclass
@@ -50,14 +53,14 @@ def collect(paths: list[str | Path]) -> Collected:
     c = Collected()
     for path in map(Path, paths):
         if (path / CONFIG).is_file():
-            c.runs.append(load_run(path))
+            c.runs.append(load_records(path))
             continue
         if not path.is_dir():
             raise LdynError("not a run directory or a folder of runs", file=str(path))
         found = False
         for sub in sorted(p for p in path.iterdir() if p.is_dir()):
             if (sub / CONFIG).is_file():
-                c.runs.append(load_run(sub))
+                c.runs.append(load_records(sub))
                 found = True
             elif (sub / "squeeze.json").is_file():
                 c.toy_dirs.append(sub)
@@ -297,14 +300,19 @@ def _timing_table(timings: list[dict]) -> str:
 
 
 def write_report(paths: list[str | Path], out: str | Path) -> Path:
-    """Check the claims on the runs under `paths` and write the HTML page to `out`; returns its path."""
+    """Check the claims on the runs under `paths` and write the HTML page to `out`, the verdicts as JSON and the
+    trajectories as CSV beside it; returns its path."""
+    out = writable_file(out, "--out", PAGE_SUFFIXES)
+    beside = [writable_file(out.with_suffix(".json"), "--out"), writable_file(out.with_name("trajectories.csv"))]
     c = collect(paths)
     if not c.runs:
         raise LdynError("no runs to report on")
+    if not any(run.probes or run.decomposition for run in c.runs):
+        raise LdynError("none of these runs has probe or decomposition records yet: nothing to check the claims on")
     verdicts = check_claims(c.runs, read_toys(c.toy_dirs), c.winrates)
     peaks = trajectories(c.runs)
-    out = write_atomically(out, render(c, verdicts, figures(c), peaks))
+    write_atomically(out, render(c, verdicts, figures(c), peaks), "--out")
     if peaks:  # the trajectory table's data, every prompt's curve with the mean's
-        write_rows(csv_rows(peaks), out.with_name("trajectories.csv"))
-    (out.with_suffix(".json")).write_text(json.dumps([vars(v) for v in verdicts], indent=1, ensure_ascii=False))
+        save_rows(csv_rows(peaks), beside[1])
+    write_atomically(beside[0], json.dumps([vars(v) for v in verdicts], indent=1, ensure_ascii=False))
     return out

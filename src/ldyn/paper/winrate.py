@@ -36,7 +36,7 @@ from pathlib import Path
 from ldyn.config import JudgeConfig, RunConfig
 from ldyn.errors import LdynError
 from ldyn.generate.judges import make_judge
-from ldyn.runtime.files import append_rows, read_rows
+from ldyn.runtime.files import append_rows, read_rows, writable_file, writable_folder, write_atomically
 
 MAX_CHARS = 2000  # the authors skip a prompt when either response is longer
 
@@ -259,7 +259,7 @@ def evaluate(
             )
         )
     rows = [asdict(r) for r in results]
-    (out / "winrate.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_atomically(out / "winrate.json", json.dumps(rows, indent=2) + "\n")
     for row in rows:
         print(f"ldyn: {summary(row)}", file=sys.stderr)
     return results
@@ -282,13 +282,16 @@ def winrate_on_file(
     the path of winrate.json."""
     from ldyn.data.jsonl import read_jsonl, text_field
 
+    out = writable_folder(out, "--out")  # before any model loads
+    for name in ("winrate.json", "judgements.jsonl"):
+        writable_file(out / name, "--out")
     rows = list(read_jsonl(prompts_file))[start : start + n]
     prompts = [text_field(row, "prompt", prompts_file, line) for line, row in rows]
     if not prompts:
         raise LdynError(f"no prompts from row {start + 1}", file=prompts_file)
     judge = make_judge(judge_cfg, seed)
-    evaluate([(a, b)], prompts, judge, Path(out), max_new_tokens=max_new_tokens, seed=seed, both_orders=both_orders)
-    return Path(out) / "winrate.json"
+    evaluate([(a, b)], prompts, judge, out, max_new_tokens=max_new_tokens, seed=seed, both_orders=both_orders)
+    return out / "winrate.json"
 
 
 def summary(r: dict) -> str:

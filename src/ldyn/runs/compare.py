@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from ldyn.errors import LdynError
-from ldyn.runs.directory import Run, load_run, probe_table, stage_spans
-from ldyn.runs.style import label, mark_stages, ordered_types, plt, write_rows
+from ldyn.runs.directory import DECOMPOSITION, Run, probe_table, stage_spans
+from ldyn.runs.export import NUMBER, load_records
+from ldyn.runs.figures import FIGURE_SUFFIXES, save_figure, save_rows
+from ldyn.runs.style import label, mark_stages, ordered_types, plt
+from ldyn.runtime.files import check_rows, writable_file
 
 
 def training_signal(run: Run, stage: str) -> str:
@@ -26,7 +29,8 @@ def influence_table(runs: list[Run]) -> tuple[list[str], list[str], np.ndarray]:
     for run, name in zip(runs, run_labels(runs)):
         sums: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
         for row in run.decomposition:
-            sums[(row["stage"], row["type"])][row["step"]].append(row["observed"])
+            observed = row["observed"]  # null: a non-finite change, as strict JSON writes it
+            sums[(row["stage"], row["type"])][row["step"]].append(np.nan if observed is None else observed)
         for (stage, t), by_step in sums.items():
             label_ = f"{training_signal(run, stage)}\n[{name}]"
             columns.setdefault(label_, {})[t] = float(sum(np.mean(v) for v in by_step.values()))
@@ -66,15 +70,22 @@ def plot_influence(runs: list[Run]) -> tuple[plt.Figure, list[dict]]:
 
 def influence_figure(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
     """Write the accumulated-influence heatmap of `run_dirs` to `out` (PNG) and its numbers beside it (CSV)."""
-    runs_with = [run for run in map(load_run, run_dirs) if run.decomposition]
+    out, table = figure_outputs(out)
+    runs_with = [run for run in map(load_records, run_dirs) if run.decomposition]
     if not runs_with:
         raise LdynError("none of these runs has decomposition records (run with decompose.every > 0)")
+    for run in runs_with:
+        check_rows(run.path / DECOMPOSITION, run.decomposition, {"observed": NUMBER})
     fig, rows = plot_influence(runs_with)
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    write_rows(rows, out.with_suffix(".csv"))
-    return [out, out.with_suffix(".csv")]
+    save_figure(fig, out, "--out")
+    save_rows(rows, table, "--out")
+    return [out, table]
+
+
+def figure_outputs(out: str | Path) -> tuple[Path, Path]:
+    """A figure's path and its CSV's beside it, both checked writable before anything is drawn."""
+    out = writable_file(out, "--out", FIGURE_SUFFIXES)
+    return out, writable_file(out.with_suffix(".csv"), "--out")
 
 
 # ---------------------------------------------------------------- figures across runs (the report's)
@@ -119,7 +130,8 @@ def compare_table(runs: list[Run]) -> list[dict]:
 def compare_figure(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
     """Runs side by side (`ldyn compare`): one panel each for chosen, rejected, the other probed types and the
     argmax, one line per run, the mean change of log π(y | x_u) since step 0; the numbers in a CSV beside it."""
-    runs = [load_run(d) for d in run_dirs]
+    out, table = figure_outputs(out)
+    runs = [load_records(d) for d in run_dirs]
     rows = compare_table(runs)
     if not rows:
         raise LdynError("none of these runs has probe records (run with probe.every > 0)")
@@ -142,8 +154,6 @@ def compare_figure(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
     axes[0].set_ylabel("mean Δ log π since step 0 (nats)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    write_rows(rows, out.with_suffix(".csv"))
-    return [out, out.with_suffix(".csv")]
+    save_figure(fig, out, "--out")
+    save_rows(rows, table, "--out")
+    return [out, table]

@@ -22,10 +22,34 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backend_bases import FigureCanvasBase
 
 from ldyn.data.probesets import GROUPS, SYMBOLS
-from ldyn.runs.directory import FIGURES, Run, load_run, probe_table, stage_spans
+from ldyn.errors import LdynError
+from ldyn.runs.directory import FIGURES, Run, probe_table, stage_spans
+from ldyn.runs.export import load_records
 from ldyn.runs.style import color, label, mark_stages, ordered_types, plt, write_rows
+from ldyn.runtime.files import writable_folder, writing
+
+WRITERS = sorted(FigureCanvasBase.get_supported_filetypes())  # the formats matplotlib writes
+FIGURE_SUFFIXES = tuple(dict.fromkeys([".png", ".pdf", ".svg", *(f".{k}" for k in WRITERS)]))  # a figure's names
+
+
+def save_figure(fig: plt.Figure, path: Path, field: str | None = None) -> Path:
+    """Write a figure in the format its name's suffix names, atomically (`runtime.files.writing`), and close it."""
+    try:
+        with writing(path, field) as tmp:
+            fig.savefig(tmp, format=path.suffix.lower().removeprefix("."), dpi=110)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def save_rows(rows: list[dict], path: Path, field: str | None = None) -> Path:
+    """The CSV beside a figure (`style.write_rows`), written atomically."""
+    with writing(path, field) as tmp:
+        write_rows(rows, tmp)
+    return path
 
 
 def write_summary(tables, path: Path) -> None:
@@ -252,14 +276,16 @@ def _sgd_split(ax, types: list[str], summary: list[dict]) -> None:
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """Draw every figure of a run from its files; returns the written paths."""
-    run = load_run(run_dir)
-    out = run.path / FIGURES
-    out.mkdir(exist_ok=True)
+    """Draw every figure of a run from its files into its figures/ folder; returns the written paths."""
+    run = load_records(run_dir)
+    out = writable_folder(run.path / FIGURES)
+    if not (run.probes or run.metrics or run.decomposition):
+        raise LdynError("has nothing to draw yet (no probe, metrics or decomposition rows)", file=str(run.path))
     figures, written = {}, []
     tables = probe_table(run)
     if tables:
-        write_summary(tables, out / "probe_summary.csv")
+        with writing(out / "probe_summary.csv") as tmp:
+            write_summary(tables, tmp)
         written.append(out / "probe_summary.csv")
         figures |= {
             "probe_groups": plot_groups(run, tables),
@@ -270,11 +296,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         figures["training"] = plot_training(run)
     if any("predicted" in row for row in run.decomposition):  # not with decompose.predict=false
         summary = decomposition_summary(run)
-        write_rows(summary, out / "decomposition_summary.csv")
-        written.append(out / "decomposition_summary.csv")
+        written.append(save_rows(summary, out / "decomposition_summary.csv"))
         figures["decomposition"] = plot_decomposition(run, summary)
     for name, fig in figures.items():
-        fig.savefig(out / f"{name}.png", dpi=110)
-        plt.close(fig)
-        written.append(out / f"{name}.png")
+        written.append(save_figure(fig, out / f"{name}.png"))
     return written
