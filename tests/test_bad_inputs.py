@@ -34,6 +34,8 @@ def workspace(tmp_path_factory):
     (root / "norej.jsonl").write_bytes(GOOD + b'{"prompt": "Q", "chosen": " a"}\n')
     (root / "latin1.jsonl").write_bytes(GOOD + b'{"prompt": "Q\xff", "chosen": " a", "rejected": " b"}\n')
     write_jsonl(root / "probes3.jsonl", [{"prompt": f"Q{i}", "chosen": " a", "rejected": " b"} for i in range(3)])
+    (root / "suite.yaml").write_text(f"suite: mini\noverrides: {tiny(root)[2:-1]}\nruns: [smollm2_sft_dpo]\n")
+    assert cli.main(["run", str(root / "suite.yaml"), "--out", str(root / "suite")]) == 0
     return root
 
 
@@ -117,6 +119,24 @@ CASES = {  # name: (arguments, given the workspace root; what the error line mus
     "resume of a non-run": (lambda r: ["resume", str(r / "user")], "nothing to resume"),
     "export of a non-run": (lambda r: ["export", str(r / "user")], "not a run directory"),
     "report of an empty folder": (lambda r: ["report", str(r / "broken" / "nothing")], "not a run directory"),
+    "output_dir under a file": (lambda r: tiny(r / "afile" / "sub"), "afile is a file, not a folder"),
+    "decompose into a folder under a file": (
+        lambda r: ["decompose", *tiny(r / "afile" / "sub")[1:]],
+        "field 'output_dir': cannot be written",
+    ),
+    "suite --out is a file": (lambda r: ["run", str(r / "suite.yaml"), "--out", str(r / "afile")], "is a file"),
+    "suite --out under a file": (
+        lambda r: ["run", str(r / "suite.yaml"), "--out", str(r / "afile" / "s")],
+        "afile is a file, not a folder",
+    ),
+    "suite into a folder of user files": (
+        lambda r: ["run", str(r / "suite.yaml"), "--out", str(r / "user")],
+        "is not this suite's folder",
+    ),
+    "suite again with other settings": (
+        lambda r: ["run", str(r / "suite.yaml"), "--out", str(r / "suite"), "stages.dpo.optim.lr=3e-5"],
+        "field 'stages.dpo.optim.lr': the suite's run 'smollm2_sft_dpo' was trained with 1e-05",
+    ),
     "unknown export format": (lambda r: ["export", str(r / "run"), "--format", "xlsx"], "invalid choice: 'xlsx'"),
 }
 
@@ -143,7 +163,7 @@ def assert_refused(args, expected, workspace, capsys, watched=("run", "user", "b
 def test_bad_input_is_refused_with_one_line_and_nothing_changes(case, workspace, capsys, monkeypatch):
     monkeypatch.chdir(workspace / "cwd")
     make, expected = CASES[case]
-    assert_refused(make(workspace), expected, workspace, capsys)
+    assert_refused(make(workspace), expected, workspace, capsys, watched=("run", "user", "broken", "suite"))
 
 
 def test_there_are_at_least_thirty_cases():

@@ -121,3 +121,10 @@ def test_what_only_the_trainer_knows_fails_when_training_begins_and_leaves_no_ru
         trainer.train()
     out = tmp_path / "out"
     assert not (out / "ldyn").exists() and not (out / ".ldyn.lock").exists()
+
+
+def test_a_probe_file_may_hold_types_of_its_own_which_its_reader_checks():
+    rows = [p | {"paraphrase": " a fine answer"} for p in PAIRS]
+    assert LearningDynamicsCallback(rows, types="chosen,paraphrase", n=2).types == ["chosen", "paraphrase"]
+    with pytest.raises(LdynError, match="'paraphrse' is not in this file"):
+        LearningDynamicsCallback(rows, types="chosen,paraphrse", n=2)

@@ -68,9 +68,11 @@ def check_choices(truncation_mode, template, decompose_method) -> None:
         raise LdynError(e.message, field="template") from None
 
 
-def parse_types(types) -> list[str]:
+def parse_types(types, known_only: bool = True) -> list[str]:
     """Response types as a list: a list or tuple of names, or one string read as `ldyn run` reads the list
-    `probe.types` ("chosen,rejected", "[chosen, rejected]", "chosen"); "auto" alone, or names ldyn knows."""
+    `probe.types` ("chosen,rejected", "[chosen, rejected]", "chosen"); "auto" alone, or names ldyn knows
+    (`known_only`: the trainer's own data, which has those alone; a probe file may hold other fields, which its
+    reader checks)."""
     given = list(types) if isinstance(types, tuple) else types
     names = from_dict(ProbeConfig, {"types": given}).types  # a string split as on the command line
     if not names or not all(names):
@@ -79,7 +81,7 @@ def parse_types(types) -> list[str]:
     if "auto" in names and len(names) > 1:
         raise LdynError("'auto' stands alone (every type the probes have)", field="types")
     for t in names:
-        if t != "auto" and t not in KNOWN_TYPES:
+        if known_only and t != "auto" and t not in KNOWN_TYPES:
             raise LdynError(f"unknown probe type '{t}'{did_you_mean(t, KNOWN_TYPES)}", field="types")
     return names
 

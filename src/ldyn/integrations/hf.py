@@ -126,7 +126,7 @@ class LearningDynamicsCallback(TrainerCallback):
         arguments.check_choices(truncation_mode, template, decompose_method)
         arguments.check_output_dir(output_dir)
         arguments.check_held_out(held_out, probes)
-        self.types = arguments.parse_types(types)
+        self.types = arguments.parse_types(types, known_only=probes is None)
         every, n, held_out, batch_tokens, seed = c["every"], c["n"], c["held_out"], c["batch_tokens"], c["seed"]
         decompose_every, decompose_n = c["decompose_every"], c["decompose_n"]
         self.source, self.probe_set = arguments.check_source(probes, self.types, n, seed)  # probe_set: read already

@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ldyn.config import RunConfig, check, load_config, recipe_path
+from ldyn.config import RunConfig, check, load_config, read_config, recipe_path
 from ldyn.errors import LdynError
 from ldyn.paper.winrate import WinrateSpec
-from ldyn.runs.directory import SUITE_LOG, RunDir, read_resume_state
+from ldyn.runs.directory import CONFIG, SUITE_LOG, RunDir, read_resume_state
+from ldyn.runs.resume_policy import first_difference, trained_config
+from ldyn.runtime.files import writable_folder
 from ldyn.schema import from_dict, read_yaml
 
 
@@ -131,6 +133,32 @@ def finished(run: RunDir, cfg: RunConfig) -> bool:
     return state is not None and state["stage_index"] >= len(cfg.stages)
 
 
+def check_suite_folder(root: Path, cfgs: dict[str, RunConfig]) -> None:
+    """Refuse, before anything is written, a suite folder that is a file or under one, a folder of other files (no
+    suite log and none of the suite's runs), and a run there that the suite would continue or keep although it was
+    trained under other settings than these (the keys `ldyn resume` refuses to change)."""
+    writable_folder(root, "--out")
+    runs = {name: RunDir(cfg.run_dir) for name, cfg in cfgs.items()}
+    if root.is_dir() and any(root.iterdir()) and not (root / SUITE_LOG).is_file():
+        if not any(run.exists() for run in runs.values()):
+            message = "holds other files and is not this suite's folder (no suite.jsonl, none of its runs)"
+            message += ": choose another --out"
+            raise LdynError(message, file=str(root), field="--out")
+    for name, run in runs.items():
+        if not run.exists():
+            continue
+        trained = trained_config(run) or read_config(run.path / CONFIG)
+        difference = first_difference(trained, cfgs[name])
+        if difference is not None:
+            key, there, here = difference
+            raise LdynError(
+                f"the suite's run '{name}' was trained with {there!r}, these settings give {here!r}: run the suite "
+                "with its earlier overrides, or into another --out",
+                file=str(run.path / CONFIG),
+                field=key,
+            )
+
+
 def run_suite(name_or_path: str, overrides: list[str] = (), output_dir: str | None = None) -> Path:
     """Run (or continue) every run of a suite, its toys and win rates, then write its report; returns its folder."""
     from ldyn.train import experiment
@@ -142,6 +170,7 @@ def run_suite(name_or_path: str, overrides: list[str] = (), output_dir: str | No
         from ldyn.paper.winrate import check_suite_winrate
 
         check_suite_winrate(suite.winrate, cfgs)
+    check_suite_folder(root, cfgs)
     log = RunDir(root)
     root.mkdir(parents=True, exist_ok=True)
     for i, (name, cfg) in enumerate(cfgs.items(), start=1):

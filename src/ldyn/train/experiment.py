@@ -27,6 +27,7 @@ from ldyn.models.pretrained import frozen_copy
 from ldyn.runs.directory import CONFIG, DATA, TRAINED, RunDir
 from ldyn.runs.trackers import Trackers, open_trackers
 from ldyn.runtime import distributed
+from ldyn.runtime.files import writable_folder
 from ldyn.schema import to_dict
 from ldyn.train.callbacks import Checkpointer, DecompositionCallback, MetricsLogger, ProbeCallback
 from ldyn.train.restore import restore
@@ -121,6 +122,7 @@ def check_output_dir(out: RunDir, existed: bool, overwrite: bool) -> None:
     path = out.path
     if path.exists() and not path.is_dir():
         raise LdynError("output_dir is a file, not a folder", file=str(path))
+    writable_folder(path, "output_dir")  # a file where one of its folders should be, a folder not writable
     if existed and not overwrite:
         raise LdynError(
             f"already holds a run: continue it with `ldyn resume {path}`, replace it with --overwrite, "
