@@ -2,6 +2,7 @@
 and nothing that existed before is changed (an earlier run's files, a folder of user files, the target folder)."""
 
 import hashlib
+import shutil
 
 import pytest
 from helpers import tiny, write_jsonl
@@ -34,6 +35,8 @@ def workspace(tmp_path_factory):
     (root / "norej.jsonl").write_bytes(GOOD + b'{"prompt": "Q", "chosen": " a"}\n')
     (root / "latin1.jsonl").write_bytes(GOOD + b'{"prompt": "Q\xff", "chosen": " a", "rejected": " b"}\n')
     write_jsonl(root / "probes3.jsonl", [{"prompt": f"Q{i}", "chosen": " a", "rejected": " b"} for i in range(3)])
+    shutil.copytree(root / "run", root / "hosted")  # as LearningDynamicsCallback writes it: with its trainer's args
+    (root / "hosted" / "trainer_args.json").write_text("{}\n")
     (root / "suite.yaml").write_text(f"suite: mini\noverrides: {tiny(root)[2:-1]}\nruns: [smollm2_sft_dpo]\n")
     assert cli.main(["run", str(root / "suite.yaml"), "--out", str(root / "suite")]) == 0
     return root
@@ -116,6 +119,10 @@ CASES = {  # name: (arguments, given the workspace root; what the error line mus
     "plot of a broken config.yaml": (lambda r: ["plot", str(r / "broken")], "broken/config.yaml:"),
     "resume of a broken config.yaml": (lambda r: ["resume", str(r / "broken")], "broken/config.yaml:"),
     "resume of a mistyped config.yaml": (lambda r: ["resume", str(r / "typed")], "field 'seed': expected an integer"),
+    "resume of a callback's run": (
+        lambda r: ["resume", str(r / "hosted")],
+        "trainer.train(resume_from_checkpoint=...)",
+    ),
     "resume of a non-run": (lambda r: ["resume", str(r / "user")], "nothing to resume"),
     "export of a non-run": (lambda r: ["export", str(r / "user")], "not a run directory"),
     "report of an empty folder": (lambda r: ["report", str(r / "broken" / "nothing")], "not a run directory"),
@@ -163,7 +170,7 @@ def assert_refused(args, expected, workspace, capsys, watched=("run", "user", "b
 def test_bad_input_is_refused_with_one_line_and_nothing_changes(case, workspace, capsys, monkeypatch):
     monkeypatch.chdir(workspace / "cwd")
     make, expected = CASES[case]
-    assert_refused(make(workspace), expected, workspace, capsys, watched=("run", "user", "broken", "suite"))
+    assert_refused(make(workspace), expected, workspace, capsys, watched=("run", "user", "broken", "suite", "hosted"))
 
 
 def test_there_are_at_least_thirty_cases():

@@ -52,7 +52,17 @@ from ldyn.integrations import arguments
 from ldyn.integrations.host import describe_run, find_trainer, stage_name, warn
 from ldyn.integrations.trainer_data import available_types, dataset_rows, probe_rows
 from ldyn.integrations.trainer_log import decomposition_scalars, log_to_trainer, send_images
-from ldyn.runs.directory import CONFIG, DATA, DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, ROW_FILES, RunDir
+from ldyn.runs.directory import (
+    CONFIG,
+    DATA,
+    DECOMPOSITION,
+    DECOMPOSITION_TIMES,
+    METRICS,
+    PROBES,
+    ROW_FILES,
+    TRAINER_ARGS,
+    RunDir,
+)
 from ldyn.runs.trackers import baseline_of, probe_scalars
 from ldyn.runtime.distributed import barrier
 
@@ -294,7 +304,7 @@ class LearningDynamicsCallback(TrainerCallback):
             text = dump_config(cfg, omit=HOST_OMITS)
             self.run.write_text(CONFIG, f"# ldyn {__version__} (LearningDynamicsCallback)\n" + text)
             self.run.write_json(DATA, report | {"trainer": type(args).__name__})
-            self.run.write_text("trainer_args.json", json.dumps(args.to_dict(), indent=2, default=str) + "\n")
+            self.run.write_text(TRAINER_ARGS, json.dumps(args.to_dict(), indent=2, default=str) + "\n")
         self._args = args  # the main process's probe rounds read `disable_tqdm` from it
 
     def _probe_config(self) -> ProbeConfig:

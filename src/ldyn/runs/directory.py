@@ -41,6 +41,7 @@ PROBE_TIMES = "probe_times.jsonl"
 DECOMPOSITION, DECOMPOSITION_TIMES = "decomposition.jsonl", "decomposition_times.jsonl"
 SAMPLES = "samples.jsonl"
 SUITE_LOG = "suite.jsonl"  # a suite folder's record of each run's wall time
+TRAINER_ARGS = "trainer_args.json"  # a run written by LearningDynamicsCallback: its host trainer's arguments
 ROW_FILES = (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES, SAMPLES)  # one row per step each
 FIGURES, CHECKPOINTS = "figures", "checkpoints"
 STATE = "state.json"  # checkpoints/state.json: where to resume from (written by the Checkpointer)

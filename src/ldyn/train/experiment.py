@@ -24,7 +24,7 @@ from ldyn.losses import LossSpec, get_loss
 from ldyn.models.adapters import AdapterOff, chain_for, has_adapter, new_adapter
 from ldyn.models.load import load_model
 from ldyn.models.pretrained import frozen_copy
-from ldyn.runs.directory import CONFIG, DATA, TRAINED, RunDir
+from ldyn.runs.directory import CONFIG, DATA, TRAINED, TRAINER_ARGS, RunDir
 from ldyn.runs.trackers import Trackers, open_trackers
 from ldyn.runtime import distributed
 from ldyn.runtime.files import writable_folder
@@ -171,6 +171,12 @@ def resume(run_dir: str) -> RunDir:
     out = RunDir(run_dir)
     if not out.exists():
         raise LdynError("nothing to resume: not a run directory", file=run_dir)
+    if (out.path / TRAINER_ARGS).is_file():
+        raise LdynError(
+            "was written by LearningDynamicsCallback inside another trainer, which ldyn cannot continue: resume that "
+            "training with trainer.train(resume_from_checkpoint=...), and the callback continues this folder",
+            file=run_dir,
+        )
     cfg = read_config(out.path / CONFIG)
     check(cfg)
     restored = restore(out, cfg)
