@@ -144,6 +144,29 @@ CASES = {  # name: (arguments, given the workspace root; what the error line mus
         lambda r: ["run", str(r / "suite.yaml"), "--out", str(r / "suite"), "stages.dpo.optim.lr=3e-5"],
         "field 'stages.dpo.optim.lr': the suite's run 'smollm2_sft_dpo' was trained with 1e-05",
     ),
+    "win rate of -1 prompts": (
+        lambda r: [
+            "winrate",
+            "tiny",
+            "tiny",
+            "--prompts",
+            str(r / "probes3.jsonl"),
+            "--n",
+            "-1",
+            "--out",
+            str(r / NEW),
+        ],
+        "argument --n: must be >= 1, got -1",
+    ),
+    "win rate with no new tokens": (
+        lambda r: ["winrate", "tiny", "tiny", "--prompts", str(r / "probes3.jsonl"), "--max-new-tokens", "0"],
+        "argument --max-new-tokens: must be >= 1, got 0",
+    ),
+    "win rate with a time limit of words": (
+        lambda r: ["winrate", "tiny", "tiny", "--prompts", str(r / "probes3.jsonl"), "--judge-time-limit", "soon"],
+        "argument --judge-time-limit: expected a number, got 'soon'",
+    ),
+    "squeeze toy checking no heads": (lambda r: ["toy", "squeeze", "--check", "0"], "argument --check: must be >= 1"),
     "unknown export format": (lambda r: ["export", str(r / "run"), "--format", "xlsx"], "invalid choice: 'xlsx'"),
 }
 

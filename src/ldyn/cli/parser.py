@@ -14,6 +14,23 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def at_least(low: float, kind=int):
+    """An argparse type: a number of `kind` that is at least `low` (argparse names the option when it fails)."""
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+
+    return convert
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="ldyn", description="Learning dynamics of LLM finetuning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,8 +111,8 @@ def _add_winrate(sub) -> None:
     win.add_argument("a", help="checkpoint A: a run's checkpoints/<stage> directory or any model name/path")
     win.add_argument("b", help="checkpoint B")
     win.add_argument("--prompts", required=True, help="JSONL with a `prompt` field (e.g. the HH probe file)")
-    win.add_argument("--start", type=int, default=0, help="first row to use (default 0)")
-    win.add_argument("--n", type=int, default=32, help="number of prompts (default 32)")
+    win.add_argument("--start", type=at_least(0), default=0, help="first row to use (default 0)")
+    win.add_argument("--n", type=at_least(1), default=32, help="number of prompts (default 32)")
     win.add_argument(
         "--judge",
         choices=["local", "endpoint"],
@@ -104,10 +121,10 @@ def _add_winrate(sub) -> None:
         "with $LDYN_JUDGE_KEY",
     )
     win.add_argument("--judge-model", default="smollm2", help="local model, or the model name sent to the endpoint")
-    win.add_argument("--judge-time-limit", type=float, default=0.0, metavar="SECONDS",
+    win.add_argument("--judge-time-limit", type=at_least(0, float), default=0.0, metavar="SECONDS",
                      help="endpoint: stop asking after this long in all; the rest are asked on the next run (0 = no "
                      "limit)")  # fmt: skip
-    win.add_argument("--max-new-tokens", type=int, default=64, help="length of each sampled response")
+    win.add_argument("--max-new-tokens", type=at_least(1), default=64, help="length of each sampled response")
     win.add_argument("--seed", type=int, default=0, help="sampling and A/B order seed")
     win.add_argument(
         "--one-order",
@@ -127,7 +144,7 @@ def _add_probes(sub) -> None:
     )
     build.add_argument("data", help="preference pairs: a JSONL, a Hugging Face dataset, or 'embedded'")
     build.add_argument("--out", required=True, help="the probe file to write (cache and provenance go beside it)")
-    build.add_argument("--n", type=int, default=64, help="probed prompts: the first N pairs (default 64)")
+    build.add_argument("--n", type=at_least(1), default=64, help="probed prompts: the first N pairs (default 64)")
     build.add_argument("--split", default="train", help="split of a HF dataset (default train)")
     build.add_argument("--test-split", default="", help="irr_test from this split (default: the pairs after N)")
     build.add_argument(
@@ -143,7 +160,7 @@ def _add_probes(sub) -> None:
         help="the model under study, sampled for chosen_initial ('' leaves that type out)",
     )
     build.add_argument("--instructions", help="YAML: field -> prompt template, replacing the authors' defaults")
-    build.add_argument("--max-new-tokens", type=int, default=96, help="longest generated response (default 96)")
+    build.add_argument("--max-new-tokens", type=at_least(1), default=96, help="longest generated response (default 96)")
     build.add_argument("--seed", type=int, default=0, help="seeds the rule-based types and the sampling")
     check = cmd.add_parser(
         "check",
@@ -162,7 +179,9 @@ def _add_toys(sub) -> None:
         "checker of the squeezing statements on random heads",
     )
     squeeze.add_argument("--out", default="runs/toy_squeeze", help="folder for squeeze.png and squeeze.json")
-    squeeze.add_argument("--check", type=int, default=1000, metavar="N", help="random heads to check (default 1000)")
+    squeeze.add_argument(
+        "--check", type=at_least(1), default=1000, metavar="N", help="random heads to check (default 1000)"
+    )
     squeeze.add_argument("--seed", type=int, default=0, help="seed of the random heads")
     digits = toys.add_parser(
         "digits",
