@@ -144,7 +144,7 @@ def _add_probes(sub) -> None:
     )
     build.add_argument("data", help="preference pairs: a JSONL, a Hugging Face dataset, or 'embedded'")
     build.add_argument("--out", required=True, help="the probe file to write (cache and provenance go beside it)")
-    build.add_argument("--n", type=at_least(1), default=64, help="probed prompts: the first N pairs (default 64)")
+    build.add_argument("--n", type=int, default=64, help="probed prompts: the first N pairs (default 64)")
     build.add_argument("--split", default="train", help="split of a HF dataset (default train)")
     build.add_argument("--test-split", default="", help="irr_test from this split (default: the pairs after N)")
     build.add_argument(
@@ -160,7 +160,7 @@ def _add_probes(sub) -> None:
         help="the model under study, sampled for chosen_initial ('' leaves that type out)",
     )
     build.add_argument("--instructions", help="YAML: field -> prompt template, replacing the authors' defaults")
-    build.add_argument("--max-new-tokens", type=at_least(1), default=96, help="longest generated response (default 96)")
+    build.add_argument("--max-new-tokens", type=int, default=96, help="longest generated response (default 96)")
     build.add_argument("--seed", type=int, default=0, help="seeds the rule-based types and the sampling")
     check = cmd.add_parser(
         "check",
