@@ -9,6 +9,8 @@
       probe_times.jsonl seconds per probe round
       decomposition.jsonl   per decomposed update and (example, response type): observed and predicted Δ log π
       decomposition_times.jsonl   seconds per decomposition, against the update it decomposes
+      probe_set.jsonl   the probed texts, written once when the run starts: one row per (example_id, type) with its
+                        `text` (type "prompt": the prompt; a conversation as its turns' "role: content" lines)
       samples.jsonl     stages with on-policy sampling: every sampled response (step, example, role, text, reward)
       figures/          PNGs and the CSV data behind each (`ldyn plot RUN_DIR` redraws them from the files alone)
       checkpoints/      `last-<step>/` (resumable), `<stage>/` (the model at each stage's end, a HF checkpoint dir),
@@ -27,7 +29,7 @@ import fcntl
 import json
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,7 @@ CONFIG, DATA, METRICS, PROBES = "config.yaml", "data.json", "metrics.jsonl", "pr
 PROBE_TIMES = "probe_times.jsonl"
 DECOMPOSITION, DECOMPOSITION_TIMES = "decomposition.jsonl", "decomposition_times.jsonl"
 SAMPLES = "samples.jsonl"
+PROBE_SET = "probe_set.jsonl"  # the probed texts, once: one row per (example_id, type), type "prompt" for the prompt
 SUITE_LOG = "suite.jsonl"  # a suite folder's record of each run's wall time
 TRAINER_ARGS = "trainer_args.json"  # a run written by LearningDynamicsCallback: its host trainer's arguments
 ROW_FILES = (METRICS, PROBES, PROBE_TIMES, DECOMPOSITION, DECOMPOSITION_TIMES, SAMPLES)  # one row per step each
@@ -193,6 +196,7 @@ class Run:
     metrics: list[dict]
     probes: list[dict]
     decomposition: list[dict]
+    texts: dict[tuple[str, str], str] = field(default_factory=dict)  # (example_id, type) -> text; "prompt" type too
 
     @property
     def label(self) -> str:
@@ -206,7 +210,10 @@ def load_run(path: str | Path) -> Run:
     run = RunDir(path)
     if not run.exists():
         raise LdynError(f"not a run directory (no {CONFIG})", file=str(path))
-    return Run(run.path, read_config(run.path / CONFIG), run.read(METRICS), run.read(PROBES), run.read(DECOMPOSITION))
+    texts = {(str(r["example_id"]), r["type"]): r["text"] for r in run.read(PROBE_SET)}  # absent: an older run
+    return Run(
+        run.path, read_config(run.path / CONFIG), run.read(METRICS), run.read(PROBES), run.read(DECOMPOSITION), texts
+    )
 
 
 def probe_table(run: Run, key: str = "logp_sum") -> dict[str, tuple[np.ndarray, list[str], np.ndarray]]:
