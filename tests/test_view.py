@@ -218,3 +218,9 @@ def test_large_run_opens_quickly(browser, tmp_path):
     print(f"{out.stat().st_size / 1e6:.1f} MB page: open {seconds:.2f} s, switching prompt {switch * 1000:.0f} ms")
     shoot(page, tmp_path, "large")
     assert seconds < 15 and switch < 2 and errors == []
+
+
+def test_the_page_reads_the_claims_reports_verdict_words():
+    from ldyn.runs import view
+
+    assert view.NOT_MEASURABLE == NA  # runs/ sits below paper/, so it keeps the word, not the import

@@ -24,11 +24,14 @@ from matplotlib.colors import to_hex
 
 from ldyn import __version__
 from ldyn.errors import LdynError
-from ldyn.paper.verdicts import NA
 from ldyn.runs.compare import run_labels
 from ldyn.runs.directory import Run, load_run, stage_spans
 from ldyn.runs.style import color, label, ordered_types
 from ldyn.runtime.files import writable_file, write_atomically
+
+NOT_MEASURABLE = (
+    "not measurable"  # the claims report's verdict for a claim the runs cannot speak to (paper.verdicts.NA)
+)
 
 PAGE_SUFFIXES = (".html", ".htm")
 VIEW = "view.html"  # the default page, in the first run's folder
@@ -132,7 +135,8 @@ def normalise_claims(claims) -> dict | None:
     if claims is None:
         return None
     rows = [_fields(c, CLAIM_FIELDS) for c in claims]
-    return {"measured": [r for r in rows if r["verdict"] != NA], "unmeasured": [r for r in rows if r["verdict"] == NA]}
+    unmeasured = [r for r in rows if r["verdict"] == NOT_MEASURABLE]
+    return {"measured": [r for r in rows if r["verdict"] != NOT_MEASURABLE], "unmeasured": unmeasured}
 
 
 def _environment() -> jinja2.Environment:
