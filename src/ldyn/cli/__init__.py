@@ -7,7 +7,7 @@
     ldyn plot RUN_DIR [RUN_DIR ...]                              redraw a run's figures from its files
     ldyn influence RUN_DIR ... [--out FILE]                      accumulated-influence heatmap across runs
     ldyn compare RUN_DIR ... [--out FILE]                        runs' probe curves side by side
-    ldyn export RUN_DIR [--format parquet|csv] [--out FILE]      the probe records as one long table
+    ldyn export RUN_DIR [--table T] [--format F] [--out FILE]    probes, decomposition or metrics as a table
     ldyn report RUN_DIR ... [--out FILE]                         HTML page: figures and the paper's claims checked
     ldyn winrate CKPT_A CKPT_B --prompts FILE [...]              sample from two checkpoints, judge, count
     ldyn probes build DATA --out FILE [--n N] [...]              a probe set from any preference data
@@ -124,7 +124,7 @@ def _compare(args, overrides) -> list[str]:
 def _export(args, overrides) -> list[str]:
     from ldyn.runs.export import export_run
 
-    return [str(export_run(args.run_dir, args.format, args.out))]
+    return [str(export_run(args.run_dir, args.format, args.out, args.table))]
 
 
 def _report(args, overrides) -> list[str]:

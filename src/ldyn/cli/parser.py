@@ -89,12 +89,15 @@ def _add_reading(sub) -> None:
     influence = sub.add_parser("influence", help="heatmap of accumulated influence across decomposed runs")
     influence.add_argument("run_dirs", nargs="+")
     influence.add_argument("--out", default="influence.png", help="figure to write: .png, .pdf, .svg (CSV beside)")
-    export = sub.add_parser("export", help="a run's probe records as one long table (parquet or csv)")
+    export = sub.add_parser("export", help="a run's probes, decomposition or metrics as one table (parquet or csv)")
     export.add_argument("run_dir")
+    export.add_argument(
+        "--table", choices=["probes", "decomposition", "metrics"], default="probes", help="what to export (probes)"
+    )
     export.add_argument(
         "--format", choices=["parquet", "csv"], help="parquet or csv (default: what --out ends in, else parquet)"
     )
-    export.add_argument("--out", help="file to write, .parquet or .csv (default RUN_DIR/export/probes.FORMAT)")
+    export.add_argument("--out", help="file to write, .parquet or .csv (default RUN_DIR/export/TABLE.FORMAT)")
     report = sub.add_parser("report", help="an HTML page with the runs' figures and the paper's claims checked")
     report.add_argument("run_dirs", nargs="+", help="run directories, or suite folders (all their runs)")
     report.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")

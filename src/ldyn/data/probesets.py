@@ -37,6 +37,25 @@ GROUPS = {
     "random": ("random_permute", "random_nonhum"),
     "argmax": ("argmax",),
 }
+MEASURED = ("argmax", "except_argmax")  # measured along chosen under teacher forcing: no text of their own
+
+
+def probe_set_rows(examples: list[Example], types: list[str]) -> list[dict]:
+    """The probed texts, for the run directory's probe_set.jsonl: one row per (example_id, type), the prompt first
+    (type "prompt"), then each of `types` the example has; a conversation as its turns' "role: content" lines."""
+    rows = []
+    for e in examples:
+        rows.append({"example_id": e.id, "type": "prompt", "text": as_text(e.prompt)})
+        kept = [t for t in types if t in e.responses and t not in MEASURED]
+        rows += [{"example_id": e.id, "type": t, "text": as_text(e.responses[t])} for t in kept]
+    return rows
+
+
+def as_text(value: str | list[dict]) -> str:
+    """A prompt or response as one text: a text as it is, a conversation as its turns' "role: content" lines."""
+    if isinstance(value, str):
+        return value
+    return "\n".join(f"{m['role']}: {m['content']}" for m in value)
 
 
 def load_probe_set(

@@ -44,8 +44,8 @@ from ldyn.config import (
     dump_config,
 )
 from ldyn.data.formats import is_messages
-from ldyn.data.probesets import load_probe_set
-from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items, probe_across_ranks, tokenized_probe_items
+from ldyn.data.probesets import load_probe_set, probe_set_rows
+from ldyn.dynamics.probing import ProbeItem, first_prompts, probe_across_ranks, tokenized_probe_items
 from ldyn.dynamics.update import Decomposer
 from ldyn.errors import LdynError
 from ldyn.integrations import arguments
@@ -58,6 +58,7 @@ from ldyn.runs.directory import (
     DECOMPOSITION,
     DECOMPOSITION_TIMES,
     METRICS,
+    PROBE_SET,
     PROBES,
     ROW_FILES,
     TRAINER_ARGS,
@@ -149,6 +150,7 @@ class LearningDynamicsCallback(TrainerCallback):
         )
         self.run: RunDir | None = None
         self.items: list[ProbeItem] = []
+        self.texts: list[dict] = []  # the probed texts, for probe_set.jsonl
         self.done: set[int] = set()
         self.decomposer: Decomposer | None = None  # with decompose_every: set up once the probes are loaded
         self.baseline: dict[str, float] = {}
@@ -236,6 +238,7 @@ class LearningDynamicsCallback(TrainerCallback):
             examples, types = self.probe_set or load_probe_set(self.source, self.types, self.n, self.seed, n_key="n")
             self._compare_formats(trainer, examples[0])
             items, report = tokenized_probe_items(examples, types, tokenizer, self.data)
+            self.texts = probe_set_rows(examples, types)
             return items, report | {"probe_source": self.source if isinstance(self.source, str) else "<rows>"}
         if trainer is None:
             raise LdynError(
@@ -252,7 +255,9 @@ class LearningDynamicsCallback(TrainerCallback):
                 f"type '{missing[0]}' is not in the trainer's data or derived from it (there: {', '.join(have)})",
                 field="types",
             )
-        items, report = load_probe_items(rows, wanted, 0, self.seed, tokenizer, self.data, n_key="n")
+        examples, types = load_probe_set(rows, wanted, 0, self.seed, n_key="n")
+        items, report = tokenized_probe_items(examples, types, tokenizer, self.data)
+        self.texts = probe_set_rows(examples, types)  # the derived types' texts too
         return items, report | origin
 
     def _compare_formats(self, trainer, probe) -> None:
@@ -287,6 +292,8 @@ class LearningDynamicsCallback(TrainerCallback):
         self.run.lock()
         if state.global_step > 0 and self.run.exists():
             self.run.rewind(state.global_step)
+            if not (self.run.path / PROBE_SET).is_file():  # written before ldyn kept the probed texts
+                self.run.rewrite(PROBE_SET, self.texts)
         else:  # a new training into this folder replaces what an earlier one wrote there
             for name in ROW_FILES:
                 (self.run.path / name).unlink(missing_ok=True)
@@ -304,6 +311,7 @@ class LearningDynamicsCallback(TrainerCallback):
             text = dump_config(cfg, omit=HOST_OMITS)
             self.run.write_text(CONFIG, f"# ldyn {__version__} (LearningDynamicsCallback)\n" + text)
             self.run.write_json(DATA, report | {"trainer": type(args).__name__})
+            self.run.rewrite(PROBE_SET, self.texts)
             self.run.write_text(TRAINER_ARGS, json.dumps(args.to_dict(), indent=2, default=str) + "\n")
         self._args = args  # the main process's probe rounds read `disable_tqdm` from it
 

@@ -17,14 +17,15 @@ from accelerate import Accelerator
 from ldyn import __version__
 from ldyn.config import RunConfig, StageConfig, check, dump_config, read_config
 from ldyn.data.formats import load_examples
+from ldyn.data.probesets import load_probe_set, probe_set_rows
 from ldyn.data.tokenize import TokenizedRow, tokenize_examples
-from ldyn.dynamics.probing import ProbeItem, first_prompts, load_probe_items
+from ldyn.dynamics.probing import ProbeItem, first_prompts, tokenized_probe_items
 from ldyn.errors import LdynError, did_you_mean
 from ldyn.losses import LossSpec, get_loss
 from ldyn.models.adapters import AdapterOff, chain_for, has_adapter, new_adapter
 from ldyn.models.load import load_model
 from ldyn.models.pretrained import frozen_copy
-from ldyn.runs.directory import CONFIG, DATA, TRAINED, TRAINER_ARGS, RunDir
+from ldyn.runs.directory import CONFIG, DATA, PROBE_SET, TRAINED, TRAINER_ARGS, RunDir
 from ldyn.runs.trackers import Trackers, open_trackers
 from ldyn.runtime import distributed
 from ldyn.runtime.files import writable_folder
@@ -40,6 +41,7 @@ class Inputs:
     train: list[TokenizedRow]  # responses: every field the rows have (the stages' needs are checked at load)
     probes: list[ProbeItem]
     report: dict  # what was loaded, for data.json and the console
+    texts: list[dict]  # the probed texts, for probe_set.jsonl (`probe_set_rows`)
 
 
 @dataclass
@@ -65,16 +67,19 @@ def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
     keep = {"chosen", "rejected", *needs}  # other fields would change how long rows are truncated
     examples = [replace(e, responses={k: v for k, v in e.responses.items() if k in keep}) for e in examples]
     train = tokenize_examples(tokenizer, examples, data)
-    items, loaded = [], {"probe_prompts": 0, "probe_types": [], "probe_empty_skipped": 0, "probe_truncated": 0}
+    items, texts = [], []
+    loaded = {"probe_prompts": 0, "probe_types": [], "probe_empty_skipped": 0, "probe_truncated": 0}
     if pcfg.every or cfg.decompose.every:
         n, key = (pcfg.n, "probe.n") if pcfg.every else (cfg.decompose.n, "decompose.n")  # without probing: only
-        items, loaded = load_probe_items(pcfg.path, pcfg.types, n, cfg.seed, tokenizer, data, key)  # its prompts
+        probed, types = load_probe_set(pcfg.path, pcfg.types, n, cfg.seed, key)  # its prompts
+        items, loaded = tokenized_probe_items(probed, types, tokenizer, data)
+        texts = probe_set_rows(probed, types)
     report = {
         "train_pairs": len(train),
         "train_skipped_empty": skipped,
         "train_truncated": sum(r.truncated for r in train),
     } | loaded
-    return Inputs(train, items, report)
+    return Inputs(train, items, report, texts)
 
 
 def stage_examples(rows: list[TokenizedRow], spec: LossSpec, stage: StageConfig) -> list[TrainExample]:
@@ -110,6 +115,7 @@ def run(cfg: RunConfig, *, overwrite: bool = False) -> RunDir:
             frozen = f"# ldyn {__version__}: the config this run was trained under (`ldyn resume` checks config.yaml)\n"
             out.write_text(TRAINED, frozen + dump_config(cfg))
             out.write_json(DATA, inputs.report)
+            out.rewrite(PROBE_SET, inputs.texts)
         processes.wait_for_everyone()
         return _train(cfg, out, model, tokenizer, inputs, resume=None)
     finally:
@@ -190,6 +196,8 @@ def resume(run_dir: str) -> RunDir:
         out.lock()
     try:
         if processes.is_main_process:
+            if not (out.path / PROBE_SET).is_file():  # a run from before ldyn kept its probed texts
+                out.rewrite(PROBE_SET, inputs.texts)
             out.rewind(state["step"] if state else 0)  # rows after the checkpoint, and a probe round cut short by
         processes.wait_for_everyone()  # the kill, are taken again
         return _train(cfg, out, model, tokenizer, inputs, resume=state)
