@@ -224,3 +224,20 @@ def test_the_page_reads_the_claims_reports_verdict_words():
     from ldyn.runs import view
 
     assert view.NOT_MEASURABLE == NA  # runs/ sits below paper/, so it keeps the word, not the import
+
+
+def test_view_and_diagnose_commands_show_the_same_findings(tmp_path, capsys):
+    from ldyn import cli
+    from ldyn.runs.diagnose import diagnose, format_findings
+    from ldyn.runs.directory import load_run
+
+    run = synthetic_run(tmp_path / "a", slope=3.0)
+    findings = diagnose(load_run(run))
+    assert cli.main(["diagnose", str(run)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["a:", *(f"  {line}" for line in format_findings(findings))]
+    out = tmp_path / "page.html"
+    assert cli.main(["view", str(run), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert 'id="diagnosis"' in page or "Diagnosis" in page
+    assert all(f.title in page for f in findings) and ("Nothing notable" in page or findings)

@@ -8,6 +8,8 @@
     ldyn influence RUN_DIR ... [--out FILE]                      accumulated-influence heatmap across runs
     ldyn compare RUN_DIR ... [--out FILE]                        runs' probe curves side by side
     ldyn export RUN_DIR [--table T] [--format F] [--out FILE]    probes, decomposition or metrics as a table
+    ldyn diagnose RUN_DIR ...                                    the paper's phenomena the runs show, in words
+    ldyn view RUN_DIR ... [--out page.html]                      an interactive page: overview, each prompt drilled into
     ldyn report RUN_DIR ... [--out FILE]                         HTML page: figures and the paper's claims checked
     ldyn winrate CKPT_A CKPT_B --prompts FILE [...]              sample from two checkpoints, judge, count
     ldyn probes build DATA --out FILE [--n N] [...]              a probe set from any preference data
@@ -127,6 +129,21 @@ def _export(args, overrides) -> list[str]:
     return [str(export_run(args.run_dir, args.format, args.out, args.table))]
 
 
+def _diagnose(args, overrides) -> list[str]:
+    from ldyn.runs.diagnose import diagnose_paths, format_findings
+
+    lines = []
+    for label, findings in diagnose_paths(args.run_dirs).items():
+        lines += [f"{label}:", *(f"  {line}" for line in format_findings(findings))]
+    return lines
+
+
+def _view(args, overrides) -> list[str]:
+    from ldyn.paper.report import write_view_page
+
+    return [str(write_view_page(args.run_dirs, args.out))]
+
+
 def _report(args, overrides) -> list[str]:
     from ldyn.paper.report import write_report
 
@@ -214,6 +231,8 @@ COMMANDS = {
     "influence": _influence,
     "compare": _compare,
     "export": _export,
+    "diagnose": _diagnose,
+    "view": _view,
     "report": _report,
     "run": _run,
     "decompose": _decompose,

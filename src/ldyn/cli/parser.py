@@ -98,6 +98,11 @@ def _add_reading(sub) -> None:
         "--format", choices=["parquet", "csv"], help="parquet or csv (default: what --out ends in, else parquet)"
     )
     export.add_argument("--out", help="file to write, .parquet or .csv (default RUN_DIR/export/TABLE.FORMAT)")
+    diagnose = sub.add_parser("diagnose", help="which of the paper's phenomena the runs show, one finding a line")
+    diagnose.add_argument("run_dirs", nargs="+", help="run directories")
+    view = sub.add_parser("view", help="one self-contained interactive page over runs: overview, prompts, updates")
+    view.add_argument("run_dirs", nargs="+", help="run directories, or suite folders (all their runs)")
+    view.add_argument("--out", help="HTML file to write (default RUN_DIR/view.html of the first run)")
     report = sub.add_parser("report", help="an HTML page with the runs' figures and the paper's claims checked")
     report.add_argument("run_dirs", nargs="+", help="run directories, or suite folders (all their runs)")
     report.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")

@@ -159,6 +159,8 @@ def _sft_peaky(runs, toys, winrates):
     if s is None or not s.has("argmax"):
         return s, "no SFT-on-chosen stage with argmax probes", NA
     rises = {t: s.delta(t, "a_norm") for t in s.types() if s.has(t, "a_norm")}
+    if not rises:
+        return s, "no probe rows with ‖A‖_F (a_norm)", NA
     up = [t for t, v in rises.items() if v > 0]
     d = s.delta("argmax")
     return (

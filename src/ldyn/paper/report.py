@@ -316,3 +316,20 @@ def write_report(paths: list[str | Path], out: str | Path) -> Path:
         save_rows(csv_rows(peaks), beside[1])
     write_atomically(beside[0], json.dumps([vars(v) for v in verdicts], indent=1, ensure_ascii=False))
     return out
+
+
+def write_view_page(paths: list[str | Path], out: str | Path | None = None) -> Path:
+    """`ldyn view`: the interactive page (`runs/view.py`) over the runs under `paths` (run directories or suite
+    folders), with each run's diagnosis and the claims table; returns its path."""
+    from ldyn.runs.diagnose import diagnose
+    from ldyn.runs.view import write_view
+
+    c = collect(paths)
+    if not c.runs:
+        raise LdynError("no runs to view")
+    several = len(c.runs) > 1
+    findings = [
+        {**vars(f), "title": f"{run.label}: {f.title}" if several else f.title} for run in c.runs for f in diagnose(run)
+    ]
+    verdicts = check_claims(c.runs, read_toys(c.toy_dirs), c.winrates)
+    return write_view([run.path for run in c.runs], out, findings=findings, claims=verdicts)
