@@ -76,9 +76,11 @@ def test_the_callback_keeps_the_texts_of_the_trainers_data_and_the_derived_types
     probed = {(r["example_id"], r["type"]) for r in probes if r["type"] not in ("argmax", "except_argmax")}
     assert set(kept) == probed | {(e, "prompt") for e, _ in probed}
     assert {t for _, t in kept} >= {"prompt", "chosen", "rejected", "irr_train", "random_permute"}
-    rows, _ = probe_rows(trainer.train_dataset, None, 3, 0, 0)  # what the callback probes, derived types included
+    rows, _ = probe_rows(trainer.train_dataset, None, 3, 0, 0, tokenizer.eos_token)  # what the callback probes
     assert kept == {(r["id"], k): as_text(v) for r in rows for k, v in r.items() if k != "id"}
-    assert kept[("train/0", "prompt")] == "Question 0?" and kept[("train/0", "chosen")].startswith(" a good answer 0")
+    # TRL appended "<eos>" to the prepared responses; the probe ends each with the EOS token itself, so it is off
+    assert kept[("train/0", "prompt")] == "Question 0?" and kept[("train/0", "chosen")] == " a good answer 0"
+    assert trainer.train_dataset[0]["chosen"] == " a good answer 0" + tokenizer.eos_token
 
 
 def test_each_table_exports_with_its_columns_and_the_texts(decomposed):

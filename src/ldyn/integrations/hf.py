@@ -246,7 +246,8 @@ class LearningDynamicsCallback(TrainerCallback):
                 "is running this event: pass a probe set, e.g. LearningDynamicsCallback('embedded')"
             )
         held_out = arguments.held_out_of(self.held_out, trainer.eval_dataset)
-        rows, origin = probe_rows(trainer.train_dataset, trainer.eval_dataset, self.n, held_out, self.seed)
+        eos = tokenizer.eos_token  # TRL appended its text to every prepared response
+        rows, origin = probe_rows(trainer.train_dataset, trainer.eval_dataset, self.n, held_out, self.seed, eos)
         have = available_types(rows)
         wanted = have if self.types == ["auto"] else self.types
         missing = [t for t in wanted if t not in have]

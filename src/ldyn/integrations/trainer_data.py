@@ -23,6 +23,7 @@ probe itself.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from ldyn.data.embedded import shuffle_words
 from ldyn.data.formats import Example, example_from_row, is_messages, text_of
@@ -34,9 +35,11 @@ DERIVED = ("irr_train", "irr_test", "random_permute", "random_nonhum")
 POOL = 256
 
 
-def dataset_rows(dataset, name: str, limit: int) -> list[Example]:
+def dataset_rows(dataset, name: str, limit: int, eos_text: str | None = None) -> list[Example]:
     """The first `limit` rows of a trainer's dataset (a `datasets.Dataset` or a list of dicts; 0 = all) as
-    `Example`s, read as training rows are."""
+    `Example`s, read as training rows are. TRL's trainers append the EOS token's text to text responses when they
+    prepare a dataset (`chosen: " yes<eos>"`); `eos_text` is taken off again, since a probe ends every response
+    with the EOS token itself (else it would score two)."""
     if dataset is None:
         return []
     if isinstance(dataset, dict):  # several eval datasets: the first
@@ -58,9 +61,15 @@ def dataset_rows(dataset, name: str, limit: int) -> list[Example]:
     examples = []
     for i, row in enumerate(rows):
         e = example_from_row(row, name, i + 1, f"{'eval' if name == 'eval_dataset' else 'train'}/{i}")
+        if eos_text:
+            e = replace(e, responses={k: _without_suffix(v, eos_text) for k, v in e.responses.items()})
         if "chosen" in e.responses:
             examples.append(e)
     return examples
+
+
+def _without_suffix(response, suffix: str):
+    return response[: -len(suffix)] if isinstance(response, str) and response.endswith(suffix) else response
 
 
 def _pair_unpaired(rows: list[dict]) -> list[dict]:
@@ -81,11 +90,13 @@ def _shuffled(response, rng: random.Random):
     return [{"role": "assistant", "content": words}] if is_messages(response) else words
 
 
-def probe_rows(train_dataset, eval_dataset, n: int, held_out: int, seed: int) -> tuple[list[dict], dict]:
+def probe_rows(
+    train_dataset, eval_dataset, n: int, held_out: int, seed: int, eos_text: str | None = None
+) -> tuple[list[dict], dict]:
     """Rows in the paper authors' format (`prompt`, `chosen`, `rejected` where the data has it, and the derived
     types) for the first `n` training prompts and the first `held_out` eval prompts, with a report of what they
-    are for data.json."""
-    train = dataset_rows(train_dataset, "train_dataset", n + POOL if n else 0)
+    are for data.json (`eos_text`: as `dataset_rows`)."""
+    train = dataset_rows(train_dataset, "train_dataset", n + POOL if n else 0, eos_text)
     if not train:
         raise LdynError(
             "the trainer's train_dataset has no rows with a response to probe (chosen, completion or an assistant "
@@ -93,7 +104,7 @@ def probe_rows(train_dataset, eval_dataset, n: int, held_out: int, seed: int) ->
         )
     probed = train[:n] if n else train
     spare = train[len(probed) :]  # training rows not probed: irr_test's source without an eval split
-    held = dataset_rows(eval_dataset, "eval_dataset", held_out + POOL)
+    held = dataset_rows(eval_dataset, "eval_dataset", held_out + POOL, eos_text)
     unseen = held or spare
     held = held[:held_out]
     rng = random.Random(seed)
