@@ -1,5 +1,5 @@
-"""The host trainer's own log stream, which the callback's scalars and figures join instead of opening a tracker
-run of their own: `state.log_history`, the console line and the trackers of the trainer's `report_to`.
+"""The host trainer's own log stream, which the callback's scalars, figures and tables join instead of opening a
+tracker run of their own: `state.log_history`, the console line and the trackers of the trainer's `report_to`.
 
 transformers builds a trainer's callbacks as its defaults, then the integrations' (TensorBoard, W&B, trackio, ...),
 then the user's, so a user callback that adds keys to `logs` in its `on_log` is too late for every tracker; and
@@ -13,6 +13,9 @@ import math
 from pathlib import Path
 
 from ldyn.integrations.host import warn
+from ldyn.runs.trackers import markdown_table, wandb_table
+
+_WANDB_TABLES: dict[str, dict] = {}  # per W&B run id: its incremental tables by name (`trackers.wandb_table`)
 
 
 def log_to_trainer(handler, args, state, control, scalars: dict[str, float]) -> None:
@@ -68,3 +71,36 @@ def send_images(callback, images: dict[str, Path], step: int) -> None:
         import trackio
 
         trackio.log({name: trackio.Image(str(path)) for name, path in images.items()} | {"train/global_step": step})
+
+
+def send_table(callback, name: str, rows: list[list], columns: list[str], step: int) -> None:
+    """A table's rows (`trackers.probe_rows`) into the run of a trainer's tracker callback: the W&B run's
+    incremental table of that name (`trackers.wandb_table`), a `trackio.Table` in the trackio run, TensorBoard's
+    Text tab (a Markdown table); any other callback is left alone."""
+    from transformers.integrations import TensorBoardCallback, TrackioCallback, WandbCallback
+
+    if not rows:
+        return
+    if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+        callback.tb_writer.add_text(name, markdown_table(rows, columns), step)
+        callback.tb_writer.flush()
+    elif isinstance(callback, WandbCallback) and getattr(callback, "_initialized", False):
+        import wandb
+
+        if wandb.run is not None:
+            tables = _WANDB_TABLES.setdefault(wandb.run.id, {})
+            wandb.run.log({name: wandb_table(wandb, tables, name, rows, columns), "train/global_step": step})
+    elif isinstance(callback, TrackioCallback) and getattr(callback, "_initialized", False):
+        import trackio
+
+        trackio.log({name: trackio.Table(columns=columns, data=rows), "train/global_step": step})
+
+
+def tables_to_trainer(handler, name: str, rows: list[list], columns: list[str], step: int) -> None:
+    """`send_table` to every callback of a trainer's `CallbackHandler` (None: nothing); a tracker's failure is one
+    warning line."""
+    for callback in handler.callbacks if handler is not None else []:
+        try:
+            send_table(callback, name, rows, columns, step)
+        except Exception as error:  # a tracker's failure never stops the training ldyn watches
+            warn(f"ldyn's table {name} did not reach {type(callback).__name__} at step {step}: {error}")

@@ -28,7 +28,7 @@ from ldyn.data.probesets import GROUPS, SYMBOLS
 from ldyn.errors import LdynError
 from ldyn.runs.directory import FIGURES, Run, probe_table, stage_spans
 from ldyn.runs.export import load_records
-from ldyn.runs.style import color, label, mark_stages, ordered_types, plt, write_rows
+from ldyn.runs.style import color, label, mark_stages, ordered_types, plain_numbers, plt, scaled, write_rows
 from ldyn.runtime.files import writable_folder, writing
 
 WRITERS = sorted(FigureCanvasBase.get_supported_filetypes())  # the formats matplotlib writes
@@ -121,25 +121,44 @@ def plot_groups(run: Run, tables) -> plt.Figure:
     return fig
 
 
+def prompt_colors(ids: list[str]) -> dict[str, tuple]:
+    """One colour per probe prompt, the same in every panel: tab10 / tab20, a continuous map beyond 20 prompts."""
+    if len(ids) <= 20:
+        cmap = plt.get_cmap("tab10" if len(ids) <= 10 else "tab20")
+        return {e: cmap(i) for i, e in enumerate(ids)}
+    cmap = plt.get_cmap("viridis")
+    return {e: cmap(i / (len(ids) - 1)) for i, e in enumerate(ids)}
+
+
 def plot_spread(run: Run, tables) -> plt.Figure:
     types = ordered_types(tables)
     cols = 4
     rows = math.ceil(len(types) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), sharex=True, squeeze=False)
     spans = stage_spans(run)
-    for ax, t in zip(axes.flat, types):
-        steps, _, values = tables[t]
+    ids = sorted({e for t in types for e in tables[t][1]})
+    colors = prompt_colors(ids)
+    for i, (ax, t) in enumerate(zip(axes.flat, types)):
+        steps, prompts, values = tables[t]
         delta = values - values[0]
-        ax.plot(steps, delta, color=color(t), alpha=0.25, linewidth=0.7)
-        ax.plot(steps, np.nanmean(delta, axis=1), color="black", linewidth=2)
+        for j, e in enumerate(prompts):
+            ax.plot(steps, delta[:, j], color=colors[e], alpha=0.7, linewidth=0.8, label=e)
+        ax.plot(steps, np.nanmean(delta, axis=1), color="black", linewidth=2, label="mean")
         ax.axhline(0, color="0.6", linewidth=0.8)
         mark_stages(ax, spans)
         up = np.nanmean(delta[-1] > 0) * 100
         ax.set_title(f"{label(t)}: {up:.0f}% of prompts up", fontsize=9)
+        ax.set_ylabel("Δ log π since step 0 (nats)", fontsize=8)
+        if i + cols >= len(types):  # the lowest panel of its column: its x ticks are shown
+            ax.xaxis.set_tick_params(labelbottom=True)
+            ax.set_xlabel("update")
     for ax in axes.flat[len(types) :]:
         ax.axis("off")
-    fig.suptitle("per-prompt change of log π(y | x_u) since step 0 (thin: one prompt; black: mean)")
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=colors[e], linewidth=1.5) for e in ids]
+    handles.append(plt.Line2D([], [], color="black", linewidth=2))
+    fig.legend(handles, [*ids, "mean"], title="probe prompt", loc="center right", fontsize=8, title_fontsize=8)
+    fig.suptitle("per-prompt change of log π(y | x_u) since step 0 (one line per probe prompt; black: mean)")
+    fig.tight_layout(rect=(0, 0, 1 - 1.1 / (4 * cols), 1))  # the prompts' legend to the right of the panels
     return fig
 
 
@@ -148,10 +167,12 @@ def plot_peakiness(run: Run) -> plt.Figure:
     logp = probe_table(run, "logp_sum")
     spans = stage_spans(run)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for t in ordered_types(a_norm):
-        steps, _, values = a_norm[t]
-        ax1.plot(steps, np.nanmean(values - values[0], axis=1), color=color(t), label=label(t))
+    change = {t: (a_norm[t][0], np.nanmean(a_norm[t][2] - a_norm[t][2][0], axis=1)) for t in ordered_types(a_norm)}
+    factor, note = scaled(np.concatenate([c for _, c in change.values()]) if change else [])
+    for t, (steps, mean) in change.items():
+        ax1.plot(steps, mean * factor, color=color(t), label=label(t))
     ax1.set_title("peakiness: mean change of ‖A‖_F = sqrt(V − 2 + V·mean‖π‖²)")
+    ax1.set_ylabel(f"mean Δ‖A‖_F since step 0 ({note + ', ' if note else ''}dimensionless)")
     for t, style in (("argmax", "-"), ("except_argmax", ":"), ("chosen", "--")):
         if t in logp:
             steps, _, values = logp[t]
@@ -164,6 +185,7 @@ def plot_peakiness(run: Run) -> plt.Figure:
             )
     ax2.axhline(0, color="0.8", linewidth=0.8)
     ax2.set_title("along chosen: mean Δ log π of y* (argmax), y^c (except argmax), y_u⁺")
+    ax2.set_ylabel("mean Δ log π since step 0 (nats)")
     for ax in (ax1, ax2):
         mark_stages(ax, spans)
         ax.set_xlabel("update")
@@ -174,26 +196,31 @@ def plot_peakiness(run: Run) -> plt.Figure:
 
 def plot_training(run: Run) -> plt.Figure:
     panels = [
-        ("loss (log scale)", ["loss"]),
-        ("log-probs of the batch (nats)", ["logps/chosen", "logps/rejected"]),
-        ("reward margin β·h", ["rewards/margin"]),
-        ("gradient norm (before clipping)", ["grad_norm"]),
+        ("loss", ["loss"], "loss (nats)"),
+        ("log-probs of the batch", ["logps/chosen", "logps/rejected"], "log π (nats)"),
+        ("reward margin β·h", ["rewards/margin"], "β·h (nats)"),
+        ("gradient norm (before clipping)", ["grad_norm"], "‖g‖₂"),
     ]
     fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
     spans = stage_spans(run)
-    for ax, (title, keys) in zip(axes, panels):
+    for ax, (title, keys, unit) in zip(axes, panels):
         ax.set_title(title)
         logged = [k for k in keys if any(k in r for r in run.metrics)]
         if not logged:
             ax.text(0.5, 0.5, "not logged in this run", ha="center", va="center", transform=ax.transAxes)
+            ax.axis("off")  # no axes to read: the title and the note
             continue
         for key in logged:
             rows = [r for r in run.metrics if key in r]
             ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker=".", label=key)
         mark_stages(ax, spans)
-        if keys == ["loss"] and all(r["loss"] > 0 for r in run.metrics if "loss" in r):
+        losses = [r["loss"] for r in run.metrics if "loss" in r]
+        if keys == ["loss"] and min(losses) > 0 and max(losses) > 10 * min(losses):
             ax.set_yscale("log")  # SFT losses (summed nats) and DPO losses (< 1) on one axis
+            ax.set_title("loss (log scale)")
+            plain_numbers(ax.yaxis)
         ax.set_xlabel("update")
+        ax.set_ylabel(unit)
         if len(logged) > 1:
             ax.legend(fontsize=8)
     fig.tight_layout()
@@ -247,8 +274,10 @@ def plot_decomposition(run: Run, summary: list[dict]) -> plt.Figure:
         ax.set_title(
             f"{label(s['type'])}\nr = {s['corr']:.3f}, median rel. error {s['rel_error_median']:.2g}", fontsize=9
         )
-        ax.set_xlabel("observed Δ log π", fontsize=8)
-        ax.set_ylabel("predicted (A·K·G, real step)", fontsize=8)
+        ax.set_xlabel("observed Δ log π (nats)", fontsize=8)
+        ax.set_ylabel("predicted (A·K·G, real step; nats)", fontsize=8)
+        plain_numbers(ax.xaxis)
+        plain_numbers(ax.yaxis)
     ax = axes.flat[len(types)]
     if any("sgd_positive" in r for r in run.decomposition):
         _sgd_split(ax, types, summary)
@@ -267,12 +296,19 @@ def plot_decomposition(run: Run, summary: list[dict]) -> plt.Figure:
 def _sgd_split(ax, types: list[str], summary: list[dict]) -> None:
     """The SGD kernel's mean predicted Δ log π per type, from the y⁺ rows and from the y⁻ rows."""
     x = np.arange(len(types))
-    ax.bar(x - 0.2, [s["sgd_positive_mean"] for s in summary], 0.4, label="from y⁺ (positive gradient)")
-    ax.bar(x + 0.2, [s["sgd_negative_mean"] for s in summary], 0.4, label="from y⁻ (negative gradient)")
+    heights = [s["sgd_positive_mean"] for s in summary] + [s["sgd_negative_mean"] for s in summary]
+    factor, note = scaled(heights, "nats")
+    ax.bar(x - 0.2, [s["sgd_positive_mean"] * factor for s in summary], 0.4, label="from y⁺ (positive gradient)")
+    ax.bar(x + 0.2, [s["sgd_negative_mean"] * factor for s in summary], 0.4, label="from y⁻ (negative gradient)")
     ax.axhline(0, color="0.5", linewidth=0.8)
     ax.set_xticks(x, [SYMBOLS.get(t, t) for t in types], rotation=60, fontsize=7)
     ax.set_title("SGD kernel −η·A·K·G: mean predicted Δ log π by part", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_ylabel(f"mean predicted Δ log π ({note})", fontsize=8)
+    plain_numbers(ax.yaxis)
+    low, high = min(0.0, *(h * factor for h in heights)), max(0.0, *(h * factor for h in heights))
+    span = (high - low) or 1.0
+    ax.set_ylim(low - 0.05 * span, high + 0.6 * span)  # a free band above the bars for the legend
+    ax.legend(fontsize=7, loc="upper center", ncol=1, frameon=False)
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:

@@ -1,5 +1,5 @@
-"""What every figure shares: the matplotlib backend, one colour and label per response type, stage marks, and
-the CSV beside each figure."""
+"""What every figure shares: the matplotlib backend, one colour and label per response type, stage marks on a
+step axis (whole-update ticks, plain numbers), and the CSV beside each figure."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import csv
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 from ldyn.data.probesets import GROUPS, SYMBOLS  # noqa: E402
 
@@ -34,8 +36,42 @@ def ordered_types(tables) -> list[str]:
     return known + sorted(t for t in tables if t not in known and t != "except_argmax")
 
 
+def plain_numbers(axis) -> None:
+    """Tick labels as plain numbers on one axis (`ax.xaxis` or `ax.yaxis`): no offset ("+7.05e-1") and no
+    scientific factor ("1e-7") printed beside the axis. A log axis gets "0.1, 1, 10" and unlabelled minor ticks.
+    Call it after `set_*scale`, which resets the formatters."""
+    if axis.get_scale() == "log":
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
+        return
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    axis.set_major_formatter(formatter)
+
+
+def step_axis(ax) -> None:
+    """An axes whose x is the update: whole-update ticks only, and plain numbers on both axes."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    plain_numbers(ax.xaxis)
+    plain_numbers(ax.yaxis)
+
+
+def scaled(values, unit: str = "") -> tuple[float, str]:
+    """A factor that brings tiny or huge `values` to plain tick numbers, and the axis label's note of it: (1e7,
+    "×10⁻⁷") for changes of order 1e-7, (1, unit) when they read plainly already (largest |value| in [1e-3, 1e4))."""
+    finite = np.abs(np.asarray(values, dtype=float))
+    finite = finite[np.isfinite(finite) & (finite > 0)]
+    if not finite.size or 1e-3 <= finite.max() < 1e4:
+        return 1.0, unit
+    power = int(np.floor(np.log10(finite.max())))
+    digits = str(power).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    return 10.0**-power, f"×10{digits}" + (f" {unit}" if unit else "")
+
+
 def mark_stages(ax, spans) -> None:
-    """A dashed line where each stage ends and the next begins, and each stage's name above its span."""
+    """A dashed line where each stage ends and the next begins, and each stage's name above its span; the axes is
+    made a step axis (`step_axis`)."""
+    step_axis(ax)
     for i, (start, end, name) in enumerate(spans):
         if i < len(spans) - 1:
             ax.axvline(end, color="0.5", linestyle="--", linewidth=1)

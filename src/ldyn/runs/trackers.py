@@ -1,7 +1,8 @@
 """Experiment trackers: TensorBoard, Weights & Biases and trackio, local and offline by default.
 
 `open_trackers(["tensorboard"], run_dir, name, config)` returns one object with `log(scalars, step)`,
-`image(name, path, step)` and `close()` that writes to every tracker asked for ("none" asks for none):
+`image(name, path, step)`, `table(name, rows, columns, step)` and `close()` that writes to every tracker asked
+for ("none" asks for none):
 
 - tensorboard: event files under `<run_dir>/tensorboard` (`tensorboard --logdir runs/`);
 - wandb: offline unless $WANDB_MODE says otherwise (files under `<run_dir>/wandb`; `wandb sync` uploads them); a
@@ -10,7 +11,10 @@
 
 What ldyn logs (`probe_scalars`): per response type the mean change of log π since step 0 (`probe/dlogp/<type>`),
 the argmax response's (`probe/dlogp/argmax`), ‖A‖_F (`probe/a_norm/<type>`), and the trainer's metrics
-(`train/<name>`); the run's figures as images at the end.
+(`train/<name>`); the run's figures as images at the end; and after each probe round a table `probe/responses`
+(`probe_rows`: step, prompt id and text, response type and text, log π and its change since the first round) --
+W&B: one table that grows by each round's rows (`log_mode="INCREMENTAL"`, else a new table each round); trackio:
+a `trackio.Table` per round; TensorBoard: the round as a Markdown table in its Text tab.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ import numpy as np
 from ldyn.errors import LdynError
 
 TRACKERS = ("none", "tensorboard", "wandb", "trackio")
+PROBE_TABLE = "probe/responses"  # the table of every probed response, one round of rows per probe step
+TABLE_COLUMNS = ["step", "example_id", "prompt", "type", "response", "logp", "dlogp"]
+TEXT_CELL = 400  # characters of a text a TensorBoard Markdown cell keeps
 
 
 class _TensorBoard:
@@ -43,6 +50,10 @@ class _TensorBoard:
         self.writer.add_image(name, pixels, step, dataformats="HWC")
         self.writer.flush()
 
+    def table(self, name: str, rows: list[list], columns: list[str], step: int) -> None:
+        self.writer.add_text(name, markdown_table(rows, columns), step)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -51,7 +62,7 @@ class _Wandb:
     def __init__(self, run_dir: Path, name: str, config: dict):
         import wandb
 
-        self.wandb, self.own = wandb, wandb.run is None
+        self.wandb, self.own, self.tables = wandb, wandb.run is None, {}
         if self.own:
             mode = os.environ.get("WANDB_MODE", "offline")
             wandb.init(project="ldyn", name=name, config=config, dir=str(run_dir), mode=mode)
@@ -61,6 +72,9 @@ class _Wandb:
 
     def image(self, name: str, path: Path, step: int) -> None:
         self.wandb.log({name: self.wandb.Image(str(path)), "ldyn/step": step})
+
+    def table(self, name: str, rows: list[list], columns: list[str], step: int) -> None:
+        self.wandb.log({name: wandb_table(self.wandb, self.tables, name, rows, columns), "ldyn/step": step})
 
     def close(self) -> None:
         if self.own:
@@ -79,6 +93,9 @@ class _Trackio:
 
     def image(self, name: str, path: Path, step: int) -> None:
         self.trackio.log({name: self.trackio.Image(str(path))}, step=step)
+
+    def table(self, name: str, rows: list[list], columns: list[str], step: int) -> None:
+        self.trackio.log({name: self.trackio.Table(columns=columns, data=rows)}, step=step)
 
     def close(self) -> None:
         self.trackio.finish()
@@ -101,6 +118,12 @@ class Trackers:
     def image(self, name: str, path: Path, step: int) -> None:
         for tracker in self.trackers:
             tracker.image(name, path, step)
+
+    def table(self, name: str, rows: list[list], columns: list[str], step: int) -> None:
+        """Rows (one list per row, in `columns`' order) of a table at `step`; no rows, nothing logged."""
+        if rows:
+            for tracker in self.trackers:
+                tracker.table(name, rows, columns, step)
 
     def close(self) -> None:
         for tracker in self.trackers:
@@ -150,3 +173,62 @@ def baseline_of(rows: list[dict]) -> dict[str, float]:
 def train_scalars(metrics: dict) -> dict[str, float]:
     """The numeric training metrics of one update, as `train/<name>`."""
     return {f"train/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+
+
+def texts_of(rows: list[dict]) -> dict[tuple[str, str], str]:
+    """probe_set.jsonl's rows (`runs.directory.PROBE_SET`) as {(example_id, type): text}; type "prompt": the prompt."""
+    return {(r["example_id"], r["type"]): r["text"] for r in rows if "text" in r}
+
+
+def first_logps(rows: list[dict]) -> dict[tuple[str, str], float]:
+    """Each (example_id, type)'s log π in the run's first probe round, out of its probe rows: where a resumed run
+    measures `probe_rows`' changes from."""
+    first = min((r["step"] for r in rows), default=0)
+    return {(r["example_id"], r["type"]): _logp(r) for r in rows if r["step"] == first}
+
+
+def probe_rows(
+    records: list[dict], step: int, texts: dict[tuple[str, str], str], first: dict[tuple[str, str], float]
+) -> list[list]:
+    """One probe round as `TABLE_COLUMNS` rows: the prompt's and response's texts from `texts` (`texts_of`; the
+    prompt's id and "" where the run has none, e.g. the argmax, measured along chosen), log π and its change since
+    `first` (each (prompt, type)'s first value, filled from the first round it sees)."""
+    rows = []
+    for r in records:
+        key = (r["example_id"], r["type"])
+        logp = _logp(r)
+        start = first.setdefault(key, logp)
+        prompt = texts.get((r["example_id"], "prompt"), r["example_id"])
+        rows.append([step, r["example_id"], prompt, r["type"], texts.get(key, ""), logp, logp - start])
+    return rows
+
+
+def _logp(record: dict) -> float:
+    return float("nan") if record["logp_sum"] is None else float(record["logp_sum"])  # null: not finite
+
+
+def wandb_table(wandb, tables: dict, name: str, rows: list[list], columns: list[str]):
+    """The W&B table to log for `rows`: one per name in `tables` that each log extends by the new rows only
+    (`log_mode="INCREMENTAL"`), or, where the installed wandb has no such mode, a new table of these rows."""
+    table = tables.get(name)
+    if table is None or list(table.columns) != list(columns):
+        try:
+            table = tables[name] = wandb.Table(columns=columns, log_mode="INCREMENTAL")
+        except TypeError:  # wandb before incremental tables
+            return wandb.Table(columns=columns, data=rows)
+    for row in rows:
+        table.add_data(*row)
+    return table
+
+
+def markdown_table(rows: list[list], columns: list[str]) -> str:
+    """Rows as a Markdown table (TensorBoard's Text tab): texts on one line, cut at `TEXT_CELL` characters."""
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        text = str(value).replace("|", "\\|").replace("\n", "<br>")
+        return text if len(text) <= TEXT_CELL else text[: TEXT_CELL - 1] + "…"
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])

@@ -16,8 +16,18 @@ import torch
 from ldyn.dynamics.probing import ProbeItem, probe_across_ranks
 from ldyn.dynamics.update import Decomposer
 from ldyn.models.adapters import write_chain
-from ldyn.runs.directory import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBES, STATE, RunDir
-from ldyn.runs.trackers import Trackers, baseline_of, probe_scalars, train_scalars
+from ldyn.runs.directory import DECOMPOSITION, DECOMPOSITION_TIMES, METRICS, PROBE_SET, PROBES, STATE, RunDir
+from ldyn.runs.trackers import (
+    PROBE_TABLE,
+    TABLE_COLUMNS,
+    Trackers,
+    baseline_of,
+    first_logps,
+    probe_rows,
+    probe_scalars,
+    texts_of,
+    train_scalars,
+)
 from ldyn.runtime.distributed import gather_to_main
 from ldyn.runtime.files import write_atomically
 from ldyn.train.trainer import StepState
@@ -48,7 +58,8 @@ class MetricsLogger:
 
 class ProbeCallback:
     """Probe at step 0, every `every` updates and at the end of each stage; rows go to probes.jsonl. Under several
-    processes each probes its share of the prompts and rank 0 writes them all (`probe_across_ranks`)."""
+    processes each probes its share of the prompts and rank 0 writes them all (`probe_across_ranks`). The trackers
+    get each round's scalars and its rows of the `probe/responses` table (texts from probe_set.jsonl)."""
 
     def __init__(
         self,
@@ -63,6 +74,8 @@ class ProbeCallback:
         self.run, self.items, self.pad_id = run, items, pad_id
         self.every, self.batch_tokens, self.done = every, batch_tokens, set(done)
         self.trackers, self.baseline = trackers or Trackers([]), {}
+        self.first: dict = {}  # each (prompt, type)'s first log π, for the table's Δ log π
+        self.texts: dict | None = None  # probe_set.jsonl's texts, read at the first round a tracker takes
 
     def on_train_start(self, state: StepState) -> None:
         if state.step == 0:
@@ -85,6 +98,16 @@ class ProbeCallback:
         if not self.baseline and state.step > 0:  # resumed: changes are measured from the step-0 round
             self.baseline = baseline_of(self.run.read(PROBES))
         self.trackers.log(probe_scalars(records, self.baseline), state.step)
+        if self.trackers.trackers:
+            self.log_table(state.step, records)
+
+    def log_table(self, step: int, records: list[dict]) -> None:
+        """This round's rows of the trackers' `probe/responses` table."""
+        if self.texts is None:
+            self.texts = texts_of(self.run.read(PROBE_SET))
+        if not self.first and step > 0:  # resumed: changes are measured from the first round
+            self.first = first_logps(self.run.read(PROBES))
+        self.trackers.table(PROBE_TABLE, probe_rows(records, step, self.texts, self.first), TABLE_COLUMNS, step)
 
 
 class DecompositionCallback:
