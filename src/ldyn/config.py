@@ -70,6 +70,7 @@ class ProbeConfig:
     types: list[str] = field(default_factory=lambda: ["auto"])  # fields to probe; auto = every paper type the file has
     every: int = 5  # probe at step 0, every k updates and at the end of each stage (0 = never)
     batch_tokens: int = 4096  # padded tokens per probe forward pass
+    alerts: bool = False  # send each new or changed finding of `ldyn diagnose` to the trackers as an alert
 
 
 @dataclass

@@ -51,7 +51,7 @@ from ldyn.errors import LdynError
 from ldyn.integrations import arguments
 from ldyn.integrations.host import describe_run, find_trainer, stage_name, warn
 from ldyn.integrations.trainer_data import available_types, dataset_rows, probe_rows
-from ldyn.integrations.trainer_log import decomposition_scalars, log_to_trainer, send_images
+from ldyn.integrations.trainer_log import RoundReport, decomposition_scalars, log_to_trainer, send_images
 from ldyn.runs.directory import (
     CONFIG,
     DATA,
@@ -123,6 +123,7 @@ class LearningDynamicsCallback(TrainerCallback):
         decompose_method: str = "jvp",
         seed: int = 0,
         figures: bool = True,
+        alerts: bool = False,
         **renamed,
     ):
         for old, new in RENAMED.items():
@@ -133,7 +134,7 @@ class LearningDynamicsCallback(TrainerCallback):
         counts = dict(every=every, n=n, held_out=held_out, batch_tokens=batch_tokens, seed=seed)
         counts |= dict(max_length=max_length, max_prompt_length=max_prompt_length)
         c = arguments.check_counts(counts | dict(decompose_every=decompose_every, decompose_n=decompose_n))
-        arguments.check_flags({"decompose_predict": decompose_predict, "figures": figures})
+        arguments.check_flags({"decompose_predict": decompose_predict, "figures": figures, "alerts": alerts})
         arguments.check_choices(truncation_mode, template, decompose_method)
         arguments.check_output_dir(output_dir)
         arguments.check_held_out(held_out, probes)
@@ -142,7 +143,7 @@ class LearningDynamicsCallback(TrainerCallback):
         decompose_every, decompose_n = c["decompose_every"], c["decompose_n"]
         self.source, self.probe_set = arguments.check_source(probes, self.types, n, seed)  # probe_set: read already
         self.every, self.n, self.held_out, self.output_dir = every, n, held_out, output_dir
-        self.batch_tokens, self.seed, self.figures = batch_tokens, seed, figures
+        self.batch_tokens, self.seed, self.figures, self.alerts = batch_tokens, seed, figures, alerts
         self.lengths = (c["max_length"], c["max_prompt_length"])  # None: the trainer's (`arguments.settle_lengths`)
         self.data = DataConfig(train="host trainer", truncation_mode=truncation_mode, template=template)
         self.decompose = DecomposeConfig(
@@ -338,6 +339,9 @@ class LearningDynamicsCallback(TrainerCallback):
             self.baseline = baseline_of(self.run.read(PROBES))
         scalars = probe_scalars(records, self.baseline)  # probe/dlogp/<type>, probe/a_norm/<type>
         self._queue({"ldyn/" + k.removeprefix("probe/"): v for k, v in scalars.items()})
+        if self._report is None:
+            self._report = RoundReport(self.run, self.texts, self.alerts)
+        self._report.after_round(self._host_callbacks(), records, step)  # its table, the diagnosis, alerts
 
     # ------------------------------------------------------------ the trainer's own log stream
 
@@ -345,6 +349,7 @@ class LearningDynamicsCallback(TrainerCallback):
     _pending: dict | None = None  # scalars waiting for `_emit`
     _emitting = False  # `_emit` is handing them to the callbacks, ours included
     _plotted = -1  # how many probe rounds the figures last drew
+    _report: RoundReport | None = None  # after each round: the trackers' table and the diagnosis (main process)
 
     def _queue(self, scalars: dict[str, float]) -> None:
         self._pending = (self._pending or {}) | scalars

@@ -13,7 +13,10 @@ import math
 from pathlib import Path
 
 from ldyn.integrations.host import warn
-from ldyn.runs.trackers import markdown_table, wandb_table
+from ldyn.runs.directory import PROBES
+from ldyn.runs.trackers import PROBE_TABLE, TABLE_COLUMNS, first_logps, markdown_table, texts_of, wandb_table
+from ldyn.runs.trackers import probe_rows as table_rows
+from ldyn.runs.watch import Watch, alert_text
 
 _WANDB_TABLES: dict[str, dict] = {}  # per W&B run id: its incremental tables by name (`trackers.wandb_table`)
 
@@ -104,3 +107,39 @@ def tables_to_trainer(handler, name: str, rows: list[list], columns: list[str], 
             send_table(callback, name, rows, columns, step)
         except Exception as error:  # a tracker's failure never stops the training ldyn watches
             warn(f"ldyn's table {name} did not reach {type(callback).__name__} at step {step}: {error}")
+
+
+def send_alert(callback, title: str, text: str) -> None:
+    """An alert in the run of a trainer's tracker callback that takes alerts: the W&B run, the trackio run."""
+    from transformers.integrations import TrackioCallback, WandbCallback
+
+    if isinstance(callback, WandbCallback) and getattr(callback, "_initialized", False):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.run.alert(title=title, text=text)
+    elif isinstance(callback, TrackioCallback) and getattr(callback, "_initialized", False):
+        import trackio
+
+        trackio.alert(title=title, text=text)
+
+
+class RoundReport:
+    """What the callback sends on after each probe round: its rows of the `probe/responses` table to the trainer's
+    trackers, and the diagnosis's new or changed findings (`runs/watch.py`), printed, and as alerts with `alerts`."""
+
+    def __init__(self, run, texts: list[dict], alerts: bool):
+        self.run, self.texts, self.alerts = run, texts_of(texts), alerts
+        self.watch, self.first = Watch(run.path), {}
+
+    def after_round(self, handler, records: list[dict], step: int) -> None:
+        if not self.first and step > 0:  # resumed: Δ log π from the first round
+            self.first = first_logps(self.run.read(PROBES))
+        rows = table_rows(records, step, self.texts, self.first)
+        tables_to_trainer(handler, PROBE_TABLE, rows, TABLE_COLUMNS, step)
+        for finding in self.watch.after_round(step):
+            for callback in handler.callbacks if self.alerts and handler is not None else []:
+                try:
+                    send_alert(callback, finding.title, alert_text(finding))
+                except Exception as error:  # an alert is a courtesy: it never stops the training
+                    warn(f"ldyn's alert did not reach {type(callback).__name__} at step {step}: {error}")

@@ -25,6 +25,7 @@ MAY_CHANGE = (
     "report_to",  # where the curves are sent
     "probe.every",  # how often the same probes are measured
     "probe.batch_tokens",  # how many are measured per forward pass
+    "probe.alerts",  # whether the findings are also sent as alerts
     "decompose.every",  # how often the same decomposition is taken
     "decompose.batch_tokens",
     "judge.timeout",  # how an endpoint is asked, not what it is asked

@@ -20,6 +20,7 @@ a `trackio.Table` per round; TensorBoard: the round as a Markdown table in its T
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,10 @@ class _TensorBoard:
         self.writer.add_text(name, markdown_table(rows, columns), step)
         self.writer.flush()
 
+    def alert(self, title: str, text: str) -> None:  # TensorBoard has no alerts: a text beside the curves
+        self.writer.add_text("ldyn/alerts", f"**{title}**: {text}")
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -76,6 +81,9 @@ class _Wandb:
     def table(self, name: str, rows: list[list], columns: list[str], step: int) -> None:
         self.wandb.log({name: wandb_table(self.wandb, self.tables, name, rows, columns), "ldyn/step": step})
 
+    def alert(self, title: str, text: str) -> None:
+        self.wandb.alert(title=title, text=text)
+
     def close(self) -> None:
         if self.own:
             self.wandb.finish()
@@ -96,6 +104,9 @@ class _Trackio:
 
     def table(self, name: str, rows: list[list], columns: list[str], step: int) -> None:
         self.trackio.log({name: self.trackio.Table(columns=columns, data=rows)}, step=step)
+
+    def alert(self, title: str, text: str) -> None:
+        self.trackio.alert(title=title, text=text)
 
     def close(self) -> None:
         self.trackio.finish()
@@ -124,6 +135,14 @@ class Trackers:
         if rows:
             for tracker in self.trackers:
                 tracker.table(name, rows, columns, step)
+
+    def alert(self, title: str, text: str) -> None:
+        """An alert (trackio, W&B; TensorBoard: a text); one that a tracker refuses (W&B offline) is a warning."""
+        for tracker in self.trackers:
+            try:
+                tracker.alert(title, text)
+            except Exception as e:  # an alert is a courtesy: it never stops training
+                print(f"ldyn: warning: {type(tracker).__name__.strip('_')} took no alert ({e})", file=sys.stderr)
 
     def close(self) -> None:
         for tracker in self.trackers:

@@ -28,6 +28,7 @@ from ldyn.runs.trackers import (
     texts_of,
     train_scalars,
 )
+from ldyn.runs.watch import Watch, alert_text
 from ldyn.runtime.distributed import gather_to_main
 from ldyn.runtime.files import write_atomically
 from ldyn.train.trainer import StepState
@@ -59,7 +60,8 @@ class MetricsLogger:
 class ProbeCallback:
     """Probe at step 0, every `every` updates and at the end of each stage; rows go to probes.jsonl. Under several
     processes each probes its share of the prompts and rank 0 writes them all (`probe_across_ranks`). The trackers
-    get each round's scalars and its rows of the `probe/responses` table (texts from probe_set.jsonl)."""
+    get each round's scalars and its rows of the `probe/responses` table (texts from probe_set.jsonl); the
+    diagnosis's new or changed findings are printed after each round and, with `alerts`, sent as alerts."""
 
     def __init__(
         self,
@@ -70,12 +72,14 @@ class ProbeCallback:
         batch_tokens: int,
         done: set[int] = frozenset(),
         trackers: Trackers | None = None,
+        alerts: bool = False,
     ):
         self.run, self.items, self.pad_id = run, items, pad_id
         self.every, self.batch_tokens, self.done = every, batch_tokens, set(done)
         self.trackers, self.baseline = trackers or Trackers([]), {}
         self.first: dict = {}  # each (prompt, type)'s first log π, for the table's Δ log π
         self.texts: dict | None = None  # probe_set.jsonl's texts, read at the first round a tracker takes
+        self.watch, self.alerts = Watch(run.path), alerts  # the diagnosis after each round (`runs/watch.py`)
 
     def on_train_start(self, state: StepState) -> None:
         if state.step == 0:
@@ -100,6 +104,9 @@ class ProbeCallback:
         self.trackers.log(probe_scalars(records, self.baseline), state.step)
         if self.trackers.trackers:
             self.log_table(state.step, records)
+        for finding in self.watch.after_round(state.step):  # printed; sent on when asked
+            if self.alerts:
+                self.trackers.alert(finding.title, alert_text(finding))
 
     def log_table(self, step: int, records: list[dict]) -> None:
         """This round's rows of the trackers' `probe/responses` table."""

@@ -264,7 +264,9 @@ def _callbacks(cfg: RunConfig, out: RunDir, tokenizer, inputs: Inputs, trackers:
     chain = (lambda stage_index: chain_for(cfg.model, cfg.seed, names[:stage_index])) if cfg.model.peft.r else None
     callbacks = [
         MetricsLogger(out, trackers),
-        ProbeCallback(out, inputs.probes, pad, cfg.probe.every, cfg.probe.batch_tokens, done, trackers),
+        ProbeCallback(
+            out, inputs.probes, pad, cfg.probe.every, cfg.probe.batch_tokens, done, trackers, cfg.probe.alerts
+        ),
         Checkpointer(out, tokenizer, cfg.checkpoint_every, chain),
     ]
     if cfg.decompose.every:
