@@ -188,6 +188,33 @@ def test_peakiness_reads_what_the_rows_have():
         assert dg.diagnose(run_of({"chosen": curves(most=path(-100, 0, 0))}, loss="sft", extra=alone)) == []
 
 
+# ---------------------------------------------------------------- over-optimisation (Shi et al.'s top-k signs)
+
+
+def top_k(entropy=(1.2, 1.1, 0.9), mass=(0.9, 0.87, 0.83), n_off: int = 1) -> Run:
+    extra = {
+        ("chosen", "topk_entropy"): curves(most=list(entropy), rest=[1.2, 1.3, 1.4], n_rest=n_off),
+        ("chosen", "topk_mass"): curves(most=list(mass), rest=[0.9, 0.9, 0.9], n_rest=n_off),
+    }
+    return run_of({"chosen": curves(most=path(-100, 0, 0))}, extra=extra)
+
+
+def test_over_optimisation_fires_on_both_top_k_signs():
+    (f,) = dg.diagnose(top_k())
+    assert f.key == "over_optimisation"
+    assert f.text == (
+        "DPO stage 'dpo': along chosen the top-10 entropy fell 0.24 nat/token and the top-10 mass fell 0.90 → 0.84; "
+        "7 of 8 prompts (88%)"
+    )
+
+
+def test_over_optimisation_needs_both_signs_past_their_thresholds():
+    assert dg.diagnose(top_k(entropy=(1.2, 1.15, 1.1))) == []  # entropy falls (7 × 0.1 − 0.2) / 8 = 0.0625 in the mean
+    assert dg.diagnose(top_k(mass=(0.9, 0.88, 0.85))) == []  # mass falls 7 × 0.05 / 8 = 0.044 in the mean
+    assert dg.diagnose(top_k(n_off=4)) == []  # half the prompts: not a majority
+    assert dg.diagnose(top_k(mass=(0.9, 0.95, 0.99))) == []  # a rising top-k mass is peakiness, not this
+
+
 # ---------------------------------------------------------------- nothing notable, missing types, the API
 
 

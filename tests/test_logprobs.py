@@ -1,10 +1,13 @@
 """The one log-prob function against a plain per-token loop, in float64."""
 
+import math
+
+import pytest
 import torch
 
 from ldyn.data.tokenize import IGNORE, collate
 from ldyn.logprobs.padded import response_logits, sequence_logps
-from ldyn.logprobs.tokens import token_statistics
+from ldyn.logprobs.tokens import STAT_NAMES, TOP_K, token_statistics
 
 
 def loop_logps(model, prompt, response):
@@ -53,7 +56,7 @@ def test_token_statistics_match_a_loop(tiny64, tokenizer):
     logits, labels = response_logits(tiny64, batch)
     stats = token_statistics(logits, labels)
     for i in range(len(SEQS)):
-        want = dict.fromkeys(("logp", "argmax_logp", "except_argmax_logp", "sq_norm", "pe", "entropy"), 0.0)
+        want = dict.fromkeys(STAT_NAMES, 0.0)
         for t in range(labels.shape[1]):
             y = labels[i, t].item()
             if y == IGNORE:
@@ -67,6 +70,9 @@ def test_token_statistics_match_a_loop(tiny64, tokenizer):
             want["sq_norm"] += (p @ p).item()
             want["pe"] += (p - e).norm().item()
             want["entropy"] += -(p * p.log()).sum().item()
+            top = p.sort(descending=True).values[:TOP_K]
+            want["topk_mass"] += top.sum().item()
+            want["topk_entropy"] += -(top / top.sum() * (top / top.sum()).log()).sum().item()
         for key, value in want.items():
             assert abs(stats[key][i].item() - value) < 1e-10, key
     assert stats["n_tokens"].tolist() == [len(r) for _, r in SEQS]
@@ -76,6 +82,17 @@ def test_except_argmax_is_stable_when_the_model_is_certain():
     logits = torch.tensor([[[0.0, 60.0, 0.0]]])  # max π = 1 - 2e^-60: 1 - max π underflows in float32
     stats = token_statistics(logits, torch.tensor([[1]]))
     assert abs(stats["except_argmax_logp"].item() - (torch.log(torch.tensor(2.0)).item() - 60)) < 1e-4
+
+
+def test_top_k_statistics_by_hand():
+    """Uniform over 2k tokens: the top k hold half the mass and are uniform (entropy log k); a vocabulary smaller
+    than k keeps all of it."""
+    stats = token_statistics(torch.zeros(1, 1, 2 * TOP_K), torch.tensor([[0]]))
+    assert stats["topk_mass"].item() == pytest.approx(0.5)
+    assert stats["topk_entropy"].item() == pytest.approx(math.log(TOP_K))
+    stats = token_statistics(torch.tensor([[[0.0, math.log(3.0)]]]), torch.tensor([[0]]))  # π = (1/4, 3/4)
+    assert stats["topk_mass"].item() == pytest.approx(1.0)
+    assert stats["topk_entropy"].item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
 
 
 def test_a_norm_identity():

@@ -12,7 +12,7 @@ ROWS = [
     TokenizedRow("b", [3], {"chosen": [7, 7, 7, 7], "rejected": [8], "irr": [9, 9]}, False),
     TokenizedRow("c", [1, 2, 3, 4, 5, 6, 7], {"chosen": [2], "rejected": [3, 4, 5], "irr": [6]}, False),
 ]
-KEYS = ("logp_sum", "logp_mean", "n_tokens", "a_norm", "pe", "entropy")
+KEYS = ("logp_sum", "logp_mean", "n_tokens", "a_norm", "pe", "entropy", "topk_mass", "topk_entropy")
 
 
 def by_key(records):

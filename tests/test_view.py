@@ -241,3 +241,17 @@ def test_view_and_diagnose_commands_show_the_same_findings(tmp_path, capsys):
     page = out.read_text()
     assert 'id="diagnosis"' in page or "Diagnosis" in page
     assert all(f.title in page for f in findings) and ("Nothing notable" in page or findings)
+
+
+def test_two_runs_of_one_recipe_are_told_apart_in_the_diagnosis(tmp_path):
+    """Runs whose configs share a name (two runs of one recipe): each finding is labelled by its folder."""
+    from ldyn.paper.report import write_view_page
+    from ldyn.runs.diagnose import diagnose
+    from ldyn.runs.directory import load_run
+
+    runs = [synthetic_run(tmp_path / f, name="smollm2_sft_dpo", slope=3.0) for f in ("lr1e-6", "lr5e-6")]
+    assert diagnose(load_run(runs[0]))  # the synthetic curves give findings to label
+    page = write_view_page(runs, out=tmp_path / "v.html").read_text()
+    for folder in ("lr1e-6", "lr5e-6"):
+        assert f"{folder}: " in page
+    assert "smollm2_sft_dpo: " not in page

@@ -151,6 +151,8 @@ def records_for(items: list[ProbeItem], stats: dict[str, torch.Tensor], vocab: i
                 "a_norm": math.sqrt(vocab - 2 + vocab * mean["sq_norm"]),
                 "pe": mean["pe"],
                 "entropy": mean["entropy"],
+                "topk_mass": mean["topk_mass"],
+                "topk_entropy": mean["topk_entropy"],
             }
         )
         if item.type == ARGMAX_ALONG:

@@ -112,7 +112,8 @@ def rows_logps(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, 
     return SeqLogps(total, total / n.clamp(min=1), n, logits, rows)
 
 
-STAT_NAMES = ("logp", "argmax_logp", "except_argmax_logp", "sq_norm", "pe", "entropy")
+STAT_NAMES = ("logp", "argmax_logp", "except_argmax_logp", "sq_norm", "pe", "entropy", "topk_mass", "topk_entropy")
+TOP_K = 10  # the k of the top-k statistics: the candidates a sampler keeps at the common top_k=10
 
 
 def token_statistics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -125,6 +126,8 @@ def token_statistics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, to
       sq_norm            ‖π_t‖²                            (‖A_t‖_F² = V - 2 + V ‖π_t‖²)
       pe                 ‖π_t - e_{y_t}‖₂                   (the size of the SFT residual G)
       entropy            H(π_t)
+      topk_mass          Σ of the TOP_K largest π_t(v)     (Shi et al. 2024, arXiv 2410.11677: top-k probability mass)
+      topk_entropy       H of π_t restricted to its TOP_K largest entries and renormalised (their top-k entropy)
     All come from one pass over e = exp(z - max z) with the argmax entry set aside: with r = Σ_{v≠argmax} e_v,
     log max π = -log(1 + r) and log(1 - max π) = log r - log(1 + r), so nothing cancels catastrophically.
     Returns a dict of (B,) sums plus "n_tokens"; divide by n_tokens for per-token means.
@@ -154,8 +157,18 @@ def token_statistics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, to
             "sq_norm": sq,
             "pe": (sq - 2 * p_y + 1).clamp(min=0).sqrt(),
             "entropy": log_total - torch.linalg.vecdot(e, shifted) / (1 + r),  # H = lse - Σ π z
+            **top_k_statistics(shifted, log_total),
         }
         for k, v in stats.items():
             out[k].index_add_(0, s, v)
     out["n_tokens"] = mask.sum(1)
     return out
+
+
+def top_k_statistics(shifted: torch.Tensor, log_total: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per row of `shifted` = z - max z (N, V), with log_total = log Σ_v e^{shifted_v}: the mass of the TOP_K
+    largest probabilities and the entropy of the distribution renormalised over them."""
+    top = shifted.topk(min(TOP_K, shifted.shape[-1]), dim=-1).values  # (N, k), the largest first
+    log_top = torch.logsumexp(top, -1)  # log Σ_top e^{z - max z}
+    q = (top - log_top[:, None]).exp()  # π over the top-k, renormalised
+    return {"topk_mass": (log_top - log_total).exp(), "topk_entropy": log_top - (q * top).sum(-1)}

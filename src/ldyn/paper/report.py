@@ -329,7 +329,9 @@ def write_view_page(paths: list[str | Path], out: str | Path | None = None) -> P
         raise LdynError("no runs to view")
     several = len(c.runs) > 1
     findings = [
-        {**vars(f), "title": f"{run.label}: {f.title}" if several else f.title} for run in c.runs for f in diagnose(run)
+        {**vars(f), "title": f"{name}: {f.title}" if several else f.title}
+        for run, name in zip(c.runs, run_labels(c.runs))
+        for f in diagnose(run)
     ]
     verdicts = check_claims(c.runs, read_toys(c.toy_dirs), c.winrates)
     return write_view([run.path for run in c.runs], out, findings=findings, claims=verdicts)

@@ -13,7 +13,8 @@ Its thresholds are the module constants below, chosen from what a change means, 
     MIN_ENTROPY 0.1 nat  the per-token entropy falls by a tenth of a nat (e^{0.1 L} fewer typical continuations of
                          an L-token response)
 
-The rules: `squeezing`, `displacement`, `hallucination`, `peakiness`; `diagnose` runs them all on every stage.
+The rules: `squeezing`, `displacement`, `hallucination`, `peakiness`, `over_optimisation`; `diagnose` runs them
+all on every stage.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ldyn.errors import LdynError
+from ldyn.logprobs.tokens import TOP_K
 from ldyn.losses import get_loss
 from ldyn.runs.directory import Run, load_run, probe_table, stage_spans
 
@@ -35,7 +37,7 @@ MIN_ENTROPY = 0.1
 
 NOT_RESPONSES = ("argmax", "except_argmax")  # measured along chosen, not responses of their own
 NOT_LANGUAGE = ("random_permute", "random_nonhum")  # shuffled tokens and random text: not natural language
-COLUMNS = ("logp_sum", "logp_mean", "a_norm", "entropy")
+COLUMNS = ("logp_sum", "logp_mean", "a_norm", "entropy", "topk_mass", "topk_entropy")
 
 PREFERENCE_LEVERS = [
     "extend: SFT on chosen ∪ rejected before the preference stage lifts y⁻ out of the valley",
@@ -53,18 +55,22 @@ MECHANISMS = {
     "model gives other training questions' answers more mass than unseen answers when asked x_u.",
     "peakiness": "Each update sharpens π along the trained responses (SFT's positive gradient, or the squeeze of a "
     "negative one), so the mass concentrates on the argmax token and diversity falls.",
+    "over_optimisation": "Shi et al. 2024 (arXiv 2410.11677): when the entropy over the top-k tokens falls and their "
+    "combined mass shrinks, the model has traded its output diversity for likelihood, and a further rise of "
+    "chosen or of the margin starts to cost win rate instead of buying it.",
 }
 TITLES = {
     "squeezing": "squeezing effect",
     "displacement": "likelihood displacement",
     "hallucination": "SFT hallucination signature",
     "peakiness": "growing peakiness",
+    "over_optimisation": "over-optimisation signs",
 }
 
 
 @dataclass
 class Finding:
-    key: str  # stable id: squeezing, displacement, hallucination, peakiness
+    key: str  # stable id: squeezing, displacement, hallucination, peakiness, over_optimisation
     stage: str
     title: str
     text: str  # one line, with its numbers and the share of prompts
@@ -283,8 +289,7 @@ def peakiness(view: StageView) -> Finding | None:
     H(π_t) falls by MIN_ENTROPY -- each in the mean and for at least MIN_SHARE of the prompts. It fires when at
     least two of the signals the rows have pass (all of them when fewer than two were probed); its share is that of
     the prompts where every passing signal moved the peakier way. These are the full-vocabulary entropy and the
-    top-1 mass: Shi et al. 2024 (arXiv 2410.11677) read a falling entropy over the top-k tokens and a diminishing
-    top-k mass as the sign that over-optimisation starts to cost performance; the probes do not record top-k."""
+    top-1 mass; the top-k versions are `over_optimisation`'s."""
     signals: dict[str, tuple[dict[str, float], bool, float, str]] = {}
     ends = view.ends("argmax", "logp_mean")
     if ends:
@@ -317,7 +322,30 @@ def join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-RULES = (squeezing, displacement, hallucination, peakiness)
+def over_optimisation(view: StageView) -> Finding | None:
+    """Along chosen, Shi et al.'s two indicators together: the entropy of π_t renormalised over its TOP_K most
+    likely tokens (`topk_entropy`, per-token mean) falls by MIN_ENTROPY and the mass of those tokens
+    (`topk_mass`) falls by MIN_MASS -- each in the mean and for at least MIN_SHARE of the prompts, and both on at
+    least MIN_SHARE of the prompts (its share)."""
+    entropy, mass = view.change("chosen", "topk_entropy"), view.change("chosen", "topk_mass")
+    if not (moved(entropy, False, MIN_ENTROPY) and moved(mass, False, MIN_MASS)):
+        return None
+    ids = sorted(set(entropy) & set(mass))
+    hits = [entropy[e] < 0 and mass[e] < 0 for e in ids]
+    if np.mean(hits) < MIN_SHARE:
+        return None
+    start = {e: a for e, (a, _) in view.ends("chosen", "topk_mass").items()}
+    values = {"topk_entropy": mean(entropy), "topk_mass": mean(mass), "topk_mass_start": mean(start)}
+    text = (
+        f"along chosen the top-{TOP_K} entropy fell {-mean(entropy):.2f} nat/token and the top-{TOP_K} mass fell "
+        f"{mean(start):.2f} → {mean(start) + mean(mass):.2f}; {of_prompts(hits)}"
+    )
+    levers = ["stop earlier or lower the learning rate: the chosen likelihood has stopped buying quality"]
+    levers += PREFERENCE_LEVERS[3:] if view.preference else []
+    return finding(view, "over_optimisation", text, float(np.mean(hits)), values, levers)
+
+
+RULES = (squeezing, displacement, hallucination, peakiness, over_optimisation)
 
 
 def stage_views(run: Run) -> list[StageView]:

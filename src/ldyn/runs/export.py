@@ -43,6 +43,8 @@ COLUMNS = (
     "a_norm",
     "pe",
     "entropy",
+    "topk_mass",
+    "topk_entropy",
     *TEXTS,
 )
 DECOMPOSITION_FIRST = ("step", "stage", "example_id", "type", "observed", "predicted", "sgd_positive", "sgd_negative")
