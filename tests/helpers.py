@@ -261,3 +261,29 @@ def trainer_args(out, **kw) -> dict:
         )
         | kw
     )
+
+
+def decompose_rows(out, *extra) -> list[dict]:
+    """One DPO update of the tiny model in float64, decomposed as `ldyn decompose` does."""
+    from ldyn import cli
+    from ldyn.runs.directory import RunDir
+
+    args = [
+        "decompose",
+        "smollm2_sft_dpo",
+        "--stage",
+        "dpo",
+        "model.name=tiny",
+        f"output_dir={out}",
+        "data.n_train=2",
+        "stages.dpo.batch_size=2",
+        "decompose.n=2",
+        "data.max_length=48",
+        "data.max_prompt_length=24",
+        "model.dtype=float64",
+        "stages.dpo.optim.name=sgd",
+        "stages.dpo.optim.lr=1e-4",
+        *extra,
+    ]
+    assert cli.main(args) == 0
+    return sorted(RunDir(out).read("decomposition.jsonl"), key=lambda r: (r["example_id"], r["type"]))

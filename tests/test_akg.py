@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from helpers import OBSERVED, UPDATE, reference_logps
+from helpers import OBSERVED, UPDATE, decompose_rows, reference_logps
 
 from ldyn.config import LossConfig
 from ldyn.data.tokenize import IGNORE, collate, collate_pairs
@@ -334,32 +334,6 @@ def test_decompose_command_records_predicted_against_observed(tmp_path):
     assert (run.figures / "decomposition.png").is_file() and (run.figures / "decomposition_summary.csv").is_file()
     times = run.read("decomposition_times.jsonl")
     assert times[0]["seconds"] > 0 and times[0]["update_seconds"] > 0
-
-
-def decompose_rows(out, *extra) -> list[dict]:
-    """One DPO update of the tiny model in float64, decomposed as `ldyn decompose` does."""
-    from ldyn import cli
-    from ldyn.runs.directory import RunDir
-
-    args = [
-        "decompose",
-        "smollm2_sft_dpo",
-        "--stage",
-        "dpo",
-        "model.name=tiny",
-        f"output_dir={out}",
-        "data.n_train=2",
-        "stages.dpo.batch_size=2",
-        "decompose.n=2",
-        "data.max_length=48",
-        "data.max_prompt_length=24",
-        "model.dtype=float64",
-        "stages.dpo.optim.name=sgd",
-        "stages.dpo.optim.lr=1e-4",
-        *extra,
-    ]
-    assert cli.main(args) == 0
-    return sorted(RunDir(out).read("decomposition.jsonl"), key=lambda r: (r["example_id"], r["type"]))
 
 
 def test_finite_differences_and_the_steps_gradient_give_the_jvp_decomposition(tmp_path, monkeypatch):

@@ -82,8 +82,9 @@ class DecomposeConfig:
     predict: bool = True  # also the first-order A·K·G predictions (most of the cost); false: observed, LBK, SignDelta
     # how the predictions take the first-order change along a step v: jvp (forward-mode, exact) | central
     # ((z(θ+v) − z(θ−v))/2 from plain forwards: cheaper, error O(‖v‖³)) | one_sided (the SGD kernel's parts as
-    # z(θ+v) − z(θ), error O(‖v‖²); the real step stays central: the cheapest)
-    method: Literal["jvp", "central", "one_sided"] = "jvp"
+    # z(θ+v) − z(θ), error O(‖v‖²); the real step stays central) | readout (forward passes only: the LM head's
+    # exact term plus an estimate of the backbone's, for the SGD kernel's y⁺/y⁻ parts; see dynamics/readout.py)
+    method: Literal["jvp", "central", "one_sided", "readout"] = "jvp"
 
 
 @dataclass

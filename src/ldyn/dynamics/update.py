@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ldyn.data.tokenize import collate
+from ldyn.dynamics import readout
 from ldyn.dynamics.akg import UpdateDirections, decompose, parameters, update_directions
 from ldyn.dynamics.differences import parameter_buffer
 from ldyn.dynamics.probing import ProbeItem, whole_prompt_batches
@@ -27,7 +28,7 @@ from ldyn.logprobs.tokens import Scored
 from ldyn.losses import LossConfig, LossSpec, PairLogps
 from ldyn.models.modes import measurement_mode
 
-METHODS = ("jvp", "central", "one_sided")
+METHODS = ("jvp", "central", "one_sided", "readout")
 # The most logits an observed forward keeps for the next update (`ObservedForward`): SmolLM2's 49,152-word
 # vocabulary makes 1 GiB about 5,400 observed tokens (4 probe prompts with all 13 response types is ~8,000).
 KEEP_BYTES = 2**30
@@ -120,9 +121,17 @@ class Decomposer:
         loss_cfg: LossConfig | None = None,
         examples=(),
         reference: PairLogps | None = None,
-    ) -> UpdateStart:
+    ) -> UpdateStart | readout.ReadoutStart:
         """Before the optimizer step (`begin_update`); without `examples`, the directions may come from the step
-        itself (`directions_from_step`, `directions_from_gradient`) or not at all (only the real step predicted)."""
+        itself (`directions_from_step`, `directions_from_gradient`) or not at all (only the real step predicted).
+        `method="readout"`: the observed and update batches' forwards (`readout.begin`); without `examples`, only
+        the real step's head term is predicted."""
+        if self.method == "readout":
+            self.pending = readout.begin(
+                model, lr, self.items, self.pad_id, loss=loss, loss_cfg=loss_cfg, examples=examples,
+                reference=reference, batch_tokens=self.batch_tokens,
+            )  # fmt: skip
+            return self.pending
         directions = _directions(model, loss, loss_cfg, examples, self.pad_id, reference)
         now = parameters(model)
         kept, self._kept = self._kept, None
@@ -155,6 +164,8 @@ class Decomposer:
     def finish(self, model) -> list[dict]:
         """After the optimizer step: the rows of the pending update (`decompose_update`)."""
         start, self.pending = self.pending, None
+        if self.method == "readout":
+            return readout.finish(model, start, self.predict)
         if self.every_update and self.method != "jvp" and self._shifted is None:  # forward-mode shifts nothing
             self._shifted = parameter_buffer(start.theta)
         rows, self._kept = _decompose_rows(

@@ -24,8 +24,10 @@ before the optimizer step (`on_pre_optimizer_step`) and after it (`on_optimizer_
 records the observed Δ log π of the first `decompose_n` probe prompts over that update and its first-order
 prediction along the real step Δθ = θ_{t+1} − θ_t (the "predicted" column, with the mass split, SignDelta). The
 update batch is not visible there, so there is no G, no y⁺/y⁻ split (`sgd_positive`, `sgd_negative`) and no LBK:
-the full A·K·G decomposition stays in ldyn's own trainer (`decompose.every`). The observation runs on the main
-process only (DDP; not under ZeRO-3 or FSDP, whose forward passes need every process).
+the full A·K·G decomposition stays in ldyn's own trainer (`decompose.every`). With `decompose_method="readout"`
+(forward passes only, `dynamics/readout.py`) the prediction is the real step's LM-head term ΔW·h
+(`readout/head_step`, exact for any optimizer). The observation runs on the main process only (DDP; not under
+ZeRO-3 or FSDP, whose forward passes need every process).
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ class LearningDynamicsCallback(TrainerCallback):
     to conversational training data; "chat" to text ones too). `decompose_every`: record the observed and
     predicted change of every k-th update on the first `decompose_n` prompts (0 = never), the predictions (unless
     `decompose_predict=False`) by forward-mode (`decompose_method="jvp"`), central differences ("central") or,
-    cheapest, with the SGD kernel's parts one-sided ("one_sided"). Each knob has the name of the recipe key it
+    cheapest, with the SGD kernel's parts one-sided ("one_sided"), or the real step's head term from forward passes
+    ("readout"). Each knob has the name of the recipe key it
     mirrors: `every`, `n`, `types`, `batch_tokens` are `probe.*`, `decompose_*` are `decompose.*`. Bad arguments
     fail here, naming the argument, before the trainer loads anything (`integrations/arguments.py`); what only the
     trainer knows (its max_length, its eval_dataset) fails when training begins, before the run directory is made.

@@ -97,6 +97,7 @@ def tiny_model(
     seed: int = 0,
     hidden_size: int = 32,
     layers: int = 2,
+    tie_word_embeddings: bool = True,
 ):
     """A randomly initialised Llama small enough for unit tests (about 25k parameters)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -112,7 +113,7 @@ def tiny_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -152,7 +152,8 @@ class DecompositionCallback:
             return
         started = time.perf_counter()
         model = state.accelerator.unwrap_model(state.model)
-        self.from_step = state.step_graph and len(state.batch) == 1
+        readout = self.decomposer.method == "readout"  # forward passes of its own: nothing from the step
+        self.from_step = state.step_graph and len(state.batch) == 1 and not readout
         if self.from_step:
             self.decomposer.begin(model, state.lr)
         else:

@@ -1,0 +1,289 @@
+"""The forward-only decomposition (`decompose.method=readout`): the first-order change of every observed response
+from forward passes alone, after Ren et al. 2026 (Joshua-Ren/learning-dynamics-cl, `interaction/docs/ch1_ch2.md`).
+
+At an observed token m (its target y_m, distribution π_m and the hidden state h_m entering the LM head W) and an
+update token t (the loss residual G_t = ∂L/∂z_t, the hidden state h_t), with g_m = e_{y_m} − π_m:
+
+    ch1(m, t) = ⟨g_m, G_t⟩ · ⟨h_m, h_t⟩                        the LM head's term, exact
+    ch2(m, t) = ⟨Wᵀg_m, WᵀG_t⟩ · Σ_s ⟨h̃_{s,m}, h̃_{s,t}⟩         the backbone's, estimated
+
+An SGD step −η ∇L moves the head by ΔW = −η Σ_t G_t h_tᵀ, so its logits at m by Δz_m = −η Σ_t ⟨h_m, h_t⟩ G_t, and
+Δ log π(y_m) = g_m·Δz_m = −η Σ_t ch1(m, t): the head's exact first-order contribution (the head as a parameter of
+its own: with tied embeddings, the shared tensor's input-side use is not in it). The backbone estimate lets every
+block's projections see the same back-propagated signal WᵀG (the residual stream), each with its input h̃_s (the
+output of the block's norm layers: the normalised input of its attention and of its MLP), so their eNTK is
+Σ_s ⟨h̃_{s,m}, h̃_{s,t}⟩ · I and Δz_m ≈ −η W Σ_t O_{mt} WᵀG_t. Both are formed as logit changes Δz over the whole
+vocabulary, so A, the y⁺/y⁻ split and the mass split are applied exactly as for the other methods.
+
+The cost: one forward of the update batch and one of the observed batch (both at θ_t; no backward, no JVP), then
+matrix products of the scored tokens' sizes: (observed × update tokens × V) for ch1 and (observed × d × V) for
+ch2. The real step's head term ΔW·h_m (ΔW = W_{t+1} − W_t, any optimizer) is exact and needs no update batch.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ldyn.data.tokenize import IGNORE, Batch, collate
+from ldyn.dynamics.akg import change_statistics
+from ldyn.dynamics.probing import ProbeItem, whole_prompt_batches
+from ldyn.logprobs.padded import response_logits
+from ldyn.logprobs.tokens import Scored, stat_chunk
+from ldyn.losses import LossConfig, LossSpec, PairLogps
+from ldyn.models.modes import measurement_mode
+
+
+@dataclass
+class ReadoutForward:
+    """A batch's scored tokens at θ: their logits and layout, the hidden state entering the head and the blocks'
+    normalised inputs (every stream s side by side: (N, S·d))."""
+
+    logits: torch.Tensor  # (N, V)
+    scored: Scored
+    hidden: torch.Tensor  # (N, d)
+    streams: torch.Tensor  # (N, S·d)
+
+
+@dataclass
+class ReadoutUpdate:
+    """The update batch's side of the kernel: per scored token, G = ∂L/∂z, h, h̃, and which side it is on."""
+
+    grad: torch.Tensor  # (L, V) G, of the update's mean loss
+    hidden: torch.Tensor  # (L, d)
+    streams: torch.Tensor  # (L, S·d)
+    negative: torch.Tensor  # (L,) bool: a y⁻ row's token
+    g_norm_sq: float  # ‖G‖_F² (the LBK normaliser)
+
+
+def decoder_layers(model) -> nn.ModuleList:
+    """The model's transformer blocks: the module list as long as its config's number of layers."""
+    n = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"found no list of {n} decoder layers in {type(model).__name__}")
+
+
+def stream_norms(model) -> list[nn.Module]:
+    """Every block's norm layers (the inputs of its attention and MLP projections), in order."""
+    return [m for layer in decoder_layers(model) for m in layer.children() if "norm" in type(m).__name__.lower()]
+
+
+@contextmanager
+def captured(model):
+    """Record the LM head's input and every stream norm's output of the forwards run inside: yields a dict
+    {"hidden": [tensor], "streams": [tensor per norm]} filled by the last forward."""
+    seen: dict[str, list] = {"hidden": [], "streams": []}
+    norms = stream_norms(model)
+
+    def on_start(_module, _args):
+        seen["hidden"], seen["streams"] = [], []
+
+    def on_head(_module, inputs, _output):
+        seen["hidden"] = [inputs[0].detach()]
+
+    def on_norm(_module, _inputs, output):
+        seen["streams"].append(output.detach())
+
+    handles = [model.register_forward_pre_hook(on_start)]
+    handles += [model.get_output_embeddings().register_forward_hook(on_head)]
+    handles += [m.register_forward_hook(on_norm) for m in norms]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def readout_forward(model, batch: Batch) -> ReadoutForward:
+    """One forward of a padded batch (`response_logits`) with its scored tokens' hidden states and streams."""
+    with torch.no_grad(), captured(model) as seen:
+        logits, labels = response_logits(model, batch)
+    mask = labels != IGNORE
+    width = labels.shape[1]  # the head saw the last width + 1 positions; logits[:, i] predicts labels[:, i]
+    hidden = seen["hidden"][0][:, -(width + 1) : -1][mask]
+    total = batch.input_ids.shape[1]
+    streams = [s[:, total - width - 1 : total - 1][mask] for s in seen["streams"]]
+    scored_logits, scored = Scored.of_padded(logits, labels)
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    return ReadoutForward(scored_logits, scored, hidden.to(dtype), torch.cat(streams, -1).to(dtype))
+
+
+def readout_update(
+    model, spec: LossSpec, cfg: LossConfig, examples, pad_id: int, reference: PairLogps | None
+) -> ReadoutUpdate:
+    """The update batch at θ: its y⁺ rows and (for pair losses) its y⁻ rows, one forward each, and G of the mean
+    loss by autograd through the registered loss from the logits alone (nothing through the model)."""
+    device = next(model.parameters()).device
+    sides = [[(e.prompt, e.chosen) for e in examples]]
+    if spec.needs_rejected:
+        sides.append([(e.prompt, e.rejected) for e in examples])
+    forwards = [readout_forward(model, collate(rows, pad_id).to(device)) for rows in sides]
+    with torch.enable_grad():
+        logits = [f.logits.detach().requires_grad_() for f in forwards]
+        sums = [torch.zeros(f.scored.n_rows, dtype=z.dtype).index_add(0, f.scored.rows, token_logps(z, f.scored))
+                for f, z in zip(forwards, logits)]  # fmt: skip
+        counts = torch.cat([f.scored.n_tokens for f in forwards])
+        loss = spec.fn(PairLogps.from_rows(torch.cat(sums), counts, len(examples)), reference, cfg).losses.mean()
+        grads = torch.autograd.grad(loss, logits)
+    negative = torch.cat([torch.full((len(f.scored.targets),), i == 1) for i, f in enumerate(forwards)])
+    grad = torch.cat(grads)
+    return ReadoutUpdate(
+        grad,
+        torch.cat([f.hidden for f in forwards]),
+        torch.cat([f.streams for f in forwards]),
+        negative.to(device),
+        float((grad.double() ** 2).sum()),
+    )
+
+
+def token_logps(logits: torch.Tensor, scored: Scored) -> torch.Tensor:
+    return logits.log_softmax(-1).gather(-1, scored.targets[:, None]).squeeze(-1)
+
+
+def readout_statistics(
+    observed: ReadoutForward,
+    update: ReadoutUpdate | None,
+    head: torch.Tensor,
+    lr: float,
+    head_after: torch.Tensor | None = None,
+    *,
+    head_trained: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Per observed sequence, the first-order Δ log π(y | x_o) of the update's SGD step, by part and side:
+    "readout/head_<side>" (−η Σ ch1, exact), "readout/backbone_<side>" (−η Σ ch2, estimated), side "positive"
+    (the y⁺ or SFT rows) or "negative" (y⁻; pair losses only); their sums per side as "sgd_positive" and
+    "sgd_negative", and in all as "predicted" with its mass split ("predicted/mass_argmax", "_topk", "_tail").
+    With `head_after` (W_{t+1}), also "readout/head_step": the real step's head term, which needs no update (and
+    is all there is without one). `head`: W_t, (V, d). `head_trained=False` (a frozen head, as under LoRA): the
+    head's terms are not part of the step and are left out. The observed tokens are taken a chunk at a time, so no
+    (tokens × V) matrix is held whole."""
+    scored, device = observed.scored, observed.logits.device
+    dtype = observed.hidden.dtype
+    head = head.to(dtype)
+    out: dict[str, torch.Tensor] = {}
+
+    def add(name: str, value: torch.Tensor) -> None:
+        out[name] = out[name] + value if name in out else value
+
+    sides = {}
+    if update is not None:
+        pulled = update.grad.to(dtype) @ head  # WᵀG_t, (L, d)
+        for side in ("positive", "negative"):
+            keep = update.negative if side == "negative" else ~update.negative
+            if keep.any():
+                sides[side] = (update.grad[keep].to(dtype), update.hidden[keep], update.streams[keep], pulled[keep])
+    delta = None if head_after is None else (head_after.to(dtype) - head)
+    for part in chunked(len(observed.logits), device):
+        chunk = Scored(scored.targets[part], scored.rows[part], scored.columns[part], scored.n_rows)
+        logits, total = observed.logits[part], None
+        for side, (grad, hidden, streams, back) in sides.items():
+            both = -lr * (((observed.streams[part] @ streams.T) @ back) @ head.T)  # −η W Σ_t O_mt WᵀG_t
+            add(f"readout/backbone_{side}", sequence_change(logits, chunk, both))
+            if head_trained:
+                head_dz = -lr * ((observed.hidden[part] @ hidden.T) @ grad)  # −η Σ_t ⟨h_m, h_t⟩ G_t
+                add(f"readout/head_{side}", sequence_change(logits, chunk, head_dz))
+                both = both + head_dz
+            total = both if total is None else total + both
+        if total is not None:
+            for k, v in change_statistics(logits, chunk, dlogits=total).items():
+                if k.startswith("mass"):
+                    add(f"predicted/{k}", v)
+        if delta is not None:
+            add("readout/head_step", sequence_change(logits, chunk, observed.hidden[part] @ delta.T))
+    for side in sides:
+        out[f"sgd_{side}"] = out[f"readout/backbone_{side}"] + out.get(f"readout/head_{side}", 0.0)
+    if sides:
+        out["predicted"] = sum(out[f"sgd_{side}"] for side in sides)
+    return out
+
+
+def chunked(n: int, device) -> list[slice]:
+    step = stat_chunk(device)
+    return [slice(lo, lo + step) for lo in range(0, n, step)]
+
+
+def sequence_change(logits: torch.Tensor, scored: Scored, dlogits: torch.Tensor) -> torch.Tensor:
+    """A applied per token and summed per sequence: Σ_m [Δz_{m,y_m} − π_m·Δz_m], (n_rows,)."""
+    z = logits.to(dlogits.dtype)
+    per_token = dlogits.gather(-1, scored.targets[:, None]).squeeze(-1) - (z.softmax(-1) * dlogits).sum(-1)
+    return torch.zeros(scored.n_rows, dtype=dlogits.dtype, device=dlogits.device).index_add(0, scored.rows, per_token)
+
+
+# ------------------------------------------------------------------- one update: before the step, after it
+
+
+@dataclass
+class ReadoutStart:
+    """What the readout keeps from before an update: the observed batches' forwards at θ_t, the update batch's side
+    (None when the batch is not known: then only the real step's head term), the head W_t and η."""
+
+    lr: float
+    groups: list[tuple[list[ProbeItem], Batch, ReadoutForward]]
+    update: ReadoutUpdate | None
+    head: torch.Tensor  # W_t (V, d), cloned
+    head_trained: bool  # the head takes part in the step (not under LoRA, or frozen)
+    directions = None  # no parameter directions: what `Decomposer.awaiting_gradient` reads
+
+
+def output_head(model) -> torch.Tensor:
+    return model.get_output_embeddings().weight
+
+
+def begin(
+    model,
+    lr: float,
+    items: list[ProbeItem],
+    pad_id: int,
+    *,
+    loss: LossSpec | None = None,
+    loss_cfg: LossConfig | None = None,
+    examples=(),
+    reference: PairLogps | None = None,
+    batch_tokens: int = 1024,
+) -> ReadoutStart:
+    """Before the optimizer step, at θ_t: the observed batches' forwards and, when the update's `examples` and
+    `loss` are given, the update batch's (`readout_update`). No parameter is copied but the head."""
+    device = next(model.parameters()).device
+    groups = []
+    with measurement_mode(model):
+        for group in whole_prompt_batches(items, batch_tokens):
+            batch = collate([(it.prompt, it.response) for it in group], pad_id).to(device)
+            groups.append((group, batch, readout_forward(model, batch)))
+        update = None
+        if loss is not None and examples:
+            update = readout_update(model, loss, loss_cfg or LossConfig(), list(examples), pad_id, reference)
+    head = output_head(model)
+    return ReadoutStart(lr, groups, update, head.detach().clone(), head.requires_grad)
+
+
+def finish(model, start: ReadoutStart, predict: bool = True) -> list[dict]:
+    """After the optimizer step: one row per observed (prompt, response type) with the observed change (a forward
+    at θ_{t+1} of the same padded batches), its statistics, LBK and SignDelta, and, when `predict`, the readout's
+    predictions (`readout_statistics`; the head's terms left out when the head is not trained)."""
+    rows = []
+    head_after = output_head(model).detach()
+    for group, batch, before in start.groups:
+        with measurement_mode(model), torch.no_grad():
+            logits, labels = response_logits(model, batch)
+        after = logits[labels != IGNORE]
+        stats = change_statistics(before.logits, before.scored, after=after)
+        out = {"observed": stats.pop("dlogp_target")} | {f"observed/{k}": v for k, v in stats.items()}
+        out["observed/sign_delta"] = stats["dlogp_sum"] / (stats["n_tokens"].clamp(min=1) * after.shape[-1])
+        if predict:
+            out |= readout_statistics(
+                before, start.update, start.head, start.lr, head_after, head_trained=start.head_trained
+            )
+        columns = {k: v.tolist() for k, v in out.items()}
+        for i, item in enumerate(group):
+            row = {"example_id": item.example_id, "type": item.type, "lr": start.lr, "method": "readout"}
+            row |= {k: v[i] for k, v in columns.items()}
+            if start.update is not None:  # LBK: ‖Δ log π‖² / (‖A‖_F² ‖G‖²)
+                row["g_norm_sq"] = start.update.g_norm_sq
+                row["observed/lbk"] = row["observed/dlogp_sq"] / (row["observed/a_norm_sq"] * start.update.g_norm_sq)
+            rows.append(row)
+    return rows
