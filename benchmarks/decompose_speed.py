@@ -5,12 +5,14 @@ exactly as `decompose.every` does in a run: the update directions g⁺ and g⁻,
 step (the optimizer's real step and the SGD kernel's y⁺ and y⁻ parts), the observed change (a forward at θ_{t+1})
 and the mass statistics. The probe batch is the first N probe prompts with the given response types: by default
 chosen and rejected of 4 prompts, 8 sequences, the size of the update batch itself.
-Four variants decompose every update side by side: forward-mode with g± from a forward and backward of their own
+Five variants decompose every update side by side: forward-mode with g± from a forward and backward of their own
 (`update_directions`, as under several processes, autocast or a compiled forward), forward-mode with g± from the
 training step's own graph and gradient (`UpdateDirections.from_step`: the default in one eager process), central
 differences (`decompose.method=central`, g± from the step too) and one-sided differences for the SGD kernel's
-parts (`decompose.method=one_sided`); the accuracy of the differences is reported against the forward-mode
-predictions of the same updates. A breakdown times each part once more on its own.
+parts (`decompose.method=one_sided`), and the forward-only readout (`decompose.method=readout`: the head's exact
+term plus the backbone's estimate, `dynamics/readout.py`); the accuracy of the differences is reported against the
+forward-mode predictions of the same updates (the readout's, against the observed change: `readout_accuracy.py`).
+A breakdown times each part once more on its own.
 
     python benchmarks/decompose_speed.py --data ../shared/data/hh/probe_train.jsonl
 """
@@ -51,12 +53,14 @@ VARIANTS = {
     "jvp": DecompositionCallback,
     "central": DecompositionCallback,
     "one_sided": DecompositionCallback,
+    "readout": DecompositionCallback,
 }
 LABELS = {
     "own_backward": "decomposition: JVPs, g± by their own backward",
     "jvp": "decomposition: JVPs, g± from the step",
     "central": "decomposition: central differences, g± from step",
     "one_sided": "decomposition: y± parts one-sided, g± from step",
+    "readout": "decomposition: readout (forward passes only)",
 }
 
 

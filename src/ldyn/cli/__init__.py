@@ -4,6 +4,7 @@
     ldyn run SUITE [key=value ...]                               every run of a suite, then its report
     ldyn resume RUN_DIR                                          continue a run from its last checkpoint
     ldyn decompose RECIPE [--stage NAME] [key=value ...]         one update, decomposed into A·K·G terms
+    ldyn score-pairs DATA [--recipe R] [--stage NAME] [--out F]  rank pairs by how much their own update lowers chosen
     ldyn plot RUN_DIR [RUN_DIR ...]                              redraw a run's figures from its files
     ldyn influence RUN_DIR ... [--out FILE]                      accumulated-influence heatmap across runs
     ldyn compare RUN_DIR ... [--out FILE]                        runs' probe curves side by side
@@ -45,7 +46,7 @@ def _overrides(extra: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("run", "config", "decompose"):
+    if extra and args.command not in ("run", "config", "decompose", "score-pairs"):
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     try:
         code = _dispatch(args, _overrides(extra))
@@ -167,6 +168,21 @@ def _decompose(args, overrides) -> list[str]:
     return [str(decompose_step(load_config(args.recipe, overrides), args.stage, overwrite=args.overwrite).path)]
 
 
+def _score_pairs(args, overrides) -> list[str]:
+    from ldyn.config import load_config
+    from ldyn.train.pair_scores import score_pairs, write_pair_scores
+
+    rows = score_pairs(load_config(args.recipe, [f"data.train={args.data}", *overrides]), args.stage)
+    out = write_pair_scores(rows, args.out)
+    shown = [f"{'rank':>5}  {'example':<16} {'self_chosen':>12} {'from_chosen':>12} {'from_rejected':>13}"]
+    shown += [
+        f"{r['rank']:>5}  {str(r['example_id'])[:16]:<16} {r['self_chosen']:>12.4g} {r['from_chosen']:>12.4g} "
+        f"{r['from_rejected']:>13.4g}"
+        for r in rows[: args.top]
+    ]
+    return [*shown, f"ldyn: wrote {len(rows)} pairs' scores to {out}"]
+
+
 def _resume(args, overrides) -> list[str]:
     from ldyn.train.experiment import resume
 
@@ -236,12 +252,20 @@ COMMANDS = {
     "report": _report,
     "run": _run,
     "decompose": _decompose,
+    "score-pairs": _score_pairs,
     "resume": _resume,
     "winrate": _winrate,
     "toy": _toy,
     "probes": _probes,
 }
-HEAVY = ("run", "decompose", "resume", "winrate", "probes")  # commands that load models: quiet the libraries first
+HEAVY = (
+    "run",
+    "decompose",
+    "score-pairs",
+    "resume",
+    "winrate",
+    "probes",
+)  # commands that load models: quiet the libraries first
 
 
 def _quiet_libraries() -> None:

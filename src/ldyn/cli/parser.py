@@ -76,6 +76,18 @@ def _add_training(sub) -> None:
     dec.add_argument("recipe", help="a shipped recipe name (`ldyn ls recipes`) or a YAML file")
     dec.add_argument("--stage", help="which stage's loss and optimizer to use (default: the first)")
     dec.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
+    pairs = sub.add_parser(
+        "score-pairs",
+        help="rank training pairs by how much their own update is predicted to lower their chosen",
+        description="Before training: each pair's own SGD update under a stage's loss and learning rate, its "
+        "first-order effect on the pair's chosen by the readout kernel (decompose.method=readout). "
+        "Overrides as for `run`.",
+    )
+    pairs.add_argument("data", help="preference pairs (JSONL or a Hugging Face dataset), as data.train takes them")
+    pairs.add_argument("--recipe", default="smollm2_sft_dpo", help="the recipe whose model and stage to use")
+    pairs.add_argument("--stage", help="which stage's loss and learning rate (default: the first preference stage)")
+    pairs.add_argument("--out", default="pair_scores.csv", help="where to write every pair's scores (.csv or .jsonl)")
+    pairs.add_argument("--top", type=int, default=10, help="how many of the most displaced pairs to print")
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
     resume.add_argument("run_dir")
 

@@ -18,12 +18,22 @@ vocabulary, so A, the y⁺/y⁻ split and the mass split are applied exactly as 
 The cost: one forward of the update batch and one of the observed batch (both at θ_t; no backward, no JVP), then
 matrix products of the scored tokens' sizes: (observed × update tokens × V) for ch1 and (observed × d × V) for
 ch2. The real step's head term ΔW·h_m (ΔW = W_{t+1} − W_t, any optimizer) is exact and needs no update batch.
+
+Under several processes (DDP, and FSDP or ZeRO-3, where the parameters are sharded and every forward pass is a
+collective) the readout runs on every process, which all run every observed batch, in the same order, and one
+forward per side of the update batch -- of their own data-parallel share of it (a process with none runs the same
+forwards on a dummy row). The trained loss is the mean over processes of each one's mean, so each process's G is
+divided by the number of processes; every prediction is a sum over update tokens, so each process's columns are
+summed over the processes (`sum_over_ranks`), as is ‖G‖². The head's weights are taken whole (`full_weight`: an
+FSDP2 DTensor's shards gathered), and FSDP2's parameters are put back in their shards after the forwards
+(`reshard`), which have no backward to do it. Every process gets the same rows. In one process there is no
+collective.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -35,6 +45,7 @@ from ldyn.logprobs.padded import response_logits
 from ldyn.logprobs.tokens import Scored, stat_chunk
 from ldyn.losses import LossConfig, LossSpec, PairLogps
 from ldyn.models.modes import measurement_mode
+from ldyn.runtime.distributed import full_weight, max_over_ranks, rank_and_world, reshard, sum_over_ranks
 
 
 @dataclass
@@ -57,6 +68,7 @@ class ReadoutUpdate:
     streams: torch.Tensor  # (L, S·d)
     negative: torch.Tensor  # (L,) bool: a y⁻ row's token
     g_norm_sq: float  # ‖G‖_F² (the LBK normaliser)
+    sides: list[ReadoutForward] = field(default_factory=list)  # the forwards of the y⁺ rows and the y⁻ rows
 
 
 def decoder_layers(model) -> nn.ModuleList:
@@ -117,7 +129,8 @@ def readout_update(
     model, spec: LossSpec, cfg: LossConfig, examples, pad_id: int, reference: PairLogps | None
 ) -> ReadoutUpdate:
     """The update batch at θ: its y⁺ rows and (for pair losses) its y⁻ rows, one forward each, and G of the mean
-    loss by autograd through the registered loss from the logits alone (nothing through the model)."""
+    loss by autograd through the registered loss from the logits alone (nothing through the model). A loss that
+    needs reference log-probs and gets `reference=None` takes the policy's own (a stage's first update)."""
     device = next(model.parameters()).device
     sides = [[(e.prompt, e.chosen) for e in examples]]
     if spec.needs_rejected:
@@ -128,6 +141,8 @@ def readout_update(
         sums = [torch.zeros(f.scored.n_rows, dtype=z.dtype).index_add(0, f.scored.rows, token_logps(z, f.scored))
                 for f, z in zip(forwards, logits)]  # fmt: skip
         counts = torch.cat([f.scored.n_tokens for f in forwards])
+        if reference is None and spec.needs_reference:
+            reference = PairLogps.from_rows(torch.cat(sums).detach(), counts, len(examples))
         loss = spec.fn(PairLogps.from_rows(torch.cat(sums), counts, len(examples)), reference, cfg).losses.mean()
         grads = torch.autograd.grad(loss, logits)
     negative = torch.cat([torch.full((len(f.scored.targets),), i == 1) for i, f in enumerate(forwards)])
@@ -138,7 +153,27 @@ def readout_update(
         torch.cat([f.streams for f in forwards]),
         negative.to(device),
         float((grad.double() ** 2).sum()),
+        forwards,
     )
+
+
+def idle_update(model, spec: LossSpec, pad_id: int) -> ReadoutUpdate:
+    """A process with no update example of its own: the forwards the others run (each a collective under a sharded
+    model) of a dummy row, and no update token."""
+    device = next(model.parameters()).device
+    batch = collate([([pad_id], [pad_id])], pad_id).to(device)
+    f = [readout_forward(model, batch) for _ in range(1 + spec.needs_rejected)][-1]
+    return ReadoutUpdate(
+        f.logits[:0], f.hidden[:0], f.streams[:0], torch.zeros(0, dtype=torch.bool, device=device), 0.0
+    )
+
+
+def shared(update: ReadoutUpdate, world: int) -> ReadoutUpdate:
+    """This process's share of an update whose loss is the mean of the processes' means: its G over `world`, and
+    ‖G‖² of the whole update (summed over the processes)."""
+    grad = update.grad / world
+    norm = sum_over_ranks({"g_norm_sq": (grad.double() ** 2).sum()[None]}, grad.device)["g_norm_sq"]
+    return ReadoutUpdate(grad, update.hidden, update.streams, update.negative, float(norm))
 
 
 def token_logps(logits: torch.Tensor, scored: Scored) -> torch.Tensor:
@@ -249,35 +284,44 @@ def begin(
     """Before the optimizer step, at θ_t: the observed batches' forwards and, when the update's `examples` and
     `loss` are given, the update batch's (`readout_update`). No parameter is copied but the head."""
     device = next(model.parameters()).device
-    groups = []
+    groups, examples, world = [], list(examples), rank_and_world()[1]
     with measurement_mode(model):
-        for group in whole_prompt_batches(items, batch_tokens):
+        for group in whole_prompt_batches(items, batch_tokens):  # every process: the same batches, in order
             batch = collate([(it.prompt, it.response) for it in group], pad_id).to(device)
             groups.append((group, batch, readout_forward(model, batch)))
         update = None
-        if loss is not None and examples:
-            update = readout_update(model, loss, loss_cfg or LossConfig(), list(examples), pad_id, reference)
+        if loss is not None and max_over_ranks(len(examples)):  # every process: its own share of the update
+            update = (
+                readout_update(model, loss, loss_cfg or LossConfig(), examples, pad_id, reference)
+                if examples
+                else idle_update(model, loss, pad_id)
+            )
+            update = update if world == 1 else shared(update, world)
+    reshard(model)  # FSDP2: no forward's gathered copy outlives it, to be stale after the step
     head = output_head(model)
-    return ReadoutStart(lr, groups, update, head.detach().clone(), head.requires_grad)
+    return ReadoutStart(lr, groups, update, full_weight(head).detach().clone(), head.requires_grad)
 
 
 def finish(model, start: ReadoutStart, predict: bool = True) -> list[dict]:
     """After the optimizer step: one row per observed (prompt, response type) with the observed change (a forward
     at θ_{t+1} of the same padded batches), its statistics, LBK and SignDelta, and, when `predict`, the readout's
-    predictions (`readout_statistics`; the head's terms left out when the head is not trained)."""
+    predictions (`readout_statistics`; the head's terms left out when the head is not trained). Under several
+    processes, every one takes part and gets the same rows (the update's terms summed over them)."""
     rows = []
-    head_after = output_head(model).detach()
+    head_after = full_weight(output_head(model)).detach()
     for group, batch, before in start.groups:
         with measurement_mode(model), torch.no_grad():
             logits, labels = response_logits(model, batch)
+        reshard(model)
         after = logits[labels != IGNORE]
         stats = change_statistics(before.logits, before.scored, after=after)
         out = {"observed": stats.pop("dlogp_target")} | {f"observed/{k}": v for k, v in stats.items()}
         out["observed/sign_delta"] = stats["dlogp_sum"] / (stats["n_tokens"].clamp(min=1) * after.shape[-1])
         if predict:
-            out |= readout_statistics(
+            stats = readout_statistics(
                 before, start.update, start.head, start.lr, head_after, head_trained=start.head_trained
             )
+            out |= across_ranks(stats, after.device)
         columns = {k: v.tolist() for k, v in out.items()}
         for i, item in enumerate(group):
             row = {"example_id": item.example_id, "type": item.type, "lr": start.lr, "method": "readout"}
@@ -287,3 +331,12 @@ def finish(model, start: ReadoutStart, predict: bool = True) -> list[dict]:
                 row["observed/lbk"] = row["observed/dlogp_sq"] / (row["observed/a_norm_sq"] * start.update.g_norm_sq)
             rows.append(row)
     return rows
+
+
+def across_ranks(stats: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """Under several processes, each with its share of the update's tokens: the update's terms (sums over its
+    tokens) summed over the processes; the real step's head term, every process's alike, as it is."""
+    if rank_and_world()[1] == 1:
+        return stats
+    step = {k: v for k, v in stats.items() if k == "readout/head_step"}
+    return sum_over_ranks({k: v for k, v in stats.items() if k not in step}, device) | step

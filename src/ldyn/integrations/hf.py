@@ -27,7 +27,7 @@ update batch is not visible there, so there is no G, no y⁺/y⁻ split (`sgd_po
 the full A·K·G decomposition stays in ldyn's own trainer (`decompose.every`). With `decompose_method="readout"`
 (forward passes only, `dynamics/readout.py`) the prediction is the real step's LM-head term ΔW·h
 (`readout/head_step`, exact for any optimizer). The observation runs on the main process only (DDP; not under
-ZeRO-3 or FSDP, whose forward passes need every process).
+ZeRO-3 or FSDP, whose forward passes need every process), but for the readout's, which runs on every process.
 """
 
 from __future__ import annotations
@@ -201,7 +201,8 @@ class LearningDynamicsCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         k = self.decompose.every
-        if k and state.global_step % k == 0 and state.is_world_process_zero:
+        readout = self.decompose.method == "readout"  # on every process: a sharded model's forwards need them all
+        if k and state.global_step % k == 0 and (readout or state.is_world_process_zero):
             lr = optimizer.param_groups[0]["lr"] if optimizer is not None else args.learning_rate
             self.decomposer.begin(model, lr)  # the update batch is not visible here: only the real step
 
@@ -210,6 +211,8 @@ class LearningDynamicsCallback(TrainerCallback):
             return
         started, step = time.perf_counter(), state.global_step + 1  # global_step counts the update after this event
         rows = self.decomposer.finish(model)
+        if not state.is_world_process_zero:  # the readout runs on every process, with the same rows
+            return
         self.run.append(DECOMPOSITION, [{"step": step, "stage": self.stage, **row} for row in rows])
         seconds = round(time.perf_counter() - started, 3)  # after the step: the forward-mode passes and the observed
         self.run.append(DECOMPOSITION_TIMES, [{"step": step, "seconds": seconds, "items": len(self.decomposer.items)}])

@@ -127,7 +127,8 @@ class DecompositionCallback:
     ("sgd_positive") and y⁻ part ("sgd_negative"). g± come from the training step's own graph and gradient when
     they are exactly the batch's mean loss's (`StepState.step_graph` and one micro-batch: `on_forward_end`,
     `on_gradients`), else from a forward and backward of the update batch here. Runs in the model's own precision
-    (no autocast) on the main process.
+    (no autocast) on the main process; `method="readout"` runs on every process (each with its share of the update
+    batch: `dynamics.readout`, whose forwards a sharded model needs every process in), and the main one writes.
     """
 
     def __init__(
@@ -148,11 +149,11 @@ class DecompositionCallback:
         self.from_step = False  # this update's directions come from the training step (`on_forward_end`)
 
     def on_step_start(self, state: StepState) -> None:
-        if not self.every or state.step % self.every or not state.accelerator.is_main_process:
+        readout = self.decomposer.method == "readout"  # forward passes of its own: nothing from the step
+        if not self.every or state.step % self.every or not (readout or state.accelerator.is_main_process):
             return
         started = time.perf_counter()
         model = state.accelerator.unwrap_model(state.model)
-        readout = self.decomposer.method == "readout"  # forward passes of its own: nothing from the step
         self.from_step = state.step_graph and len(state.batch) == 1 and not readout
         if self.from_step:
             self.decomposer.begin(model, state.lr)
@@ -192,6 +193,8 @@ class DecompositionCallback:
             return
         started = time.perf_counter()
         rows = self.decomposer.finish(state.accelerator.unwrap_model(state.model))
+        if not state.accelerator.is_main_process:  # the readout runs on every process, with the same rows
+            return
         self.run.append(DECOMPOSITION, [{"step": state.step, "stage": state.stage, **row} for row in rows])
         seconds = self.seconds + time.perf_counter() - started
         timing = {
