@@ -14,7 +14,7 @@ LAYERS = [
     ["paper", "catalog"],
     ["train", "integrations", "toys"],
     ["runs", "generate"],
-    ["dynamics"],
+    ["dynamics", "rl"],
     ["logprobs", "models"],
     ["config"],
     ["data", "losses"],
