@@ -58,3 +58,10 @@ def test_pair_score_by_its_parts(tokenizer):
     minus = update.hidden[len(UPDATE[0].chosen) :].sum(0)
     assert ches(update) == pytest.approx(float(plus @ minus - plus @ plus))
     assert score["n_chosen"] == len(UPDATE[0].chosen)
+
+
+def test_a_recipe_that_requires_a_probe_path_scores_without_one(pairs_file, tmp_path):
+    out = tmp_path / "s.csv"
+    args = ["score-pairs", str(pairs_file), "--recipe", "hh_probe_dpo", "model.name=tiny", "data.n_train=4"]
+    assert cli.main([*args, "--out", str(out)]) == 0
+    assert len(list(csv.DictReader(out.open()))) == 4

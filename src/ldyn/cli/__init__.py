@@ -172,7 +172,9 @@ def _score_pairs(args, overrides) -> list[str]:
     from ldyn.config import load_config
     from ldyn.train.pair_scores import score_pairs, write_pair_scores
 
-    rows = score_pairs(load_config(args.recipe, [f"data.train={args.data}", *overrides]), args.stage)
+    # probing is off while scoring: a recipe's required probe.path is the pairs themselves unless given
+    cfg = load_config(args.recipe, [f"data.train={args.data}", f"probe.path={args.data}", *overrides])
+    rows = score_pairs(cfg, args.stage)
     out = write_pair_scores(rows, args.out)
     shown = [f"{'rank':>5}  {'example':<16} {'self_chosen':>12} {'from_chosen':>12} {'from_rejected':>13}"]
     shown += [
