@@ -169,3 +169,62 @@ def test_ldyn_decompose_with_the_readout(tmp_path):
         for side in ("positive", "negative"):
             assert b[f"sgd_{side}"] == pytest.approx(b[f"readout/head_{side}"] + b[f"readout/backbone_{side}"])
     assert (RunDir(tmp_path / "readout").figures / "decomposition.png").is_file()
+
+
+def test_packed_forward_equals_its_padded_twin(untied64):
+    """Shared-prompt rows packed (each prompt once: the CPU's layout) give every scored token the same logits,
+    hidden state and streams as the padded batch of the same rows, in float64."""
+    from ldyn.dynamics.readout_capture import packed_readout_forward
+    from ldyn.logprobs.shared_prompt import SharedRows
+
+    pairs = [(f"p{i}" if i != 1 else "p0", p, r) for i, (p, r) in enumerate(OBSERVED)]  # rows 0 and 1 share a prompt
+    packed = packed_readout_forward(untied64, SharedRows.of(pairs))
+    padded = readout.readout_forward(untied64, collate(OBSERVED, 0))
+    order_packed, order_padded = packed.scored.sequence_order(), padded.scored.sequence_order()
+    for name in ("logits", "hidden", "streams"):
+        a, b = getattr(packed, name)[order_packed], getattr(padded, name)[order_padded]
+        assert torch.allclose(a, b, atol=1e-10), name
+    assert torch.equal(packed.scored.targets[order_packed], padded.scored.targets[order_padded])
+
+
+def test_every_update_reuses_the_observed_forward_only_while_nothing_changed(untied64, monkeypatch):
+    """Decomposing every update, the forward at θ_{t+1} serves as the next update's at θ_t: the same rows as
+    running it again, one forward fewer; a parameter changed in between (its version bumps) is noticed."""
+    spec, cfg, eta = get_loss("sft"), LossConfig(), 1e-3
+    items = [ProbeItem(f"o{i}", "chosen", p, r) for i, (p, r) in enumerate(OBSERVED)]
+    calls = []
+    for name in ("forward_of", "scored_logits"):  # count every observed forward
+        real = getattr(readout, name)
+        monkeypatch.setattr(readout, name, lambda model, rows, real=real: calls.append(1) or real(model, rows))
+
+    def step():
+        with torch.no_grad():
+            for p in untied64.parameters():
+                p.add_(1e-4 * torch.ones_like(p))
+
+    def two_updates(every_update: bool, tamper: bool = False) -> list[dict]:
+        d = Decomposer(items, 0, method="readout", every_update=every_update)
+        out = []
+        for _ in range(2):
+            d.begin(untied64, eta, loss=spec, loss_cfg=cfg, examples=UPDATE)
+            step()
+            out += d.finish(untied64)
+            if tamper:
+                with torch.no_grad():
+                    next(untied64.parameters()).mul_(1.0)  # same values, a new version: not the kept θ
+        return out
+
+    state = {k: v.clone() for k, v in untied64.state_dict().items()}
+    fresh = two_updates(False)
+    n_fresh, calls[:] = len(calls), []
+    untied64.load_state_dict(state)
+    reused = two_updates(True)
+    assert n_fresh == 4 and len(calls) == 3  # the second begin reused the first finish's forward
+    for a, b in zip(fresh, reused):
+        assert a.keys() == b.keys()
+        for k in (k for k in a if k not in ("method", "example_id", "type")):
+            assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12), k
+    untied64.load_state_dict(state)
+    calls[:] = []
+    two_updates(True, tamper=True)
+    assert len(calls) == 4  # begin ran its own forward again: the parameters changed since the kept one

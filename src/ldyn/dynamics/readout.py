@@ -32,31 +32,22 @@ collective.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from ldyn.data.tokenize import IGNORE, Batch, collate
 from ldyn.dynamics.akg import change_statistics
 from ldyn.dynamics.probing import ProbeItem, whole_prompt_batches
+from ldyn.dynamics.readout_capture import ReadoutForward, packed_readout_forward, readout_forward
+from ldyn.logprobs.choose import shares_prompts
+from ldyn.logprobs.packed import packable, packed_scored_logits
 from ldyn.logprobs.padded import response_logits
+from ldyn.logprobs.shared_prompt import SharedRows
 from ldyn.logprobs.tokens import Scored, stat_chunk
 from ldyn.losses import LossConfig, LossSpec, PairLogps
 from ldyn.models.modes import measurement_mode
 from ldyn.runtime.distributed import full_weight, max_over_ranks, rank_and_world, reshard, sum_over_ranks
-
-
-@dataclass
-class ReadoutForward:
-    """A batch's scored tokens at θ: their logits and layout, the hidden state entering the head and the blocks'
-    normalised inputs (every stream s side by side: (N, S·d))."""
-
-    logits: torch.Tensor  # (N, V)
-    scored: Scored
-    hidden: torch.Tensor  # (N, d)
-    streams: torch.Tensor  # (N, S·d)
 
 
 @dataclass
@@ -71,58 +62,48 @@ class ReadoutUpdate:
     sides: list[ReadoutForward] = field(default_factory=list)  # the forwards of the y⁺ rows and the y⁻ rows
 
 
-def decoder_layers(model) -> nn.ModuleList:
-    """The model's transformer blocks: the module list as long as its config's number of layers."""
-    n = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return module
-    raise ValueError(f"found no list of {n} decoder layers in {type(model).__name__}")
+def packs(model) -> bool:
+    """Whether the readout packs its rows (each prompt once, no padding: the CPU's layout, in one process, for a
+    model that takes a packed row), else one padded batch (every process runs the same padded forwards)."""
+    device = next(model.parameters()).device
+    return rank_and_world()[1] == 1 and shares_prompts(device) and packable(model)
 
 
-def stream_norms(model) -> list[nn.Module]:
-    """Every block's norm layers (the inputs of its attention and MLP projections), in order."""
-    return [m for layer in decoder_layers(model) for m in layer.children() if "norm" in type(m).__name__.lower()]
+def observed_rows(model, group: list[ProbeItem], pad_id: int) -> Batch | SharedRows:
+    """The observed items of one batch in the readout's layout (`packs`)."""
+    if packs(model):
+        return SharedRows.of([(it.example_id, it.prompt, it.response) for it in group])
+    return collate([(it.prompt, it.response) for it in group], pad_id).to(next(model.parameters()).device)
 
 
-@contextmanager
-def captured(model):
-    """Record the LM head's input and every stream norm's output of the forwards run inside: yields a dict
-    {"hidden": [tensor], "streams": [tensor per norm]} filled by the last forward."""
-    seen: dict[str, list] = {"hidden": [], "streams": []}
-    norms = stream_norms(model)
-
-    def on_start(_module, _args):
-        seen["hidden"], seen["streams"] = [], []
-
-    def on_head(_module, inputs, _output):
-        seen["hidden"] = [inputs[0].detach()]
-
-    def on_norm(_module, _inputs, output):
-        seen["streams"].append(output.detach())
-
-    handles = [model.register_forward_pre_hook(on_start)]
-    handles += [model.get_output_embeddings().register_forward_hook(on_head)]
-    handles += [m.register_forward_hook(on_norm) for m in norms]
-    try:
-        yield seen
-    finally:
-        for h in handles:
-            h.remove()
+def forward_of(model, rows: Batch | SharedRows) -> ReadoutForward:
+    return packed_readout_forward(model, rows) if isinstance(rows, SharedRows) else readout_forward(model, rows)
 
 
-def readout_forward(model, batch: Batch) -> ReadoutForward:
-    """One forward of a padded batch (`response_logits`) with its scored tokens' hidden states and streams."""
-    with torch.no_grad(), captured(model) as seen:
-        logits, labels = response_logits(model, batch)
-    mask = labels != IGNORE
-    width = labels.shape[1]  # the head saw the last width + 1 positions; logits[:, i] predicts labels[:, i]
-    hidden = seen["hidden"][0][:, -(width + 1) : -1][mask]
-    total = batch.input_ids.shape[1]
-    streams = [s[:, total - width - 1 : total - 1][mask] for s in seen["streams"]]
-    scored_logits, scored = Scored.of_padded(logits, labels)
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    return ReadoutForward(scored_logits, scored, hidden.to(dtype), torch.cat(streams, -1).to(dtype))
+def scored_logits(model, rows: Batch | SharedRows) -> torch.Tensor:
+    """The scored tokens' logits of `rows`, in the order `forward_of` gives them (no hooks)."""
+    if isinstance(rows, SharedRows):
+        return packed_scored_logits(model, rows.prompts, rows.responses)[0]
+    logits, labels = response_logits(model, rows)
+    return logits[labels != IGNORE]
+
+
+def update_forwards(model, spec: LossSpec, examples, pad_id: int) -> list[ReadoutForward]:
+    """The update batch's forwards, one per side (y⁺ or the SFT target; y⁻ for pair losses): packed together
+    (each prompt once for both its responses, then split by side) or one padded batch per side."""
+    n = len(examples)
+    if packs(model):
+        responses = [(i, e.chosen) for i, e in enumerate(examples)]
+        responses += [(i, e.rejected) for i, e in enumerate(examples)] if spec.needs_rejected else []
+        both = packed_readout_forward(model, SharedRows([e.prompt for e in examples], responses))
+        negative = both.scored.rows >= n
+        sides = [both.subset(~negative, n)]
+        return sides + ([both.subset(negative, n, first_row=n)] if spec.needs_rejected else [])
+    device = next(model.parameters()).device
+    sides = [[(e.prompt, e.chosen) for e in examples]]
+    if spec.needs_rejected:
+        sides.append([(e.prompt, e.rejected) for e in examples])
+    return [readout_forward(model, collate(rows, pad_id).to(device)) for rows in sides]
 
 
 def readout_update(
@@ -132,10 +113,7 @@ def readout_update(
     loss by autograd through the registered loss from the logits alone (nothing through the model). A loss that
     needs reference log-probs and gets `reference=None` takes the policy's own (a stage's first update)."""
     device = next(model.parameters()).device
-    sides = [[(e.prompt, e.chosen) for e in examples]]
-    if spec.needs_rejected:
-        sides.append([(e.prompt, e.rejected) for e in examples])
-    forwards = [readout_forward(model, collate(rows, pad_id).to(device)) for rows in sides]
+    forwards = update_forwards(model, spec, examples, pad_id)
     with torch.enable_grad():
         logits = [f.logits.detach().requires_grad_() for f in forwards]
         sums = [torch.zeros(f.scored.n_rows, dtype=z.dtype).index_add(0, f.scored.rows, token_logps(z, f.scored))
@@ -265,6 +243,21 @@ class ReadoutStart:
     directions = None  # no parameter directions: what `Decomposer.awaiting_gradient` reads
 
 
+@dataclass
+class KeptForward:
+    """The observed batches' forwards at θ_{t+1} (with their hidden states and streams), kept by `finish` for the
+    next update's `begin`, with the parameters' identities and in-place versions when it was taken: any change of
+    a parameter since (an optimizer step, a load) bumps its version, so a stale forward is never used."""
+
+    groups: list[tuple[list[ProbeItem], Batch | SharedRows, ReadoutForward]]
+    versions: list[tuple[int, int]]
+
+
+def parameter_versions(model) -> list[tuple[int, int]]:
+    """Each parameter's identity and in-place version counter: equal lists mean no parameter changed."""
+    return [(id(p), p._version) for p in model.parameters()]
+
+
 def output_head(model) -> torch.Tensor:
     return model.get_output_embeddings().weight
 
@@ -280,15 +273,20 @@ def begin(
     examples=(),
     reference: PairLogps | None = None,
     batch_tokens: int = 1024,
+    kept: KeptForward | None = None,
 ) -> ReadoutStart:
     """Before the optimizer step, at θ_t: the observed batches' forwards and, when the update's `examples` and
-    `loss` are given, the update batch's (`readout_update`). No parameter is copied but the head."""
-    device = next(model.parameters()).device
+    `loss` are given, the update batch's (`readout_update`). No parameter is copied but the head. `kept`: the last
+    update's observed forwards at what is still θ_t (`finish(..., keep=True)`), used instead of running them again
+    when no parameter changed since and the batches are the same."""
     groups, examples, world = [], list(examples), rank_and_world()[1]
+    batches = whole_prompt_batches(items, batch_tokens)
+    if kept is not None and kept.versions == parameter_versions(model) and [g for g, *_ in kept.groups] == batches:
+        groups = kept.groups
     with measurement_mode(model):
-        for group in whole_prompt_batches(items, batch_tokens):  # every process: the same batches, in order
-            batch = collate([(it.prompt, it.response) for it in group], pad_id).to(device)
-            groups.append((group, batch, readout_forward(model, batch)))
+        for group in batches if not groups else []:  # every process: the same batches, in order
+            rows = observed_rows(model, group, pad_id)
+            groups.append((group, rows, forward_of(model, rows)))
         update = None
         if loss is not None and max_over_ranks(len(examples)):  # every process: its own share of the update
             update = (
@@ -302,18 +300,25 @@ def begin(
     return ReadoutStart(lr, groups, update, full_weight(head).detach().clone(), head.requires_grad)
 
 
-def finish(model, start: ReadoutStart, predict: bool = True) -> list[dict]:
+def finish(model, start: ReadoutStart, predict: bool = True, keep: bool = False):
     """After the optimizer step: one row per observed (prompt, response type) with the observed change (a forward
-    at θ_{t+1} of the same padded batches), its statistics, LBK and SignDelta, and, when `predict`, the readout's
+    at θ_{t+1} of the same batches), its statistics, LBK and SignDelta, and, when `predict`, the readout's
     predictions (`readout_statistics`; the head's terms left out when the head is not trained). Under several
-    processes, every one takes part and gets the same rows (the update's terms summed over them)."""
-    rows = []
+    processes, every one takes part and gets the same rows (the update's terms summed over them). With `keep`
+    (one process), returns (rows, `KeptForward`): the forward at θ_{t+1} taken with its hooks, for the next
+    `begin`."""
+    rows, keep = [], keep and rank_and_world()[1] == 1
+    kept = KeptForward([], []) if keep else None
     head_after = full_weight(output_head(model)).detach()
-    for group, batch, before in start.groups:
+    for group, observed, before in start.groups:
         with measurement_mode(model), torch.no_grad():
-            logits, labels = response_logits(model, batch)
+            if keep:
+                forward = forward_of(model, observed)
+                kept.groups.append((group, observed, forward))
+                after = forward.logits
+            else:
+                after = scored_logits(model, observed)
         reshard(model)
-        after = logits[labels != IGNORE]
         stats = change_statistics(before.logits, before.scored, after=after)
         out = {"observed": stats.pop("dlogp_target")} | {f"observed/{k}": v for k, v in stats.items()}
         out["observed/sign_delta"] = stats["dlogp_sum"] / (stats["n_tokens"].clamp(min=1) * after.shape[-1])
@@ -330,6 +335,9 @@ def finish(model, start: ReadoutStart, predict: bool = True) -> list[dict]:
                 row["g_norm_sq"] = start.update.g_norm_sq
                 row["observed/lbk"] = row["observed/dlogp_sq"] / (row["observed/a_norm_sq"] * start.update.g_norm_sq)
             rows.append(row)
+    if kept is not None:
+        kept.versions = parameter_versions(model)
+        return rows, kept
     return rows
 
 

@@ -106,7 +106,7 @@ class Decomposer:
         self.items, self.pad_id, self.method, self.predict = items, pad_id, method, predict
         self.batch_tokens, self.every_update = batch_tokens, every_update
         self.pending: UpdateStart | None = None  # between `begin` and `finish`
-        self._kept: ObservedForward | None = None  # the last update's observed forward, at θ_{t+1}
+        self._kept: ObservedForward | readout.KeptForward | None = None  # the last observed forward, at θ_{t+1}
         self._before: ObservedForward | None = None  # the pending update's forward at θ_t, when it was kept
         # parameter-sized buffers kept from one update to the next (every_update), made when first needed
         self._shifted: dict | None = None  # the difference methods' shifted parameter sets, in turn
@@ -127,9 +127,10 @@ class Decomposer:
         `method="readout"`: the observed and update batches' forwards (`readout.begin`); without `examples`, only
         the real step's head term is predicted."""
         if self.method == "readout":
+            kept, self._kept = self._kept, None
             self.pending = readout.begin(
                 model, lr, self.items, self.pad_id, loss=loss, loss_cfg=loss_cfg, examples=examples,
-                reference=reference, batch_tokens=self.batch_tokens,
+                reference=reference, batch_tokens=self.batch_tokens, kept=kept,
             )  # fmt: skip
             return self.pending
         directions = _directions(model, loss, loss_cfg, examples, self.pad_id, reference)
@@ -165,7 +166,10 @@ class Decomposer:
         """After the optimizer step: the rows of the pending update (`decompose_update`)."""
         start, self.pending = self.pending, None
         if self.method == "readout":
-            return readout.finish(model, start, self.predict)
+            if not self.every_update:
+                return readout.finish(model, start, self.predict)
+            rows, self._kept = readout.finish(model, start, self.predict, keep=True)  # the next update's θ_t
+            return rows
         if self.every_update and self.method != "jvp" and self._shifted is None:  # forward-mode shifts nothing
             self._shifted = parameter_buffer(start.theta)
         rows, self._kept = _decompose_rows(
