@@ -140,6 +140,7 @@ def test_ls_lists_every_loss(capsys):
         "rpo",
         "dpop",
         "simpo",
+        "grpo",
     ]
 
 

@@ -22,6 +22,8 @@ def losses() -> list[str]:
     for spec in LOSSES.values():
         needs = [n for n, on in (("reference", spec.needs_reference), ("rejected", spec.needs_rejected)) if on]
         needs_text, params = ", ".join(needs) or "chosen only", ", ".join(spec.params) or "none"
+        if spec.sampled:  # prompts and a reward; its settings are the stage's rl.*
+            needs_text, params = "prompts, a reward", "stages.<i>.rl"
         lines.append(f"{spec.name:<6} {spec.summary}  (needs {needs_text}; params: {params})")
     return lines
 

@@ -22,7 +22,7 @@ import yaml
 
 from ldyn.data.templates import check_template
 from ldyn.errors import LdynError, did_you_mean
-from ldyn.losses import LossConfig, get_loss
+from ldyn.losses import LossConfig, RLConfig, get_loss
 from ldyn.schema import MISSING, apply_override, from_dict, missing_keys, read_yaml, to_dict
 
 __all__ = ["LossConfig", "MISSING", "RunConfig", "StageConfig", "check", "from_dict", "load_config", "read_yaml"]
@@ -50,7 +50,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train: str = "embedded"  # training rows: "embedded", a JSONL, a HF dataset or its save_to_disk dir, in any of
-    # TRL's formats (data/formats.py), or "probe": the probe set's file (the paper's train_using_prob)
+    # TRL's formats (data/formats.py), a generated task ("arithmetic", "arithmetic:n=64,digits=1": train/task_data.py)
+    # or "probe": the probe set's file (the paper's train_using_prob)
     split: str = "train"  # split to read from a HF dataset
     n_train: int = 0  # use the first N training rows (0 = all)
     skip_empty: bool = False  # drop pairs with an empty prompt or response instead of failing on them
@@ -65,7 +66,7 @@ class DataConfig:
 
 @dataclass
 class ProbeConfig:
-    path: str = "embedded"  # probe set: "embedded" or a JSONL with `prompt` plus one field per response type
+    path: str = "embedded"  # probe set: "embedded", a JSONL with `prompt` plus one field per response type, or a task
     n: int = 16  # probe the first N prompts (0 = all)
     types: list[str] = field(default_factory=lambda: ["auto"])  # fields to probe; auto = every paper type the file has
     every: int = 5  # probe at step 0, every k updates and at the end of each stage (0 = never)
@@ -118,12 +119,13 @@ class StageConfig:
     steps: int = MISSING  # number of optimizer updates in this stage
     loss: LossConfig = field(default_factory=LossConfig)  # the training loss and its hyperparameters
     optim: OptimConfig = field(default_factory=OptimConfig)  # the optimizer and its learning-rate schedule
-    batch_size: int = 4  # pairs (or SFT examples) per micro-batch
+    batch_size: int = 4  # pairs (or SFT examples, or a sampled loss's prompts) per micro-batch
     grad_accum: int = 1  # micro-batches per update
     extend: bool = False  # SFT on chosen ∪ rejected: each pair gives two SFT examples (the paper's "extend")
     target: str = "chosen"  # the response field SFT trains on (chosen, rejected, irr_hum, ...: the paper's
     # train_supervise); preference losses always use chosen and rejected
     sample: SampleConfig = field(default_factory=SampleConfig)  # on-policy responses (preference losses only)
+    rl: RLConfig = field(default_factory=RLConfig)  # a sampled loss's (grpo) sampling, reward and objective
 
     @property
     def kind(self) -> str:
@@ -145,6 +147,8 @@ class StageConfig:
         """A short label of the training signal: "SFT on irr_hum", "DPO (y⁺, y⁻)", "SFT on chosen ∪ rejected"."""
         if self.extend:
             return f"{self.loss.name.upper()} on chosen ∪ rejected"
+        if get_loss(self.loss.name).sampled:
+            return f"{self.loss.name.upper()} on {self.rl.num_generations} samples a prompt ({self.rl.reward})"
         if not get_loss(self.loss.name).needs_rejected:
             return f"{self.loss.name.upper()} on {self.target}"
         return f"{self.loss.name.upper()} (y⁺, y⁻)"
@@ -152,6 +156,8 @@ class StageConfig:
     def needs(self) -> dict[str, str]:
         """The response fields every training row must have for this stage, each with why (for errors)."""
         what = f"stage '{self.name}' ({self.signal()})"
+        if get_loss(self.loss.name).sampled:  # prompts only: it samples its responses
+            return {}
         if not get_loss(self.loss.name).needs_rejected:
             fields = {self.target: f"{what} trains on it"}
             return fields | ({"rejected": f"{what} trains on it too"} if self.extend else {})
@@ -161,6 +167,11 @@ class StageConfig:
             return {}
         why = "ranks its samples by overlap with them" if self.sample.responses == "both" else "trains on them"
         return {"chosen": f"{what} {why}", "rejected": f"{what} {why}"}
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether the stage has a frozen copy of its starting model: its loss needs one, or a KL term (rl.beta)."""
+        return get_loss(self.loss.name).needs_reference or (get_loss(self.loss.name).sampled and self.rl.beta > 0)
 
     def describe(self) -> str:
         """One line: "dpo: dpo, sampled rejected from the policy, 20 updates × 4, adamw lr 1e-05"."""
@@ -304,13 +315,14 @@ def _check_stage(s: StageConfig) -> None:
         _positive([(f"{where}.loss.beta", s.loss.beta)])
     if "label_smoothing" in spec.params and not 0 <= s.loss.label_smoothing < 0.5:
         raise LdynError(f"must be in [0, 0.5), got {s.loss.label_smoothing}", field=f"{where}.loss.label_smoothing")
-    if s.extend and spec.needs_rejected:
+    sft_style = not (spec.needs_rejected or spec.sampled)
+    if s.extend and not sft_style:
         raise LdynError(
             f"extend (SFT on chosen ∪ rejected) needs an SFT-style loss, not '{spec.name}'", field=f"{where}.extend"
         )
-    if s.target != "chosen" and spec.needs_rejected:
+    if s.target != "chosen" and not sft_style:
         raise LdynError(
-            f"a target field applies to SFT-style losses; '{spec.name}' trains on chosen and rejected",
+            f"a target field applies to SFT-style losses, not '{spec.name}'",
             field=f"{where}.target",
         )
     sample = s.sample

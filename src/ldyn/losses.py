@@ -10,12 +10,17 @@ r^± = log π(y^±) - log π_ref(y^±) (the implicit reward without β), h = r�
 Add a loss with `@register_loss("name", needs_reference=..., needs_rejected=..., params=(...))`; `ldyn ls losses`
 lists them. A loss's hyperparameters are fields of `LossConfig` below, named in its `params`: adding a loss with a
 parameter touches this file only.
+
+A `sampled` loss is not a function of the rows' log-probs: `grpo` trains on completions it samples at each update,
+scored by a reward, with the token objective of `rl/objective.py` (the trainer's `objective`, `train/grpo.py`). Its
+settings, TRL's GRPOConfig names for the sampling, the reward and the objective, are a stage's `rl` (`RLConfig`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +38,38 @@ class LossConfig:
     rpo_alpha: float = 1.0  # α of rpo: weight of the per-token NLL on y⁺ added to DPO
     dpop_lambda: float = 50.0  # λ of dpop: penalty on y⁺ falling below its reference log-prob
     simpo_gamma: float = 0.5  # γ of simpo: target reward margin
+
+
+@dataclass
+class RLConfig:
+    num_generations: int = 8  # G: completions sampled per prompt (a group); advantages need G ≥ 2
+    beta: float = 0.0  # β: weight of the per-token KL (k3) to the reference; 0 = no reference model (TRL's default)
+    epsilon: float = 0.2  # ε_low: ρ is clipped below at 1 - ε
+    epsilon_high: float | None = None  # ε_high: ρ is clipped above at 1 + ε_high (None = epsilon; DAPO uses 0.28)
+    # how the per-token objective is aggregated (`RL_LOSSES`): grpo (each completion's token mean, then the mean
+    # over completions) | bnpo (sum over the batch's tokens / their number) | dapo (the same over the accumulated
+    # batch's tokens, TRL's default) | dr_grpo (sum / (N · max_completion_length))
+    loss_type: str = "dapo"
+    # the std that "grpo" advantages divide by: group (each prompt's G rewards) | batch (all N rewards) | none
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    # how rewards become advantages (`group_advantages`): grpo (z-score within the group) | dr_grpo (centred only,
+    # Dr. GRPO with loss_type=dr_grpo) | rloo (leave-one-out baseline, RLOO)
+    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
+    temperature: float = 1.0  # sampling temperature of the completions
+    max_completion_length: int = 64  # longest completion (tokens); dr_grpo's constant normaliser
+    top_k: int = 0  # sample from the k most likely tokens only (0 = the whole vocabulary)
+    # a completion's reward: a built-in of rl/tasks.py (exact_number, final_number, number_only) or a user's
+    # "package.module:function" with TRL's signature fn(prompts, completions, **row_fields) -> list[float]
+    reward: str = "final_number"
+
+    @property
+    def epsilon_low(self) -> float:
+        return self.epsilon
+
+    @property
+    def epsilon_up(self) -> float:
+        """ε_high as used: `epsilon_high`, or `epsilon` when it is None (as TRL)."""
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
 
 @dataclass
@@ -62,6 +99,7 @@ class LossSpec:
     needs_reference: bool
     needs_rejected: bool
     params: tuple[str, ...] = ()  # the LossConfig fields it reads besides `name`
+    sampled: bool = False  # trained on completions sampled at each update (the stage's `rl`); `fn` is never called
 
     @property
     def summary(self) -> str:
@@ -71,9 +109,11 @@ class LossSpec:
 LOSSES: dict[str, LossSpec] = {}
 
 
-def register_loss(name: str, *, needs_reference: bool, needs_rejected: bool, params: tuple[str, ...] = ()):
+def register_loss(
+    name: str, *, needs_reference: bool, needs_rejected: bool, params: tuple[str, ...] = (), sampled: bool = False
+):
     """Register `fn(policy, reference, cfg) -> LossOutput` under `name`; `params` names the LossConfig fields it
-    reads (β, margins, weights), so that settings can be checked per loss."""
+    reads (β, margins, weights), so that settings can be checked per loss; `sampled`: see the module docstring."""
     unknown = set(params) - {f.name for f in fields(LossConfig)} - {"name"}
     if unknown:
         raise ValueError(f"loss '{name}': {sorted(unknown)} are not LossConfig fields; declare them there")
@@ -81,7 +121,7 @@ def register_loss(name: str, *, needs_reference: bool, needs_rejected: bool, par
     def decorator(fn):
         if name in LOSSES:
             raise ValueError(f"loss '{name}' is already registered")
-        LOSSES[name] = LossSpec(name, fn, needs_reference, needs_rejected, tuple(params))
+        LOSSES[name] = LossSpec(name, fn, needs_reference, needs_rejected, tuple(params), sampled)
         return fn
 
     return decorator
@@ -214,3 +254,15 @@ def simpo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> Lo
         "rewards/accuracy": (chosen > rejected).float(),
     }
     return LossOutput(-F.logsigmoid(chosen - rejected - cfg.simpo_gamma), metrics)
+
+
+@register_loss("grpo", needs_reference=False, needs_rejected=False, sampled=True)
+def grpo(policy: PairLogps, reference: PairLogps | None, cfg: LossConfig) -> LossOutput:
+    """GRPO family: G completions sampled per prompt, scored by a reward, pushed along group-relative advantages.
+
+    Shao et al. 2024, "DeepSeekMath", §4.1.2, as TRL 1.16's GRPOTrainer with num_iterations = 1 (ρ = 1): the
+    token objective `rl.objective.rl_token_loss` of the stage's `rl` settings (RLConfig), whose `advantage` and
+    `loss_type` also give Dr. GRPO (both dr_grpo), DAPO's token-level loss (dapo) and RLOO (advantage=rloo).
+    The trainer computes it from the completions' token log-probs (`train/grpo.py`), never from this function.
+    """
+    raise LdynError("a grpo loss is computed from sampled completions' token log-probs (train/grpo.py), not from pairs")

@@ -16,47 +16,23 @@ Two settings choose a method, kept apart as TRL keeps them:
 So DeepSeekMath's GRPO is (advantage="grpo", loss_type="grpo"), Dr. GRPO (Liu et al. 2025) is (advantage="dr_grpo",
 loss_type="dr_grpo"), DAPO's token-level loss (Yu et al. 2025) is loss_type="dapo" with epsilon_high=0.28, and
 RLOO's advantages (Ahmadian et al. 2024) can be combined with any aggregation.
+
+The settings are `RLConfig` (defined in `losses.py`, beneath the config, whose stages hold one as `rl`); the
+functions here read only its attributes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Literal
 
 import torch
 
 from ldyn.errors import LdynError, did_you_mean
-from ldyn.losses import LossOutput
+from ldyn.losses import LossOutput, RLConfig  # RLConfig is a stage's `rl` settings, so it lives below config
 
 ADVANTAGES = ("grpo", "dr_grpo", "rloo")
 SCALE_REWARDS = ("group", "batch", "none")
-
-
-@dataclass
-class RLConfig:
-    num_generations: int = 8  # G: completions sampled per prompt (a group); advantages need G ≥ 2
-    beta: float = 0.0  # β: weight of the per-token KL (k3) to the reference; 0 = no reference model (TRL's default)
-    epsilon: float = 0.2  # ε_low: ρ is clipped below at 1 - ε
-    epsilon_high: float | None = None  # ε_high: ρ is clipped above at 1 + ε_high (None = epsilon; DAPO uses 0.28)
-    # how the per-token objective is aggregated (`RL_LOSSES`): grpo (each completion's token mean, then the mean
-    # over completions) | bnpo (sum over the batch's tokens / their number) | dapo (the same over the accumulated
-    # batch's tokens, TRL's default) | dr_grpo (sum / (N · max_completion_length))
-    loss_type: str = "dapo"
-    # the std that "grpo" advantages divide by: group (each prompt's G rewards) | batch (all N rewards) | none
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"  # how rewards become advantages (`group_advantages`)
-    temperature: float = 1.0  # sampling temperature of the completions
-    max_completion_length: int = 64  # longest completion (tokens); dr_grpo's constant normaliser
-
-    @property
-    def epsilon_low(self) -> float:
-        return self.epsilon
-
-    @property
-    def epsilon_up(self) -> float:
-        """ε_high as used: `epsilon_high`, or `epsilon` when it is None (as TRL)."""
-        return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
 
 # ---------------------------------------------------------------- advantages

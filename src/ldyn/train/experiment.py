@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -31,8 +31,10 @@ from ldyn.runtime import distributed
 from ldyn.runtime.files import writable_folder
 from ldyn.schema import to_dict
 from ldyn.train.callbacks import Checkpointer, DecompositionCallback, MetricsLogger, ProbeCallback
+from ldyn.train.grpo import GRPO, check_reward_fields, check_sampled_stages, rows_by_id
 from ldyn.train.restore import restore
 from ldyn.train.sampling import ResponseSampler
+from ldyn.train.task_data import resolve
 from ldyn.train.trainer import Trainer, TrainExample, batches
 
 
@@ -42,6 +44,7 @@ class Inputs:
     probes: list[ProbeItem]
     report: dict  # what was loaded, for data.json and the console
     texts: list[dict]  # the probed texts, for probe_set.jsonl (`probe_set_rows`)
+    rows: dict[str, dict] = field(default_factory=dict)  # with a sampled stage: each training row by id (rewards)
 
 
 @dataclass
@@ -62,7 +65,8 @@ def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
     needs = {}
     for stage in cfg.stages:  # the fields every row needs, each with the first stage that needs it
         needs = stage.needs() | needs
-    source = pcfg.path if data.train == "probe" else data.train  # train on the probe set (train_using_prob)
+    key = "probe.path" if data.train == "probe" else "data.train"  # train on the probe set (train_using_prob)
+    source = resolve(pcfg.path if data.train == "probe" else data.train, key)  # a generated task: its rows
     examples, skipped = load_examples(source, data.split, data.n_train, needs, data.skip_empty, cfg.seed)
     keep = {"chosen", "rejected", *needs}  # other fields would change how long rows are truncated
     examples = [replace(e, responses={k: v for k, v in e.responses.items() if k in keep}) for e in examples]
@@ -71,7 +75,7 @@ def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
     loaded = {"probe_prompts": 0, "probe_types": [], "probe_empty_skipped": 0, "probe_truncated": 0}
     if pcfg.every or cfg.decompose.every:
         n, key = (pcfg.n, "probe.n") if pcfg.every else (cfg.decompose.n, "decompose.n")  # without probing: only
-        probed, types = load_probe_set(pcfg.path, pcfg.types, n, cfg.seed, key)  # its prompts
+        probed, types = load_probe_set(resolve(pcfg.path, "probe.path"), pcfg.types, n, cfg.seed, key)  # its prompts
         items, loaded = tokenized_probe_items(probed, types, tokenizer, data)
         texts = probe_set_rows(probed, types)
     report = {
@@ -79,12 +83,18 @@ def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
         "train_skipped_empty": skipped,
         "train_truncated": sum(r.truncated for r in train),
     } | loaded
-    return Inputs(train, items, report, texts)
+    rows = {}
+    if any(get_loss(s.loss.name).sampled for s in cfg.stages):
+        rows = rows_by_id(source, data.split, cfg.seed, data.n_train)
+        check_reward_fields(cfg, rows)
+    return Inputs(train, items, report, texts, rows)
 
 
 def stage_examples(rows: list[TokenizedRow], spec: LossSpec, stage: StageConfig) -> list[TrainExample]:
     """Pairs for preference losses (a response the stage samples may be absent: None until sampled); for SFT the
-    stage's target field, plus the rejected ones when `extend`."""
+    stage's target field, plus the rejected ones when `extend`; for a sampled loss the prompts alone."""
+    if spec.sampled:
+        return [TrainExample(r.id, r.prompt, [], None) for r in rows]
     if spec.needs_rejected:
         return [TrainExample(r.id, r.prompt, r.responses.get("chosen"), r.responses.get("rejected")) for r in rows]
     examples = [TrainExample(r.id, r.prompt, r.responses[stage.target], None) for r in rows]
@@ -97,6 +107,7 @@ def run(cfg: RunConfig, *, overwrite: bool = False) -> RunDir:
     """Start a new run of `cfg`; returns its run directory. Everything that can be refused is refused before the
     directory is touched; the run holds the directory's lock for its whole life."""
     check(cfg)
+    check_sampled_stages(cfg)
     out, processes = RunDir(cfg.run_dir), distributed.processes()  # under accelerate launch: every process runs this
     existed = out.exists()
     processes.wait_for_everyone()  # every process looked before the main one writes
@@ -185,6 +196,7 @@ def resume(run_dir: str) -> RunDir:
         )
     cfg = read_config(out.path / CONFIG)
     check(cfg)
+    check_sampled_stages(cfg)
     restored = restore(out, cfg)
     model, tokenizer, state = restored.model, restored.tokenizer, restored.state
     if state is not None:  # the resumed stage takes them (and lets them go)
@@ -292,9 +304,10 @@ def _train_stage(shared: _Shared, index: int, model, *, step: int, start: int, r
     stage = cfg.stages[index]
     spec = get_loss(stage.loss.name)
     reference = None
-    if spec.needs_reference:
+    if stage.has_reference:
         stage_start = resume.pop("reference") if start > 0 else None
         reference = _reference_for(cfg, accelerator.unwrap_model(model), stage_start)
+    grpo = _grpo(shared, index, model) if spec.sampled else None  # the trainer's loss and the batches' rollouts
     trainer = Trainer(
         model,
         spec,
@@ -308,6 +321,7 @@ def _train_stage(shared: _Shared, index: int, model, *, step: int, start: int, r
         mixed_precision=cfg.mixed_precision,
         compile=cfg.compile,
         cuda_graphs=shared.graphs,
+        objective=grpo,
     )
     saved = resume.pop("optimizer_state") if start > 0 else None
     if saved is not None:
@@ -322,6 +336,8 @@ def _train_stage(shared: _Shared, index: int, model, *, step: int, start: int, r
     )
     if stage.sample.responses != "none":
         data = _sampled(shared, stage, data, model, reference, first_step=step + 1)
+    if spec.sampled:  # each update's prompts become their rollouts
+        data = grpo.wrap(data, step + 1)
     return trainer.fit(data, stage.steps, stage=stage.name, stage_index=index, step=step, start=start).step
 
 
@@ -344,3 +360,12 @@ def _sampled(shared: _Shared, stage: StageConfig, data, model, reference, *, fir
         judge=judge,
     )
     return sampler.wrap(data, first_step)
+
+
+def _grpo(shared: _Shared, index: int, model) -> GRPO:
+    """A sampled stage's rollouts and loss (`grpo.py`), sampling from the model being trained."""
+    stage, accelerator = shared.cfg.stages[index], shared.accelerator
+    run = shared.out if accelerator.is_main_process else None
+    return GRPO(stage.rl, accelerator.unwrap_model(model), shared.tokenizer, shared.inputs.rows,
+                grad_accum=stage.grad_accum, seed=shared.cfg.seed * 1000 + index, rank=accelerator.process_index,
+                run=run)  # fmt: skip

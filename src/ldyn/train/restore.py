@@ -16,7 +16,6 @@ import torch
 
 from ldyn.config import RunConfig
 from ldyn.errors import LdynError
-from ldyn.losses import get_loss
 from ldyn.models.load import check_checkpoint, load_checkpoint, load_model
 from ldyn.models.pretrained import reason
 from ldyn.runs.directory import RESTART, STATE, RunDir, read_resume_state
@@ -50,7 +49,7 @@ def restore(run: RunDir, cfg: RunConfig) -> Restored:
     if middle and state["optimizer"]:
         restored.optimizer = _optimizer_state(state["model_dir"] / state["optimizer"], model)
     stage_index = state["stage_index"]
-    if middle and not adapter and get_loss(cfg.stages[stage_index].loss.name).needs_reference:
+    if middle and not adapter and cfg.stages[stage_index].has_reference:
         restored.reference = _stage_start(run, cfg, stage_index)
     return restored
 

@@ -146,12 +146,16 @@ class Trainer:
         mixed_precision: str = "no",
         compile: str = "no",
         cuda_graphs: int = 0,
+        objective=None,
     ):
         if loss.needs_reference and ref_model is None:
             raise ValueError(f"loss '{loss.name}' needs a reference model")
         self.model, self.loss, self.loss_cfg, self.optim_cfg = model, loss, loss_cfg, optim_cfg
         self.accelerator, self.pad_id, self.ref_model = accelerator, pad_id, ref_model
         self.callbacks, self.grad_accum = list(callbacks), grad_accum
+        # `objective(trainer, examples) -> (loss, metrics, logps)` in place of `loss` over the rows' summed log-probs:
+        # a sampled stage's token objective (`grpo.GRPO`), its rows the completions it sampled
+        self.objective = objective
         self.autocast_dtype = torch.bfloat16 if mixed_precision == "bf16" else None
         self.forward_model = compiled(model, compile)  # the model itself unless compiling
         # the training forward's row layout, chosen once: packed rows or one padded batch
@@ -290,6 +294,8 @@ class Trainer:
     def loss_on(self, examples: list[TrainExample]) -> tuple[torch.Tensor, dict[str, float], SeqLogps]:
         """Mean loss of a micro-batch (chosen and rejected together, `row_logps`), its metrics and its rows'
         log-probs."""
+        if self.objective is not None:
+            return self.objective(self, examples)
         logps = self.row_logps(self.model, examples, self.loss.needs_rejected)
         reference = self.reference_logps(examples, logps.sum.dtype) if self.loss.needs_reference else None
         loss, metrics = self.loss_from(logps.sum, logps.n_tokens, len(examples), reference)
