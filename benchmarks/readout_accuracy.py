@@ -1,6 +1,7 @@
 """How well the forward-only readout tracks the observed one-step change, beside the exact first order.
 
-One SGD update of each stage (SFT, then DPO from the base model, both on the first HH pairs) is decomposed twice,
+One SGD update of each stage (SFT, and DPO from the base model -- `ldyn decompose` runs the stage alone -- both
+on the first HH pairs) is decomposed twice,
 by forward-mode (`decompose.method=jvp`: the exact first-order change of the SGD kernel's y⁺ and y⁻ parts) and by
 the readout (`decompose.method=readout`: ch1, the LM head's exact term, and ch1 + ch2, the head plus the backbone's
 estimate), against every response type of the first `--prompts` probe prompts. Plain SGD without clipping, so the
@@ -36,6 +37,7 @@ def decomposed(stage: str, method: str, args, out: str) -> list[dict]:
         "model.dtype=float32",
         f"data.train={args.data}",
         f"probe.path={args.data}",
+        f"data.n_train={args.pairs}",
         "data.skip_empty=true",
         f"decompose.n={args.prompts}",
         f"decompose.method={method}",
@@ -46,8 +48,6 @@ def decomposed(stage: str, method: str, args, out: str) -> list[dict]:
         f"output_dir={out}",
         *args.set,
     ]
-    if stage == "dpo":
-        overrides.append("stages.dpo.reference=base")
     cfg = load_config(args.recipe, overrides)
     run = decompose_step(cfg, stage, overwrite=True)
     return sorted(RunDir(run.path).read(DECOMPOSITION), key=lambda r: (r["example_id"], r["type"]))
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="smollm2_sft_dpo")
     parser.add_argument("--stages", default="sft,dpo")
     parser.add_argument("--prompts", type=int, default=8, help="observed probe prompts (all their types)")
+    parser.add_argument("--pairs", type=int, default=4, help="the update batch: the first N pairs")
     parser.add_argument("--lr", type=float, default=1e-4, help="the SGD step's learning rate")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe override")
     args = parser.parse_args()
