@@ -194,12 +194,13 @@ def readout_statistics(
     for part in chunked(len(observed.logits), device):
         chunk = Scored(scored.targets[part], scored.rows[part], scored.columns[part], scored.n_rows)
         logits, total = observed.logits[part], None
+        probs = logits.to(dtype).softmax(-1)
         for side, (grad, hidden, streams, back) in sides.items():
             both = -lr * (((observed.streams[part] @ streams.T) @ back) @ head.T)  # −η W Σ_t O_mt WᵀG_t
-            add(f"readout/backbone_{side}", sequence_change(logits, chunk, both))
+            add(f"readout/backbone_{side}", sequence_change(probs, chunk, both))
             if head_trained:
                 head_dz = -lr * ((observed.hidden[part] @ hidden.T) @ grad)  # −η Σ_t ⟨h_m, h_t⟩ G_t
-                add(f"readout/head_{side}", sequence_change(logits, chunk, head_dz))
+                add(f"readout/head_{side}", sequence_change(probs, chunk, head_dz))
                 both = both + head_dz
             total = both if total is None else total + both
         if total is not None:
@@ -207,7 +208,7 @@ def readout_statistics(
                 if k.startswith("mass"):
                     add(f"predicted/{k}", v)
         if delta is not None:
-            add("readout/head_step", sequence_change(logits, chunk, observed.hidden[part] @ delta.T))
+            add("readout/head_step", sequence_change(probs, chunk, observed.hidden[part] @ delta.T))
     for side in sides:
         out[f"sgd_{side}"] = out[f"readout/backbone_{side}"] + out.get(f"readout/head_{side}", 0.0)
     if sides:
@@ -220,10 +221,10 @@ def chunked(n: int, device) -> list[slice]:
     return [slice(lo, lo + step) for lo in range(0, n, step)]
 
 
-def sequence_change(logits: torch.Tensor, scored: Scored, dlogits: torch.Tensor) -> torch.Tensor:
-    """A applied per token and summed per sequence: Σ_m [Δz_{m,y_m} − π_m·Δz_m], (n_rows,)."""
-    z = logits.to(dlogits.dtype)
-    per_token = dlogits.gather(-1, scored.targets[:, None]).squeeze(-1) - (z.softmax(-1) * dlogits).sum(-1)
+def sequence_change(probs: torch.Tensor, scored: Scored, dlogits: torch.Tensor) -> torch.Tensor:
+    """A applied per token and summed per sequence: Σ_m [Δz_{m,y_m} − π_m·Δz_m], (n_rows,); `probs` = π per token
+    (taken once per chunk for every part)."""
+    per_token = dlogits.gather(-1, scored.targets[:, None]).squeeze(-1) - torch.linalg.vecdot(probs, dlogits)
     return torch.zeros(scored.n_rows, dtype=dlogits.dtype, device=dlogits.device).index_add(0, scored.rows, per_token)
 
 
