@@ -1,5 +1,5 @@
 """ldyn inside the training people already run: `LearningDynamicsCallback` for transformers' Trainer and TRL's
-SFTTrainer / DPOTrainer (`hf.py`)."""
+SFTTrainer / DPOTrainer / GRPOTrainer / RLOOTrainer (`hf.py`)."""
 
 from ldyn.integrations.hf import LearningDynamicsCallback
 

@@ -17,11 +17,11 @@ from ldyn.data.probesets import PAPER_TYPES, load_probe_set
 from ldyn.data.templates import check_template
 from ldyn.errors import LdynError, did_you_mean
 from ldyn.integrations.host import warn
-from ldyn.integrations.trainer_data import DERIVED
+from ldyn.integrations.trainer_data import DERIVED, ROLLOUT_TYPES
 from ldyn.runtime.files import writable_folder
 from ldyn.schema import from_dict
 
-KNOWN_TYPES = tuple(dict.fromkeys((*PAPER_TYPES, *DERIVED, "completion")))
+KNOWN_TYPES = tuple(dict.fromkeys((*PAPER_TYPES, *DERIVED, *ROLLOUT_TYPES, "completion")))
 # argument -> its smallest value, as config.check bounds the recipe key (0 = never / all / none where it may be 0)
 COUNTS = {"every": 0, "n": 0, "held_out": 0, "decompose_every": 0, "decompose_n": 1, "batch_tokens": 1, "seed": 0}
 LENGTHS = {"max_length": 2, "max_prompt_length": 1}  # or None: the trainer's

@@ -1,5 +1,5 @@
 """`LearningDynamicsCallback`: ldyn's probing, and the observed and predicted change of an update, inside any
-`transformers.Trainer` -- TRL's `SFTTrainer` and `DPOTrainer` included. Add it to the trainer you already have:
+`transformers.Trainer` -- TRL's SFT, DPO, GRPO and RLOO trainers included. Add it to the trainer you already have:
 
     from ldyn.integrations import LearningDynamicsCallback
 
@@ -45,14 +45,14 @@ from ldyn.config import (
     ProbeConfig,
     dump_config,
 )
-from ldyn.data.formats import is_messages
 from ldyn.data.probesets import load_probe_set, probe_set_rows
 from ldyn.dynamics.probing import ProbeItem, first_prompts, probe_across_ranks, tokenized_probe_items
 from ldyn.dynamics.update import Decomposer
 from ldyn.errors import LdynError
 from ldyn.integrations import arguments
 from ldyn.integrations.host import describe_run, find_trainer, stage_name, warn
-from ldyn.integrations.trainer_data import available_types, dataset_rows, probe_rows
+from ldyn.integrations.rollouts import probes_rollouts, rollout_rows
+from ldyn.integrations.trainer_data import available_types, compare_formats, probe_rows
 from ldyn.integrations.trainer_log import RoundReport, decomposition_scalars, log_to_trainer, send_images
 from ldyn.runs.directory import (
     CONFIG,
@@ -83,13 +83,15 @@ HOST_OMITS = ("judge", "compile", "cuda_graphs", "cuda_graphs_pad_to", "checkpoi
 class LearningDynamicsCallback(TrainerCallback):
     """Probe during any transformers/TRL training into an ldyn run directory.
 
-    probes: None (the default) probes the host trainer's own data: the first `n` prompts of its `train_dataset`
-    and, when it has an `eval_dataset`, the first `held_out` of those (held-out prompts), each with the responses
-    the data has (chosen, rejected, the completion or the last assistant turn) and the paper's rule-based types
-    derived from them (`integrations/trainer_data.py`); `held_out` left None is 4 when there is an eval_dataset,
-    and a count given without one fails when training begins. Or an explicit probe set: "embedded", a JSONL in the
-    paper authors' format (`prompt` + one field per response type, e.g. from `ldyn probes build`), a Hugging Face
-    dataset (hub name or `save_to_disk` folder), or the rows themselves (a list of dicts or a `datasets.Dataset`).
+    probes: None (the default) probes the host trainer's own data: the first `n` prompts of its `train_dataset` and,
+    when it has an `eval_dataset`, the first `held_out` of those (held-out prompts), each with the responses the
+    data has (chosen, rejected, the completion or the last assistant turn) and the paper's rule-based types derived
+    from them (`integrations/trainer_data.py`); on an RL trainer's prompt-only data (GRPO, RLOO), its rollouts of
+    the first update, split by reward (`integrations/rollouts.py`). `held_out` left None is 4 when there is an
+    eval_dataset, and a count given without one fails when training begins. Or an explicit probe set: "embedded", a
+    JSONL in the paper authors' format (`prompt` + one field per response type, e.g. from `ldyn probes build`), a
+    Hugging Face dataset (hub name or `save_to_disk` folder), or the rows themselves (a list of dicts or a
+    `datasets.Dataset`).
     `types`: the response types to probe ("auto" = every paper type present; a list, or one string read as the
     recipe's list syntax: "chosen,rejected").
     `every`: probe every k optimizer steps (and at step 0 and the end). `output_dir`: the run directory (default
@@ -158,6 +160,7 @@ class LearningDynamicsCallback(TrainerCallback):
         self.done: set[int] = set()
         self.decomposer: Decomposer | None = None  # with decompose_every: set up once the probes are loaded
         self.baseline: dict[str, float] = {}
+        self.rollouts = False  # probing the host RL trainer's own step-0 rollouts (`rollouts.py`)
 
     # ------------------------------------------------------------ events
 
@@ -170,6 +173,12 @@ class LearningDynamicsCallback(TrainerCallback):
         self.stage = stage_name(args)
         trainer = find_trainer()
         arguments.settle_lengths(self.data, self.lengths, args)
+        self.rollouts = self.source is None and probes_rollouts(trainer)
+        self._starting = tokenizer if self.rollouts and state.global_step == 0 else None  # sampled in its 1st update
+        if self._starting is None:
+            self._start(args, state, model, tokenizer, trainer)
+
+    def _start(self, args, state, model, tokenizer, trainer) -> None:  # the probes, the run directory, step 0
         self.items, report = self._load_probes(tokenizer, trainer)
         if state.is_world_process_zero:
             print(self._announce(report), flush=True)
@@ -200,6 +209,9 @@ class LearningDynamicsCallback(TrainerCallback):
         self._emit(args, state, control)  # this round and this update's decomposition, at the step they describe
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self._starting is not None:  # the step-0 rollouts are sampled, and the model is still θ₀
+            tokenizer, self._starting = self._starting, None
+            self._start(args, state, model, tokenizer, find_trainer())
         k = self.decompose.every
         readout = self.decompose.method == "readout"  # on every process: a sharded model's forwards need them all
         if k and state.global_step % k == 0 and (readout or state.is_world_process_zero):
@@ -229,6 +241,8 @@ class LearningDynamicsCallback(TrainerCallback):
         self.run.append(METRICS, [{"step": state.global_step, "stage": self.stage, **row}])
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self._starting is not None:  # no update, so no rollouts: nothing was probed
+            return
         self._probe(state, model, args)  # training stopped between probe steps by a later callback: its last round
         if not state.is_world_process_zero:
             return
@@ -243,7 +257,7 @@ class LearningDynamicsCallback(TrainerCallback):
         """The probe set's items: the explicit source, or the host trainer's own data (`trainer_data`)."""
         if self.source is not None:
             examples, types = self.probe_set or load_probe_set(self.source, self.types, self.n, self.seed, n_key="n")
-            self._compare_formats(trainer, examples[0])
+            compare_formats(trainer, examples[0], self.data.template)
             items, report = tokenized_probe_items(examples, types, tokenizer, self.data)
             self.texts = probe_set_rows(examples, types)
             return items, report | {"probe_source": self.source if isinstance(self.source, str) else "<rows>"}
@@ -252,9 +266,12 @@ class LearningDynamicsCallback(TrainerCallback):
                 "LearningDynamicsCallback() probes the trainer's own data, but no transformers Trainer "
                 "is running this event: pass a probe set, e.g. LearningDynamicsCallback('embedded')"
             )
-        held_out = arguments.held_out_of(self.held_out, trainer.eval_dataset)
-        eos = tokenizer.eos_token  # TRL appended its text to every prepared response
-        rows, origin = probe_rows(trainer.train_dataset, trainer.eval_dataset, self.n, held_out, self.seed, eos)
+        if self.rollouts:
+            rows, origin = rollout_rows(trainer, self.n, self.seed, self.run.path)
+        else:
+            held_out = arguments.held_out_of(self.held_out, trainer.eval_dataset)
+            eos = tokenizer.eos_token  # TRL appended its text to every prepared response
+            rows, origin = probe_rows(trainer.train_dataset, trainer.eval_dataset, self.n, held_out, self.seed, eos)
         have = available_types(rows)
         wanted = have if self.types == ["auto"] else self.types
         missing = [t for t in wanted if t not in have]
@@ -267,22 +284,6 @@ class LearningDynamicsCallback(TrainerCallback):
         items, report = tokenized_probe_items(examples, types, tokenizer, self.data)
         self.texts = probe_set_rows(examples, types)  # the derived types' texts too
         return items, report | origin
-
-    def _compare_formats(self, trainer, probe) -> None:
-        """One warning line where conversational training meets text probes (or the reverse) under template="auto",
-        which renders the two differently."""
-        if trainer is None or self.data.template != "auto":
-            return
-        try:
-            trained = dataset_rows(trainer.train_dataset, "train_dataset", 1)
-        except LdynError:  # token ids only: nothing to compare
-            return
-        if trained and is_messages(trained[0].prompt) != is_messages(probe.prompt):
-            kinds = ("conversational", "text") if is_messages(trained[0].prompt) else ("text", "conversational")
-            warn(
-                f"the trainer trains on {kinds[0]} rows but the probes are {kinds[1]}: they are rendered "
-                "differently (template='chat' renders text probes with the chat template too)"
-            )
 
     def _announce(self, report: dict) -> str:
         """One line: what is probed, how often, and where it is written."""
@@ -352,6 +353,7 @@ class LearningDynamicsCallback(TrainerCallback):
     # ------------------------------------------------------------ the trainer's own log stream
 
     _args = None  # the trainer's arguments (`_start_run`)
+    _starting = None  # probing an RL trainer's step-0 rollouts: its tokenizer, until they are sampled (`_start`)
     _pending: dict | None = None  # scalars waiting for `_emit`
     _emitting = False  # `_emit` is handing them to the callbacks, ours included
     _plotted = -1  # how many probe rounds the figures last drew

@@ -28,8 +28,10 @@ from dataclasses import replace
 from ldyn.data.embedded import shuffle_words
 from ldyn.data.formats import Example, example_from_row, is_messages, text_of
 from ldyn.errors import LdynError
+from ldyn.integrations.host import warn
 
 DERIVED = ("irr_train", "irr_test", "random_permute", "random_nonhum")
+ROLLOUT_TYPES = ("rollout_correct", "rollout_incorrect")  # an RL trainer's own step-0 rollouts (`rollouts.py`)
 # rows read beyond the probed ones, irr_test's choices: a whole training set is never read (20k rows: 0.3 s here,
 # on every process, at the start of training)
 POOL = 256
@@ -100,7 +102,8 @@ def probe_rows(
     if not train:
         raise LdynError(
             "the trainer's train_dataset has no rows with a response to probe (chosen, completion or an assistant "
-            "turn): pass probes explicitly"
+            "turn): pass probes explicitly, e.g. LearningDynamicsCallback('probes.jsonl') or a datasets.Dataset "
+            "with prompt/chosen/rejected"
         )
     probed = train[:n] if n else train
     spare = train[len(probed) :]  # training rows not probed: irr_test's source without an eval split
@@ -139,5 +142,22 @@ def available_types(rows: list[dict]) -> list[str]:
     common = set(rows[0]) - {"id", "prompt"}
     for row in rows[1:]:
         common &= set(row)
-    order = ("chosen", "rejected", *DERIVED)
+    order = ("chosen", "rejected", *ROLLOUT_TYPES, *DERIVED)
     return [t for t in order if t in common] + sorted(common - set(order))
+
+
+def compare_formats(trainer, probe: Example, template: str) -> None:
+    """One warning line where conversational training meets text probes (or the reverse) under template="auto",
+    which renders the two differently."""
+    if trainer is None or template != "auto":
+        return
+    try:
+        trained = dataset_rows(trainer.train_dataset, "train_dataset", 1)
+    except LdynError:  # token ids only: nothing to compare
+        return
+    if trained and is_messages(trained[0].prompt) != is_messages(probe.prompt):
+        kinds = ("conversational", "text") if is_messages(trained[0].prompt) else ("text", "conversational")
+        warn(
+            f"the trainer trains on {kinds[0]} rows but the probes are {kinds[1]}: they are rendered "
+            "differently (template='chat' renders text probes with the chat template too)"
+        )
