@@ -265,6 +265,8 @@ def plot_decomposition(run: Run, summary: list[dict]) -> plt.Figure:
     cols = 4
     rows = math.ceil((len(types) + 1) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
+    readout = any(r.get("method") == "readout" for r in run.decomposition)  # its `predicted` is the SGD kernel's
+    ylabel = "predicted (readout: −η·(ch1+ch2), SGD kernel; nats)" if readout else "predicted (A·K·G, real step; nats)"
     for ax, s in zip(axes.flat, summary):
         data = [r for r in run.decomposition if r["type"] == s["type"]]
         obs, pred = [r["observed"] for r in data], [r["predicted"] for r in data]
@@ -275,7 +277,7 @@ def plot_decomposition(run: Run, summary: list[dict]) -> plt.Figure:
             f"{label(s['type'])}\nr = {s['corr']:.3f}, median rel. error {s['rel_error_median']:.2g}", fontsize=9
         )
         ax.set_xlabel("observed Δ log π (nats)", fontsize=8)
-        ax.set_ylabel("predicted (A·K·G, real step; nats)", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
         plain_numbers(ax.xaxis)
         plain_numbers(ax.yaxis)
     ax = axes.flat[len(types)]
