@@ -10,7 +10,6 @@ from datasets import Dataset
 from helpers import trainer_args as common
 from trl import GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, RLOOConfig, RLOOTrainer
 
-from ldyn.errors import LdynError
 from ldyn.integrations import LearningDynamicsCallback
 from ldyn.integrations.host import loss_name, stage_name
 from ldyn.models.pretrained import frozen_copy, prepare, tiny_model
@@ -168,7 +167,11 @@ def test_the_default_probes_each_trainers_own_data(kind, tokenizer, tmp_path):
     assert {"chosen", "rejected", "irr_train", "irr_test", "argmax"} <= {r["type"] for r in rows}
 
 
-def test_prompt_only_rl_data_asks_for_a_probe_set(tokenizer, tmp_path):
+def test_prompt_only_rl_data_probes_the_step_0_rollouts(tokenizer, tmp_path):
+    """A prompt-only GRPO dataset has no responses of its own: the callback probes the trainer's step-0 rollouts
+    (`integrations/rollouts.py`; tests/test_callback_grpo.py has the rest)."""
     trainer = build("grpo", tokenizer, tmp_path, [LearningDynamicsCallback(every=2, n=2, max_length=128)])
-    with pytest.raises(LdynError, match="no rows with a response"):
-        trainer.train()
+    trainer.train()
+    rows = RunDir(tmp_path / "ldyn").read("probes.jsonl")
+    assert {r["example_id"] for r in rows} and all(str(r["example_id"]).startswith("rollout/") for r in rows)
+    assert "chosen" in {r["type"] for r in rows} and {r["step"] for r in rows} >= {0}
