@@ -237,7 +237,7 @@ class ReadoutStart:
     (None when the batch is not known: then only the real step's head term), the head W_t and η."""
 
     lr: float
-    groups: list[tuple[list[ProbeItem], Batch, ReadoutForward]]
+    groups: list[tuple[list[ProbeItem], Batch | SharedRows, ReadoutForward]]
     update: ReadoutUpdate | None
     head: torch.Tensor  # W_t (V, d), cloned
     head_trained: bool  # the head takes part in the step (not under LoRA, or frozen)
