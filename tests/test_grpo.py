@@ -1,16 +1,20 @@
 """A GRPO stage (train/grpo.py): the run's files, the update's gradient by hand, the KL term, a user's reward, the
 refusals, and the arithmetic task as a data source."""
 
+import json
 import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
-from helpers import ldyn, write_jsonl
+from helpers import OBSERVED, ldyn, write_jsonl
 
 from ldyn.config import LossConfig, OptimConfig, RLConfig
-from ldyn.data.tokenize import collate
-from ldyn.logprobs.padded import sequence_logps
+from ldyn.data.tokenize import IGNORE, collate
+from ldyn.dynamics.akg import UpdateDirections, logit_jvp, parameters
+from ldyn.dynamics.entk import entk, predicted_logit_change
+from ldyn.logprobs.padded import response_logits, sequence_logps
 from ldyn.losses import get_loss
 from ldyn.rl.tasks import arithmetic_rows
 from ldyn.runs.directory import RunDir
@@ -63,8 +67,12 @@ def test_a_grpo_run_writes_reward_metrics_samples_and_probes(tmp_path, capsys):
         assert by_step[step]["reward"] == pytest.approx(sum(rewards) / len(rewards))
     probes = run.read("probes.jsonl")
     assert {p["step"] for p in probes} == {0, 1, 2}
-    assert {p["type"] for p in probes} >= {"chosen", "rejected", "chosen_gptsemantic", "rejected_far"}
-    assert {p["example_id"] for p in probes} == {"arith-0-0000", "arith-0-0001"}
+    assert {p["type"] for p in probes} >= {"chosen", "rejected", "chosen_gptsemantic", "rejected_far", "irr_train",
+                                           "irr_hum", "held_out_sample"}  # fmt: skip
+    trained = {p["example_id"] for p in probes if p["type"] != "held_out_sample"}
+    assert trained == {"arith-0-0000", "arith-0-0001"}
+    held = {p["example_id"] for p in probes if p["type"] == "held_out_sample"}  # 4 step-0 samples of 2 prompts
+    assert held <= {f"held_out/arith-0-000{i}#{k}" for i in range(2) for k in range(4)} and len(held) >= 6
 
 
 def test_a_user_reward_by_import_path_and_a_kl_term(tmp_path, capsys, monkeypatch):
@@ -83,6 +91,29 @@ def test_a_user_reward_by_import_path_and_a_kl_term(tmp_path, capsys, monkeypatc
     assert metrics[0]["kl"] == pytest.approx(0.0, abs=1e-9)  # the first update starts at the reference
     assert metrics[1]["kl"] > 0
     sys.modules.pop("my_rewards", None)
+
+
+def test_rl_probes_and_the_decomposition_by_advantage_sign(tmp_path, capsys, monkeypatch):
+    """The step-0 rollouts split by the stage's reward (here: odd length is right), kept in data.json and probed
+    every round; the decomposition of each update into its positive- and negative-advantage rollouts' parts."""
+    (tmp_path / "parity.py").write_text("def odd(prompts, completions, **fields):\n"
+                                        "    return [float(len(c) % 2) for c in completions]\n")  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = grpo_run(tmp_path, capsys, "stages.grpo.rl.reward=parity:odd", "decompose.every=1",
+                   "stages.grpo.rl.max_completion_length=12")  # fmt: skip
+    rollouts = json.loads((run.path / "data.json").read_text())["rollouts"]
+    assert set(rollouts) == {"arith-0-0000", "arith-0-0001"}
+    for picked in rollouts.values():
+        assert len(picked.get("rollout_correct", "x")) % 2 == 1 and len(picked.get("rollout_incorrect", "")) % 2 == 0
+    assert any(len(picked) == 2 for picked in rollouts.values())
+    probes = run.read("probes.jsonl")
+    for step in (0, 1, 2):
+        got = {(p["example_id"], p["type"]) for p in probes if p["step"] == step}
+        assert {(i, t) for i, picked in rollouts.items() for t in picked} <= got
+    rows = run.read("decomposition.jsonl")
+    assert {r["step"] for r in rows} == {1, 2}
+    for key in ("sgd_positive", "sgd_negative", "predicted", "observed", "observed/lbk"):
+        assert any(abs(r[key]) > 0 for r in rows), key
 
 
 def grpo_trainer(model, cfg, **kw):
@@ -203,14 +234,16 @@ def test_a_rollout_is_seeded_by_its_step(tiny64, tokenizer):
         ("stages.grpo.rl.reward=no_such_module_x:f", "stages.grpo.rl.reward"),
         ("stages.grpo.extend=true", "stages.grpo.extend"),
         ("stages.grpo.sample.responses=rejected", "stages.grpo.sample.responses"),
-        ("decompose.every=1", "decompose.every"),
+        ("decompose.every=1 decompose.method=readout", "decompose.method"),
+        ("decompose.every=1 stages.grpo.grad_accum=2", "stages.grpo.grad_accum"),
+        ("decompose.every=1 mixed_precision=bf16", "mixed_precision"),
         ("data.train=arithmetic:digits=0", "data.train"),
         ("data.train=arithmetic:n=4,colour=red", "data.train"),
         ("probe.path=arithmetic:operators=/", "probe.path"),
     ],
 )
 def test_bad_settings_are_refused_naming_their_key(override, field, tmp_path, capsys):
-    code, _, err = ldyn(capsys, "run", "grpo_arith", *SMALL, f"output_dir={tmp_path / 'run'}", override)
+    code, _, err = ldyn(capsys, "run", "grpo_arith", *SMALL, f"output_dir={tmp_path / 'run'}", *override.split())
     assert code == 2, err
     assert f"field '{field}'" in err.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists()
@@ -239,3 +272,37 @@ def test_ls_losses_shows_grpo(capsys):
     assert lines["grpo"].startswith("GRPO family") and lines["grpo"].endswith(
         "(needs prompts, a reward; params: stages.<i>.rl)"
     )
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_an_rl_update_splits_by_advantage_sign_and_each_part_equals_its_explicit_kernel(packed, tiny64):
+    """The decomposition of a GRPO update (ρ = 1, dapo): G from the step's own graph by autograd, its y⁺ part the
+    positive-advantage completions'. Each part's first-order change of observed logits along −η g± equals the
+    explicit −η K(x_o, u±) G± of a padded twin whose loss is written by hand, −Σ_it A_i log π_it / tokens."""
+    cfg, eta = RLConfig(num_generations=3, loss_type="dapo", max_completion_length=5), 1e-3
+    trainer = grpo_trainer(tiny64, cfg)
+    trainer.packs_rows = packed
+    examples = completions()
+    positive = torch.tensor([e.advantage > 0 for e in examples])
+    assert 0 < positive.sum() < len(examples)
+    tiny64.zero_grad()
+    loss, _, logps = trainer.loss_on(examples)
+    directions = UpdateDirections.from_step(tiny64, loss, logps, len(examples), positive)
+    loss.backward()
+    directions.from_gradient({k: p.grad for k, p in tiny64.named_parameters()})
+
+    update = collate([(e.prompt, e.chosen) for e in examples], 0)
+    logits, labels = response_logits(tiny64, update)
+    scored = labels != IGNORE
+    token = -F.cross_entropy(logits[scored], labels[scored], reduction="none")
+    advantages = torch.tensor([e.advantage for e in examples], dtype=torch.float64)
+    hand = -(advantages[scored.nonzero()[:, 0]] * token).sum() / scored.sum()
+    (grad,) = torch.autograd.grad(hand, logits)
+    theta, observed = parameters(tiny64), collate(OBSERVED, 0)
+    kernel = entk(tiny64, theta, observed, update)
+    for part, rows in (("positive", positive), ("negative", ~positive)):
+        g = getattr(directions, part)
+        _, _, dz = logit_jvp(tiny64, theta, {k: -eta * v for k, v in g.items()}, observed)
+        explicit = predicted_logit_change(kernel, (grad * rows[:, None, None])[scored], eta)
+        assert explicit.abs().max() > 1e-9, part
+        torch.testing.assert_close(dz, explicit, rtol=0, atol=1e-10)

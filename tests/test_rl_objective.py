@@ -13,6 +13,7 @@ from ldyn.rl.objective import (
     get_rl_loss,
     group_advantages,
     k3_kl,
+    logp_advantage_covariance,
     register_rl_loss,
     rl_token_loss,
     token_weights,
@@ -171,3 +172,13 @@ def test_check_rl_config_names_the_field():
     with pytest.raises(LdynError) as e:
         check_rl_config(RLConfig(loss_type="grpoo"))
     assert e.value.field == "loss_type"
+
+
+def test_logp_advantage_covariance_by_hand():
+    # tokens (log π, A): (-1, 1), (-2, 1) of completion 0 and (-3, -2) of completion 1 (its second token padding):
+    # means -2 and 0, so Cov = ((1)(1) + (0)(1) + (-1)(-2)) / 3 = 1: the likely tokens are the rewarded ones
+    logp = torch.tensor([[-1.0, -2.0], [-3.0, 5.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    assert logp_advantage_covariance(logp, torch.tensor([1.0, -2.0]), mask).item() == pytest.approx(1.0)
+    assert logp_advantage_covariance(logp, torch.tensor([-1.0, 2.0]), mask).item() == pytest.approx(-1.0)
+    assert logp_advantage_covariance(logp, torch.tensor([3.0, 3.0]), mask).item() == pytest.approx(0.0)

@@ -8,6 +8,7 @@ from ldyn.data.formats import example_from_row
 from ldyn.errors import LdynError
 from ldyn.generate.pass_at_k import estimate_pass_at_k, pass_at_k
 from ldyn.rl.tasks import (
+    UNRELATED,
     arithmetic_rows,
     evaluate,
     exact_number,
@@ -43,7 +44,13 @@ def test_rows_are_consistent_and_follow_the_schema():
             "chosen_gptsemantic",
             "reject_gptsemantic",
             "rejected_far",
+            "irr_train",
+            "irr_hum",
         }
+    answers = {r["chosen"] for r in rows}  # another question's result, never this one's; unrelated text
+    assert all(r["irr_train"] in answers and r["irr_train"] != r["chosen"] for r in rows)
+    assert all(r["irr_hum"] in UNRELATED for r in rows)
+    assert "irr_train" not in arithmetic_rows(1)[0]  # no other question to take a result from
 
 
 def test_evaluate_multiplies_first():

@@ -72,6 +72,7 @@ class ProbeConfig:
     every: int = 5  # probe at step 0, every k updates and at the end of each stage (0 = never)
     batch_tokens: int = 4096  # padded tokens per probe forward pass
     alerts: bool = False  # send each new or changed finding of `ldyn diagnose` to the trackers as an alert
+    held_out: str = ""  # held-out prompts (a probe source): their step-0 samples' drop estimates KL(π₀‖π_t)
 
 
 @dataclass

@@ -38,6 +38,10 @@ GROUPS = {
     "argmax": ("argmax",),
 }
 MEASURED = ("argmax", "except_argmax")  # measured along chosen under teacher forcing: no text of their own
+# sampled by the model at step 0, not read: its rollouts split by reward (an RL run's, `train/rollout_probes.py`,
+# or an RL trainer's, `integrations/rollouts.py`), and its samples on held-out prompts (their drop is a KL)
+ROLLOUT_TYPES = ("rollout_correct", "rollout_incorrect")
+HELD_OUT_SAMPLE = "held_out_sample"
 
 
 def probe_set_rows(examples: list[Example], types: list[str]) -> list[dict]:

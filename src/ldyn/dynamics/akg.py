@@ -84,19 +84,26 @@ class UpdateDirections:
     awaiting_gradient: bool = False  # a part still comes from the training step's own gradient (`from_gradient`)
 
     @classmethod
-    def from_step(cls, model, loss: torch.Tensor, logps: SeqLogps, n: int) -> UpdateDirections:
+    def from_step(
+        cls, model, loss: torch.Tensor, logps: SeqLogps, n: int, positive: torch.Tensor | None = None
+    ) -> UpdateDirections:
         """The directions from the training step's own graph, between its forward and its backward: `loss` the
         step's mean loss, `logps` its rows' log-probs with their scored logits (`SeqLogps.logits`, rows [0, n) y⁺
         or the SFT target, [n, 2n) y⁻). G = ∂loss/∂z of those logits; for pairs g⁺ is one VJP of G's y⁺ rows
         through the step's graph (kept for the step's backward) and g⁻ is left to the step's gradient; for a
         one-sided loss g⁺ is the step's gradient itself. Against `update_directions` this saves the forward pass
-        of the update batch (and for SFT its backward too)."""
+        of the update batch (and for SFT its backward too).
+
+        `positive` (a bool per row of `logps`) names the y⁺ rows instead: an RL update's completions with a
+        positive advantage, whose G pushes them up, against the rest (negative advantage: pushed down; zero:
+        no G), the RL counterpart of y⁺ and y⁻."""
         (grad,) = torch.autograd.grad(loss, logps.logits, retain_graph=True)
         g_norm_sq = float((grad.double() ** 2).sum())
-        if logps.sum.shape[0] == n:  # one-sided: every row is a y⁺ row
+        if positive is None and logps.sum.shape[0] == n:  # one-sided: every row is a y⁺ row
             return cls(None, None, g_norm_sq, awaiting_gradient=True)
-        positive = _pull_back(model, [logps.logits], [grad * (logps.rows < n)[:, None]])
-        return cls(positive, None, g_norm_sq, awaiting_gradient=True)
+        rows = (logps.rows < n) if positive is None else positive.to(logps.rows.device)[logps.rows]
+        part = _pull_back(model, [logps.logits], [grad * rows[:, None]])
+        return cls(part, None, g_norm_sq, awaiting_gradient=True)
 
     def from_gradient(self, gradient: dict[str, torch.Tensor], out: dict | None = None) -> None:
         """The part left to the training step: ∇_θ L, its own gradient of the same batch and loss (name -> tensor,

@@ -334,7 +334,10 @@ def finish(model, start: ReadoutStart, predict: bool = True, keep: bool = False)
             row |= {k: v[i] for k, v in columns.items()}
             if start.update is not None:  # LBK: ‖Δ log π‖² / (‖A‖_F² ‖G‖²)
                 row["g_norm_sq"] = start.update.g_norm_sq
-                row["observed/lbk"] = row["observed/dlogp_sq"] / (row["observed/a_norm_sq"] * start.update.g_norm_sq)
+                if start.update.g_norm_sq > 0:  # a zero G (an SFT batch already fitted) moves nothing
+                    row["observed/lbk"] = row["observed/dlogp_sq"] / (
+                        row["observed/a_norm_sq"] * start.update.g_norm_sq
+                    )
             rows.append(row)
     if kept is not None:
         kept.versions = parameter_versions(model)

@@ -146,10 +146,14 @@ class Decomposer:
             self.pending, self._before = UpdateStart({k: v.clone() for k, v in now.items()}, lr, directions), None
         return self.pending
 
-    def directions_from_step(self, model, loss: torch.Tensor, logps, n_examples: int) -> None:
+    def directions_from_step(
+        self, model, loss: torch.Tensor, logps, n_examples: int, positive: torch.Tensor | None = None
+    ) -> None:
         """Between the step's forward and its backward: g⁺ (and G) from the step's own graph
-        (`UpdateDirections.from_step`); g⁻ then comes from the step's gradient (`directions_from_gradient`)."""
-        self.pending.directions = UpdateDirections.from_step(model, loss, logps, n_examples)
+        (`UpdateDirections.from_step`, `positive` naming its y⁺ rows when they are not the first n: an RL
+        update's positive-advantage completions); g⁻ then comes from the step's gradient
+        (`directions_from_gradient`)."""
+        self.pending.directions = UpdateDirections.from_step(model, loss, logps, n_examples, positive)
 
     @property
     def awaiting_gradient(self) -> bool:
@@ -279,7 +283,7 @@ def _decompose_rows(
             if start.directions is not None:
                 row["g_norm_sq"] = start.directions.g_norm_sq
             row |= {k: v[i] for k, v in out.items()}
-            if start.directions is not None:  # LBK: ‖Δ log π‖² / (‖A‖_F² ‖G‖²)
+            if start.directions is not None and start.directions.g_norm_sq > 0:  # LBK: ‖Δ log π‖² / (‖A‖_F² ‖G‖²)
                 row["observed/lbk"] = row["observed/dlogp_sq"] / (
                     row["observed/a_norm_sq"] * start.directions.g_norm_sq
                 )

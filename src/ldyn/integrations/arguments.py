@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ldyn.config import DataConfig, DecomposeConfig, ProbeConfig
-from ldyn.data.probesets import PAPER_TYPES, load_probe_set
+from ldyn.data.probesets import PAPER_TYPES, ROLLOUT_TYPES, load_probe_set
 from ldyn.data.templates import check_template
 from ldyn.errors import LdynError, did_you_mean
 from ldyn.integrations.host import warn
-from ldyn.integrations.trainer_data import DERIVED, ROLLOUT_TYPES
+from ldyn.integrations.trainer_data import DERIVED
 from ldyn.runtime.files import writable_folder
 from ldyn.schema import from_dict
 

@@ -27,8 +27,9 @@ import math
 from pathlib import Path
 
 from ldyn.data.formats import is_empty
+from ldyn.data.probesets import ROLLOUT_TYPES
 from ldyn.errors import LdynError
-from ldyn.integrations.trainer_data import ROLLOUT_TYPES, dataset_rows, probe_rows
+from ldyn.integrations.trainer_data import dataset_rows, probe_rows
 from ldyn.runs.directory import DATA
 
 CORRECT = 1.0

@@ -27,11 +27,11 @@ from dataclasses import replace
 
 from ldyn.data.embedded import shuffle_words
 from ldyn.data.formats import Example, example_from_row, is_messages, text_of
+from ldyn.data.probesets import ROLLOUT_TYPES
 from ldyn.errors import LdynError
 from ldyn.integrations.host import warn
 
 DERIVED = ("irr_train", "irr_test", "random_permute", "random_nonhum")
-ROLLOUT_TYPES = ("rollout_correct", "rollout_incorrect")  # an RL trainer's own step-0 rollouts (`rollouts.py`)
 # rows read beyond the probed ones, irr_test's choices: a whole training set is never read (20k rows: 0.3 s here,
 # on every process, at the start of training)
 POOL = 256

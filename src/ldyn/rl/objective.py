@@ -222,6 +222,23 @@ def rl_token_loss(
     return LossOutput(losses, metrics)
 
 
+# ---------------------------------------------------------------- what the update does to the policy's entropy
+
+
+def logp_advantage_covariance(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cov(log π, A) over a batch's completion tokens: mean_t (log π_t − mean log π)(A_t − mean A), every token t of
+    completion i taking A_i, both means over the tokens of `mask` (N, T). Cui et al. (arXiv 2505.22617) show that
+    for a softmax policy one policy-gradient step changes the entropy by about −η·Cov_{a∼π}(log π(a), π(a)·A(a))
+    (natural gradient: −η·Cov(log π, A)); this batch estimate is the covariance they track: positive when the
+    likely tokens are the rewarded ones, which collapses the entropy."""
+    w = mask.to(logp.dtype)
+    n = w.sum().clamp(min=1)
+    a = advantages.to(logp.dtype)[:, None].expand_as(logp)
+    centred_logp = logp - (logp * w).sum() / n
+    centred_a = a - (a * w).sum() / n
+    return (centred_logp * centred_a * w).sum() / n
+
+
 def check_rl_config(cfg: RLConfig) -> None:
     """Refuse settings no objective can use, naming the field."""
     get_rl_loss(cfg.loss_type)

@@ -9,6 +9,8 @@ the probes track their responses:
 - `chosen`: the correct result ("12"); `chosen_gptsemantic`: the same result rephrased ("The answer is 12.");
 - `rejected`: a near miss (the result ± 1 or 2); `reject_gptsemantic`: it rephrased; `rejected_far`: the result ±
   10 (never negative when the result is not);
+- `irr_train`: another question's correct result (a seeded derangement among rows whose results differ): what
+  learning the other prompts does to this one (interference); `irr_hum`: an unrelated English sentence;
 - `answer`: the result as an integer (metadata: not a response, and what `exact_number` checks against).
 
 Difficulty knobs: `digits` (each operand has exactly that many digits), `operators` (drawn per position from
@@ -106,7 +108,32 @@ def arithmetic_rows(
                 "answer": answer,
             }
         )
+    _add_unrelated(rows, random.Random(f"{seed}/unrelated"))
     return rows
+
+
+UNRELATED = (
+    "The river was high after the spring rain.",
+    "She painted the fence a pale shade of green.",
+    "Our train leaves the station at noon.",
+    "Bread rises faster in a warm kitchen.",
+    "The library closes early on Sundays.",
+    "He tuned the old guitar before the concert.",
+    "Snow covered the hills by morning.",
+    "The museum added a new wing last year.",
+)
+
+
+def _add_unrelated(rows: list[dict], rng: random.Random) -> None:
+    """Each row's `irr_train` (the result of another row with a different result, drawn by `rng`; none when every
+    result is the same within 64 draws) and `irr_hum` (one of `UNRELATED`)."""
+    for row in rows:
+        for _ in range(64):  # a draw with the same result is drawn again
+            other = rows[rng.randrange(len(rows))]
+            if other["answer"] != row["answer"]:
+                row["irr_train"] = other["chosen"]
+                break
+        row["irr_hum"] = rng.choice(UNRELATED)
 
 
 # ---------------------------------------------------------------- rewards

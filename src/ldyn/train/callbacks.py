@@ -122,13 +122,15 @@ class DecompositionCallback:
     predicted (first-order A·K·G) and the observed change of log π(y | x_o) for every observed (example, response
     type), into decomposition.jsonl.
 
-    Predictions (unless `predict` is off: then only the observed quantities) use three parameter steps from θ_t:
-    the optimizer's real step ("predicted"), and the paper's SGD kernel −η·g split into its y⁺ part
-    ("sgd_positive") and y⁻ part ("sgd_negative"). g± come from the training step's own graph and gradient when
-    they are exactly the batch's mean loss's (`StepState.step_graph` and one micro-batch: `on_forward_end`,
-    `on_gradients`), else from a forward and backward of the update batch here. Runs in the model's own precision
-    (no autocast) on the main process; `method="readout"` runs on every process (each with its share of the update
-    batch: `dynamics.readout`, whose forwards a sharded model needs every process in), and the main one writes.
+    Predictions (unless `predict` is off: then only the observed quantities) use three parameter steps from θ_t: the
+    optimizer's real step ("predicted"), and the paper's SGD kernel −η·g split into its y⁺ part ("sgd_positive") and
+    y⁻ part ("sgd_negative"). g± come from the training step's own graph and gradient when they are exactly the
+    batch's mean loss's (`StepState.step_graph` and one micro-batch: `on_forward_end`, `on_gradients`), else from a
+    forward and backward of the update batch here. In an RL update (its examples carry an `advantage`:
+    `grpo.Completion`) the y⁺ part is the positive-advantage completions' and the y⁻ part the others' (only from the
+    step's graph: `grpo.check_sampled_stages` refuses the rest). Runs in the model's own precision (no autocast) on
+    the main process; `method="readout"` runs on every process (each with its share of the update batch:
+    `dynamics.readout`, whose forwards a sharded model needs every process in), and the main one writes.
     """
 
     def __init__(
@@ -174,7 +176,9 @@ class DecompositionCallback:
         started = time.perf_counter()
         step = state.forward
         model = state.accelerator.unwrap_model(state.model)
-        self.decomposer.directions_from_step(model, step.loss, step.logps, len(step.examples))
+        advantages = [getattr(e, "advantage", None) for e in step.examples]  # an RL update's rollouts: A > 0 is y⁺
+        positive = None if None in advantages else torch.tensor([a > 0 for a in advantages])
+        self.decomposer.directions_from_step(model, step.loss, step.logps, len(step.examples), positive)
         self.seconds += time.perf_counter() - started
 
     def on_gradients(self, state: StepState) -> None:

@@ -6,6 +6,7 @@ checked before the run directory is touched, so a mistake never costs what an ea
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,7 @@ from ldyn.runs.trackers import Trackers, open_trackers
 from ldyn.runtime import distributed
 from ldyn.runtime.files import writable_folder
 from ldyn.schema import to_dict
+from ldyn.train import rollout_probes
 from ldyn.train.callbacks import Checkpointer, DecompositionCallback, MetricsLogger, ProbeCallback
 from ldyn.train.grpo import GRPO, check_reward_fields, check_sampled_stages, rows_by_id
 from ldyn.train.restore import restore
@@ -60,7 +62,9 @@ class _Shared:
     graphs: int  # the trainer's `cuda_graphs` (0: off)
 
 
-def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
+def load_inputs(cfg: RunConfig, tokenizer, model=None, kept: dict | None = None) -> Inputs:
+    """The training rows and the probe items; with a sampled stage or `probe.held_out`, the probe responses sampled
+    from `model` (the step-0 model), or those a resumed run `kept` in its data.json (`rollout_probes.py`)."""
     data, pcfg = cfg.data, cfg.probe
     needs = {}
     for stage in cfg.stages:  # the fields every row needs, each with the first stage that needs it
@@ -74,10 +78,15 @@ def load_inputs(cfg: RunConfig, tokenizer) -> Inputs:
     items, texts = [], []
     loaded = {"probe_prompts": 0, "probe_types": [], "probe_empty_skipped": 0, "probe_truncated": 0}
     if pcfg.every or cfg.decompose.every:
-        n, key = (pcfg.n, "probe.n") if pcfg.every else (cfg.decompose.n, "decompose.n")  # without probing: only
-        probed, types = load_probe_set(resolve(pcfg.path, "probe.path"), pcfg.types, n, cfg.seed, key)  # its prompts
+        n, key = (pcfg.n, "probe.n") if pcfg.every else (cfg.decompose.n, "decompose.n")  # decomposing alone: its n
+        path = resolve(pcfg.path, "probe.path")
+        types, rollout_types = rollout_probes.requested(cfg)  # those in the file, those sampled
+        probed, types = load_probe_set(path, types, n, cfg.seed, key)
+        probed, types, kept = rollout_probes.add_sampled(cfg, path, probed, types, rollout_types, n, tokenizer, model,
+                                                         kept)  # fmt: skip
         items, loaded = tokenized_probe_items(probed, types, tokenizer, data)
         texts = probe_set_rows(probed, types)
+        loaded |= kept
     report = {
         "train_pairs": len(train),
         "train_skipped_empty": skipped,
@@ -107,15 +116,15 @@ def run(cfg: RunConfig, *, overwrite: bool = False) -> RunDir:
     """Start a new run of `cfg`; returns its run directory. Everything that can be refused is refused before the
     directory is touched; the run holds the directory's lock for its whole life."""
     check(cfg)
-    check_sampled_stages(cfg)
     out, processes = RunDir(cfg.run_dir), distributed.processes()  # under accelerate launch: every process runs this
+    check_sampled_stages(cfg, processes.num_processes)
     existed = out.exists()
     processes.wait_for_everyone()  # every process looked before the main one writes
     check_output_dir(out, existed, overwrite)
     model, tokenizer = load_model(cfg.model, cfg.seed)
     if cfg.model.peft.r:  # the first stage's adapter, attached before anything is written (bad target modules)
         model = new_adapter(model, cfg.model.peft, cfg.seed * 1000)
-    inputs = load_inputs(cfg, tokenizer)
+    inputs = load_inputs(cfg, tokenizer, model)
     if processes.is_main_process:
         out.lock()  # held for the run's life (released by the OS if the process dies): a second writer is refused
     try:
@@ -196,13 +205,14 @@ def resume(run_dir: str) -> RunDir:
         )
     cfg = read_config(out.path / CONFIG)
     check(cfg)
-    check_sampled_stages(cfg)
+    check_sampled_stages(cfg, distributed.processes().num_processes)
     restored = restore(out, cfg)
     model, tokenizer, state = restored.model, restored.tokenizer, restored.state
     if state is not None:  # the resumed stage takes them (and lets them go)
         state = state | {"optimizer_state": restored.optimizer, "reference": restored.reference}
     del restored
-    inputs = load_inputs(cfg, tokenizer)
+    kept = json.loads((out.path / DATA).read_text()) if (out.path / DATA).is_file() else {}
+    inputs = load_inputs(cfg, tokenizer, kept=kept)  # the step-0 samples it probes, never the restored model's
     processes = distributed.processes()
     if processes.is_main_process:
         out.lock()

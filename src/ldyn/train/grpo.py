@@ -19,9 +19,10 @@ One update of a stage with batch_size P and G = rl.num_generations:
 Metrics per update (metrics.jsonl, micro-batch means): loss; reward (mean), reward_std (the mean of the groups'
 stds, TRL's), pass_rate (reward ≥ 1), frac_reward_zero_std (groups with no signal); advantage_std; clip_ratio (and
 /high, /low; 0 while ρ = 1), kl (β > 0), completion_length (tokens), completions/clipped_ratio (no EOS within
-max_completion_length), entropy (mean token entropy of the policy on its completions), logps/completion (mean
-token log-prob) and time/rollout_s (sampling and scoring; time/update_s is the update alone). Every completion goes
-to samples.jsonl with its step, prompt id, index in its group, text, reward and advantage.
+max_completion_length), entropy (mean token entropy of the policy on its completions), cov_logp_advantage
+(`rl.objective.logp_advantage_covariance`: what the entropy's change follows), logps/completion (mean token
+log-prob) and time/rollout_s (sampling and scoring; time/update_s is the update alone). Every completion goes to
+samples.jsonl with its step, prompt id, index in its group, text, reward and advantage.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from ldyn.logprobs.padded import response_logits
 from ldyn.logprobs.tokens import Scored, SeqLogps, supports_logits_to_keep
 from ldyn.losses import RLConfig, get_loss
 from ldyn.models.modes import shape_stable_attention
-from ldyn.rl.objective import check_rl_config, group_advantages, rl_token_loss
+from ldyn.rl.objective import check_rl_config, group_advantages, logp_advantage_covariance, rl_token_loss
 from ldyn.rl.tasks import load_reward, score
 from ldyn.runs.directory import SAMPLES, RunDir
 from ldyn.train.trainer import TrainExample
@@ -73,16 +74,26 @@ class Rollout(list):
 # ---------------------------------------------------------------- settings and data, checked before a run starts
 
 
-def check_sampled_stages(cfg: RunConfig) -> None:
+def check_sampled_stages(cfg: RunConfig, processes: int = 1) -> None:
     """What `config.check` cannot see of a sampled stage: its rl values against rl/objective.py's registry, its
-    reward imported, and the instruments that do not take its update yet; each refusal names its key."""
+    reward imported, and the instruments that cannot take its update; each refusal names its key. The
+    decomposition takes a sampled update's G from the training step's own graph (its loss is over tokens, which
+    `akg.update_directions` does not take), so only where the step has one: one process, one micro-batch, no
+    autocast, no compile; and not the readout, which runs the update batch itself."""
     sampled = [s for s in cfg.stages if get_loss(s.loss.name).sampled]
     if not sampled:
         return
     first = f"'{sampled[0].name}'"
     if cfg.decompose.every:
-        message = f"the decomposition does not take a {sampled[0].loss.name} stage's update yet (stage {first})"
-        raise LdynError(f"{message}: set decompose.every=0", field="decompose.every")
+        cannot = f"the decomposition cannot take a {sampled[0].loss.name} stage's update (stage {first})"
+        if cfg.decompose.method == "readout":
+            raise LdynError(f"{cannot} by the readout: use jvp, central or one_sided", field="decompose.method")
+        for why, key in ((processes > 1, "processes"), (cfg.mixed_precision != "no", "mixed_precision"),
+                         (cfg.compile != "no", "compile")):  # fmt: skip
+            if why:
+                raise LdynError(f"{cannot} under {key}: its G comes from the step's own graph", field=key)
+        if any(s.grad_accum > 1 for s in sampled):
+            raise LdynError(f"{cannot} over micro-batches: set grad_accum 1", field=f"stages.{first[1:-1]}.grad_accum")
     if cfg.cuda_graphs:
         raise LdynError(f"does not replay a sampled stage's update (stage {first}): set it false", field="cuda_graphs")
     for s in sampled:
@@ -287,6 +298,7 @@ class GRPO:
             **{k: v.detach().float().mean() for k, v in out.metrics.items() if k != "advantage_mean"},
             "completions/clipped_ratio": torch.tensor(getattr(examples, "clipped", 0.0)),
             "entropy": mean_entropy(logps.logits, logps.rows, len(examples)),
+            "cov_logp_advantage": logp_advantage_covariance(logp.detach(), advantages, mask),
             "logps/completion": logps.mean.detach().mean(),
             "time/rollout_s": torch.tensor(getattr(examples, "seconds", 0.0)),
         }
