@@ -10,6 +10,7 @@ from helpers import tiny
 
 from ldyn import cli
 from ldyn.config import LossConfig, RunConfig, StageConfig
+from ldyn.data.probesets import ROLLOUT_TYPES
 from ldyn.runs import diagnose as dg
 from ldyn.runs.directory import Run
 
@@ -251,3 +252,45 @@ def test_a_real_tiny_run(tmp_path):
     (findings,) = dg.diagnose_paths([tmp_path / "run"]).values()
     assert isinstance(findings, list) and all(isinstance(f, dg.Finding) for f in findings)
     assert dg.format_findings(findings)
+
+
+# ---------------------------------------------------------------- RL stages: the step-0 rollouts
+
+
+def rl(correct=(0.1, 0.1), incorrect=(-1.0, -1.0), n_off=2, entropy=None, loss="grpo") -> Run:
+    """A GRPO stage's rollouts: 6 prompts' correct rollouts follow `correct`, n_off rise 2 nats; the incorrect fall."""
+    types = {
+        "chosen": curves(most=path(-10, 0, 0)),
+        "rollout_correct": curves(most=path(-5, *correct), rest=path(-5, 1, 1), n_rest=n_off),
+        "rollout_incorrect": curves(most=path(-8, *incorrect)),
+    }
+    extra = {(t, "entropy"): curves(most=list(entropy)) for t in ROLLOUT_TYPES} if entropy else None
+    return run_of(types, loss=loss, extra=extra)
+
+
+def test_lazy_likelihood_displacement_fires_with_its_numbers_and_share():
+    (f,) = dg.diagnose(rl())
+    assert f.key == "lazy_likelihood_displacement" and f.share == 0.75
+    assert f.text == (
+        "GRPO stage 'grpo': its correct step-0 rollouts moved +0.65 nats (less than +0.5 on 6 of 8 prompts (75%), "
+        "down on 0) while its incorrect ones fell 2.00"
+    )
+    (f,) = dg.diagnose(rl(correct=(-0.5, -0.5)))
+    assert "down on 6" in f.text and f.values["fell"] == 0.75
+
+
+def test_lazy_likelihood_displacement_is_silent_just_below_its_thresholds():
+    assert dg.diagnose(rl(incorrect=(-0.2, -0.29))) == []  # the negative side barely moved: nothing acted
+    assert dg.diagnose(rl(correct=(0.25, 0.25))) == []  # the correct rollouts rose 0.5 nat
+    assert dg.diagnose(rl(n_off=4)) == []  # half the prompts, not a clear majority
+    assert dg.diagnose(rl(loss="dpo")) == []  # not an RL stage
+
+
+def test_entropy_collapse_fires_when_the_rollouts_entropy_halves():
+    (f,) = dg.diagnose(rl(correct=(1, 1), entropy=(2.0, 1.4, 0.9)))
+    assert f.key == "entropy_collapse" and f.share == 1.0
+    assert f.text == (
+        "GRPO stage 'grpo': the per-token entropy along its step-0 rollouts fell 2.00 → 0.90 nat (55% down); at "
+        "most half of its start on 8 of 8 prompts (100%)"
+    )
+    assert dg.diagnose(rl(correct=(1, 1), entropy=(2.0, 1.5, 1.1))) == []

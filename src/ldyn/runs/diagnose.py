@@ -13,13 +13,13 @@ Its thresholds are the module constants below, chosen from what a change means, 
     MIN_ENTROPY 0.1 nat  the per-token entropy falls by a tenth of a nat (e^{0.1 L} fewer typical continuations of
                          an L-token response)
 
-The rules: `squeezing`, `displacement`, `hallucination`, `peakiness`, `over_optimisation`; `diagnose` runs them
-all on every stage.
+The rules: `squeezing`, `displacement`, `hallucination`, `peakiness`, `over_optimisation`, and for RL stages
+those of `diagnose_rl.py` (`lazy_likelihood_displacement`, `entropy_collapse`); `diagnose` runs them all on every
+stage. The thresholds and the per-stage view they read are in `findings.py`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +27,24 @@ import numpy as np
 from ldyn.errors import LdynError
 from ldyn.logprobs.tokens import TOP_K
 from ldyn.losses import get_loss
+from ldyn.runs.diagnose_rl import RL_RULES
 from ldyn.runs.directory import Run, load_run, probe_table, stage_spans
-
-MIN_NATS = 0.5
-MIN_SHARE = 0.6
-MIN_MASS = 0.05
-MIN_A_NORM = 0.01
-MIN_ENTROPY = 0.1
-
-NOT_RESPONSES = ("argmax", "except_argmax")  # measured along chosen, not responses of their own
-NOT_LANGUAGE = ("random_permute", "random_nonhum")  # shuffled tokens and random text: not natural language
-COLUMNS = ("logp_sum", "logp_mean", "a_norm", "entropy", "topk_mass", "topk_entropy")
+from ldyn.runs.findings import (
+    COLUMNS,
+    MIN_A_NORM,
+    MIN_ENTROPY,
+    MIN_MASS,
+    MIN_NATS,
+    MIN_SHARE,
+    NOT_LANGUAGE,
+    Finding,
+    StageView,
+    join,
+    mean,
+    moved,
+    of_prompts,
+    share,
+)
 
 PREFERENCE_LEVERS = [
     "extend: SFT on chosen ∪ rejected before the preference stage lifts y⁻ out of the valley",
@@ -66,79 +73,6 @@ TITLES = {
     "peakiness": "growing peakiness",
     "over_optimisation": "over-optimisation signs",
 }
-
-
-@dataclass
-class Finding:
-    key: str  # stable id: squeezing, displacement, hallucination, peakiness, over_optimisation
-    stage: str
-    title: str
-    text: str  # one line, with its numbers and the share of prompts
-    share: float | None  # the share of probed prompts showing it
-    mechanism: str  # the paper's one-sentence mechanism
-    levers: list[str] = field(default_factory=list)  # the known remedies
-    values: dict = field(default_factory=dict)  # the numbers used
-
-
-@dataclass
-class StageView:
-    """One stage's probe rows: its loss, its window of steps, and per-prompt changes over that window."""
-
-    name: str
-    loss: str  # "" when the run's config does not name the stage
-    preference: bool  # the loss has a rejected (negative) term
-    sft_on_chosen: bool  # an SFT-style loss trained on chosen (or on chosen ∪ rejected)
-    start: int
-    end: int
-    tables: dict  # column -> probe_table(run, column)
-    decomposition: list[dict] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return f"{self.loss.upper() or 'stage'} stage '{self.name}'"
-
-    def window(self, t: str, key: str = "logp_sum") -> tuple[np.ndarray, list[str], np.ndarray] | None:
-        """(steps, ids, values (S, E)) of type t within the stage; None when absent or probed fewer than twice."""
-        if t not in self.tables[key]:
-            return None
-        steps, ids, values = self.tables[key][t]
-        keep = (steps >= self.start) & (steps <= self.end)
-        return (steps[keep], ids, values[keep]) if keep.sum() >= 2 else None
-
-    def change(self, t: str, key: str = "logp_sum") -> dict[str, float]:
-        """Per prompt, the last round's value minus the first's (prompts with a missing value left out)."""
-        return {e: last - first for e, (first, last) in self.ends(t, key).items()}
-
-    def ends(self, t: str, key: str = "logp_sum") -> dict[str, tuple[float, float]]:
-        """Per prompt, (the first round's value, the last round's), where both are finite."""
-        w = self.window(t, key)
-        if w is None:
-            return {}
-        _, ids, values = w
-        return {e: (float(a), float(b)) for e, a, b in zip(ids, values[0], values[-1]) if np.isfinite(a - b)}
-
-    def others(self) -> list[str]:
-        """The natural-language responses other than chosen and rejected, probed within the stage."""
-        skip = ("chosen", "rejected", *NOT_RESPONSES, *NOT_LANGUAGE)
-        return [t for t in self.tables["logp_sum"] if t not in skip and self.window(t) is not None]
-
-
-def mean(d: dict[str, float]) -> float:
-    return float(np.mean(list(d.values())))
-
-
-def share(d: dict[str, float], up: bool) -> float:
-    """The share of prompts whose change has the sign asked for."""
-    return float(np.mean([(v > 0) if up else (v < 0) for v in d.values()]))
-
-
-def moved(d: dict[str, float], up: bool, size: float) -> bool:
-    """The mean change is at least `size` the way asked and at least MIN_SHARE of the prompts moved that way."""
-    return bool(d) and (mean(d) >= size if up else mean(d) <= -size) and share(d, up) >= MIN_SHARE
-
-
-def of_prompts(hits: list[bool]) -> str:
-    return f"{sum(hits)} of {len(hits)} prompts ({100 * sum(hits) / len(hits):.0f}%)"
 
 
 def finding(view: StageView, key: str, text: str, share_: float | None, values: dict, levers: list[str]) -> Finding:
@@ -318,10 +252,6 @@ def peakiness(view: StageView) -> Finding | None:
     return finding(view, "peakiness", text, float(np.mean(hits)), values, levers)
 
 
-def join(parts: list[str]) -> str:
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
 def over_optimisation(view: StageView) -> Finding | None:
     """Along chosen, Shi et al.'s two indicators together: the entropy of π_t renormalised over its TOP_K most
     likely tokens (`topk_entropy`, per-token mean) falls by MIN_ENTROPY and the mass of those tokens
@@ -345,7 +275,7 @@ def over_optimisation(view: StageView) -> Finding | None:
     return finding(view, "over_optimisation", text, float(np.mean(hits)), values, levers)
 
 
-RULES = (squeezing, displacement, hallucination, peakiness, over_optimisation)
+RULES = (squeezing, displacement, hallucination, peakiness, over_optimisation, *RL_RULES)
 
 
 def stage_views(run: Run) -> list[StageView]:
@@ -360,9 +290,10 @@ def stage_views(run: Run) -> list[StageView]:
             preference = bool(loss) and get_loss(loss).needs_rejected
         except LdynError:  # a loss registered in another process: what it trains is unknown
             loss, preference = "", False
-        on_chosen = bool(loss) and not preference and (cfg.extend or cfg.target == "chosen")
+        sampled = bool(loss) and get_loss(loss).sampled
+        on_chosen = bool(loss) and not preference and not sampled and (cfg.extend or cfg.target == "chosen")
         rows = [r for r in run.decomposition if r.get("stage") == name]
-        views.append(StageView(name, loss, preference, on_chosen, start, end, tables, rows))
+        views.append(StageView(name, loss, preference, on_chosen, start, end, tables, rows, sampled))
     return views
 
 
