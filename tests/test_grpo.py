@@ -1,6 +1,7 @@
 """A GRPO stage (train/grpo.py): the run's files, the update's gradient by hand, the KL term, a user's reward, the
 refusals, and the arithmetic task as a data source."""
 
+import csv
 import json
 import sys
 
@@ -112,6 +113,15 @@ def test_rl_probes_and_the_decomposition_by_advantage_sign(tmp_path, capsys, mon
         assert {(i, t) for i, picked in rollouts.items() for t in picked} <= got
     rows = run.read("decomposition.jsonl")
     assert {r["step"] for r in rows} == {1, 2}
+    # rl.png and its numbers: the held-out KL is the mean drop of π₀'s own samples' log π
+    assert (run.path / "figures" / "rl.png").is_file()
+    with open(run.path / "figures" / "rl_summary.csv") as f:
+        summary = {int(r["step"]): r for r in csv.DictReader(f)}
+    held = {(p["step"], p["example_id"]): p["logp_sum"] for p in probes if p["type"] == "held_out_sample"}
+    ids = {e for _, e in held}
+    for step in (0, 2):
+        kl = sum(held[(0, e)] - held[(step, e)] for e in ids) / len(ids)
+        assert float(summary[step]["kl_held_out"]) == pytest.approx(kl, abs=1e-5)
     for key in ("sgd_positive", "sgd_negative", "predicted", "observed", "observed/lbk"):
         assert any(abs(r[key]) > 0 for r in rows), key
 

@@ -9,6 +9,8 @@
 - decomposition.png predicted (first-order A·K·G) against observed Δ log π per response type, and the SGD-kernel
                     split into positive- and negative-gradient contributions (runs with decomposition records)
 - decomposition_summary.csv  the numbers behind it, one row per response type
+- rl.png, rl_summary.csv     an RL run's rewards, rollout types, entropy against covariance, held-out KL and the
+                    decomposition by advantage sign (`rl_figures.py`)
 `influence_figure(RUN_DIRS, OUT)` (the CLI's `ldyn influence`) draws the paper's appendix heatmap across runs;
 `compare_figure(RUN_DIRS, OUT)` (`ldyn compare`) puts runs' probe curves side by side (e.g. LoRA against full).
 Dashed vertical lines mark where one training stage (e.g. SFT) ends and the next (e.g. DPO) begins.
@@ -28,6 +30,8 @@ from ldyn.data.probesets import GROUPS, SYMBOLS
 from ldyn.errors import LdynError
 from ldyn.runs.directory import FIGURES, Run, probe_table, stage_spans
 from ldyn.runs.export import load_records
+from ldyn.runs.rl_figures import is_rl, plot_rl
+from ldyn.runs.rl_figures import summary_rows as rl_summary_rows
 from ldyn.runs.style import color, label, mark_stages, ordered_types, plain_numbers, plt, scaled, write_rows
 from ldyn.runtime.files import writable_folder, writing
 
@@ -282,7 +286,7 @@ def plot_decomposition(run: Run, summary: list[dict]) -> plt.Figure:
         plain_numbers(ax.yaxis)
     ax = axes.flat[len(types)]
     if any("sgd_positive" in r for r in run.decomposition):
-        _sgd_split(ax, types, summary)
+        _sgd_split(ax, types, summary, RL_SPLIT_NAMES if is_rl(run) else SPLIT_NAMES)
     else:  # observed inside another trainer: no G, so no y⁺/y⁻ split
         ax.axis("off")
         note = "no y⁺/y⁻ split:\nthe update batch was\nnot visible to the callback"
@@ -295,13 +299,18 @@ def plot_decomposition(run: Run, summary: list[dict]) -> plt.Figure:
     return fig
 
 
-def _sgd_split(ax, types: list[str], summary: list[dict]) -> None:
-    """The SGD kernel's mean predicted Δ log π per type, from the y⁺ rows and from the y⁻ rows."""
+SPLIT_NAMES = ("from y⁺ (positive gradient)", "from y⁻ (negative gradient)")
+RL_SPLIT_NAMES = ("from A > 0 rollouts (pushed up)", "from A < 0 rollouts (pushed down)")
+
+
+def _sgd_split(ax, types: list[str], summary: list[dict], names: tuple[str, str] = SPLIT_NAMES) -> None:
+    """The SGD kernel's mean predicted Δ log π per type, from the y⁺ rows and from the y⁻ rows (`names`: the
+    parts' legend entries)."""
     x = np.arange(len(types))
     heights = [s["sgd_positive_mean"] for s in summary] + [s["sgd_negative_mean"] for s in summary]
     factor, note = scaled(heights, "nats")
-    ax.bar(x - 0.2, [s["sgd_positive_mean"] * factor for s in summary], 0.4, label="from y⁺ (positive gradient)")
-    ax.bar(x + 0.2, [s["sgd_negative_mean"] * factor for s in summary], 0.4, label="from y⁻ (negative gradient)")
+    ax.bar(x - 0.2, [s["sgd_positive_mean"] * factor for s in summary], 0.4, label=names[0])
+    ax.bar(x + 0.2, [s["sgd_negative_mean"] * factor for s in summary], 0.4, label=names[1])
     ax.axhline(0, color="0.5", linewidth=0.8)
     ax.set_xticks(x, [SYMBOLS.get(t, t) for t in types], rotation=60, fontsize=7)
     ax.set_title("SGD kernel −η·A·K·G: mean predicted Δ log π by part", fontsize=9)
@@ -332,10 +341,15 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         }
     if run.metrics:
         figures["training"] = plot_training(run)
+    summary = []
     if any("predicted" in row for row in run.decomposition):  # not with decompose.predict=false
         summary = decomposition_summary(run)
         written.append(save_rows(summary, out / "decomposition_summary.csv"))
         figures["decomposition"] = plot_decomposition(run, summary)
+    if is_rl(run):
+        written.append(save_rows(rl_summary_rows(run), out / "rl_summary.csv"))
+        types = [s["type"] for s in summary]
+        figures["rl"] = plot_rl(run, lambda ax, names: _sgd_split(ax, types, summary, names))
     for name, fig in figures.items():
         written.append(save_figure(fig, out / f"{name}.png"))
     return written
