@@ -216,6 +216,7 @@ def test_config_keys_takes_a_prefix_and_a_recipe_with_required_values(capsys):
         "probe.every",
         "probe.batch_tokens",
         "probe.alerts",
+        "probe.held_out",
     ]
     code, out, _ = ldyn(capsys, "config", "hh_probe_sft", "--keys", "data.train")  # not checked: ??? shows
     assert code == 0 and out.split()[:4] == ["data.train", "str", "=", "???"]

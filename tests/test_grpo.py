@@ -74,6 +74,16 @@ def test_a_grpo_run_writes_reward_metrics_samples_and_probes(tmp_path, capsys):
     assert trained == {"arith-0-0000", "arith-0-0001"}
     held = {p["example_id"] for p in probes if p["type"] == "held_out_sample"}  # 4 step-0 samples of 2 prompts
     assert held <= {f"held_out/arith-0-000{i}#{k}" for i in range(2) for k in range(4)} and len(held) >= 6
+    # pass@k of the stage's start and end, on its task and its held-out prompts
+    code, out, err = ldyn(capsys, "pass-at-k", str(run.path), "--n", "2", "--k", "1", "2", "--prompts", "2")
+    assert code == 0, err
+    result = json.loads((run.path / "pass_at_k.json").read_text())
+    assert result["stage"] == "grpo" and set(result) >= {"trained", "held_out", "seconds"}
+    for table in (result[k][when] for k in ("trained", "held_out") for when in ("before", "after")):
+        assert set(table) == {"pass@1", "pass@2", "mean_reward"} and 0 <= table["pass@1"] <= table["pass@2"] <= 1
+    assert "trained: pass@1" in out
+    code, _, err = ldyn(capsys, "pass-at-k", str(run.path), "--n", "2", "--k", "4")
+    assert code == 2 and "field '--k'" in err
 
 
 def test_a_user_reward_by_import_path_and_a_kl_term(tmp_path, capsys, monkeypatch):

@@ -3,6 +3,7 @@
     ldyn run RECIPE [key=value | --key=value ...] [--overwrite]   train + probe into runs/<name>
     ldyn run SUITE [key=value ...]                               every run of a suite, then its report
     ldyn resume RUN_DIR                                          continue a run from its last checkpoint
+    ldyn pass-at-k RUN_DIR [--stage NAME] [--n N] [--k K ...]    an RL stage's pass@k before and after it
     ldyn decompose RECIPE [--stage NAME] [key=value ...]         one update, decomposed into A·K·G terms
     ldyn score-pairs DATA [--recipe R] [--stage NAME] [--out F]  rank pairs by how much their own update lowers chosen
     ldyn plot RUN_DIR [RUN_DIR ...]                              redraw a run's figures from its files
@@ -242,6 +243,13 @@ def _toy(args, overrides) -> list[str]:
     return [*digits.run(cfg, args.out).summary_lines(cfg), f"{args.out}/digits.png"]
 
 
+def _pass_at_k(args, overrides) -> list[str]:
+    from ldyn.train.pass_rates import PASS_AT_K, format_pass_at_k, run_pass_at_k
+
+    result = run_pass_at_k(args.run_dir, args.stage, n=args.n, ks=tuple(args.k), prompts=args.prompts)
+    return [*format_pass_at_k(result), f"ldyn: wrote {PASS_AT_K} in {args.run_dir}"]
+
+
 COMMANDS = {
     "ls": _ls,
     "config": _config,
@@ -256,6 +264,7 @@ COMMANDS = {
     "decompose": _decompose,
     "score-pairs": _score_pairs,
     "resume": _resume,
+    "pass-at-k": _pass_at_k,
     "winrate": _winrate,
     "toy": _toy,
     "probes": _probes,
@@ -265,6 +274,7 @@ HEAVY = (
     "decompose",
     "score-pairs",
     "resume",
+    "pass-at-k",
     "winrate",
     "probes",
 )  # commands that load models: quiet the libraries first

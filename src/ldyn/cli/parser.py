@@ -90,6 +90,17 @@ def _add_training(sub) -> None:
     pairs.add_argument("--top", type=int, default=10, help="how many of the most displaced pairs to print")
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
     resume.add_argument("run_dir")
+    passes = sub.add_parser(
+        "pass-at-k",
+        help="an RL stage's pass@k before and after it, on its task and its held-out prompts",
+        description="The stage's starting model and its checkpoint, n samples of each prompt at the stage's "
+        "temperature, scored by its reward (the unbiased pass@k estimator); written to pass_at_k.json.",
+    )
+    passes.add_argument("run_dir")
+    passes.add_argument("--stage", help="which sampled stage (default: the first)")
+    passes.add_argument("--n", type=int, default=8, help="samples per prompt")
+    passes.add_argument("--k", type=int, nargs="+", default=[1, 8], help="the k of pass@k, each at most n")
+    passes.add_argument("--prompts", type=int, default=32, help="prompts of each set (the task's first rows)")
 
 
 def _add_reading(sub) -> None:
