@@ -286,11 +286,21 @@ def test_lazy_likelihood_displacement_is_silent_just_below_its_thresholds():
     assert dg.diagnose(rl(loss="dpo")) == []  # not an RL stage
 
 
-def test_entropy_collapse_fires_when_the_rollouts_entropy_halves():
-    (f,) = dg.diagnose(rl(correct=(1, 1), entropy=(2.0, 1.4, 0.9)))
-    assert f.key == "entropy_collapse" and f.share == 1.0
+def test_entropy_collapse_fires_when_the_policys_entropy_halves():
+    """The stage's `entropy` metric (its own completions'), the last quarter of updates against the first."""
+
+    def collapsing(entropies, loss="grpo"):
+        run = rl(correct=(1, 1), entropy=(1.5, 1.45, 1.4), loss=loss)
+        run.metrics = [{"step": i + 11 - len(entropies), "stage": loss, "entropy": h, "cov_logp_advantage": 0.1}
+                       for i, h in enumerate(entropies)]  # fmt: skip
+        return run
+
+    (f,) = dg.diagnose(collapsing([2.0, 1.8, 1.2, 1.0, 0.9, 0.8, 0.6, 0.4]))
+    assert f.key == "entropy_collapse" and f.share is None
     assert f.text == (
-        "GRPO stage 'grpo': the per-token entropy along its step-0 rollouts fell 2.00 → 0.90 nat (55% down); at "
-        "most half of its start on 8 of 8 prompts (100%)"
+        "GRPO stage 'grpo': the entropy of its own completions fell 1.90 → 0.50 nat/token (the first against the "
+        "last 2 of 8 updates, 74% down); Cov(log π, A) averaged +0.100; along its step-0 rollouts 1.50 → 1.40"
     )
-    assert dg.diagnose(rl(correct=(1, 1), entropy=(2.0, 1.5, 1.1))) == []
+    assert dg.diagnose(collapsing([2.0, 1.8, 1.2, 1.0, 0.9, 0.8, 1.0, 0.95])) == []  # just above half
+    assert dg.diagnose(collapsing([2.0, 1.0, 0.5])) == []  # fewer than 4 updates: no quarter
+    assert dg.diagnose(collapsing([2.0, 1.8, 1.2, 1.0, 0.9, 0.8, 0.6, 0.4], loss="dpo")) == []

@@ -12,6 +12,7 @@ from ldyn.data.tokenize import collate
 from ldyn.dynamics import readout
 from ldyn.dynamics.akg import delta_log_prob, logit_jvp, loss_logit_gradient, parameters
 from ldyn.dynamics.probing import ProbeItem
+from ldyn.dynamics.readout_projected import projected_statistics
 from ldyn.dynamics.update import Decomposer
 from ldyn.losses import get_loss
 from ldyn.models.pretrained import prepare, tiny_model
@@ -228,3 +229,23 @@ def test_every_update_reuses_the_observed_forward_only_while_nothing_changed(unt
     calls[:] = []
     two_updates(True, tamper=True)
     assert len(calls) == 4  # begin ran its own forward again: the parameters changed since the kept one
+
+
+@pytest.mark.parametrize("loss, head_trained", [("dpo", True), ("sft", True), ("dpo", False)])
+def test_the_projected_statistics_equal_their_full_vocabulary_twin(untied64, loss, head_trained):
+    """`readout_projected.projected_statistics` (Δz read at the scored token, the top K and under π) against
+    `readout_statistics` (every part's Δz over the whole vocabulary), in float64: the same keys, the same numbers."""
+    spec, cfg, eta = get_loss(loss), LossConfig(beta=0.5), 1e-2
+    reference = reference_logps(untied64, UPDATE) if spec.needs_reference else None
+    update = readout.readout_update(untied64, spec, cfg, UPDATE, 0, reference)
+    observed = readout.readout_forward(untied64, collate(OBSERVED, 0))
+    head = untied64.get_output_embeddings().weight.detach()
+    torch.manual_seed(1)
+    after = head + 1e-3 * torch.randn_like(head)
+    for part in (update, None):
+        want = readout.readout_statistics(observed, part, head, eta, after, head_trained=head_trained)
+        got = projected_statistics(observed, part, head, eta, after, head_trained=head_trained)
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert value.abs().max() > 1e-9, key  # not vacuously zero
+            torch.testing.assert_close(got[key], value, rtol=1e-9, atol=1e-13, msg=key)

@@ -40,6 +40,7 @@ from ldyn.data.tokenize import IGNORE, Batch, collate
 from ldyn.dynamics.akg import change_statistics
 from ldyn.dynamics.probing import ProbeItem, whole_prompt_batches
 from ldyn.dynamics.readout_capture import ReadoutForward, packed_readout_forward, readout_forward
+from ldyn.dynamics.readout_projected import projected_statistics
 from ldyn.logprobs.choose import shares_prompts
 from ldyn.logprobs.packed import packable, packed_scored_logits
 from ldyn.logprobs.padded import response_logits
@@ -174,7 +175,7 @@ def readout_statistics(
     With `head_after` (W_{t+1}), also "readout/head_step": the real step's head term, which needs no update (and
     is all there is without one). `head`: W_t, (V, d). `head_trained=False` (a frozen head, as under LoRA): the
     head's terms are not part of the step and are left out. The observed tokens are taken a chunk at a time, so no
-    (tokens × V) matrix is held whole."""
+    (tokens × V) matrix is held whole. The slow, obviously correct twin of `projected_statistics`, which runs."""
     scored, device = observed.scored, observed.logits.device
     dtype = observed.hidden.dtype
     head = head.to(dtype)
@@ -304,7 +305,8 @@ def begin(
 def finish(model, start: ReadoutStart, predict: bool = True, keep: bool = False):
     """After the optimizer step: one row per observed (prompt, response type) with the observed change (a forward
     at θ_{t+1} of the same batches), its statistics, LBK and SignDelta, and, when `predict`, the readout's
-    predictions (`readout_statistics`; the head's terms left out when the head is not trained). Under several
+    predictions (`readout_projected.projected_statistics`, the fast twin of `readout_statistics`; the head's
+    terms left out when the head is not trained). Under several
     processes, every one takes part and gets the same rows (the update's terms summed over them). With `keep`
     (one process), returns (rows, `KeptForward`): the forward at θ_{t+1} taken with its hooks, for the next
     `begin`."""
@@ -324,7 +326,7 @@ def finish(model, start: ReadoutStart, predict: bool = True, keep: bool = False)
         out = {"observed": stats.pop("dlogp_target")} | {f"observed/{k}": v for k, v in stats.items()}
         out["observed/sign_delta"] = stats["dlogp_sum"] / (stats["n_tokens"].clamp(min=1) * after.shape[-1])
         if predict:
-            stats = readout_statistics(
+            stats = projected_statistics(
                 before, start.update, start.head, start.lr, head_after, head_trained=start.head_trained
             )
             out |= across_ranks(stats, after.device)

@@ -293,7 +293,8 @@ def stage_views(run: Run) -> list[StageView]:
         sampled = bool(loss) and get_loss(loss).sampled
         on_chosen = bool(loss) and not preference and not sampled and (cfg.extend or cfg.target == "chosen")
         rows = [r for r in run.decomposition if r.get("stage") == name]
-        views.append(StageView(name, loss, preference, on_chosen, start, end, tables, rows, sampled))
+        metrics = [m for m in run.metrics if m.get("stage") == name]
+        views.append(StageView(name, loss, preference, on_chosen, start, end, tables, rows, sampled, metrics))
     return views
 
 

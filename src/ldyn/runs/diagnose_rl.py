@@ -7,10 +7,12 @@ first, as the other rules do; with the types absent they say nothing. Thresholds
 - `lazy_likelihood_displacement` (Deng et al., arXiv 2505.18830): the update visibly acted on the negative side --
   the incorrect rollouts fell by at least MIN_NATS in the mean -- while at least MIN_SHARE of the prompts' correct
   rollouts rose by less than MIN_NATS or fell. Its share is that of the lazy prompts.
-- `entropy_collapse` (Cui et al., arXiv 2505.22617): the per-token entropy of the policy along its step-0 rollouts
-  (both types, per prompt their mean) ends at most COLLAPSE (half) of where it started, in the mean and for at
-  least MIN_SHARE of the prompts: half the entropy is e^{L/2}-fold fewer typical continuations of an L-token
-  response, past the gentle sharpening `peakiness` reports.
+- `entropy_collapse` (Cui et al., arXiv 2505.22617): the policy's entropy on its own completions (the stage's
+  `entropy` metric, per update: what Cui et al. track) is, over the last quarter of the stage's updates, at most
+  COLLAPSE (half) of its mean over the first quarter: half the entropy is e^{L/2}-fold fewer typical completions
+  of L tokens, past the gentle sharpening `peakiness` reports along fixed responses. The text adds the mean
+  Cov(log π, A) (`cov_logp_advantage`), whose sign says which way the entropy is driven, and the entropy along
+  the step-0 rollouts, which the policy no longer samples. It has no share of prompts: the metric is the batch's.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ LEVERS = {
 }
 
 
-def _finding(view: StageView, key: str, text: str, share: float, values: dict) -> Finding:
+def _finding(view: StageView, key: str, text: str, share: float | None, values: dict) -> Finding:
     rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}
     return Finding(key, view.name, TITLES[key], f"{view.label}: {text}", share, MECHANISMS[key], LEVERS[key], rounded)
 
@@ -72,21 +74,28 @@ def lazy_likelihood_displacement(view: StageView) -> Finding | None:
 def entropy_collapse(view: StageView) -> Finding | None:
     if not view.sampled:
         return None
-    per_type = [view.ends(t, "entropy") for t in ROLLOUT_TYPES]
-    ids = sorted(set().union(*per_type))
-    if not ids:
+    rows = [m for m in view.metrics if m.get("entropy") is not None]
+    quarter = len(rows) // 4
+    if quarter < 1:
         return None
-    ends = {e: np.mean([d[e] for d in per_type if e in d], axis=0) for e in ids}  # (first, last) per prompt
-    first, last = np.mean([v[0] for v in ends.values()]), np.mean([v[1] for v in ends.values()])
-    halved = [b <= COLLAPSE * a for a, b in ends.values()]
-    if not (first > 0 and last <= COLLAPSE * first and np.mean(halved) >= MIN_SHARE):
+    first = float(np.mean([m["entropy"] for m in rows[:quarter]]))
+    last = float(np.mean([m["entropy"] for m in rows[-quarter:]]))
+    if not (first > 0 and last <= COLLAPSE * first):
         return None
     text = (
-        f"the per-token entropy along its step-0 rollouts fell {first:.2f} → {last:.2f} nat "
-        f"({100 * (1 - last / first):.0f}% down); at most half of its start on {of_prompts(halved)}"
+        f"the entropy of its own completions fell {first:.2f} → {last:.2f} nat/token (the first against the last "
+        f"{quarter} of {len(rows)} updates, {100 * (1 - last / first):.0f}% down)"
     )
-    values = {"entropy_start": float(first), "entropy_end": float(last)}
-    return _finding(view, "entropy_collapse", text, float(np.mean(halved)), values)
+    values = {"entropy_start": first, "entropy_end": last}
+    cov = [m["cov_logp_advantage"] for m in rows if m.get("cov_logp_advantage") is not None]
+    if cov:
+        values["cov_mean"] = float(np.mean(cov))
+        text += f"; Cov(log π, A) averaged {values['cov_mean']:+.3f}"
+    ends = [e for t in ROLLOUT_TYPES for e in view.ends(t, "entropy").values()]
+    if ends:
+        values["rollouts_start"], values["rollouts_end"] = (float(v) for v in np.mean(ends, axis=0))
+        text += f"; along its step-0 rollouts {values['rollouts_start']:.2f} → {values['rollouts_end']:.2f}"
+    return _finding(view, "entropy_collapse", text, None, values)
 
 
 RL_RULES = (lazy_likelihood_displacement, entropy_collapse)

@@ -43,6 +43,7 @@ class StageView:
     tables: dict  # column -> probe_table(run, column)
     decomposition: list[dict] = field(default_factory=list)
     sampled: bool = False  # an RL stage: it trains on its own rollouts (`grpo`)
+    metrics: list[dict] = field(default_factory=list)  # the stage's rows of metrics.jsonl, in order
 
     @property
     def label(self) -> str:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ldyn.config import RunConfig
 from ldyn.dynamics import readout
+from ldyn.dynamics.readout_projected import projected_statistics
 from ldyn.errors import LdynError, did_you_mean
 from ldyn.losses import get_loss
 from ldyn.models.load import load_model
@@ -66,7 +67,7 @@ def pair_score(
     estimate alone."""
     update = readout.readout_update(model, spec, loss_cfg, [example], pad_id, None)
     chosen = update.sides[0]  # y⁺'s forward: the observed response is the update's own chosen
-    stats = readout.readout_statistics(chosen, update, head, lr, head_trained=head_trained)
+    stats = projected_statistics(chosen, update, head, lr, head_trained=head_trained)
     part = lambda side: float(stats.get(f"sgd_{side}", torch.zeros(1))[0])  # noqa: E731
     out = {"self_chosen": part("positive") + part("negative"), "from_chosen": part("positive")}
     out["from_rejected"] = part("negative") if spec.needs_rejected else 0.0
