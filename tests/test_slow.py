@@ -69,6 +69,20 @@ def test_a_few_real_steps_of_sft_then_dpo(tmp_path):
     assert sorted(chosen) == [0, 2, 4] and chosen[2] != chosen[0]
 
 
+def test_two_grpo_updates_on_smollm2_probe_its_rollouts_and_decompose(tmp_path):
+    """The shipped GRPO recipe, cut to 2 updates of 2 prompts: SmolLM2 answers some of its step-0 samples right
+    and some wrong (both rollout types probed), the update is decomposed by advantage sign, rl.png is drawn."""
+    out = tmp_path / "run"
+    args = ["stages.grpo.steps=2", "stages.grpo.batch_size=2", "probe.n=4", "probe.every=2", "decompose.n=2"]
+    assert cli.main(["run", "grpo_arith", f"output_dir={out}", "decompose.every=1", *args]) == 0
+    run = RunDir(out)
+    types = {p["type"] for p in run.read("probes.jsonl")}
+    assert {"rollout_correct", "rollout_incorrect", "held_out_sample", "irr_train", "argmax"} <= types
+    rows = run.read("decomposition.jsonl")
+    assert {r["step"] for r in rows} == {1, 2} and all("sgd_negative" in r for r in rows)
+    assert (out / "figures" / "rl.png").is_file()
+
+
 def test_lora_sft_then_dpo_on_smollm2_in_its_chat_template(tmp_path):
     out = tmp_path / "run"
     args = [

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from ldyn.data.templates import render_prompt
 from ldyn.generate.sampling import generate
@@ -55,10 +56,13 @@ def pass_at_k(
     threshold: float = 1.0,
     batch_size: int = 64,
     seed: int = 0,
+    progress: bool = True,
+    desc: str = "pass@k",
 ) -> PassAtK:
     """Sample `n` completions of each row's prompt (temperature `temperature`, the whole vocabulary, at most
     `max_new_tokens`), score them with `reward_fn` (a sample passes when its reward ≥ `threshold`) and estimate
-    pass@k for each k in `k_values` (each ≤ n). `batch_size` sequences are sampled at a time; seeded by `seed`."""
+    pass@k for each k in `k_values` (each ≤ n). `batch_size` sequences are sampled at a time (a progress bar named
+    `desc` counts them); seeded by `seed`."""
     if any(not 1 <= k <= n for k in k_values):
         raise ValueError(f"every k must be in [1, n={n}], got {list(k_values)}")
     texts = [render_prompt(tokenizer, template, row["prompt"]) for row in rows]
@@ -66,7 +70,7 @@ def pass_at_k(
     jobs = [i for i in range(len(rows)) for _ in range(n)]  # prompt index of each sample, prompt-major
     torch.manual_seed(seed)
     decoded: list[str] = []
-    for start in range(0, len(jobs), batch_size):
+    for start in tqdm(range(0, len(jobs), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
         batch = [ids[i] for i in jobs[start : start + batch_size]]
         out = generate(
             model,

@@ -60,7 +60,7 @@ def run_pass_at_k(run_dir: str, stage: str | None = None, *, n: int = 8, ks=(1, 
         model, tokenizer = load()
         for key, rows in sets.items():
             got = pass_at_k(model, tokenizer, rows, reward, ks, n, rl.temperature, rl.max_completion_length,
-                            template=cfg.data.template, seed=seed)  # fmt: skip
+                            template=cfg.data.template, seed=seed, desc=f"{when}: {key}")  # fmt: skip
             result.setdefault(key, {})[when] = got.table()
         del model
     result["seconds"] = round(time.perf_counter() - started, 1)
