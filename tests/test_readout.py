@@ -249,3 +249,27 @@ def test_the_projected_statistics_equal_their_full_vocabulary_twin(untied64, los
         for key, value in want.items():
             assert value.abs().max() > 1e-9, key  # not vacuously zero
             torch.testing.assert_close(got[key], value, rtol=1e-9, atol=1e-13, msg=key)
+
+
+@pytest.mark.parametrize("stage", ["dpo", "sft"])
+def test_the_update_side_from_the_training_step_equals_its_own_forward(tmp_path, monkeypatch, stage):
+    """In ldyn's trainer (one process, packed on a CPU) the readout takes G, h and h̃ from the training step's own
+    forward (`readout.update_from_step`); a run made to run the update batch itself (the step's forward refused)
+    gives the same rows in float64, and the step's forward is read, not repeated."""
+    from helpers import decompose_rows
+
+    args = ("decompose.method=readout", f"--stage={stage}") if stage == "sft" else ("decompose.method=readout",)
+    calls = []
+    real = readout.update_from_step
+    monkeypatch.setattr(readout, "update_from_step", lambda *a: calls.append(real(*a)) or calls[-1])
+    from_step = decompose_rows(tmp_path / "step", *args)
+    assert len(calls) == 1 and calls[0] is not None  # the step's forward was read
+    monkeypatch.setattr(readout, "update_from_step", lambda *a: None)
+    own = decompose_rows(tmp_path / "own", *args)
+    assert [(r["example_id"], r["type"]) for r in own] == [(r["example_id"], r["type"]) for r in from_step]
+    for a, b in zip(own, from_step):
+        assert a.keys() == b.keys()
+        for key, value in a.items():
+            if isinstance(value, float):
+                assert b[key] == pytest.approx(value, rel=1e-9, abs=1e-15), key
+    assert any(abs(r["sgd_positive"]) > 1e-9 for r in own)

@@ -15,7 +15,8 @@ output of the block's norm layers: the normalised input of its attention and of 
 Σ_s ⟨h̃_{s,m}, h̃_{s,t}⟩ · I and Δz_m ≈ −η W Σ_t O_{mt} WᵀG_t. Both are formed as logit changes Δz over the whole
 vocabulary, so A, the y⁺/y⁻ split and the mass split are applied exactly as for the other methods.
 
-The cost: one forward of the update batch and one of the observed batch (both at θ_t; no backward, no JVP), then
+The cost: one forward of the update batch and one of the observed batch (both at θ_t; no backward, no JVP; in ldyn's
+trainer on a CPU the update batch's is the training step's own, `update_from_step`), then
 matrix products of the scored tokens' sizes: (observed × update tokens × V) for ch1 and (observed × d × V) for
 ch2. The real step's head term ΔW·h_m (ΔW = W_{t+1} − W_t, any optimizer) is exact and needs no update batch.
 
@@ -39,13 +40,13 @@ import torch
 from ldyn.data.tokenize import IGNORE, Batch, collate
 from ldyn.dynamics.akg import change_statistics
 from ldyn.dynamics.probing import ProbeItem, whole_prompt_batches
-from ldyn.dynamics.readout_capture import ReadoutForward, packed_readout_forward, readout_forward
+from ldyn.dynamics.readout_capture import ReadoutForward, assemble, packed_readout_forward, readout_forward
 from ldyn.dynamics.readout_projected import projected_statistics
 from ldyn.logprobs.choose import shares_prompts
-from ldyn.logprobs.packed import packable, packed_scored_logits
+from ldyn.logprobs.packed import packable, packed_passes, packed_scored_logits
 from ldyn.logprobs.padded import response_logits
 from ldyn.logprobs.shared_prompt import SharedRows
-from ldyn.logprobs.tokens import Scored, stat_chunk
+from ldyn.logprobs.tokens import Scored, SeqLogps, stat_chunk
 from ldyn.losses import LossConfig, LossSpec, PairLogps
 from ldyn.models.modes import measurement_mode
 from ldyn.runtime.distributed import full_weight, max_over_ranks, rank_and_world, reshard, sum_over_ranks
@@ -134,6 +135,40 @@ def readout_update(
         float((grad.double() ** 2).sum()),
         forwards,
     )
+
+
+def update_from_step(
+    model, loss: torch.Tensor, logps: SeqLogps, examples, forwards: list[dict]
+) -> ReadoutUpdate | None:
+    """The update batch's side from the training step itself, between its forward and its backward, which saves
+    the update batch's forward: G = ∂loss/∂z of the step's scored logits by autograd (the step's graph kept for
+    its own backward), h and h̃ from the step's `recorded` forwards, laid out as the trainer packs its rows
+    (`packed_passes` of each example's prompt with its chosen, then its rejected: `Trainer.row_logps`). None when
+    the step's forward was not that layout (a padded batch, another trainer's packing): its passes, their lengths,
+    the scored tokens' rows and the head's output at the first and last of them are checked, and the caller then
+    runs `readout_update`."""
+    n, rows = len(examples), logps.rows
+    responses = [(i, e.chosen) for i, e in enumerate(examples)]
+    if logps.sum.shape[0] == 2 * n:
+        responses += [(i, e.rejected) for i, e in enumerate(examples)]
+    passes = packed_passes(model, [e.prompt for e in examples], responses)
+    lengths = [(f["hidden"], f["streams"][0].shape[1] if f["streams"] else -1) for f in forwards]
+    if len(passes) != len(forwards) or any(
+        h is None or t != p.input_ids.shape[-1] for (h, t), p in zip(lengths, passes)
+    ):
+        return None
+    logits = logps.logits.detach()
+    forward = assemble(passes, forwards, logits, len(responses))
+    if len(forward.hidden) != len(logits) or not torch.equal(forward.scored.rows, rows):
+        return None
+    ends = [0, len(logits) - 1]
+    head = output_head(model).detach()
+    if not torch.allclose(forward.hidden[ends] @ head.T.to(forward.hidden.dtype), logits[ends].to(forward.hidden.dtype),
+                          rtol=1e-4, atol=1e-4):  # fmt: skip
+        return None  # a head with a bias or a soft cap: not the logits of these hidden states
+    (grad,) = torch.autograd.grad(loss, logps.logits, retain_graph=True)
+    grad = grad.detach().to(forward.hidden.dtype)
+    return ReadoutUpdate(grad, forward.hidden, forward.streams, rows >= n, float((grad.double() ** 2).sum()), [forward])
 
 
 def idle_update(model, spec: LossSpec, pad_id: int) -> ReadoutUpdate:

@@ -1,8 +1,8 @@
 """What the readout decomposition reads from a forward pass: per scored token, its logits, the hidden state entering
 the LM head and the normalised inputs of every block's attention and MLP (the outputs of the block's norm layers),
-captured by forward hooks -- for a padded batch (`readout_forward`) or for shared-prompt rows packed as the
-instruments pack them (`packed_readout_forward`: each prompt once, the CPU's layout). `dynamics/readout.py` uses
-them.
+captured by forward hooks (`recorded`) -- for a padded batch (`readout_forward`), for shared-prompt rows packed as
+the instruments pack them (`packed_readout_forward`: each prompt once, the CPU's layout), or from the training
+step's own packed forward (`assemble`, which `readout.update_from_step` uses). `dynamics/readout.py` uses them.
 """
 
 from __future__ import annotations
@@ -52,26 +52,26 @@ def stream_norms(model) -> list[nn.Module]:
 
 
 @contextmanager
-def captured(model):
-    """Record the LM head's input and every stream norm's output of the forwards run inside: yields a dict
-    {"hidden": [tensor], "streams": [tensor per norm]} filled by the last forward."""
-    seen: dict[str, list] = {"hidden": [], "streams": []}
-    norms = stream_norms(model)
+def recorded(model):
+    """Record the LM head's input and every stream norm's output of each forward run inside: yields a list, one
+    {"hidden": tensor, "streams": [tensor per norm]} per forward of the model, in order (detached: a training
+    forward's activations are kept for its backward anyway, so this holds no memory of its own)."""
+    forwards: list[dict] = []
 
-    def on_start(_module, _args):
-        seen["hidden"], seen["streams"] = [], []
+    def on_start(_module, _args, _kwargs):
+        forwards.append({"hidden": None, "streams": []})
 
     def on_head(_module, inputs, _output):
-        seen["hidden"] = [inputs[0].detach()]
+        forwards[-1]["hidden"] = inputs[0].detach()
 
     def on_norm(_module, _inputs, output):
-        seen["streams"].append(output.detach())
+        forwards[-1]["streams"].append(output.detach())
 
-    handles = [model.register_forward_pre_hook(on_start)]
+    handles = [model.register_forward_pre_hook(on_start, with_kwargs=True)]
     handles += [model.get_output_embeddings().register_forward_hook(on_head)]
-    handles += [m.register_forward_hook(on_norm) for m in norms]
+    handles += [m.register_forward_hook(on_norm) for m in stream_norms(model)]
     try:
-        yield seen
+        yield forwards
     finally:
         for h in handles:
             h.remove()
@@ -79,11 +79,12 @@ def captured(model):
 
 def readout_forward(model, batch: Batch) -> ReadoutForward:
     """One forward of a padded batch (`response_logits`) with its scored tokens' hidden states and streams."""
-    with torch.no_grad(), captured(model) as seen:
+    with torch.no_grad(), recorded(model) as forwards:
         logits, labels = response_logits(model, batch)
+    seen = forwards[-1]
     mask = labels != IGNORE
     width = labels.shape[1]  # the head saw the last width + 1 positions; logits[:, i] predicts labels[:, i]
-    hidden = seen["hidden"][0][:, -(width + 1) : -1][mask]
+    hidden = seen["hidden"][:, -(width + 1) : -1][mask]
     total = batch.input_ids.shape[1]
     streams = [s[:, total - width - 1 : total - 1][mask] for s in seen["streams"]]
     scored_logits, scored = Scored.of_padded(logits, labels)
@@ -94,23 +95,30 @@ def readout_forward(model, batch: Batch) -> ReadoutForward:
 def packed_readout_forward(model, rows: SharedRows) -> ReadoutForward:
     """The forwards of shared-prompt rows packed as `logprobs.packed.packed_scored_logits` runs them (the same
     passes, so the same token order), one pass at a time, each with its hidden states and streams."""
-    device = next(model.parameters()).device
-    parts = []
-    for p in packed_passes(model, rows.prompts, rows.responses):
-        with torch.no_grad(), captured(model) as seen:
-            (logits,) = packed_logits(model, [p])
-        keep = p.keep.to(device)
-        hidden = seen["hidden"][0][0]
-        hidden = hidden if hidden.shape[0] == len(keep) else hidden[keep]  # the head ran at the kept positions
-        streams = torch.cat([s[0, keep] for s in seen["streams"]], -1)
-        parts.append((logits, hidden, streams, p))
-    if not parts:
+    passes, logits, forwards = packed_passes(model, rows.prompts, rows.responses), [], []
+    for p in passes:
+        with torch.no_grad(), recorded(model) as seen:
+            logits += packed_logits(model, [p])
+        forwards += seen
+    if not passes:
         raise ValueError("no observed row has a response token")
-    dtype = torch.promote_types(parts[0][0].dtype, torch.float32)
-    cat = lambda i: torch.cat([part[i] for part in parts])  # noqa: E731
+    return assemble(passes, forwards, torch.cat(logits), len(rows.responses))
+
+
+def assemble(passes: list, forwards: list[dict], logits: torch.Tensor, n_rows: int) -> ReadoutForward:
+    """The `ReadoutForward` of packed passes (`logprobs.packed.PackedPass`) from their recorded forwards (one each,
+    in order: `recorded`) and their scored tokens' logits (pass after pass): each pass's kept positions."""
+    device = logits.device
+    hidden, streams = [], []
+    for p, seen in zip(passes, forwards, strict=True):
+        keep = p.keep.to(device)
+        h = seen["hidden"][0]
+        hidden.append(h if h.shape[0] == len(keep) else h[keep])  # the head ran at the kept positions only
+        streams.append(torch.cat([s[0, keep] for s in seen["streams"]], -1))
+    dtype = torch.promote_types(logits.dtype, torch.float32)
     targets, seq, columns = (
-        torch.cat([getattr(p, k) for *_, p in parts]).to(device) for k in ("targets", "rows", "columns")
+        torch.cat([getattr(p, k) for p in passes]).to(device) for k in ("targets", "rows", "columns")
     )
     return ReadoutForward(
-        cat(0), Scored(targets, seq, columns, len(rows.responses)), cat(1).to(dtype), cat(2).to(dtype)
+        logits, Scored(targets, seq, columns, n_rows), torch.cat(hidden).to(dtype), torch.cat(streams).to(dtype)
     )

@@ -13,6 +13,7 @@ gradient (`directions_from_step`, `directions_from_gradient`), and `finish` -- w
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ from ldyn.dynamics import readout
 from ldyn.dynamics.akg import UpdateDirections, decompose, parameters, update_directions
 from ldyn.dynamics.differences import parameter_buffer
 from ldyn.dynamics.probing import ProbeItem, whole_prompt_batches
+from ldyn.dynamics.readout_capture import recorded
 from ldyn.logprobs.choose import rows_logits, shares_prompts
 from ldyn.logprobs.shared_prompt import SharedRows
 from ldyn.logprobs.tokens import Scored
@@ -111,6 +113,8 @@ class Decomposer:
         # parameter-sized buffers kept from one update to the next (every_update), made when first needed
         self._shifted: dict | None = None  # the difference methods' shifted parameter sets, in turn
         self._negative: dict | None = None  # g⁻ = ∇L − g⁺ from the step's gradient
+        self._recording: ExitStack | None = None  # the readout's hooks on the training forward (`record_step`)
+        self._forwards: list[dict] = []
 
     def begin(
         self,
@@ -145,6 +149,32 @@ class Decomposer:
         else:
             self.pending, self._before = UpdateStart({k: v.clone() for k, v in now.items()}, lr, directions), None
         return self.pending
+
+    def record_step(self, model) -> None:
+        """The readout, before the training forward: record its activations (`readout_capture.recorded`) for
+        `readout_from_step`, which stops recording."""
+        self._recording = ExitStack()
+        self._forwards = self._recording.enter_context(recorded(model))
+
+    def readout_from_step(self, model, loss: torch.Tensor, logps, examples) -> bool:
+        """The readout, between the step's forward and its backward: the update batch's side from the step itself
+        (`readout.update_from_step`); False when the step's forward cannot be read that way, and the caller then
+        hands over the batch (`readout_update`)."""
+        try:
+            update = readout.update_from_step(model, loss, logps, list(examples), self._forwards)
+        finally:
+            self._recording.close()
+            self._recording, self._forwards = None, []
+        if update is not None:
+            self.pending.update = update
+        return update is not None
+
+    def readout_update(self, model, loss: LossSpec, loss_cfg: LossConfig | None, examples, reference) -> None:
+        """The readout's update side from a forward of the batch of its own, at θ_t (`readout.readout_update`)."""
+        with measurement_mode(model):
+            self.pending.update = readout.readout_update(
+                model, loss, loss_cfg or LossConfig(), list(examples), self.pad_id, reference
+            )
 
     def directions_from_step(
         self, model, loss: torch.Tensor, logps, n_examples: int, positive: torch.Tensor | None = None

@@ -126,11 +126,13 @@ class DecompositionCallback:
     optimizer's real step ("predicted"), and the paper's SGD kernel −η·g split into its y⁺ part ("sgd_positive") and
     y⁻ part ("sgd_negative"). g± come from the training step's own graph and gradient when they are exactly the
     batch's mean loss's (`StepState.step_graph` and one micro-batch: `on_forward_end`, `on_gradients`), else from a
-    forward and backward of the update batch here. In an RL update (its examples carry an `advantage`:
-    `grpo.Completion`) the y⁺ part is the positive-advantage completions' and the y⁻ part the others' (only from the
-    step's graph: `grpo.check_sampled_stages` refuses the rest). Runs in the model's own precision (no autocast) on
-    the main process; `method="readout"` runs on every process (each with its share of the update batch:
-    `dynamics.readout`, whose forwards a sharded model needs every process in), and the main one writes.
+    forward and backward of the update batch here; the readout's update side likewise comes from the training
+    forward's own activations and G when it can read them (`Decomposer.readout_from_step`). In an RL update (its
+    examples carry an `advantage`: `grpo.Completion`) the y⁺ part is the positive-advantage completions' and the y⁻
+    part the others' (only from the step's graph: `grpo.check_sampled_stages` refuses the rest). Runs in the model's
+    own precision (no autocast) on the main process; `method="readout"` runs on every process (each with its share
+    of the update batch: `dynamics.readout`, whose forwards a sharded model needs every process in), and the main
+    one writes.
     """
 
     def __init__(
@@ -156,9 +158,11 @@ class DecompositionCallback:
             return
         started = time.perf_counter()
         model = state.accelerator.unwrap_model(state.model)
-        self.from_step = state.step_graph and len(state.batch) == 1 and not readout
+        self.from_step = state.step_graph and len(state.batch) == 1
         if self.from_step:
             self.decomposer.begin(model, state.lr)
+            if readout:  # its update side from the training forward's activations (`on_forward_end`)
+                self.decomposer.record_step(model)
         else:
             examples = [e for micro in state.batch for e in micro]
             reference = None
@@ -176,6 +180,14 @@ class DecompositionCallback:
         started = time.perf_counter()
         step = state.forward
         model = state.accelerator.unwrap_model(state.model)
+        if self.decomposer.method == "readout":
+            if not self.decomposer.readout_from_step(model, step.loss, step.logps, step.examples):
+                reference = None  # the step's forward was not the readout's layout: a forward of its own
+                if state.loss.needs_reference:
+                    reference = state.reference_logps(step.examples, next(model.parameters()).dtype)
+                self.decomposer.readout_update(model, state.loss, state.loss_cfg, step.examples, reference)
+            self.seconds += time.perf_counter() - started
+            return
         advantages = [getattr(e, "advantage", None) for e in step.examples]  # an RL update's rollouts: A > 0 is y⁺
         positive = None if None in advantages else torch.tensor([a > 0 for a in advantages])
         self.decomposer.directions_from_step(model, step.loss, step.logps, len(step.examples), positive)
