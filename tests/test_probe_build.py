@@ -113,3 +113,45 @@ def test_bad_build_settings_are_one_line(tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and expected in err, err
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_an_ultrafeedback_file_builds_a_probe_set_that_the_long_suite_runs_on(tmp_path, capsys):
+    """UltraFeedback-style pairs (a prompt, chosen and rejected conversations repeating the user's turn, scores)
+    become a probe set in the authors' format; `paper_cpu_long_uf` is `paper_cpu_long` rendered as the paper renders
+    UltraFeedback, and a run of its recipe with its settings probes the built file."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from ldyn.paper.suite import configs, load_suite
+
+    pairs = tmp_path / "uf_pairs.jsonl"
+    with open(pairs, "w") as f:
+        for i, topic in enumerate(["colour", "fruit", "river", "planet", "metal", "bird", "tree", "city"]):
+            user = [{"role": "user", "content": f"Name a {topic} and say one thing about it."}]
+            row = {"prompt": user[0]["content"], "prompt_id": f"uf{i}", "score_chosen": 8.0, "score_rejected": 3.0,
+                   "chosen": user + [{"role": "assistant", "content": f"A {topic}: number {i}, well known."}],
+                   "rejected": user + [{"role": "assistant", "content": f"I know no {topic}."}]}  # fmt: skip
+            f.write(json.dumps(row) + "\n")
+    out = tmp_path / "uf_probes.jsonl"
+    settings = "--n 4 --generator-model tiny --initial-model tiny --max-new-tokens 8".split()
+    assert cli.main(["probes", "build", str(pairs), "--out", str(out), *settings]) == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and all(set(ORDER) <= set(r) for r in rows)
+    assert rows[1]["prompt"] == [{"role": "user", "content": "Name a fruit and say one thing about it."}]
+    assert rows[1]["chosen"] == "A fruit: number 1, well known." and rows[1]["rejected"] == "I know no fruit."
+    data = [f"data.train={out}", f"probe.path={out}"]
+    uf = configs(load_suite("paper_cpu_long_uf"), data, tmp_path / "uf")
+    hh = configs(load_suite("paper_cpu_long"), data, tmp_path / "hh")
+    assert uf.keys() == hh.keys()
+    for name, cfg in uf.items():
+        assert cfg.data.template == "Human: {prompt}\nAssistant:" and cfg.data.truncation_mode == "keep_start"
+        same = replace(cfg, data=replace(cfg.data, template=hh[name].data.template, truncation_mode="keep_end"))
+        assert replace(same, output_dir=hh[name].output_dir) == hh[name], name  # nothing else differs
+    suite = load_suite("paper_cpu_long_uf")
+    first = suite.runs[0]
+    run = ["run", first.recipe, *first.common, *data, "model.name=tiny", "stages.*.steps=2", "stages.*.batch_size=2",
+           "data.n_train=4", "probe.n=4", "probe.every=2", f"output_dir={tmp_path / 'run'}"]  # fmt: skip
+    assert cli.main(run) == 0
+    probes = [json.loads(line) for line in (tmp_path / "run" / "probes.jsonl").read_text().splitlines()]
+    assert {p["type"] for p in probes} >= set(PAPER_TYPES) and {p["step"] for p in probes} == {0, 2, 4}
+    assert Path(tmp_path / "run" / "figures" / "probe_groups.png").is_file()

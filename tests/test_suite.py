@@ -51,6 +51,27 @@ def test_long_suite_trains_the_papers_eight_passes_with_its_optimizer(probe_file
             assert passes == (4 if stage.extend or name == "long_dpo_onpolicy" else 8), (name, stage.name)
 
 
+def test_500_suite_trains_every_pair_for_the_papers_passes_and_movement(probe_file, tmp_path):
+    """paper_cpu_500: 500 pairs, the paper's passes per stage (SFT 8, extend 4 over chosen ∪ rejected, DPO after SFT
+    6, DPO from the base 10: Figure 4, on-policy 4), and the paper's cumulative movement updates × lr."""
+    cfgs = configs(load_suite("paper_cpu_500"), [f"data.train={probe_file}", f"probe.path={probe_file}"], tmp_path)
+    passes, movement = {}, {}
+    for name, cfg in cfgs.items():
+        assert cfg.data.n_train == 500 and cfg.data.max_length == 128 and cfg.probe.n == 32
+        for stage in cfg.stages:
+            assert stage.optim.name == "rmsprop"
+            rows = cfg.data.n_train * (2 if stage.extend else 1)
+            passes[name, stage.name] = stage.steps * stage.batch_size / rows
+            movement[name, stage.name] = stage.steps * stage.optim.lr
+    assert passes == {
+        ("p500_sft_dpo", "sft"): 8, ("p500_sft_dpo", "dpo"): 6, ("p500_extend", "sft"): 4, ("p500_extend", "dpo"): 6,
+        ("p500_dpo", "dpo"): 10, ("p500_dpo_onpolicy", "dpo"): 4,
+    }  # fmt: skip
+    assert movement["p500_sft_dpo", "sft"] == pytest.approx(5e-3)  # the paper's 5e-7 × 10,000
+    assert movement["p500_sft_dpo", "dpo"] == pytest.approx(3.75e-3)  # × 7,500
+    assert movement["p500_dpo", "dpo"] == pytest.approx(1.25e-3)  # × 2,500 (Figure 4)
+
+
 def test_star_sets_every_stage(probe_file):
     cfg = load_config(
         "paper_sft_dpo", [f"data.train={probe_file}", f"probe.path={probe_file}", "stages.*.batch_size=3"]
