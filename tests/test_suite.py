@@ -57,7 +57,7 @@ def test_500_suite_trains_every_pair_for_the_papers_passes_and_movement(probe_fi
     cfgs = configs(load_suite("paper_cpu_500"), [f"data.train={probe_file}", f"probe.path={probe_file}"], tmp_path)
     passes, movement = {}, {}
     for name, cfg in cfgs.items():
-        assert cfg.data.n_train == 500 and cfg.data.max_length == 128 and cfg.probe.n == 32
+        assert cfg.data.n_train == 500 and cfg.data.max_length == 128 and cfg.probe.n == 16
         for stage in cfg.stages:
             assert stage.optim.name == "rmsprop"
             rows = cfg.data.n_train * (2 if stage.extend else 1)
