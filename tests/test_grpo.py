@@ -74,6 +74,8 @@ def test_a_grpo_run_writes_reward_metrics_samples_and_probes(tmp_path, capsys):
     assert trained == {"arith-0-0000", "arith-0-0001"}
     held = {p["example_id"] for p in probes if p["type"] == "held_out_sample"}  # 4 step-0 samples of 2 prompts
     assert held <= {f"held_out/arith-0-000{i}#{k}" for i in range(2) for k in range(4)} and len(held) >= 6
+    report = json.loads((run.path / "data.json").read_text())  # the held-out samples told apart from the prompts
+    assert (report["probe_prompts"], report["probe_held_out_samples"]) == (2, len(held))
     # pass@k of the stage's start and end, on its task and its held-out prompts
     code, out, err = ldyn(capsys, "pass-at-k", str(run.path), "--n", "2", "--k", "1", "2", "--prompts", "2")
     assert code == 0, err

@@ -87,6 +87,10 @@ def load_inputs(cfg: RunConfig, tokenizer, model=None, kept: dict | None = None)
         items, loaded = tokenized_probe_items(probed, types, tokenizer, data)
         texts = probe_set_rows(probed, types)
         loaded |= kept
+        if kept.get("held_out"):  # rows of their own, one per sample: told apart from the probed prompts
+            loaded["probe_held_out_samples"] = len(kept["held_out"])
+            loaded["probe_prompts"] -= len(kept["held_out"])
+            loaded["probe_empty_skipped"] -= len(kept["held_out"]) * (len(types) - 1)  # they have one type only
     report = {
         "train_pairs": len(train),
         "train_skipped_empty": skipped,
@@ -272,10 +276,11 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
 
 
 def _loaded(r: dict) -> str:
+    held = f" + {r['probe_held_out_samples']} held-out samples" if r.get("probe_held_out_samples") else ""
     return (
         f"{r['train_pairs']} training rows ({r['train_truncated']} truncated, {r['train_skipped_empty']} "
-        f"empty skipped), {r['probe_prompts']} probe prompts x {len(r['probe_types'])} types ({r['probe_truncated']} "
-        f"truncated, {r['probe_empty_skipped']} empty responses left out)"
+        f"empty skipped), {r['probe_prompts']} probe prompts{held} x {len(r['probe_types'])} types "
+        f"({r['probe_truncated']} truncated, {r['probe_empty_skipped']} empty responses left out)"
     )
 
 
