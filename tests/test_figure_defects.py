@@ -164,3 +164,19 @@ def test_scaled_names_the_factor_it_applies():
     assert scaled([0.5, 2.0], "nats") == (1.0, "nats")
     assert scaled([2e5], "nats") == (pytest.approx(1e-5), "×10⁵ nats")
     assert scaled([np.nan, 0.0]) == (1.0, "")
+
+
+def test_the_spread_legend_names_twenty_prompts_and_counts_held_out_samples(tmp_path):
+    """25 probed prompts and 12 held-out samples (an RL run's `held_out_sample` rows): the legend names 20 prompts,
+    counts the other 5, and gives the samples one entry, so it fits beside the panels."""
+    (tmp_path / "config.yaml").write_text("name: many\n")
+    rows = [{"step": s, "stage": "grpo", "example_id": f"p{i:02d}", "type": "chosen", "logp_sum": -5.0 - s * i}
+            for s in (0, 1) for i in range(25)]  # fmt: skip
+    rows += [{"step": s, "stage": "grpo", "example_id": f"held_out/q#{k}", "type": "held_out_sample",
+              "logp_sum": -9.0 - s * k} for s in (0, 1) for k in range(12)]  # fmt: skip
+    write(tmp_path / "probes.jsonl", rows)
+    run = load_run(tmp_path)
+    fig = plot_spread(run, probe_table(run))
+    names = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert names == [f"p{i:02d}" for i in range(20)] + ["… and 5 more", "held-out samples (12)", "mean"]
+    plt.close(fig)

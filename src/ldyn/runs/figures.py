@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backend_bases import FigureCanvasBase
 
-from ldyn.data.probesets import GROUPS, SYMBOLS
+from ldyn.data.probesets import GROUPS, HELD_OUT_SAMPLE, SYMBOLS
 from ldyn.errors import LdynError
 from ldyn.runs.directory import FIGURES, Run, probe_table, stage_spans
 from ldyn.runs.export import load_records
@@ -35,6 +35,7 @@ from ldyn.runs.rl_figures import summary_rows as rl_summary_rows
 from ldyn.runs.style import color, label, mark_stages, ordered_types, plain_numbers, plt, scaled, write_rows
 from ldyn.runtime.files import writable_folder, writing
 
+LEGEND_PROMPTS = 20  # prompts named in probe_spread.png's legend (the rest counted)
 WRITERS = sorted(FigureCanvasBase.get_supported_filetypes())  # the formats matplotlib writes
 FIGURE_SUFFIXES = tuple(dict.fromkeys([".png", ".pdf", ".svg", *(f".{k}" for k in WRITERS)]))  # a figure's names
 
@@ -140,8 +141,9 @@ def plot_spread(run: Run, tables) -> plt.Figure:
     rows = math.ceil(len(types) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), sharex=True, squeeze=False)
     spans = stage_spans(run)
-    ids = sorted({e for t in types for e in tables[t][1]})
-    colors = prompt_colors(ids)
+    held = set(tables[HELD_OUT_SAMPLE][1]) if HELD_OUT_SAMPLE in tables else set()  # π₀'s samples, one row each
+    ids = sorted({e for t in types for e in tables[t][1]} - held)
+    colors = prompt_colors(ids) | {e: "0.8" for e in held}
     for i, (ax, t) in enumerate(zip(axes.flat, types)):
         steps, prompts, values = tables[t]
         delta = values - values[0]
@@ -158,11 +160,18 @@ def plot_spread(run: Run, tables) -> plt.Figure:
             ax.set_xlabel("update")
     for ax in axes.flat[len(types) :]:
         ax.axis("off")
-    handles = [plt.Line2D([], [], color=colors[e], linewidth=1.5) for e in ids]
+    named = ids[:LEGEND_PROMPTS]  # a legend the figure's height holds
+    handles = [plt.Line2D([], [], color=colors[e], linewidth=1.5) for e in named]
+    names = named + ([f"… and {len(ids) - len(named)} more"] if len(ids) > len(named) else [])
+    handles += [plt.Line2D([], [], linewidth=0)] if len(ids) > len(named) else []
+    if held:
+        handles.append(plt.Line2D([], [], color="0.8", linewidth=1.5))
+        names.append(f"held-out samples ({len(held)})")
     handles.append(plt.Line2D([], [], color="black", linewidth=2))
-    fig.legend(handles, [*ids, "mean"], title="probe prompt", loc="center right", fontsize=8, title_fontsize=8)
+    fig.legend(handles, [*names, "mean"], title="probe prompt", loc="center right", fontsize=8, title_fontsize=8)
     fig.suptitle("per-prompt change of log π(y | x_u) since step 0 (one line per probe prompt; black: mean)")
-    fig.tight_layout(rect=(0, 0, 1 - 1.1 / (4 * cols), 1))  # the prompts' legend to the right of the panels
+    inches = 0.7 + 0.06 * max(len(n) for n in [*names, "probe prompt"])  # the legend's width at fontsize 8
+    fig.tight_layout(rect=(0, 0, 1 - inches / (4 * cols), 1))  # the prompts' legend to the right of the panels
     return fig
 
 

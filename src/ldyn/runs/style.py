@@ -23,10 +23,15 @@ def label(t: str) -> str:
     return f"{SYMBOLS[t]} {t}" if t in SYMBOLS else t
 
 
+# types of no paper group: an RL run's own rollouts and held-out samples, the arithmetic task's far miss
+OTHER_COLORS = {"rollout_correct": "tab:olive", "rollout_incorrect": "tab:pink", "held_out_sample": "tab:purple",
+                "rejected_far": "tab:brown"}  # fmt: skip
+
+
 def color(t: str) -> str:
     group = GROUP_OF.get(t)
     if group is None:
-        return "grey"
+        return OTHER_COLORS.get(t, "grey")
     members = GROUPS[group]
     return plt.get_cmap(PALETTES[group])(0.9 - 0.45 * members.index(t) / max(len(members) - 1, 1))
 
