@@ -163,7 +163,8 @@ class Decomposer:
         try:
             update = readout.update_from_step(model, loss, logps, list(examples), self._forwards)
         finally:
-            self._recording.close()
+            if self._recording is not None:
+                self._recording.close()
             self._recording, self._forwards = None, []
         if update is not None:
             self.pending.update = update
