@@ -184,7 +184,8 @@ class DecompositionCallback:
             if not self.decomposer.readout_from_step(model, step.loss, step.logps, step.examples):
                 reference = None  # the step's forward was not the readout's layout: a forward of its own
                 if state.loss.needs_reference:
-                    reference = state.reference_logps(step.examples, next(model.parameters()).dtype)
+                    dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)  # as on_step_start
+                    reference = state.reference_logps(step.examples, dtype)
                 self.decomposer.readout_update(model, state.loss, state.loss_cfg, step.examples, reference)
             self.seconds += time.perf_counter() - started
             return

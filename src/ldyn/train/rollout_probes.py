@@ -13,10 +13,10 @@ With `probe.held_out` (a probe source: a file or a task with another seed, e.g. 
 `probe.n` prompts each get `SAMPLES` samples of the step-0 model at temperature 1 over the whole vocabulary, probed
 as rows of their own (ids "held_out/<id>#<k>", type `held_out_sample`). Since they are drawn from π₀, the mean
 over them of log π₀(y|x) − log π_t(y|x) is an unbiased Monte-Carlo estimate of the sequence-level KL(π₀ ‖ π_t)
-on prompts the run never trains on (`runs/rl_curves.py`).
+on prompts the run never trains on (`runs/rl_figures.py` draws it).
 
 Both are sampled once, seeded by the run's seed, after the model is loaded and before the run directory is
-written; data.json keeps them (`rollouts`), so a resumed run probes the very same responses.
+written; data.json keeps them (`rollouts`, `held_out`), so a resumed run probes the very same responses.
 """
 
 from __future__ import annotations
