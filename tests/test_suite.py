@@ -2,6 +2,7 @@
 finished runs and resumes the interrupted one."""
 
 import json
+import shutil
 
 import pytest
 
@@ -107,6 +108,8 @@ def test_rerunning_a_suite_keeps_finished_runs_and_resumes_the_rest(tmp_path, pr
     assert [r["run"] for r in RunDir(out).read("suite.jsonl")] == ["a", "b"]
     assert (out / "report.html").is_file() and "claims" in (out / "report.html").read_text()
     (out / "b" / "checkpoints" / "state.json").unlink()  # as if b had been killed before its first checkpoint
+    state = json.loads((out / "a" / "checkpoints" / "state.json").read_text())
+    shutil.rmtree(out / "a" / "checkpoints" / state["model"])  # a finished run's weights deleted to save disk
     before = (out / "a" / "metrics.jsonl").read_text()
     assert cli.main(args) == 0
     assert (out / "a" / "metrics.jsonl").read_text() == before  # a was kept, not retrained

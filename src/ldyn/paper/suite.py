@@ -129,7 +129,8 @@ def configs(suite: Suite, overrides: list[str], root: Path) -> dict[str, RunConf
 
 
 def finished(run: RunDir, cfg: RunConfig) -> bool:
-    state = read_resume_state(run) if run.exists() else None
+    """Whether `run` trained every stage; a finished run whose checkpoint weights were deleted is still finished."""
+    state = read_resume_state(run, weights=False) if run.exists() else None
     return state is not None and state["stage_index"] >= len(cfg.stages)
 
 

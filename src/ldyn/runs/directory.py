@@ -149,10 +149,11 @@ class RunDir:
             self.rewrite(PROBES, [r for r in rows if r["step"] in done])
 
 
-def read_resume_state(run: RunDir) -> dict | None:
+def read_resume_state(run: RunDir, weights: bool = True) -> dict | None:
     """The last checkpoint's resume state (step, stage index, model and optimizer files), or None when the run
     has none yet. A state that is not what the Checkpointer writes -- not JSON, fields of the wrong type, a folder
-    or optimizer file that is not there -- is one line naming the file and field."""
+    or optimizer file that is not there -- is one line naming the file and field. `weights=False` reads the
+    state alone, for asking whether a run finished once its weights were deleted to save disk."""
     path = run.checkpoints / STATE
     if run.checkpoints.exists() and not run.checkpoints.is_dir():
         raise LdynError(f"is not a folder, so the run cannot be resumed; {RESTART}", file=str(run.checkpoints))
@@ -170,6 +171,8 @@ def read_resume_state(run: RunDir) -> dict | None:
             what = "missing" if key not in state else f"must be {described}, got {value!r}"
             raise LdynError(f"{what}; {RESTART}", file=str(path), field=key)
     state["model_dir"] = run.checkpoints / state["model"]
+    if not weights:
+        return state
     if not state["model"] or not state["model_dir"].is_dir():
         what = f"names the folder {state['model_dir']}, which is not there"
         raise LdynError(f"{what}; {RESTART}", file=str(path), field="model")
