@@ -57,10 +57,12 @@ def main() -> None:
     rng = random.Random(args.seed)
     columns = {}
     for k in [k for k in args.sizes if k < len(ids)]:
-        draws = [check_claims(keep_prompts(c.runs, set(rng.sample(ids, k))), toys, c.winrates) for _ in range(args.draws)]
+        subsets = [set(rng.sample(ids, k)) for _ in range(args.draws)]
+        draws = [check_claims(keep_prompts(c.runs, subset), toys, c.winrates) for subset in subsets]
         columns[f"{k} prompts"] = [{v.id: v.verdict for v in d} for d in draws]
     for every in (2, 4):
-        columns[f"1/{every} rounds"] = [{v.id: v.verdict for v in check_claims(keep_rounds(c.runs, every), toys, c.winrates)}]
+        sparse = check_claims(keep_rounds(c.runs, every), toys, c.winrates)
+        columns[f"1/{every} rounds"] = [{v.id: v.verdict for v in sparse}]
     seconds = sum(row.get("seconds", 0.0) for r in c.runs for row in _probe_times(r))
     print(f"{len(c.runs)} runs, {len(ids)} prompts probed in every run; probing took {seconds / 60:.1f} min in all")
     print("share of draws whose verdict matches the reference's (every prompt, every round):")
