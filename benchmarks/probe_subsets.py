@@ -19,7 +19,7 @@ from dataclasses import replace
 from ldyn.errors import LdynError
 from ldyn.paper.claims import NA, check_claims, read_toys
 from ldyn.paper.report import collect
-from ldyn.runs.directory import Run
+from ldyn.runs.directory import PROBE_TIMES, Run, RunDir
 
 
 def keep_prompts(runs: list[Run], ids: set[str]) -> list[Run]:
@@ -63,7 +63,7 @@ def main() -> None:
     for every in (2, 4):
         sparse = check_claims(keep_rounds(c.runs, every), toys, c.winrates)
         columns[f"1/{every} rounds"] = [{v.id: v.verdict for v in sparse}]
-    seconds = sum(row.get("seconds", 0.0) for r in c.runs for row in _probe_times(r))
+    seconds = sum(row.get("seconds", 0.0) for r in c.runs for row in RunDir(r.path).read(PROBE_TIMES))
     print(f"{len(c.runs)} runs, {len(ids)} prompts probed in every run; probing took {seconds / 60:.1f} min in all")
     print("share of draws whose verdict matches the reference's (every prompt, every round):")
     print(f"{'claim':<7}{'reference':<16}" + "".join(f"{name:>14}" for name in columns))
@@ -78,13 +78,6 @@ def main() -> None:
             cells.append(f"{share:>14.2f}")
         print(f"{id_:<7}{v.verdict:<16}" + "".join(cells))
     print(f"{'mean':<23}" + "".join(f"{sum(a) / max(len(a), 1):>14.2f}" for a in agree.values()))
-
-
-def _probe_times(run: Run) -> list[dict]:
-    from ldyn.runtime.files import read_rows
-
-    path = run.path / "probe_times.jsonl"
-    return read_rows(path) if path.is_file() else []
 
 
 if __name__ == "__main__":
