@@ -98,7 +98,6 @@ def root(tmp_path_factory):
 
     last = "checkpoints/last-000003"
     (copy("cutlora", "resume_no_adapter") / last / "adapter_model.safetensors").unlink()
-    (copy("lora", "resume_final_no_adapter") / "checkpoints/dpo/adapter_model.safetensors").unlink()
     (copy("cutlora", "resume_chain") / last / "ldyn_adapter_chain.json").write_text('{"base": "tiny"')
     (copy("cutfull", "resume_no_model") / last / "model.safetensors").unlink()
     truncate(copy("cutfull", "resume_half_model") / last / "model.safetensors")
@@ -166,7 +165,6 @@ CASES = {  # name: (arguments, given the workspace root; what the error line mus
     "adapter weights truncated": (model_from("half_adapter/dpo"), "adapter_model.safetensors: cannot load the adapter"),
     "full model truncated": (model_from("half_model/dpo"), "a local folder, but not a whole model checkpoint"),
     "resume, adapter deleted mid-stage": (resume("resume_no_adapter"), "last-000003/adapter_model.safetensors: the"),
-    "resume, final adapter deleted": (resume("resume_final_no_adapter"), "dpo/adapter_model.safetensors: the adapter"),
     "resume, chain cut short": (resume("resume_chain"), "last-000003/ldyn_adapter_chain.json:1: malformed JSON"),
     "resume, model.safetensors deleted": (resume("resume_no_model"), "last-000003/model.safetensors: missing from"),
     "resume, model.safetensors truncated": (
@@ -236,6 +234,24 @@ def test_lora_on_a_lora_checkpoint_resumes_and_its_checkpoint_loads(root, tmp_pa
     trained = load_model(ModelConfig(str(out / "checkpoints" / "dpo")))[0].state_dict()
     assert any(not torch.equal(base[k], trained[k]) for k in base)
     assert [m["step"] for m in RunDir(out).read("metrics.jsonl")] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("source", ["run", "lora"])
+def test_resuming_a_finished_run_without_its_weights_redraws_its_figures_and_keeps_its_rows(
+    source, root, tmp_path, capsys
+):
+    """A finished run packed without weights (as `results/` keeps them) has nothing to train: resume draws its
+    figures from the rows and changes none, where it used to advise --overwrite, which throws the rows away."""
+    run = shutil.copytree(root / source, tmp_path / "run")
+    for folder in (run / "checkpoints").iterdir():
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    shutil.rmtree(run / "figures")
+    rows = {name: (run / name).read_bytes() for name in ROW_FILES if (run / name).is_file()}
+    assert cli.main(["resume", str(run)]) == 0
+    assert "finished all its 2 stages; nothing to train" in capsys.readouterr().err
+    assert {name: (run / name).read_bytes() for name in rows} == rows
+    assert (run / "figures" / "probe_groups.png").is_file()
 
 
 def test_resume_with_a_changed_cadence_continues(root, tmp_path):

@@ -31,7 +31,7 @@ from typing import Literal
 from ldyn.config import RunConfig, check, load_config, read_config, recipe_path
 from ldyn.errors import LdynError
 from ldyn.paper.winrate import WinrateSpec
-from ldyn.runs.directory import CONFIG, SUITE_LOG, RunDir, read_resume_state
+from ldyn.runs.directory import CONFIG, SUITE_LOG, RunDir, finished
 from ldyn.runs.resume_policy import first_difference, trained_config
 from ldyn.runtime.files import writable_folder
 from ldyn.schema import from_dict, read_yaml
@@ -126,12 +126,6 @@ def configs(suite: Suite, overrides: list[str], root: Path) -> dict[str, RunConf
         check(cfg)
         out[r.name] = cfg
     return out
-
-
-def finished(run: RunDir, cfg: RunConfig) -> bool:
-    """Whether `run` trained every stage; a finished run whose checkpoint weights were deleted is still finished."""
-    state = read_resume_state(run, weights=False) if run.exists() else None
-    return state is not None and state["stage_index"] >= len(cfg.stages)
 
 
 def check_suite_folder(root: Path, cfgs: dict[str, RunConfig]) -> None:

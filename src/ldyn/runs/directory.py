@@ -182,6 +182,13 @@ def read_resume_state(run: RunDir, weights: bool = True) -> dict | None:
     return state
 
 
+def finished(run: RunDir, cfg: RunConfig) -> bool:
+    """Whether `run` trained every stage of `cfg`; a finished run whose checkpoint weights were deleted (to save
+    disk, or packed without them) is still finished."""
+    state = read_resume_state(run, weights=False) if run.exists() else None
+    return state is not None and state["stage_index"] >= len(cfg.stages)
+
+
 RESTART = "start the run again with --overwrite"
 STATE_FIELDS = {  # what the Checkpointer writes: key -> (type, in words)
     "step": (int, "a whole number >= 0"),

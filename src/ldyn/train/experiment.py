@@ -26,7 +26,8 @@ from ldyn.losses import LossSpec, get_loss
 from ldyn.models.adapters import AdapterOff, chain_for, has_adapter, new_adapter
 from ldyn.models.load import load_model
 from ldyn.models.pretrained import frozen_copy
-from ldyn.runs.directory import CONFIG, DATA, PROBE_SET, TRAINED, TRAINER_ARGS, RunDir
+from ldyn.runs.directory import CONFIG, DATA, PROBE_SET, TRAINED, TRAINER_ARGS, RunDir, finished
+from ldyn.runs.resume_policy import check_unchanged, trained_config
 from ldyn.runs.trackers import Trackers, open_trackers
 from ldyn.runtime import distributed
 from ldyn.runtime.files import writable_folder
@@ -210,6 +211,8 @@ def resume(run_dir: str) -> RunDir:
     cfg = read_config(out.path / CONFIG)
     check(cfg)
     check_sampled_stages(cfg, distributed.processes().num_processes)
+    if finished(out, cfg):
+        return _redraw(out, cfg)
     restored = restore(out, cfg)
     model, tokenizer, state = restored.model, restored.tokenizer, restored.state
     if state is not None:  # the resumed stage takes them (and lets them go)
@@ -229,6 +232,19 @@ def resume(run_dir: str) -> RunDir:
         return _train(cfg, out, model, tokenizer, inputs, resume=state)
     finally:
         out.unlock()
+
+
+def _redraw(out: RunDir, cfg: RunConfig) -> RunDir:
+    """A finished run has nothing to train: its figures are drawn again from its rows (a kill while they were
+    drawn is the one thing left to finish), which needs no checkpoint weights."""
+    check_unchanged(out, trained_config(out), cfg)
+    print(f"ldyn: {out.path} finished all its {len(cfg.stages)} stages; nothing to train, its figures are drawn "
+          "again from its rows", file=sys.stderr)  # fmt: skip
+    from ldyn.runs.figures import plot_run
+
+    for path in plot_run(out.path):
+        print(f"ldyn: wrote {path}", file=sys.stderr)
+    return out
 
 
 def _reference_for(cfg: RunConfig, model, stage_start=None):
