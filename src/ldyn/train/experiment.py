@@ -22,7 +22,7 @@ from ldyn.data.probesets import load_probe_set, probe_set_rows
 from ldyn.data.tokenize import TokenizedRow, tokenize_examples
 from ldyn.dynamics.probing import ProbeItem, first_prompts, tokenized_probe_items
 from ldyn.errors import LdynError, did_you_mean
-from ldyn.losses import LossSpec, get_loss
+from ldyn.losses import get_loss
 from ldyn.models.adapters import AdapterOff, chain_for, has_adapter, new_adapter
 from ldyn.models.load import load_model
 from ldyn.models.pretrained import frozen_copy
@@ -38,7 +38,7 @@ from ldyn.train.grpo import GRPO, check_reward_fields, check_sampled_stages, row
 from ldyn.train.restore import restore
 from ldyn.train.sampling import ResponseSampler
 from ldyn.train.task_data import resolve
-from ldyn.train.trainer import Trainer, TrainExample, batches
+from ldyn.train.trainer import Trainer, batches, stage_examples
 
 
 @dataclass
@@ -102,19 +102,6 @@ def load_inputs(cfg: RunConfig, tokenizer, model=None, kept: dict | None = None)
         rows = rows_by_id(source, data.split, cfg.seed, data.n_train)
         check_reward_fields(cfg, rows)
     return Inputs(train, items, report, texts, rows)
-
-
-def stage_examples(rows: list[TokenizedRow], spec: LossSpec, stage: StageConfig) -> list[TrainExample]:
-    """Pairs for preference losses (a response the stage samples may be absent: None until sampled); for SFT the
-    stage's target field, plus the rejected ones when `extend`; for a sampled loss the prompts alone."""
-    if spec.sampled:
-        return [TrainExample(r.id, r.prompt, [], None) for r in rows]
-    if spec.needs_rejected:
-        return [TrainExample(r.id, r.prompt, r.responses.get("chosen"), r.responses.get("rejected")) for r in rows]
-    examples = [TrainExample(r.id, r.prompt, r.responses[stage.target], None) for r in rows]
-    if stage.extend:
-        examples += [TrainExample(f"{r.id}/rejected", r.prompt, r.responses["rejected"], None) for r in rows]
-    return examples
 
 
 def run(cfg: RunConfig, *, overwrite: bool = False) -> RunDir:
@@ -238,12 +225,14 @@ def _redraw(out: RunDir, cfg: RunConfig) -> RunDir:
     """A finished run has nothing to train: its figures are drawn again from its rows (a kill while they were
     drawn is the one thing left to finish), which needs no checkpoint weights."""
     check_unchanged(out, trained_config(out), cfg)
-    print(f"ldyn: {out.path} finished all its {len(cfg.stages)} stages; nothing to train, its figures are drawn "
-          "again from its rows", file=sys.stderr)  # fmt: skip
-    from ldyn.runs.figures import plot_run
-
-    for path in plot_run(out.path):
-        print(f"ldyn: wrote {path}", file=sys.stderr)
+    if distributed.processes().is_main_process:  # one process draws; the lock refuses another writer
+        out.lock()
+        print(f"ldyn: {out.path} finished all its {len(cfg.stages)} stages; nothing to train, its figures are drawn "
+              "again from its rows", file=sys.stderr)  # fmt: skip
+        try:
+            _draw(out, Trackers([]), 0)
+        finally:
+            out.unlock()
     return out
 
 
@@ -281,14 +270,18 @@ def _train(cfg: RunConfig, out: RunDir, model, tokenizer, inputs: Inputs, resume
         step = _train_stage(shared, index, prepared, step=step, start=start, resume=resume)
         model = accelerator.unwrap_model(prepared)
     if accelerator.is_main_process:
-        from ldyn.runs.figures import plot_run
-
-        for path in plot_run(out.path):
-            print(f"ldyn: wrote {path}", file=sys.stderr)
-            if path.suffix == ".png":
-                trackers.image(f"ldyn/{path.stem}", path, step)
+        _draw(out, trackers, step)
     trackers.close()
     return out
+
+
+def _draw(out: RunDir, trackers: Trackers, step: int) -> None:
+    from ldyn.runs.figures import plot_run
+
+    for path in plot_run(out.path):
+        print(f"ldyn: wrote {path}", file=sys.stderr)
+        if path.suffix == ".png":
+            trackers.image(f"ldyn/{path.stem}", path, step)
 
 
 def _loaded(r: dict) -> str:

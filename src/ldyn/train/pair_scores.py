@@ -32,7 +32,8 @@ from ldyn.losses import get_loss
 from ldyn.models.load import load_model
 from ldyn.models.modes import measurement_mode
 from ldyn.runtime.files import write_atomically
-from ldyn.train.experiment import load_inputs, stage_examples
+from ldyn.train.experiment import load_inputs
+from ldyn.train.trainer import stage_examples
 
 COLUMNS = ("rank", "example_id", "self_chosen", "from_chosen", "from_rejected", "ches", "logp_chosen", "n_chosen")
 

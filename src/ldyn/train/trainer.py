@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ldyn.config import OptimConfig
-from ldyn.data.tokenize import collate_pairs
+from ldyn.config import OptimConfig, StageConfig
+from ldyn.data.tokenize import TokenizedRow, collate_pairs
 from ldyn.errors import LdynError
 from ldyn.logprobs.choose import packs_training_rows
 from ldyn.logprobs.packed import packed_logps
@@ -66,6 +66,19 @@ class TrainExample:
     prompt: list[int]  # x token ids
     chosen: list[int]  # y⁺ (or the SFT target) token ids, EOS included
     rejected: list[int] | None  # y⁻ token ids, or None for SFT examples
+
+
+def stage_examples(rows: list[TokenizedRow], spec: LossSpec, stage: StageConfig) -> list[TrainExample]:
+    """Pairs for preference losses (a response the stage samples may be absent: None until sampled); for SFT the
+    stage's target field, plus the rejected ones when `extend`; for a sampled loss the prompts alone."""
+    if spec.sampled:
+        return [TrainExample(r.id, r.prompt, [], None) for r in rows]
+    if spec.needs_rejected:
+        return [TrainExample(r.id, r.prompt, r.responses.get("chosen"), r.responses.get("rejected")) for r in rows]
+    examples = [TrainExample(r.id, r.prompt, r.responses[stage.target], None) for r in rows]
+    if stage.extend:
+        examples += [TrainExample(f"{r.id}/rejected", r.prompt, r.responses["rejected"], None) for r in rows]
+    return examples
 
 
 @dataclass
