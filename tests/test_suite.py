@@ -71,6 +71,8 @@ def test_500_suite_trains_every_pair_for_the_papers_passes_and_movement(probe_fi
     assert movement["p500_sft_dpo", "sft"] == pytest.approx(5e-3)  # the paper's 5e-7 × 10,000
     assert movement["p500_sft_dpo", "dpo"] == pytest.approx(3.75e-3)  # × 7,500
     assert movement["p500_dpo", "dpo"] == pytest.approx(1.25e-3)  # × 2,500 (Figure 4)
+    on, off = cfgs["p500_dpo_onpolicy"].stages[0], cfgs["p500_dpo"].stages[0]  # claim 20 compares them at equal
+    assert (on.optim, on.batch_size) == (off.optim, off.batch_size)  # steps: only how y⁻ is drawn may differ
 
 
 def test_star_sets_every_stage(probe_file):
