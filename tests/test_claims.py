@@ -1,9 +1,12 @@
 """Verdict rules on synthetic run directories: each rule can hold, fail, or find nothing to measure."""
 
+import json
+
 import pytest
 from helpers import DPO, SFT, make_run, paper_sft, squeeze_dpo
 
 from ldyn.paper.claims import FAILS, HOLDS, NA, check_claims
+from ldyn.runs.directory import load_run
 
 
 def verdicts(runs, **kw):
@@ -33,6 +36,22 @@ def test_dpo_squeeze_claims_hold_and_fail(tmp_path):
     rising = squeeze_dpo() | {"chosen": lambda s, e: -100 + s}  # chosen never falls
     v = verdicts([make_run(tmp_path / "dpo2", [DPO], rising)])
     assert v["11"].verdict == FAILS and v["13"].verdict == NA and "never falls" in v["13"].measured
+
+
+def test_the_squeeze_signature_needs_a_fall_longer_than_the_stage_end_probe(tmp_path):
+    """Claim 13 reads the argmax while y_u⁺ falls: a stage whose y_u⁺ rises to its last regular probe and dips at the
+    end-of-stage probe one update later has not fallen (paper_cpu_500's DPO from the base: −0.02 nats in 4 updates)."""
+    rising = squeeze_dpo() | {"chosen": lambda s, e: -100 + s - 2 * (s == 9)}  # up to step 8, dips at step 9
+    run = make_run(tmp_path / "dpo", [DPO], rising, steps_per_stage=9, every=2)  # probes 0, 2, 4, 6, 8
+    end = [json.loads(line) for line in (run.path / "probes.jsonl").read_text().splitlines() if '"step": 8' in line]
+    with (run.path / "probes.jsonl").open("a") as f:
+        for row in end:  # the end-of-stage probe at step 9, as the trainer writes it
+            row = row | {"step": 9} | ({"logp_sum": rising["chosen"](9, 0)} if row["type"] == "chosen" else {})
+            f.write(json.dumps(row) + "\n")
+    v = verdicts([load_run(run.path)])
+    assert v["13"].verdict == NA and "last probe interval" in v["13"].measured
+    falls = squeeze_dpo() | {"chosen": lambda s, e: -100 + s - 3 * max(s - 6, 0)}  # falls over steps 6-8: measured
+    assert verdicts([make_run(tmp_path / "dpo2", [DPO], falls, steps_per_stage=9, every=2)])["13"].verdict == HOLDS
 
 
 def test_learning_rate_sweep_needs_two_rates_and_a_faster_collapse(tmp_path):

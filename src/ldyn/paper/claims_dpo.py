@@ -93,7 +93,10 @@ def _dpo_squeeze(runs, toys, winrates):
     peak = int(np.argmax(m))
     if peak == len(m) - 1:
         return s, f"y_u⁺ never falls in this stage (its highest probe is the last, {m[-1]:.1f})", NA
-    since = int(steps[peak])
+    since, interval = int(steps[peak]), float(np.median(np.diff(steps)))
+    if steps[-1] - since < interval:  # a stage's end probe a few updates after its last regular one is not a fall
+        shown = f"from step {since} to {steps[-1]}, {signed(m[-1] - m[peak])}"
+        return s, f"y_u⁺ falls only within its last probe interval ({shown}): no fall to read the squeeze on", NA
     da, dn = s.delta("argmax", since=since), s.delta("chosen", "a_norm", since=since)
     return (
         s,
