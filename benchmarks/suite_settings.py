@@ -76,6 +76,7 @@ def main() -> None:
         sys.exit(f"suite_settings: error: {e}")
     reference, variants = runs[0], runs[1:]
     names = [r.label for r in runs]
+    width = max(16, *(len(n) + 2 for n in names))
     print("what each run cost (the sum of its updates' and probe rounds' own times; loading and figures left out):")
     print(f"  {reference.label} (reference): {cost(reference)}")
     for v in variants:
@@ -88,7 +89,7 @@ def main() -> None:
             continue
         print(f"  claim {id_}: {verdicts[0][id_].title}")
         for name, vs in zip(names, verdicts, strict=True):
-            print(f"    {name:<16} {vs[id_].verdict:<15} {vs[id_].measured}")
+            print(f"    {name:<{width}}{vs[id_].verdict:<16}{vs[id_].measured}")
 
     print("\neach probed type's mean change over a stage (nats), reference | variants:")
     changes = [type_changes(r) for r in runs]
@@ -96,9 +97,9 @@ def main() -> None:
         types = [t for t in changes[0][stage] if all(t in c.get(stage, {}) for c in changes)]
         if not types:
             continue
-        print(f"  stage {stage}: {'type':<20}" + "".join(f"{n:>16}" for n in names))
+        print(f"  stage {stage}: {'type':<20}" + "".join(f"{n:>{width}}" for n in names))
         for t in types:
-            print(f"  {'':<{len(stage) + 8}}{t:<20}" + "".join(f"{c[stage][t]:>16.1f}" for c in changes))
+            print(f"  {'':<{len(stage) + 8}}{t:<20}" + "".join(f"{c[stage][t]:>{width}.1f}" for c in changes))
         ref = np.array([changes[0][stage][t] for t in types])
         for name, c in zip(names[1:], changes[1:], strict=True):
             var = np.array([c[stage][t] for t in types])
