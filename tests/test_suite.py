@@ -9,7 +9,7 @@ import pytest
 from ldyn import cli
 from ldyn.config import load_config, recipe_names, suite_names
 from ldyn.errors import LdynError
-from ldyn.paper.suite import configs, load_suite
+from ldyn.paper.suite import configs, load_suite, shadowed
 from ldyn.runs.directory import RunDir
 
 
@@ -73,6 +73,21 @@ def test_500_suite_trains_every_pair_for_the_papers_passes_and_movement(probe_fi
     assert movement["p500_dpo", "dpo"] == pytest.approx(1.25e-3)  # × 2,500 (Figure 4)
     on, off = cfgs["p500_dpo_onpolicy"].stages[0], cfgs["p500_dpo"].stages[0]  # claim 20 compares them at equal
     assert (on.optim, on.batch_size) == (off.optim, off.batch_size)  # steps: only how y⁻ is drawn may differ
+
+
+def test_a_command_line_override_a_run_sets_itself_is_named_not_dropped_silently(probe_file, tmp_path):
+    """A run's own overrides win over the command line's (a sweep keeps its values); each one they replace is said."""
+    suite = load_suite("paper_cpu_500")
+    cli_overrides = [f"data.train={probe_file}", f"probe.path={probe_file}", "probe.every=128", "probe.n=12"]
+    cfgs = configs(suite, cli_overrides, tmp_path)
+    assert {n: c.probe.every for n, c in cfgs.items()} == {
+        "p500_sft_dpo": 32, "p500_extend": 32, "p500_dpo": 64, "p500_dpo_onpolicy": 64,
+    }  # fmt: skip
+    assert all(c.probe.n == 12 for c in cfgs.values())
+    lines = shadowed(suite, cli_overrides)
+    assert len(lines) == 4 and all("probe.every=128 does not apply" in line for line in lines)
+    assert lines[0].startswith("p500_sft_dpo sets probe.every=32 itself")
+    assert shadowed(suite, ["probe.n=12"]) == []
 
 
 def test_star_sets_every_stage(probe_file):

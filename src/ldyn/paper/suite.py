@@ -15,7 +15,8 @@ A suite is a YAML file among the recipes with a top-level `suite:` key:
       both_orders: true                 # each pair judged A/B and B/A, a split verdict is a tie (the default)
 
 Every run's config is built and checked before the first one starts, so a typo fails at once. The command line's
-overrides apply to every run; a run's own overrides come last (a sweep keeps its values). Running a suite again
+overrides apply to every run; a run's own overrides come last (a sweep keeps its values), and each
+command-line override they replace is named in a note (`shadowed`). Running a suite again
 skips the runs that finished and resumes the one that was interrupted; `suite.jsonl` records each run's wall time.
 At the end the suite writes `report.html` (`report.py`) over all its runs.
 """
@@ -128,6 +129,20 @@ def configs(suite: Suite, overrides: list[str], root: Path) -> dict[str, RunConf
     return out
 
 
+def shadowed(suite: Suite, overrides: list[str]) -> list[str]:
+    """The command line's overrides that a run's own overrides replace, one line per run and key, so that none is
+    dropped without a word (a sweep's own lr, a run's own probe cadence)."""
+    out = []
+    for r in suite.runs:
+        own = {o.split("=", 1)[0].strip(): o for o in r.own}
+        out += [
+            f"{r.name} sets {own[key]} itself, so the command line's {o} does not apply to it"
+            for o in overrides
+            if (key := o.split("=", 1)[0].strip()) in own
+        ]
+    return out
+
+
 def check_suite_folder(root: Path, cfgs: dict[str, RunConfig]) -> None:
     """Refuse, before anything is written, a suite folder that is a file or under one, a folder of other files (no
     suite log and none of the suite's runs), and a run there that the suite would continue or keep although it was
@@ -161,6 +176,8 @@ def run_suite(name_or_path: str, overrides: list[str] = (), output_dir: str | No
     suite = load_suite(name_or_path)
     root = Path(output_dir or f"runs/{suite.name}")
     cfgs = configs(suite, list(overrides), root)
+    for line in shadowed(suite, list(overrides)):
+        print(f"ldyn: note: {line}", file=sys.stderr)
     if suite.winrate:
         from ldyn.paper.winrate import check_suite_winrate
 
