@@ -24,21 +24,12 @@ from ldyn.errors import LdynError
 from ldyn.paper.claims import NA, check_claims
 from ldyn.paper.stages import Stage
 from ldyn.runs.directory import PROBE_TIMES, Run, RunDir, load_run
-from ldyn.schema import to_dict
-
-
-def flat(tree, prefix: str = "") -> dict[str, object]:
-    """A config as dotted keys (stages by name), to name what a variant changed."""
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-    if isinstance(tree, list) and tree and all(isinstance(x, dict) and "name" in x for x in tree):
-        return {k: v for x in tree for k, v in flat(x, f"{prefix}{x['name']}.").items()}
-    return {prefix.rstrip("."): tree}
+from ldyn.schema import flatten, to_dict
 
 
 def changed(reference: Run, variant: Run) -> str:
     ignore = ("name", "output_dir")
-    a, b = flat(to_dict(reference.config)), flat(to_dict(variant.config))
+    a, b = flatten(to_dict(reference.config)), flatten(to_dict(variant.config))
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in ignore]
     return ", ".join(f"{k}={b.get(k)}" for k in keys) or "nothing"
 

@@ -202,6 +202,21 @@ def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
+def flatten(data: dict, prefix: str = "") -> dict:
+    """A nested dict (a config's `to_dict`) as dotted keys, lists of named items (stages) by name, as overrides
+    address them: {"stages.dpo.optim.lr": 1e-6, ...}."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out |= flatten(value, f"{prefix}{key}.")
+        elif isinstance(value, list) and value and all(isinstance(x, dict) and "name" in x for x in value):
+            for item in value:
+                out |= flatten(item, f"{prefix}{key}.{item['name']}.")
+        else:
+            out[prefix + key] = value
+    return out
+
+
 # ---------------------------------------------------------------- dotted overrides
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ldyn.config import RunConfig, read_config
 from ldyn.errors import LdynError
 from ldyn.runs.directory import CONFIG, TRAINED, RunDir
-from ldyn.schema import to_dict
+from ldyn.schema import flatten, to_dict
 
 MAY_CHANGE = (
     "name",  # the run's label in figure titles and trackers
@@ -47,8 +47,8 @@ def first_difference(trained: RunConfig, now: RunConfig) -> tuple[str, object, o
     allowed = may_change(trained)
     there, here = to_dict(trained), to_dict(now)
     stages_there, stages_here = there.pop("stages"), here.pop("stages")
-    flat_here = _flat(here)
-    for key, value in _flat(there).items():
+    flat_here = flatten(here)
+    for key, value in flatten(there).items():
         if key not in allowed and value != flat_here.get(key):
             return key, value, flat_here.get(key)
     names = [s["name"] for s in stages_there], [s["name"] for s in stages_here]
@@ -57,8 +57,8 @@ def first_difference(trained: RunConfig, now: RunConfig) -> tuple[str, object, o
     for i, (a, b) in enumerate(zip(stages_there, stages_here)):
         if a["name"] != b["name"]:
             return f"stages.{i}.name", a["name"], b["name"]
-        flat_b = _flat(b, f"stages.{b['name']}.")
-        for key, value in _flat(a, f"stages.{a['name']}.").items():
+        flat_b = flatten(b, f"stages.{b['name']}.")
+        for key, value in flatten(a, f"stages.{a['name']}.").items():
             if value != flat_b.get(key):
                 return key, value, flat_b.get(key)
     return None
@@ -87,13 +87,3 @@ def check_unchanged(run: RunDir, trained: RunConfig | None, now: RunConfig) -> N
         file=str(run.path / CONFIG),
         field=key,
     )
-
-
-def _flat(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[prefix + key] = value
-    return out
