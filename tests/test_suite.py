@@ -84,10 +84,16 @@ def test_a_command_line_override_a_run_sets_itself_is_named_not_dropped_silently
         "p500_sft_dpo": 32, "p500_extend": 32, "p500_dpo": 64, "p500_dpo_onpolicy": 64,
     }  # fmt: skip
     assert all(c.probe.n == 12 for c in cfgs.values())
-    lines = shadowed(suite, cli_overrides)
+    lines = shadowed(suite, cli_overrides, cfgs)
     assert len(lines) == 4 and all("probe.every=128 does not apply" in line for line in lines)
     assert lines[0].startswith("p500_sft_dpo sets probe.every=32 itself")
-    assert shadowed(suite, ["probe.n=12"]) == []
+    assert shadowed(suite, ["probe.n=12"], configs(suite, [*cli_overrides[:2], "probe.n=12"], tmp_path)) == []
+    # read as the configs read overrides: `--key`, a stage by index, every stage with `*`
+    spelled = [*cli_overrides[:2], "--probe.every=128", "stages.0.optim.lr=1e-6", "stages.*.batch_size=2"]
+    lines = shadowed(suite, spelled, configs(suite, spelled, tmp_path))
+    assert "p500_sft_dpo sets probe.every=32 itself, so the command line's --probe.every=128 does not apply" in lines[0]
+    assert "p500_sft_dpo sets stages.sft.optim.lr=5e-6 itself" in lines[1]
+    assert not any("batch_size" in line for line in lines)  # no run sets its own batch size
 
 
 def test_star_sets_every_stage(probe_file):

@@ -23,6 +23,7 @@ At the end the suite writes `report.html` (`report.py`) over all its runs.
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from ldyn.paper.winrate import WinrateSpec
 from ldyn.runs.directory import CONFIG, SUITE_LOG, RunDir, finished
 from ldyn.runs.resume_policy import first_difference, trained_config
 from ldyn.runtime.files import writable_folder
-from ldyn.schema import from_dict, read_yaml
+from ldyn.schema import apply_override, from_dict, read_yaml
 
 
 @dataclass
@@ -129,17 +130,28 @@ def configs(suite: Suite, overrides: list[str], root: Path) -> dict[str, RunConf
     return out
 
 
-def shadowed(suite: Suite, overrides: list[str]) -> list[str]:
-    """The command line's overrides that a run's own overrides replace, one line per run and key, so that none is
-    dropped without a word (a sweep's own lr, a run's own probe cadence)."""
+def shadowed(suite: Suite, overrides: list[str], cfgs: dict[str, RunConfig]) -> list[str]:
+    """The command line's overrides that a run's own settings replace, one line per run and override, so that none
+    is dropped without a word (a sweep's own lr, a run's own probe cadence). An override is replaced where applying
+    it again to the run's built config (`configs`) would change it; what replaced it is each of the run's own
+    overrides that changes it back. The same `apply_override` decides both, so `--key`, `stages.*.x` and stage
+    indices are read as the configs read them."""
     out = []
     for r in suite.runs:
-        own = {o.split("=", 1)[0].strip(): o for o in r.own}
-        out += [
-            f"{r.name} sets {own[key]} itself, so the command line's {o} does not apply to it"
-            for o in overrides
-            if (key := o.split("=", 1)[0].strip()) in own
-        ]
+        built = cfgs[r.name]
+        last = [*r.own, f"name={r.name}", f"output_dir={built.output_dir}"]  # as `configs` applies them, last
+        for item in overrides:
+            again = _applied(built, item)
+            if again == built:
+                continue
+            own = [w for w in last if _applied(again, w) != again]
+            out.append(f"{r.name} sets {', '.join(own)} itself, so the command line's {item} does not apply to it")
+    return out
+
+
+def _applied(cfg: RunConfig, item: str) -> RunConfig:
+    out = copy.deepcopy(cfg)
+    apply_override(out, item)
     return out
 
 
@@ -176,7 +188,7 @@ def run_suite(name_or_path: str, overrides: list[str] = (), output_dir: str | No
     suite = load_suite(name_or_path)
     root = Path(output_dir or f"runs/{suite.name}")
     cfgs = configs(suite, list(overrides), root)
-    for line in shadowed(suite, list(overrides)):
+    for line in shadowed(suite, list(overrides), cfgs):
         print(f"ldyn: note: {line}", file=sys.stderr)
     if suite.winrate:
         from ldyn.paper.winrate import check_suite_winrate
